@@ -1,0 +1,13 @@
+"""One paper-shaped file per family; each registers its variants when imported.
+
+Every model here shares one interface:
+
+- `forward_features(x)` -> unpooled features; `forward_head(x, pre_logits=False)`;
+  `forward(x) == forward_head(forward_features(x))`
+- `reset_classifier(num_classes)`; `num_classes`; `num_features` (width of pooled features)
+- `feature_info`: list of `visionzoo.features.FeatureInfo` for `features_only` (hierarchical models)
+- constructor `Model(config, *, num_classes, in_chans, **options)` with no data-dependent work,
+  so it builds under `with torch.device("meta"):`
+
+The registry imports every module here on its first query (`visionzoo.registry._load_families`).
+"""

@@ -1,0 +1,219 @@
+"""The model registry: every architecture variant is registered here once, by name.
+
+A variant is a `ModelCard`: the builder that makes it, its config, and the facts a user
+wants before building it (family, paper, year, input size, the reference it matches).
+Parameter counts and GMACs are never typed in: `model_info` measures them on the
+`meta` device (see `visionzoo.complexity`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import inspect
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+__all__ = [
+    "ModelCard",
+    "UnknownModelError",
+    "register_model",
+    "get_card",
+    "list_models",
+    "list_families",
+    "create_model",
+    "model_info",
+]
+
+
+class UnknownModelError(KeyError):
+    """Raised for a model name that is not registered; the message suggests close names."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence as written
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the registry knows of one variant, kept as data."""
+
+    name: str
+    family: str
+    paper: str  # title of the paper that introduced the family
+    year: int
+    builder: Callable[..., nn.Module]  # builder(config, **kwargs) -> nn.Module
+    config: Any  # the family's frozen config dataclass instance for this variant
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = 1000
+    reference: str = ""  # e.g. "timm:resnet50" or "torchvision:alexnet"
+    defaults: dict[str, Any] = field(default_factory=dict)  # builder kwargs this variant sets
+
+    @property
+    def reference_library(self) -> str:
+        return self.reference.split(":", 1)[0]
+
+    @property
+    def reference_name(self) -> str:
+        return self.reference.split(":", 1)[1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "paper": self.paper,
+            "year": self.year,
+            "input_size": list(self.input_size),
+            "num_classes": self.num_classes,
+            "reference": self.reference,
+        }
+
+
+_REGISTRY: dict[str, ModelCard] = {}
+_families_loaded = False
+
+
+def register_model(card: ModelCard) -> ModelCard:
+    """Add one variant. A name can be registered once only."""
+    if card.name in _REGISTRY:
+        raise ValueError(
+            f"model '{card.name}' is already registered (family '{_REGISTRY[card.name].family}'); "
+            "pick another name"
+        )
+    if ":" not in card.reference:
+        raise ValueError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
+    _REGISTRY[card.name] = card
+    return card
+
+
+def _load_families() -> None:
+    """Import every module of `visionzoo.models` once, so that its variants register.
+
+    Done lazily, on the first query, so that `import visionzoo` stays cheap.
+    """
+    global _families_loaded
+    if _families_loaded:
+        return
+    _families_loaded = True
+    from visionzoo import models
+
+    for module in pkgutil.iter_modules(models.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{models.__name__}.{module.name}")
+
+
+def get_card(name: str) -> ModelCard:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY.keys(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model '{name}'{hint} (`visionzoo list` shows all {len(_REGISTRY)})"
+        ) from None
+
+
+def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
+    """Registered names matching a shell-style `pattern`, optionally of one `family`, sorted."""
+    _load_families()
+    if family is not None and family not in list_families():
+        close = difflib.get_close_matches(family, list_families(), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown family '{family}'{hint}")
+    names = (
+        name
+        for name, card in _REGISTRY.items()
+        if fnmatch.fnmatchcase(name, pattern) and (family is None or card.family == family)
+    )
+    return sorted(names, key=_natural_key)
+
+
+def _natural_key(name: str) -> list:
+    """Sort 'resnet18' before 'resnet101': digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_families() -> list[str]:
+    _load_families()
+    return sorted({card.family for card in _REGISTRY.values()})
+
+
+def _split_overrides(card: ModelCard, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Overrides naming a config field change the config; the rest go to the model's constructor."""
+    config_fields = {f.name for f in dataclasses.fields(card.config)} if dataclasses.is_dataclass(card.config) else set()
+    config_changes = {k: v for k, v in overrides.items() if k in config_fields}
+    kwargs = {k: v for k, v in overrides.items() if k not in config_fields}
+    accepted = {
+        p.name for p in inspect.signature(card.builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    } - {"config"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(card.builder).parameters.values())
+    unknown = sorted(set(kwargs) - accepted) if not takes_any else []
+    if unknown:
+        raise ValueError(
+            f"model '{card.name}' does not accept {', '.join(repr(u) for u in unknown)}; "
+            f"it accepts {', '.join(sorted(accepted | config_fields))}"
+        )
+    config = dataclasses.replace(card.config, **config_changes) if config_changes else card.config
+    return config, kwargs
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    pretrained: bool | str = False,
+    features_only: bool = False,
+    out_indices: list[int] | tuple[int, ...] | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a registered variant (`list_models()`).
+        num_classes: classifier outputs; None keeps the variant's default (1000 for ImageNet),
+            0 removes the classifier so the model returns pooled features.
+        in_chans: input channels.
+        pretrained: False; True for the variant's default weights; an `arch.tag` weight name;
+            a local file or directory; or `hf-hub:org/repo`.
+        features_only: return a `FeatureExtractor` giving a list of multi-scale maps.
+        out_indices: which feature levels `features_only` returns (default: all).
+        **overrides: config fields (e.g. `img_size`, `window_size`) or constructor arguments
+            (e.g. `drop_rate`, `drop_path_rate`).
+    """
+    card = get_card(name)
+    config, kwargs = _split_overrides(card, {**card.defaults, **overrides})
+    if num_classes is None:
+        num_classes = card.num_classes
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    model = card.builder(config, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.visionzoo_name = name
+    model.visionzoo_overrides = dict(overrides)
+    if pretrained:
+        from visionzoo.weights import load_pretrained
+
+        load_pretrained(model, pretrained, num_classes=num_classes, in_chans=in_chans)
+    if features_only:
+        from visionzoo.features import FeatureExtractor
+
+        return FeatureExtractor(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices is only meaningful with features_only=True")
+    return model
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """The model card of a variant, with its parameter count and GMACs measured."""
+    from visionzoo.complexity import model_complexity
+
+    info = get_card(name).as_dict()
+    info.update(model_complexity(name))
+    return info

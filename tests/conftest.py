@@ -1,0 +1,34 @@
+"""Shared fixtures. `VISIONZOO_REQUIRE_SHARED_DATA=1` (set by .ci/run) turns a missing
+../shared/data into a failure instead of a skip, so CI cannot pass on skipped checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("VISIONZOO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep each test session's on-disk caches out of the user's home."""
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path_factory.getbasetemp() / "visionzoo-cache"))
+
+
+def require_shared_file(name: str) -> Path:
+    """Path of a file in ../shared/data; skip (or fail under CI's flag) when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        message = f"shared data file {path} is absent (see ../shared/data/README.md)"
+        if os.environ.get("VISIONZOO_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; VISIONZOO_REQUIRE_SHARED_DATA=1 makes this a failure")
+        pytest.skip(message)
+    return path
