@@ -3,10 +3,37 @@
     import visionzoo
     model = visionzoo.create_model("resnet50", num_classes=10)
     visionzoo.list_models("convnext_*")
+
+The public names below are imported lazily, on first use: `import visionzoo` itself pulls in
+no PyTorch, so the torch-free ONNX predictor (visionzoo.deploy) runs where torch is absent.
+To export a new public name, add one line to `_EXPORTS`: name -> the module that defines it.
 """
 
-from visionzoo.registry import create_model, list_families, list_models, model_info
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "list_models", "list_families", "model_info", "__version__"]
+_EXPORTS: dict[str, str] = {
+    "create_model": "visionzoo.registry",
+    "list_models": "visionzoo.registry",
+    "list_families": "visionzoo.registry",
+    "model_info": "visionzoo.registry",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visionzoo' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -16,14 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 import visionzoo
-from visionzoo.registry import UnknownModelError
+from visionzoo.errors import UnknownModelError, UsageError
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit code 2."""
 
 
 # --- list / info -------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from visionzoo.errors import UnknownModelError
+
 __all__ = [
     "ModelCard",
     "UnknownModelError",
@@ -30,13 +32,6 @@ __all__ = [
     "create_model",
     "model_info",
 ]
-
-
-class UnknownModelError(KeyError):
-    """Raised for a model name that is not registered; the message suggests close names."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence as written
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
