@@ -2,7 +2,9 @@
 
 The reference named on the model card ("timm:NAME" or "torchvision:NAME") is built with
 random weights; its state_dict is loaded into ours with strict=True, and both run in eval
-mode on the same random input. Outputs must agree to 1e-4 of the reference's largest
+mode on the same random input. Tensors that are constant at initialisation (biases, norm
+weights, BN statistics, layer scales) are first given random spread, so that no branch of the
+network hides behind a zero or an identity (`perturb_constant_tensors`). Outputs must agree to 1e-4 of the reference's largest
 magnitude. Models above NUMERIC_PARAM_LIMIT are compared by state_dict keys and shapes
 on the meta device instead (numeric runs of them would not fit the suite's time budget).
 """
@@ -30,6 +32,37 @@ REFERENCE_KWARGS: dict[str, dict[str, Any]] = {
 # Numeric parity at a smaller input than the default, for convolutional models whose default
 # resolution makes a CPU forward slow: a CNN computes the same function at any size.
 PARITY_INPUT_SIZE: dict[str, int] = {
+    # EfficientNet B1-B7 and Lite1-4 (240-600 px by default). An even size keeps every map even, where
+    # the tf_ variants' TensorFlow "SAME" padding of strided convolutions is asymmetric.
+    **{f"{prefix}_{scale}": 128 for prefix in ("efficientnet", "tf_efficientnet")
+       for scale in ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite1", "lite2", "lite3", "lite4")},
+    # the deeper DenseNets (densenet121 stays at 224 px) and Inception v3 (299 px by default)
+    "densenet161": 128, "densenet169": 128, "densenet201": 128, "inception_v3": 139,
+    # the larger ConvNeXts (convnext_tiny and smaller stay at 224 px)
+    "convnext_small": 128, "convnext_base": 128,
+}
+
+# Overrides applied to both the reference and ours for numeric parity (and the input follows
+# `img_size`), for transformers whose default resolution makes a CPU forward slow: the weights
+# are the same at any `img_size` except the position table, so a smaller grid checks the same
+# function. EVA-02 at 112 px also exercises its rope rescaling (8x8 grid onto the 16x16 reference).
+PARITY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "eva02_small_patch14_224": {"img_size": 112},
+    "eva02_base_patch14_224": {"img_size": 112},
+    "eva02_tiny_patch14_336": {"img_size": 112},
+    "eva02_small_patch14_336": {"img_size": 112},
+    "eva02_base_patch14_448": {"img_size": 112},
+    # DINOv2 at 518 px (1370 tokens) takes about a minute per model on CPU; 224 px is a 16x16 grid
+    "vit_small_patch14_dinov2": {"img_size": 224},
+    "vit_base_patch14_dinov2": {"img_size": 224},
+    "vit_small_patch14_reg4_dinov2": {"img_size": 224},
+    "vit_base_patch14_reg4_dinov2": {"img_size": 224},
+    # Swin and MaxViT (swin_tiny and maxvit_tiny stay at their default size); the window bias
+    # tables shrink where a stage's map is smaller than the window, on both sides alike
+    "swin_small_patch4_window7_224": {"img_size": 112},
+    "swin_base_patch4_window7_224": {"img_size": 112},
+    "swin_base_patch4_window12_384": {"img_size": 192},
+    "maxvit_small_tf_224": {"img_size": 96},
 }
 
 
@@ -48,6 +81,37 @@ def reference_model(name: str, **kwargs: Any) -> nn.Module:
     raise ValueError(f"no reference builder for library '{library}' (model '{name}')")
 
 
+def perturb_constant_tensors(model: nn.Module, scale: float = 0.1) -> int:
+    """Give every tensor that is constant at initialisation some random spread, in place.
+
+    Fresh models hide much of their computation: zero biases, unit norm weights, BN statistics at
+    0 and 1, layer scales at 1e-6 (which make whole residual branches invisible in the output),
+    zero-initialised attention biases. Those are exactly the tensors whose handling must match, so
+    the reference gets `c + scale * noise` for each of them before its weights are copied into ours.
+    Running variances stay positive. Conv and linear weights are redrawn with variance-preserving
+    scale. Returns how many constant tensors were changed.
+    """
+    generator = torch.Generator().manual_seed(1234)
+    changed = 0
+    with torch.no_grad():
+        # Variance-preserving weights first: some reference inits (torchvision's GoogLeNet: std 0.01)
+        # shrink the signal to nothing over depth, so the output would be the last bias whatever
+        # the network in between computed.
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.weight.numel() > 0:
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / fan_in**0.5)
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            if tensor.numel() > 1 and tensor.max() != tensor.min():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * scale
+            tensor.add_(noise.abs() if name.endswith("running_var") else noise)
+            changed += 1
+    return changed
+
+
 def max_relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     scale = reference.abs().max().clamp_min(1e-12)
     return float((ours - reference).abs().max() / scale)
@@ -56,10 +120,14 @@ def max_relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> floa
 def check_numeric_parity(name: str, *, batch: int = 2, input_size: tuple[int, int, int] | None = None,
                          ours_kwargs: dict | None = None, ref_kwargs: dict | None = None) -> float:
     torch.manual_seed(0)
-    reference = reference_model(name, **(ref_kwargs or {})).eval()
-    ours = visionzoo.create_model(name, **(ours_kwargs or {})).eval()
+    overrides = PARITY_OVERRIDES.get(name, {})
+    reference = reference_model(name, **{**overrides, **(ref_kwargs or {})}).eval()
+    perturb_constant_tensors(reference)
+    ours = visionzoo.create_model(name, **{**overrides, **(ours_kwargs or {})}).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     size = input_size or get_card(name).input_size
+    if input_size is None and "img_size" in overrides:
+        size = (size[0], overrides["img_size"], overrides["img_size"])
     if input_size is None and name in PARITY_INPUT_SIZE:
         size = (size[0], PARITY_INPUT_SIZE[name], PARITY_INPUT_SIZE[name])
     x = torch.randn(batch, *size)

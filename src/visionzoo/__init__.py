@@ -21,6 +21,13 @@ _EXPORTS: dict[str, str] = {
     "list_models": "visionzoo.registry",
     "list_families": "visionzoo.registry",
     "model_info": "visionzoo.registry",
+    "create_clip": "visionzoo.clip",
+    "zero_shot_classifier": "visionzoo.clip",
+    "data_config": "visionzoo.preprocess",
+    "transforms": "visionzoo.preprocess",
+    "save_model": "visionzoo.weights",
+    "load_model": "visionzoo.weights",
+    "train": "visionzoo.train",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

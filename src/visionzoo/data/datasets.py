@@ -1,0 +1,281 @@
+"""Datasets, the resumable sampler, skipping bad files, scanning, and the pixel cache.
+
+Bad files never crash a run: `ImageDataset.__getitem__` turns an `ImageDecodeError` into a
+`Skipped(path, reason)` record and `collate_skipping` takes those out of the batch and hands
+them to the main process, so they are reported (and written to the run folder's
+bad_files.txt) even when several loader workers decode.
+
+Augmentation randomness is a function of (seed, epoch, position in the epoch) only: the
+sampler yields `(index, sample_seed)` pairs and the dataset seeds torch's generator from
+`sample_seed` before transforming. Results therefore do not depend on the number of loader
+workers or processes, and a run resumed mid-epoch sees exactly the augmentations that the
+interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.data.sources import ArraySamples, FileSamples, Samples, cache_root
+
+__all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "scan_files", "cache_pixels",
+           "resize_short_center_crop"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """Samples plus a transform; items are `(image_tensor, label, index)` or `Skipped`."""
+
+    def __init__(self, samples: Samples, transform: Callable | None = None):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def name(self, index: int) -> str:
+        if isinstance(self.samples, FileSamples):
+            return self.samples.paths[index]
+        return self.samples.names[index] if self.samples.names else f"#{index}"
+
+    def load(self, index: int):
+        """The decoded image before transforms: PIL image (files) or CHW uint8 tensor (arrays)."""
+        if isinstance(self.samples, FileSamples):
+            return decode_image(self.samples.paths[index])
+        return torch.from_numpy(np.array(self.samples.images[index])).permute(2, 0, 1)  # a writable copy
+
+    def __getitem__(self, item):
+        index, sample_seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            image = self.load(index)
+        except ImageDecodeError as error:
+            return Skipped(error.path, error.reason)
+        if self.transform is not None:
+            if getattr(self.transform, "takes_seed", False):
+                image = self.transform(image, sample_seed)
+            elif sample_seed is None:
+                image = self.transform(image)
+            elif torch.utils.data.get_worker_info() is not None:  # a worker's generator is its own
+                torch.manual_seed(sample_seed)
+                image = self.transform(image)
+            else:  # in the main process: leave the caller's generator (dropout, mixup) undisturbed
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed)
+                    image = self.transform(image)
+        return image, int(self.samples.labels[index]), index
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Skipped]]:
+    """Stack the good items; return the skipped ones separately so the caller can report them."""
+    skipped = [item for item in batch if isinstance(item, Skipped)]
+    good = [item for item in batch if not isinstance(item, Skipped)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return images, labels, indices, skipped
+
+
+def _mix_seed(*parts: int) -> int:
+    digest = hashlib.blake2b(np.array(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class ResumableSampler(DistributedSampler):
+    """A `DistributedSampler` that can start mid-epoch, sample by class weights, and yields
+    `(index, sample_seed)` so augmentation is seeded per sample.
+
+    With `weights`, each epoch draws `len(dataset)` indices with replacement in proportion to
+    the weights (balanced sampling), from a generator seeded by (seed, epoch), then shards
+    them across ranks like the uniform case. `start_batch` skips the batches this rank has
+    already trained on in the current epoch (resume); it applies to one epoch only.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, weights: np.ndarray | None = None, augment_seed: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.skip = 0
+        self.augment_seed = augment_seed
+
+    def set_position(self, epoch: int, samples_done: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = samples_done
+
+    def _global_order(self) -> list[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        n = len(self.dataset)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist()
+        elif self.shuffle:
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:
+            order += order[: self.total_size - len(order)] if self.total_size > len(order) else []
+            while len(order) < self.total_size:  # fewer samples than replicas
+                order += order[: self.total_size - len(order)]
+        return order
+
+    def __iter__(self) -> Iterator:
+        order = self._global_order()
+        positions = range(self.rank, self.total_size, self.num_replicas)
+        skip, self.skip = self.skip, 0
+        for position in list(positions)[skip:]:
+            index = order[position]
+            yield (index, _mix_seed(self.seed, self.epoch, position)) if self.augment_seed else index
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+# --- scanning --------------------------------------------------------------------------------
+
+
+def _check(path: str) -> Skipped | None:
+    try:
+        decode_image(path)
+    except ImageDecodeError as error:
+        return Skipped(error.path, error.reason)
+    return None
+
+
+def scan_files(samples: Samples, *, workers: int = 0, progress: Callable[[int], None] | None = None) -> list[Skipped]:
+    """Decode every file once; return those that fail, with their reasons."""
+    if not isinstance(samples, FileSamples):
+        return []
+    paths = samples.paths
+    if workers <= 1:
+        bad = []
+        for path in paths:
+            result = _check(path)
+            if result is not None:
+                bad.append(result)
+            if progress:
+                progress(1)
+        return bad
+    from concurrent.futures import ProcessPoolExecutor
+
+    bad = []
+    with ProcessPoolExecutor(workers) as pool:
+        for result in pool.map(_check, paths, chunksize=64):
+            if result is not None:
+                bad.append(result)
+            if progress:
+                progress(1)
+    return bad
+
+
+# --- the pixel cache ---------------------------------------------------------------------------
+
+
+def resize_short_center_crop(image, size: int) -> np.ndarray:
+    """PIL image -> (size, size, 3) uint8: shorter side resized to `size`, then centre-cropped."""
+    from PIL import Image
+
+    width, height = image.size
+    if (width, height) != (size, size):
+        scale = size / min(width, height)
+        new = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(new, Image.BICUBIC, reducing_gap=3.0)
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+class _CacheDecode(Dataset):
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, resize_short_center_crop(decode_image(self.paths[index]), self.size), None
+        except ImageDecodeError as error:
+            return index, None, Skipped(error.path, error.reason)
+
+
+def cache_pixels(samples: Samples, size: int, *, workers: int = 0,
+                 progress: Callable[[int], None] | None = None) -> tuple[ArraySamples, list[Skipped]]:
+    """Decode `samples` once into a memory-mapped (N, size, size, 3) uint8 file in the cache folder.
+
+    Later runs over the same files (same paths, sizes and mtimes) and size reopen the file
+    without decoding. Images are resized on the shorter side and centre-cropped square.
+    Bad files are left out and returned.
+    """
+    if isinstance(samples, ArraySamples):
+        return samples, []
+    fingerprint = hashlib.sha1(str(size).encode())
+    for path in samples.paths:
+        try:
+            stat = os.stat(path)
+            fingerprint.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            fingerprint.update(f"{path}:missing\n".encode())
+    fingerprint.update(samples.labels.tobytes())
+    folder = cache_root() / "pixels"
+    stem = folder / f"{fingerprint.hexdigest()[:20]}-{size}px"
+    pixels, meta_path = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if pixels.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        keep = np.array(meta["kept"], dtype=np.int64)
+        images = np.load(pixels, mmap_mode="r")
+        bad = [Skipped(p, r) for p, r in meta["bad"]]
+        if progress:
+            progress(len(samples))
+        return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = stem.with_name(f"{stem.name}.tmp{os.getpid()}.npy")
+    images = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
+    ok = np.zeros(len(samples), dtype=bool)
+    bad: list[Skipped] = []
+    loader = torch.utils.data.DataLoader(_CacheDecode(samples.paths, size), batch_size=64, num_workers=workers,
+                                         collate_fn=list)
+    for batch in loader:
+        for index, array, skipped in batch:
+            if skipped is not None:
+                bad.append(skipped)
+            else:
+                images[index] = array
+                ok[index] = True
+        if progress:
+            progress(len(batch))
+    keep = np.flatnonzero(ok)
+    if len(keep) < len(samples):  # compact: the cache holds good images only
+        compact = np.lib.format.open_memmap(scratch.with_name(scratch.name + ".c.npy"), mode="w+", dtype=np.uint8,
+                                            shape=(len(keep), size, size, 3))
+        compact[:] = images[keep]
+        del images
+        os.replace(compact.filename, scratch)
+        del compact
+    else:
+        images.flush()
+        del images
+    os.replace(scratch, pixels)
+    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps({"kept": keep.tolist(), "bad": [[b.path, b.reason] for b in bad]}))
+    os.replace(tmp_meta, meta_path)
+    return ArraySamples(np.load(pixels, mmap_mode="r"), samples.labels[keep], [samples.paths[i] for i in keep]), bad

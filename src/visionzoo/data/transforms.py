@@ -1,0 +1,167 @@
+"""Train and eval transforms on torchvision.transforms.v2, from a model's data config.
+
+A data config is a dict in timm's shape: `input_size` (C, H, W), `interpolation`, `mean`,
+`std`, `crop_pct`. `model_data_config(model)` asks `visionzoo.preprocess.data_config` (tied to
+the model's weights) when that module exists and falls back to ImageNet defaults otherwise.
+
+Train presets, weakest to strongest:
+    none     resize and centre-crop as at evaluation (linear probes on frozen features)
+    crop     pad-and-random-crop plus flip: the classic small-image (CIFAR) augmentation
+    light    random resized crop (scale 0.35..1) and horizontal flip
+    medium   light + TrivialAugmentWide
+    strong   random resized crop (0.08..1), flip, RandAugment (2 ops, magnitude 9), random erasing 0.25;
+             pair it with mixup / cutmix, which act on batches (`batch_mixer`)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torchvision.transforms import v2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "model_data_config", "eval_transform", "train_transform",
+           "batch_mixer", "SeededCropFlip", "NormalizeInput"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRESETS = ("none", "crop", "light", "medium", "strong")
+# Rotations and shears of tensor images support nearest and bilinear only.
+_AFFINE = v2.InterpolationMode.BILINEAR
+
+_INTERPOLATION = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+def model_data_config(model: nn.Module | str) -> dict[str, Any]:
+    """The preprocessing a model expects: from `visionzoo.preprocess` when present, else ImageNet defaults
+    at the model card's input size."""
+    try:
+        from visionzoo.preprocess import data_config  # written with the weights; may not exist yet
+    except ImportError:
+        data_config = None
+    if data_config is not None:
+        try:
+            return dict(data_config(model))
+        except (KeyError, ValueError, AttributeError, TypeError):  # a model the registry does not know
+            pass
+    input_size = (3, 224, 224)
+    name = model if isinstance(model, str) else getattr(model, "visionzoo_name", None)
+    if not isinstance(model, str) and getattr(model, "pretrained_cfg", None):
+        return {**_IMAGENET_CONFIG, **model.pretrained_cfg}
+    if name:
+        from visionzoo.registry import get_card
+
+        input_size = tuple(get_card(name).input_size)
+    return {**_IMAGENET_CONFIG, "input_size": input_size}
+
+
+_IMAGENET_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": IMAGENET_MEAN,
+                    "std": IMAGENET_STD, "crop_pct": 0.875}
+
+
+def _interpolation(config: dict) -> v2.InterpolationMode:
+    return _INTERPOLATION.get(str(config.get("interpolation", "bicubic")), v2.InterpolationMode.BICUBIC)
+
+
+def _to_float_normalized(config: dict) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(config.get("mean", IMAGENET_MEAN)), std=list(config.get("std", IMAGENET_STD)))]
+
+
+def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
+    """Resize the shorter side to size / crop_pct, centre-crop to size, normalise."""
+    size = image_size or int(config["input_size"][-1])
+    crop_pct = float(config.get("crop_pct", 0.875))
+    resize = int(math.floor(size / crop_pct))
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize, interpolation=_interpolation(config), antialias=True),
+        v2.CenterCrop(size),
+        *_to_float_normalized(config),
+    ])
+
+
+def train_transform(config: dict, preset: str = "light", image_size: int | None = None) -> v2.Compose:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    size = image_size or int(config["input_size"][-1])
+    interpolation = _interpolation(config)
+    if preset == "none":
+        return eval_transform(config, size)
+    if preset == "crop":
+        steps = [v2.ToImage(), v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size),
+                 v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), v2.RandomHorizontalFlip()]
+        return v2.Compose(steps + _to_float_normalized(config))
+    scale = (0.08, 1.0) if preset == "strong" else (0.35, 1.0)
+    steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True),
+             v2.RandomHorizontalFlip()]
+    if preset == "medium":
+        steps.append(v2.TrivialAugmentWide(interpolation=_AFFINE))
+    if preset == "strong":
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=_AFFINE))
+    steps += _to_float_normalized(config)
+    if preset == "strong":
+        steps.append(v2.RandomErasing(p=0.25, value=0))
+    return v2.Compose(steps)
+
+
+def batch_mixer(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+    """Mixup and/or CutMix on a (images, labels) batch, labels becoming soft; None when both are off."""
+    choices = []
+    if mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+class SeededCropFlip:
+    """The `crop` preset for uint8 (C, H, W) tensors already at the training size, as a fast path.
+
+    Reflect-pads by `padding`, crops back at an offset and mirrors, with the offset and the flip
+    read from the sample's seed (given by the sampler) instead of a random generator: a few
+    microseconds per image, and the same augmentation for a sample whichever process or worker
+    loads it. Normalisation happens on the batch (`NormalizeInput`), on the device.
+    """
+
+    takes_seed = True
+
+    def __init__(self, padding: int):
+        self.padding = padding
+
+    def __call__(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if seed is None or self.padding == 0:
+            return image
+        import numpy as np
+
+        p = self.padding
+        span = 2 * p + 1
+        dx, dy, flip = seed % span, (seed // span) % span, (seed // (span * span)) % 2
+        array = np.pad(image.numpy(), ((0, 0), (p, p), (p, p)), mode="reflect")
+        height, width = image.shape[1:]
+        array = array[:, dy:dy + height, dx:dx + width]
+        if flip:
+            array = array[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class NormalizeInput(nn.Module):
+    """uint8 images -> normalised float, as the first layer of the model (fast path)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        return (images.float() - self.mean) / self.std

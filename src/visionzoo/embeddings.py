@@ -1,0 +1,239 @@
+"""Embeddings of a folder of images, cached in one safetensors file, resumable.
+
+`embed_folder(model, "photos/", "photos.safetensors")` runs the model over every image of a
+class-per-folder tree and writes its pooled features (`forward_head(pre_logits=True)`), and
+optionally the patch tokens, with the file paths, labels and class names in the file's
+metadata. Nothing is lost when a run stops: finished images are written to shards in
+`FILE.partial/` every `shard_size` images, a rerun skips every file already in a shard (or
+already in FILE), and the shards are merged into FILE at the end.
+
+The file holds tensors `embeddings` (N, D) float32, `labels` (N,) int64 and, with
+`patch_tokens=True`, `patch_tokens` (N, L, D); its metadata holds JSON strings `paths`,
+`classes`, `model` (how to rebuild the backbone) and `data_config` (the preprocessing).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save
+
+from visionzoo.data.datasets import ImageDataset, collate_skipping
+from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
+from visionzoo.data.transforms import eval_transform, model_data_config
+from visionzoo.train.checkpoint import atomic_write
+
+__all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
+
+FORMAT = "visionzoo-embeddings/1"
+
+
+@dataclass
+class Embeddings:
+    """Pooled features of N images with their labels, paths and class names."""
+
+    embeddings: torch.Tensor  # (N, D)
+    labels: torch.Tensor  # (N,) int64, indices into `classes`
+    paths: list[str]
+    classes: list[str]
+    patch_tokens: torch.Tensor | None = None  # (N, L, D)
+    model: dict[str, Any] = field(default_factory=dict)  # spec, pretrained, overrides of the backbone
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def save_embeddings(result: Embeddings, path: str | Path) -> None:
+    tensors = {"embeddings": result.embeddings.float().contiguous(), "labels": result.labels.long().contiguous()}
+    if result.patch_tokens is not None:
+        tensors["patch_tokens"] = result.patch_tokens.float().contiguous()
+    metadata = {"format": FORMAT, "paths": json.dumps(result.paths), "classes": json.dumps(result.classes),
+                "model": json.dumps(result.model), "data_config": json.dumps(_jsonable(result.data_config))}
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def load_embeddings(path: str | Path) -> Embeddings:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no embeddings file {path}; "
+                                f"make one with `visionzoo embed MODEL --data DIR --out {path}`")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a visionzoo embeddings file (format {metadata.get('format')!r}); "
+                             "make one with `visionzoo embed`")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    return Embeddings(tensors["embeddings"], tensors["labels"], json.loads(metadata["paths"]),
+                      json.loads(metadata["classes"]), tensors.get("patch_tokens"), json.loads(metadata["model"]),
+                      json.loads(metadata["data_config"]))
+
+
+def pooled_and_tokens(model: nn.Module, images: torch.Tensor, patch_tokens: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features (N, D) and, if asked, the patch tokens (N, L, D) of one batch.
+
+    Tokens of a transformer (N, L, C) lose their prefix (class, register) tokens; the map of a
+    CNN (N, C, H, W) becomes (N, H*W, C).
+    """
+    features = model.forward_features(images)
+    pooled = model.forward_head(features, pre_logits=True)
+    if not patch_tokens:
+        return pooled, None
+    if features.ndim == 4:
+        tokens = features.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
+    elif features.ndim == 3:
+        tokens = features[:, getattr(model, "num_prefix_tokens", 0):]
+    else:
+        raise ValueError(f"cannot take patch tokens from features of shape {tuple(features.shape)}")
+    return pooled, tokens
+
+
+def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Module:
+    """A model from a spec {"spec": registered name or saved model folder, "pretrained": weights,
+    "overrides": {...}}, as `embed` records it. Random weights cannot be rebuilt, so they are
+    refused unless `allow_random` (when embedding, not when rebuilding)."""
+    name = spec.get("spec")
+    if not name:
+        raise ValueError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
+    if Path(name).exists():
+        from visionzoo.train.checkpoint import load_exported
+
+        if spec.get("pretrained"):
+            raise ValueError(f"--pretrained does not apply to the saved model {name}")
+        return load_exported(Path(name))
+    if not spec.get("pretrained") and not allow_random:
+        raise ValueError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
+                         "embed with --pretrained WEIGHTS or with a saved model folder")
+    from visionzoo.registry import create_model
+
+    return create_model(name, pretrained=spec["pretrained"], **spec.get("overrides", {}))
+
+
+def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
+    """Images of a class-per-folder tree and its class names (folder names, sorted)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    classes = _class_folders(root)
+    if not classes:
+        raise ValueError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
+    samples = _scan_tree(root, classes)
+    if not len(samples):
+        raise ValueError(f"no images under {root} (looked in {len(classes)} class folders)")
+    return samples, classes
+
+
+def _read_shards(folder: Path) -> list[Embeddings]:
+    if not folder.is_dir():
+        return []
+    return [load_embeddings(shard) for shard in sorted(folder.glob("shard-*.safetensors"))]
+
+
+def _concat(parts: list[Embeddings], classes: list[str], model: dict, data_config: dict) -> Embeddings:
+    tokens = [p.patch_tokens for p in parts]
+    return Embeddings(
+        torch.cat([p.embeddings for p in parts]), torch.cat([p.labels for p in parts]),
+        [path for p in parts for path in p.paths], classes,
+        torch.cat(tokens) if tokens and all(t is not None for t in tokens) else None, model, data_config)
+
+
+@torch.no_grad()
+def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_size: int = 64,
+                 patch_tokens: bool = False, shard_size: int = 512, workers: int = 0,
+                 device: str | torch.device = "cpu", model_spec: dict[str, Any] | None = None,
+                 progress: bool = True, max_images: int | None = None) -> Embeddings:
+    """Embed every image of the class-per-folder tree `data` and write them to `out`.
+
+    Resumable: images already in `out` or in its `out.partial/` shards are skipped. `model_spec`
+    (e.g. {"spec": "resnet50", "pretrained": "default"}) is recorded so that a probe can be saved
+    as a model on the same backbone. `max_images` stops after that many new images (as an
+    interruption would; used to test resuming).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    samples, classes = scan_folder(data)
+    data_config = getattr(model, "visionzoo_data_config", None) or model_data_config(model)
+    spec = dict(model_spec or {"spec": getattr(model, "visionzoo_name", None)})
+
+    done = _read_shards(partial)
+    if out.is_file():
+        done.insert(0, load_embeddings(out))
+    for part in done:
+        if part.model.get("spec") != spec.get("spec") or part.model.get("pretrained") != spec.get("pretrained"):
+            raise ValueError(f"{out} holds embeddings of {part.model.get('spec')!r} "
+                             f"(pretrained={part.model.get('pretrained')!r}), not of {spec.get('spec')!r} "
+                             f"(pretrained={spec.get('pretrained')!r}); write to a new --out file")
+        if part.classes != classes:
+            raise ValueError(f"{out} was made from classes {part.classes[:5]}... but {data} has {classes[:5]}...; "
+                             "write to a new --out file")
+        if (part.patch_tokens is not None) != patch_tokens and len(part):
+            raise ValueError(f"{out} was made {'with' if part.patch_tokens is not None else 'without'} patch tokens; "
+                             "rerun with the same --patch-tokens setting or write to a new --out file")
+    finished = {path for part in done for path in part.paths}
+    todo = [i for i, path in enumerate(samples.paths) if path not in finished]
+    if max_images is not None:
+        todo = todo[:max_images]
+
+    model = model.to(device).eval()
+    dataset = ImageDataset(samples.subset(np.array(todo, dtype=np.int64)), eval_transform(data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    shard_index = len(list(partial.glob("shard-*.safetensors"))) if partial.is_dir() else 0
+    pending: list[Embeddings] = []
+    skipped = []
+
+    def flush() -> None:
+        nonlocal shard_index, pending
+        if pending:
+            shard = _concat(pending, classes, spec, data_config)
+            save_embeddings(shard, partial / f"shard-{shard_index:05d}.safetensors")
+            done.append(shard)
+            shard_index += 1
+            pending = []
+
+    columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(todo))
+        try:
+            for images, labels, indices, bad in loader:
+                skipped.extend(bad)
+                if len(indices):
+                    pooled, tokens = pooled_and_tokens(model, images.to(device), patch_tokens)
+                    paths = [dataset.samples.paths[i] for i in indices.tolist()]
+                    pending.append(Embeddings(pooled.float().cpu(), labels, paths, classes,
+                                              tokens.float().cpu() if tokens is not None else None))
+                    if sum(len(p) for p in pending) >= shard_size:
+                        flush()
+                bar.advance(task, len(indices) + len(bad))
+        finally:  # also on Ctrl-C: what was computed is kept for the rerun
+            flush()
+
+    result = _concat(done, classes, spec, data_config) if done else Embeddings(
+        torch.empty(0), torch.empty(0, dtype=torch.long), [], classes, model=spec, data_config=data_config)
+    result.skipped = [(s.path, s.reason) for s in skipped]  # type: ignore[attr-defined]
+    if max_images is None or len(todo) == 0 or len(finished) + len(todo) == len(samples):
+        if len(result):
+            save_embeddings(result, out)
+        shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

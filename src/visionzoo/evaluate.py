@@ -1,0 +1,198 @@
+"""Evaluation: top-1, top-5, per-class precision / recall / F1, calibration (ECE), confusion matrix.
+
+    import visionzoo.evaluate as ev
+    result = ev.evaluate("runs/resnet18-shapes/best", "builtin:shapes")
+    result["top1"], result["per_class"]["circle"]["f1"], result["ece"]
+
+`evaluate` accepts a model folder (a run's best/ or last/, or any `save_model` folder), a run
+folder (its best/ is used), a registered model name (with `pretrained=`), or a model object.
+Data is resolved like training data; a tree without val/ or test/ counts wholly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
+           "plot_confusion_matrix"]
+
+
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al., 2017): the gap between confidence and accuracy, averaged over equal-width
+    confidence bins weighted by how many predictions fall in each."""
+    confidence, predicted = probabilities.max(dim=1)
+    correct = predicted.eq(labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            ece += inside.float().mean() * (confidence[inside].mean() - correct[inside].mean()).abs()
+    return float(ece)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Metrics from (N, C) logits and (N,) integer labels."""
+    logits = logits.float()
+    count, num_classes = logits.shape
+    if count == 0:
+        raise ValueError("no samples to evaluate")
+    k = min(5, num_classes)
+    top = logits.topk(k, dim=1).indices
+    top1 = float(top[:, 0].eq(labels).float().mean())
+    top5 = float(top.eq(labels[:, None]).any(dim=1).float().mean())
+    predicted = top[:, 0]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    true_positive = confusion.diag().double()
+    predicted_count = confusion.sum(0).double()
+    actual_count = confusion.sum(1).double()
+    precision = torch.where(predicted_count > 0, true_positive / predicted_count.clamp(min=1), torch.zeros(()))
+    recall = torch.where(actual_count > 0, true_positive / actual_count.clamp(min=1), torch.zeros(()))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros(()))
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(actual_count[i])}
+        for i, name in enumerate(class_names)
+    }
+    probabilities = logits.softmax(dim=1)
+    return {
+        "top1": top1,
+        "top5": top5,
+        "loss": float(nn.functional.cross_entropy(logits, labels)),
+        "ece": expected_calibration_error(probabilities, labels),
+        "macro_f1": float(f1.mean()),
+        "count": count,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader, *, device: torch.device | str = "cpu", tta_flip: bool = False,
+                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+    """Run `model` over a loader of `collate_skipping` batches; returns logits, labels, dataset indices, skipped."""
+    model.eval()
+    device = torch.device(device)
+    all_logits, all_labels, all_indices, skipped = [], [], [], []
+    for images, labels, indices, bad in loader:
+        skipped.extend(bad)
+        if len(labels) == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(images).float()
+            if tta_flip:
+                logits = (logits + model(images.flip(-1)).float()) / 2
+        all_logits.append(logits.cpu())
+        all_labels.append(labels)
+        all_indices.append(indices)
+    if not all_logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
+    return torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices), skipped
+
+
+def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.array(confusion, dtype=float)
+    normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    side = min(4 + 0.4 * n, 30)
+    figure, axis = plt.subplots(figsize=(side, side * 0.85))
+    image = axis.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        axis.set_xticks(range(n), class_names, rotation=90)
+        axis.set_yticks(range(n), class_names)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j]:
+                        axis.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                                  color="white" if normalized[i, j] > 0.5 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title or "confusion matrix (rows normalised)")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
+    from visionzoo.train.checkpoint import load_exported
+    from visionzoo.data.transforms import model_data_config
+
+    if isinstance(model_or_path, nn.Module):
+        model = model_or_path
+    else:
+        path = Path(str(model_or_path))
+        if path.is_dir():
+            if (path / "best" / "config.json").exists():  # a run folder
+                path = path / "best"
+            model = load_exported(path)
+        elif path.suffix in (".safetensors", ".pt", ".pth") or path.exists():
+            raise ValueError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
+        else:
+            import visionzoo
+
+            model = visionzoo.create_model(str(model_or_path), pretrained=pretrained or False)
+    class_names = getattr(model, "class_names", None)
+    data_config = model_data_config(model)
+    return model, class_names, data_config
+
+
+def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str = False,
+             batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
+             tta_flip: bool = False, out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there."""
+    import json
+
+    from visionzoo.data.datasets import ImageDataset, collate_skipping
+    from visionzoo.data.sources import resolve_data
+    from visionzoo.data.transforms import eval_transform
+
+    model, model_classes, data_config = _resolve_model(model_or_path, pretrained)
+    splits = resolve_data(data, split="eval")
+    if model_classes:
+        missing = [c for c in splits.classes if c not in model_classes]
+        if missing:
+            raise ValueError(f"the data has classes the model does not know: {missing[:5]}; "
+                             f"the model's classes are {model_classes[:10]}...")
+        remap = torch.tensor([model_classes.index(c) for c in splits.classes])
+        class_names = list(model_classes)
+    else:
+        if getattr(model, "num_classes", len(splits.classes)) != len(splits.classes):
+            raise ValueError(f"the model has {model.num_classes} outputs but the data has {len(splits.classes)} "
+                             "classes, and the model carries no class names to match them by")
+        remap, class_names = None, splits.classes
+    dataset = ImageDataset(splits.val, eval_transform(data_config, image_size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    logits, labels, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip)
+    if remap is not None:
+        labels = remap[labels]
+    result = classification_metrics(logits, labels, class_names)
+    result["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    result["data"] = splits.description
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot_confusion_matrix(result["confusion_matrix"], class_names, out / "confusion_matrix.png",
+                              f"top-1 {result['top1']:.2%}")
+        result["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    return result

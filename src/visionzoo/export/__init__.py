@@ -1,0 +1,134 @@
+"""Deployment: export to ONNX or TorchScript, BN folding, int8 quantisation, and verification.
+
+`export_model` is what `visionzoo export` runs: build or load the model, optionally fold its
+batch norms, export, verify the file against eager PyTorch on random and real images at two
+batch sizes, and optionally quantise to int8 and measure top-1 before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from visionzoo.export.fold_bn import fold_batchnorm
+from visionzoo.export.onnx import (ExportResult, export_onnx, export_torchscript, model_preprocessing,
+                                   verify_onnx, verify_torchscript)
+from visionzoo.export.quantize import quantize_int8
+
+__all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
+           "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
+
+
+@dataclass
+class ExportReport:
+    model: str
+    path: Path
+    format: str
+    verified: bool | None  # None when verification was switched off
+    max_relative_difference: float | None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    int8_path: Path | None = None
+    top1_fp32: float | None = None
+    top1_int8: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
+
+
+def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
+    from visionzoo.data.decode import is_image_file
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise ValueError(f"no images (.jpg, .png, ...) found under {folder}")
+    if limit is not None and len(files) > limit:  # an even sample across classes, not the first folder only
+        step = len(files) / limit
+        files = [files[int(i * step)] for i in range(limit)]
+    return files
+
+
+def _synthetic_photos(count: int = 4) -> list:
+    """A few drawn images (gradients and shapes) for verification when no image folder is given."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(count):
+        base = np.linspace(0, 255, 256, dtype=np.float32)
+        pixels = np.stack([np.outer(np.ones(256), base), np.outer(base, np.ones(256)),
+                           np.full((256, 256), 40.0 * i)], axis=-1)
+        image = Image.fromarray(np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        x, y = rng.integers(20, 140, size=2)
+        draw.ellipse([int(x), int(y), int(x) + 90, int(y) + 70], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        images.append(image)
+    return images
+
+
+def _real_inputs(model: nn.Module, img_size: int | None, folder: Path | None) -> list[torch.Tensor]:
+    from visionzoo.data.decode import decode_image
+    from visionzoo.onnx_predict import preprocess_image
+
+    preprocessing = model_preprocessing(model, img_size)
+    images = [decode_image(p) for p in _image_files(folder, 4)] if folder else _synthetic_photos()
+    return [torch.from_numpy(preprocess_image(image, preprocessing)) for image in images]
+
+
+def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> float:
+    """Top-1 accuracy of an ONNX model on a class-per-folder tree whose folder names are its class names."""
+    from visionzoo.onnx_predict import OnnxClassifier
+
+    classifier = OnnxClassifier(onnx_path)
+    classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+    names = classifier.class_names or classes
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise ValueError(f"folders {missing[:5]} of {data_dir} are not classes of the model ({names[:5]}...)")
+    files = _image_files(data_dir, limit)
+    results = classifier.predict_files(files, topk=1, batch_size=32)
+    scored = [(r, f) for r, f in zip(results, files) if "predictions" in r]
+    correct = sum(r["predictions"][0]["index"] == names.index(f.relative_to(data_dir).parts[0]) for r, f in scored)
+    return correct / max(len(scored), 1)
+
+
+def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img_size: int | None = None,
+                 dynamic_batch: bool = True, opset: int = 18, fold_bn: bool = False, int8: bool = False,
+                 calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
+                 eval_limit: int | None = None, verify: bool = True) -> ExportReport:
+    out = Path(out)
+    name = getattr(model, "visionzoo_name", type(model).__name__)
+    model = model.eval()
+    calib_dir = Path(calib_dir) if calib_dir else None
+    if int8 and (format != "onnx" or calib_dir is None):
+        raise ValueError("--int8 needs --format onnx and --calib DIR (a folder of calibration images)")
+    if fold_bn:
+        channels, height, width = model_preprocessing(model, img_size)["input_size"]
+        model = fold_batchnorm(model, torch.randn(1, channels, height, width))
+    if format == "onnx":
+        result: ExportResult = export_onnx(model, out, img_size=img_size, dynamic_batch=dynamic_batch, opset=opset)
+    elif format == "torchscript":
+        result = export_torchscript(model, out, img_size=img_size)
+    else:
+        raise ValueError(f"format must be 'onnx' or 'torchscript', got {format!r}")
+    if verify:
+        real = _real_inputs(model, img_size, calib_dir)
+        batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
+        verifier = verify_onnx if format == "onnx" else verify_torchscript
+        result = verifier(result, model, img_size=img_size, real_images=real, batch_sizes=batch_sizes)
+    report = ExportReport(model=name, path=result.path, format=format, verified=result.verified if verify else None,
+                          max_relative_difference=result.max_relative_difference, checks=result.checks or [])
+    if int8:
+        report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
+        quantize_int8(out, report.int8_path, _image_files(calib_dir, calib_count))
+    if eval_dir is not None and format == "onnx":
+        report.top1_fp32 = onnx_top1(out, Path(eval_dir), eval_limit)
+        if report.int8_path:
+            report.top1_int8 = onnx_top1(report.int8_path, Path(eval_dir), eval_limit)
+    return report

@@ -1,0 +1,28 @@
+"""Convolution, batch norm and activation as one module (GoogLeNet, Inception v3, ...)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class ConvBnAct(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> activation.
+
+    Submodules are named `conv` and `bn`, as in torchvision's `BasicConv2d` and timm's
+    `ConvNormAct`, so their published weights load unchanged. The activation holds no
+    weights; `act_layer=None` leaves it out. Arguments follow `nn.Conv2d`: padding
+    defaults to 0, as there, not to "same".
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int | tuple[int, int], stride: int = 1,
+                 padding: int | tuple[int, int] = 0, groups: int = 1, eps: float = 1e-5,
+                 act_layer: type[nn.Module] | None = nn.ReLU):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding, groups=groups,
+                              bias=False)
+        self.bn = nn.BatchNorm2d(out_chs, eps=eps)
+        self.act = act_layer(inplace=True) if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))

@@ -1,0 +1,122 @@
+"""Classify images with an exported ONNX model, without PyTorch.
+
+This module imports only numpy, Pillow and onnxruntime (and visionzoo's own torch-free image
+decoder), so an edge device can run it with no PyTorch installed. Preprocessing and class
+names come from the metadata `visionzoo export` embedded in the file; the result format is
+the PyTorch predictor's: per image `{"path", "predictions": [{"index", "label", "prob"}]}`,
+or `{"path", "error"}` for an image that cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visionzoo.data.decode import ImageDecodeError, decode_image
+
+__all__ = ["OnnxClassifier", "preprocess_image"]
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def preprocess_image(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Resize the shorter side to size / crop_pct, centre-crop, scale to [0, 1] and normalise.
+
+    Mirrors the PyTorch eval transform (torchvision's Resize + CenterCrop on a PIL image,
+    which also resizes with Pillow): same sizes, same rounding, same filter.
+    Returns a float32 array (C, H, W).
+    """
+    _, height, width = preprocessing["input_size"]
+    crop_pct = float(preprocessing.get("crop_pct", 1.0))
+    resample = _RESAMPLE[preprocessing.get("interpolation", "bilinear")]
+    scale_size = int(height / crop_pct) if height == width else None
+    w, h = image.size
+    if scale_size is not None:  # shorter side to scale_size, aspect kept, as torchvision truncates
+        new_w, new_h = (scale_size, int(scale_size * h / w)) if w <= h else (int(scale_size * w / h), scale_size)
+    else:
+        new_w, new_h = int(width / crop_pct), int(height / crop_pct)
+    image = image.resize((new_w, new_h), resample)
+    left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
+    image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, C)
+    mean = np.asarray(preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
+    std = np.asarray(preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
+    return ((array - mean) / std).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class OnnxClassifier:
+    """An exported visionzoo model run by onnxruntime, with its own preprocessing and labels."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            raise ValueError(f"{path} is not a loadable ONNX model: {error}") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "visionzoo.preprocessing" not in metadata:
+            raise ValueError(f"{path} has no visionzoo preprocessing metadata; export it with `visionzoo export`")
+        self.path = path
+        self.name = metadata.get("visionzoo.model", path.stem)
+        self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
+        self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
+        self.input_name = self.session.get_inputs()[0].name
+        fixed_batch = self.session.get_inputs()[0].shape[0]
+        self.max_batch = fixed_batch if isinstance(fixed_batch, int) else 32
+
+    def label(self, index: int) -> str:
+        if self.class_names is not None and index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, num_classes) for a preprocessed float32 batch (N, C, H, W)."""
+        outputs = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0])
+        return _softmax(np.concatenate(outputs).astype(np.float32))
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
+        order = np.argsort(-probs)[:k]
+        return [{"index": int(i), "label": self.label(int(i)), "prob": float(probs[i])} for i in order]
+
+    def predict_files(self, paths: list[str | Path], *, topk: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
+        """One result per path, in order; unreadable images get `{"path", "error"}`, the rest predictions."""
+        results: list[dict[str, Any]] = [{} for _ in paths]
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            probs = self.predict_arrays(np.stack([array for _, array in pending]))
+            for (index, _), row in zip(pending, probs):
+                results[index] = {"path": str(paths[index]), "predictions": self.top_k(row, topk)}
+            pending.clear()
+
+        for index, path in enumerate(paths):
+            try:
+                pending.append((index, preprocess_image(decode_image(path), self.preprocessing)))
+            except (ImageDecodeError, OSError) as error:
+                results[index] = {"path": str(path), "error": str(error)}
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
+        return results

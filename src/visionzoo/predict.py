@@ -1,0 +1,142 @@
+"""Classify image files with a model: the library side of `visionzoo predict`.
+
+    results = predict("resnet50", ["cat.jpg", "photos/"], topk=5)     # default weights
+    print(format_table(results))
+
+Each result is `{"path", "predictions": [{"index", "label", "prob"}]}`, or `{"path", "error"}`
+for a file that cannot be read (the others are still predicted). `prediction_record` builds
+one result from class probabilities, so other back ends (ONNX) format theirs the same way.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from visionzoo.data.decode import ImageDecodeError, decode_image, is_image_file
+
+__all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
+           "predict", "predict_images"]
+
+
+def expand_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given, folders as their image files (recursively, sorted), shell globs expanded.
+
+    A path that does not exist and matches no glob is kept, so it is reported as an error
+    in the results instead of silently skipped.
+    """
+    paths: list[str] = []
+    for item in map(os.fspath, inputs):
+        if os.path.isdir(item):
+            paths += sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and is_image_file(p.name))
+        elif os.path.exists(item):
+            paths.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            paths += [m for m in matches if os.path.isfile(m)] or [item]
+        else:
+            paths.append(item)
+    return paths
+
+
+def prediction_record(path: str, probs: torch.Tensor | Sequence[float], labels: Sequence[str] | None,
+                      topk: int = 5) -> dict[str, Any]:
+    """One image's result from its class probabilities (1-D), with the top `topk` classes."""
+    probs = torch.as_tensor(probs, dtype=torch.float32).flatten()
+    values, indices = probs.topk(min(topk, probs.numel()))
+    predictions = []
+    for value, index in zip(values.tolist(), indices.tolist()):
+        label = labels[index] if labels is not None and index < len(labels) else str(index)
+        predictions.append({"index": int(index), "label": label, "prob": float(value)})
+    return {"path": str(path), "predictions": predictions}
+
+
+def error_record(path: str, error: str) -> dict[str, Any]:
+    return {"path": str(path), "error": error}
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """Plain-text table: one block per image, `rank  prob  label (index)` per prediction."""
+    lines = []
+    for result in results:
+        lines.append(str(result["path"]))
+        if "error" in result:
+            lines.append(f"  error: {result['error']}")
+            continue
+        for rank, p in enumerate(result["predictions"], 1):
+            lines.append(f"  {rank:>2}  {p['prob'] * 100:6.2f}%  {p['label']} ({p['index']})")
+    return "\n".join(lines)
+
+
+def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:
+    """A model ready to predict: a module as given, a saved-model folder, or a registered name with
+    `pretrained` weights (default: the architecture's default weights)."""
+    from visionzoo.registry import create_model
+    from visionzoo.weights import load_model
+
+    if isinstance(model, nn.Module):
+        return model.eval()
+    spec = os.fspath(model)
+    if os.path.isdir(spec):
+        if pretrained:
+            raise ValueError(f"{spec} is a saved model that carries its own weights; drop --pretrained")
+        return load_model(spec)
+    if os.path.exists(spec) or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".onnx"):
+        raise ValueError(f"MODEL {spec!r} is a file; pass a model name with --pretrained {spec}, "
+                         "or a folder written by visionzoo.save_model")
+    return create_model(spec, pretrained=True if pretrained in (None, True) else pretrained).eval()
+
+
+@torch.inference_mode()
+def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, batch_size: int = 16,
+                   labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Results for `paths` in order; unreadable files give error records."""
+    from visionzoo.preprocess import transforms
+    from visionzoo.weights import class_names
+
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    transform = transforms(model)
+    labels = labels if labels is not None else class_names(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    results: list[dict[str, Any] | None] = [None] * len(paths)
+    batch, where = [], []
+
+    def flush() -> None:
+        if not batch:
+            return
+        probs = model(torch.stack(batch).to(device)).float().softmax(dim=-1).cpu()
+        for row, index in zip(probs, where):
+            results[index] = prediction_record(paths[index], row, labels, topk)
+        batch.clear()
+        where.clear()
+
+    for index, path in enumerate(paths):
+        try:
+            image = decode_image(path)
+        except ImageDecodeError as error:
+            results[index] = error_record(path, error.reason)
+            continue
+        except OSError as error:
+            results[index] = error_record(path, error.strerror or str(error))
+            continue
+        batch.append(transform(image))
+        where.append(index)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return [r for r in results if r is not None]
+
+
+def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.PathLike], *, topk: int = 5,
+            pretrained: bool | str | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
+    """Top-k predictions for image files, folders and globs (see the module docstring)."""
+    paths = expand_image_paths(images)
+    if not paths:
+        raise ValueError("no images given")
+    return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size)

@@ -1,0 +1,135 @@
+"""Checkpoints that always load: atomic writes, weights in safetensors, the rest in one state file.
+
+A run's `checkpoint/` folder holds pairs `model-<step>.safetensors` + `state-<step>.pt`
+(optimizer, scheduler, scaler, EMA, position, RNG states, best metric, history, settings)
+and `latest.json` naming the newest complete pair. Every file is written to a temporary
+name, fsynced and renamed, and `latest.json` is replaced only after its pair is on disk, so
+a crash at any moment leaves the previous checkpoint loadable. Older pairs are removed after
+the pointer moves.
+
+Model exports (`best/`, `last/`) use `visionzoo.save_model` when the weights package
+provides it, else the same layout written here: `model.safetensors` + `config.json`
+(architecture, class names, preprocessing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save
+
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "export_model", "load_exported"]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; copies are cheap next to the disk write.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(folder: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    folder = Path(folder)
+    atomic_write(folder / f"model-{step}.safetensors", save(_tensors(model_state)))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(folder / f"state-{step}.pt", buffer.getvalue())
+    atomic_write(folder / "latest.json", json.dumps({"step": step}).encode())
+    for old in folder.glob("*-*.*"):
+        stem = old.name.split(".")[0]
+        if stem.rsplit("-", 1)[-1].isdigit() and int(stem.rsplit("-", 1)[-1]) != step:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = Path(folder)
+    pointer = folder / "latest.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"no checkpoint in {folder} (latest.json is missing); nothing to resume")
+    step = json.loads(pointer.read_text())["step"]
+    weights = load_file(folder / f"model-{step}.safetensors")
+    state = torch.load(folder / f"state-{step}.pt", map_location="cpu", weights_only=False)
+    return weights, state
+
+
+def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_config: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
+    """Write a loadable model folder (model.safetensors + config.json)."""
+    import visionzoo
+
+    path = Path(path)
+    # The model carries its classes and the preprocessing it was trained with, as weights do.
+    model.class_names = list(class_names)
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **_jsonable(data_config)}
+    save_model = getattr(visionzoo, "save_model", None)
+    if save_model is not None and getattr(model, "visionzoo_name", None):
+        save_model(model, path)
+        return
+    # A model the registry cannot rebuild (a user's own nn.Module): weights and facts only.
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / "model.safetensors", save(_tensors(model.state_dict())))
+    config = {
+        "architecture": getattr(model, "visionzoo_name", None),
+        "num_classes": int(getattr(model, "num_classes", len(class_names))),
+        "class_names": list(class_names),
+        "model_args": _jsonable(getattr(model, "visionzoo_overrides", {})),
+        "data_config": _jsonable(data_config),
+        "visionzoo_version": visionzoo.__version__,
+        **(extra or {}),
+    }
+    atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
+
+
+def load_exported(path: Path) -> nn.Module:
+    """A model folder back as a model in eval mode, with `.class_names` and `.pretrained_cfg` (preprocessing)."""
+    import visionzoo
+
+    path = Path(path)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
+    load_model = getattr(visionzoo, "load_model", None)
+    if load_model is not None and "format" in json.loads(config_path.read_text()):
+        return load_model(path)
+    config = json.loads(config_path.read_text())
+    if not config.get("architecture"):
+        raise ValueError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
+    model = visionzoo.create_model(config["architecture"], num_classes=config["num_classes"],
+                                   **config.get("model_args", {}))
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.class_names = config.get("class_names")
+    model.pretrained_cfg = config.get("data_config")
+    return model.eval()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,151 @@
+"""`visionzoo train` and `visionzoo eval`: argument definitions and the thin commands over
+`visionzoo.train` and `visionzoo.evaluate.evaluate` (kept here so cli.py needs one line)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+__all__ = ["add_commands", "cmd_train", "cmd_eval"]
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict:
+    from visionzoo.train.settings import TrainSettings
+
+    names = {f.name for f in dataclasses.fields(TrainSettings)}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from visionzoo.train.trainer import NonFiniteLossError, train
+
+    settings = _settings_from_args(args)
+    if args.resume:
+        run = lambda: train(None, None, resume=args.resume, **settings)  # noqa: E731
+    else:
+        if not args.model or not args.data:
+            raise ValueError("train needs --model and --data (or --resume RUN_DIR)")
+        pretrained = args.pretrained
+        if pretrained is not None and pretrained.lower() in ("default", "true", "1"):
+            pretrained = True
+        run = lambda: train(args.model, args.data, pretrained=pretrained or False,  # noqa: E731
+                                     out=args.out, **settings)
+    try:
+        result = run()
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), "best_val_top1": result.best_metric,
+                          "history": result.history, "interrupted": result.interrupted}))
+    return 130 if result.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from visionzoo.evaluate import evaluate
+
+    pretrained = args.pretrained
+    if pretrained is not None and pretrained.lower() in ("default", "true", "1"):
+        pretrained = True
+    out = args.out
+    if out is None:  # next to the model when it is a folder, else under runs/
+        from pathlib import Path
+
+        data_name = Path(str(args.data).split("?")[0].replace("builtin:", "")).name.split(".")[0] or "data"
+        model_path = Path(args.model)
+        out = model_path / f"eval-{data_name}" if model_path.is_dir() else Path("runs") / f"eval-{args.model}-{data_name}"
+    result = evaluate(args.model, args.data, pretrained=pretrained or False, batch_size=args.batch_size,
+                      workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip, out=out)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items()}))
+        return 0
+    console = Console()
+    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+                  f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
+    table = Table(title="per class")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in result["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(table)
+    if result.get("skipped"):
+        console.print(f"{len(result['skipped'])} unreadable images skipped (first: {result['skipped'][0]['path']}: "
+                      f"{result['skipped'][0]['reason']})")
+    if result.get("confusion_matrix_png"):
+        console.print(f"confusion matrix: {result['confusion_matrix_png']}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Add `train` and `eval` to the CLI's subcommand parsers."""
+    from visionzoo.data.transforms import PRESETS
+    from visionzoo.train.settings import RECIPES
+
+    p = commands.add_parser(
+        "train", help="train or fine-tune a classifier on a folder, CSV, archive or builtin:shapes",
+        description="Train or fine-tune a classifier. Settings left out come from the recipe for the model's "
+                    "family; the resolved settings are written to the run folder's config.json.")
+    p.add_argument("--model", help="registered model name (see `visionzoo list`)")
+    p.add_argument("--data", help="class-per-folder tree, CSV of path,label, .tar/.tar.gz of a tree, or builtin:shapes")
+    p.add_argument("--pretrained", metavar="W", help="start from weights: 'default', ARCH.TAG or a path")
+    p.add_argument("--recipe", choices=RECIPES, help="scratch (default), finetune or linear-probe")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-DATA-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: base lr x batch / 256)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (ViT-style fine-tuning)")
+    p.add_argument("--head-lr-scale", type=float, help="head lr / backbone lr")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", choices=PRESETS, help="train-time augmentation preset")
+    p.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
+    p.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
+    p.add_argument("--drop-path-rate", type=float)
+    p.add_argument("--image-size", type=int, help="train and validation resolution")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="keep an EMA of the weights")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument("--class-balance", choices=["none", "weights", "sampler"], help="for imbalanced data")
+    p.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--workers", type=int, help="data loader processes")
+    p.add_argument("--val-fraction", type=float, help="held out when the data has no val/ folder (default 0.1)")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode once into a memory-mapped uint8 cache")
+    p.add_argument("--cache-size", type=int, help="side of cached images (default: image size / crop pct)")
+    p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode every file first and write bad_files.txt")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N optimizer steps")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser(
+        "eval", help="evaluate a model: top-1/5, per-class P/R/F1, calibration, confusion matrix",
+        description="Evaluate a trained model folder (a run's best/ or last/), a run folder, or a registered model.")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
+    p.add_argument("--data", required=True, help="folder, CSV, archive or builtin:shapes (its val/test part)")
+    p.add_argument("--pretrained", metavar="W", help="weights for a registered model name")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--tta-flip", action="store_true")
+    p.add_argument("--out", metavar="DIR", help="where to write metrics.json and confusion_matrix.png "
+                   "(default: MODEL_DIR/eval-DATA, or runs/eval-MODEL-DATA for a model name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys top1, top5, per_class, ece, ...)")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,107 @@
+"""Optimiser parameter groups (weight decay, head vs backbone, layer-wise lr decay) and the schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+__all__ = ["head_parameter_names", "layer_ids", "build_optimizer", "build_schedule"]
+
+
+def head_parameter_names(model: nn.Module, num_classes: int) -> set[str]:
+    """Names of the classifier's parameters: the last Linear (or 1x1 conv) with `num_classes` outputs."""
+    head_module = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            head_module = name
+        elif isinstance(module, nn.Conv2d) and module.out_channels == num_classes and module.kernel_size == (1, 1):
+            head_module = name
+    if head_module is None:
+        return set()
+    prefix = head_module + "."
+    return {name for name, _ in model.named_parameters() if name.startswith(prefix)}
+
+
+def layer_ids(model: nn.Module, head_names: set[str]) -> tuple[dict[str, int], int]:
+    """A depth index per parameter for layer-wise lr decay, and the number of depths.
+
+    Parameters before the first numbered block (patch embedding, class token, stem) get 0;
+    each numbered block (`blocks.3`, `stages.1.blocks.2`, `layer2.0`) gets the next index in
+    order of appearance; parameters after the last block (final norm) share the last block's
+    index + 1, and the head gets the deepest index.
+    """
+    ids: dict[str, int] = {}
+    blocks: dict[str, int] = {}
+    pending_tail: list[str] = []
+    for name, _ in model.named_parameters():
+        if name in head_names:
+            continue
+        key = _block_key(name)
+        if key is None:
+            if blocks:
+                pending_tail.append(name)
+            else:
+                ids[name] = 0
+            continue
+        if key not in blocks:
+            blocks[key] = len(blocks) + 1
+        ids[name] = blocks[key]
+    tail = len(blocks) + 1
+    for name in pending_tail:
+        ids[name] = tail
+    for name in head_names:
+        ids[name] = tail + 1
+    return ids, tail + 2
+
+
+def _block_key(name: str) -> str | None:
+    """'blocks.3.attn.qkv.weight' -> 'blocks.3'; 'stages.1.blocks.2.conv.weight' -> 'stages.1.blocks.2';
+    'layer2.0.conv1.weight' -> 'layer2.0'; None when no path element is a number."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            end = i + 2 if i + 2 < len(parts) - 1 and parts[i + 2].isdigit() else i
+            return ".".join(parts[: end + 1])
+    return None
+
+
+def build_optimizer(model: nn.Module, settings, head_names: set[str]) -> torch.optim.Optimizer:
+    """Groups by (lr scale, weight decay); norms, biases and tokens get no weight decay."""
+    layer_decay = settings.layer_decay or 1.0
+    ids, depth = layer_ids(model, head_names) if layer_decay != 1.0 else ({}, 0)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        no_decay = parameter.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "dist_token", "reg_token"))
+        decay = 0.0 if no_decay else settings.weight_decay
+        if layer_decay != 1.0:
+            scale = layer_decay ** (depth - 1 - ids[name])
+        else:
+            scale = 1.0 if (name in head_names or not head_names) else 1.0 / settings.head_lr_scale
+        groups.setdefault((scale, decay), []).append(parameter)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+    # Sorted so the head's group (scale 1) is last: its lr is what the progress bar shows.
+    param_groups = [{"params": params, "lr": settings.lr * scale, "lr_scale": scale, "weight_decay": decay}
+                    for (scale, decay), params in sorted(groups.items())]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=settings.lr, betas=(0.9, 0.999))
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                   min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over `warmup_steps`, then cosine decay to `min_lr_ratio` at `total_steps`.
+    The factor applies per step (call `.step()` after each optimizer step)."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,71 @@
+"""PNG plots of a run: loss and accuracy curves, the validation confusion matrix, the worst mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionzoo.evaluate import plot_confusion_matrix
+
+__all__ = ["write_plots"]
+
+
+def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[str, Any] | None,
+                classes: list[str], val_set, data_config: dict[str, Any], worst: int = 16) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    if history:
+        epochs = [record["epoch"] for record in history]
+        figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+        loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+        if "val_loss" in history[0]:
+            loss_axis.plot(epochs, [r.get("val_loss") for r in history], marker="o", label="validation")
+            accuracy_axis.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in history], marker="o", label="top-1")
+            accuracy_axis.plot(epochs, [100 * r.get("val_top5", float("nan")) for r in history], marker="o", label="top-5")
+        loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
+        accuracy_axis.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+        loss_axis.legend()
+        accuracy_axis.legend()
+        figure.tight_layout()
+        figure.savefig(run_dir / "curves.png", dpi=100)
+        plt.close(figure)
+    if val_metrics is None:
+        return
+    plot_confusion_matrix(val_metrics["confusion_matrix"], classes, run_dir / "confusion_matrix.png",
+                          f"validation, top-1 {val_metrics['top1']:.2%}")
+    logits, labels, indices = val_metrics["_logits"], val_metrics["_labels"], val_metrics["_indices"]
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    wrong = (logits.argmax(1) != labels).nonzero().flatten()
+    if len(wrong) == 0 or val_set is None:
+        return
+    order = wrong[losses[wrong].argsort(descending=True)][:worst]
+    columns = 4
+    rows = int(np.ceil(len(order) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
+    std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
+    probabilities = logits.softmax(1)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, position in zip(axes.flat, order.tolist()):
+        item = val_set[int(indices[position])]
+        if not isinstance(item, tuple):
+            continue
+        pixels = item[0]
+        pixels = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels * std + mean
+        image = pixels.clamp(0, 1).permute(1, 2, 0).numpy()
+        predicted = int(logits[position].argmax())
+        axis.imshow(image)
+        axis.set_title(f"true {classes[labels[position]]}\npredicted {classes[predicted]} "
+                       f"({probabilities[position, predicted]:.0%})", fontsize=8)
+    figure.suptitle("validation images with the highest loss")
+    figure.tight_layout()
+    figure.savefig(run_dir / "worst_mistakes.png", dpi=100)
+    plt.close(figure)

@@ -1,0 +1,157 @@
+"""Training settings and the recipes that fill them in.
+
+A recipe (`scratch`, `finetune`, `linear-probe`) gives defaults per model style, following
+the published recipes:
+
+- ViT-style (ViT, DeiT, BEiT, EVA, Swin, ...): AdamW, linear warm-up then cosine decay,
+  weight decay 0.05, drop path 0.1; fine-tuning adds layer-wise lr decay 0.65 as in
+  BEiT / MAE fine-tuning (each block's lr is `layer_decay` times the next one's, so the
+  new head trains at the full rate and the patch embedding at the smallest).
+- ConvNeXt: the same with layer decay 0.8 (ConvNeXt fine-tuning).
+- Convolutional networks (ResNet, VGG, ...): SGD with Nesterov momentum and cosine decay;
+  fine-tuning uses a 10x lower lr for the pretrained backbone than for the new head.
+- Linear probe (MAE protocol): backbone frozen, head only, SGD, no weight decay, light aug.
+
+Learning rates scale linearly with the global batch size (`base_lr * batch / 256`).
+Every field can be overridden; the resolved settings are written to the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainSettings", "RECIPES", "resolve_settings", "model_style"]
+
+RECIPES = ("scratch", "finetune", "linear-probe")
+
+_VIT_FAMILIES = {"vit", "deit", "deit3", "beit", "eva", "eva02", "cait", "swin", "swinv2", "dinov2", "xcit", "mvit",
+                 "maxvit", "coat", "pit", "tnt", "crossvit", "levit", "clip", "siglip", "vit_hybrid", "flexivit", "hiera"}
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a run. None means "the recipe decides"."""
+
+    recipe: str = "scratch"
+    epochs: int = 10
+    batch_size: int = 64  # global: split across processes under torchrun
+    optimizer: str | None = None  # sgd | adamw
+    lr: float | None = None  # peak lr of the head group; None: base_lr * batch_size / 256
+    base_lr: float | None = None
+    head_lr_scale: float | None = None  # head lr / backbone lr when no layer decay
+    layer_decay: float | None = None  # layer-wise lr decay; 1.0 or None disables
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    label_smoothing: float | None = None
+    augment: str | None = None  # none | crop | light | medium | strong
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    drop_path_rate: float | None = None
+    drop_rate: float | None = None
+    image_size: int | None = None
+    ema: bool = False
+    ema_decay: float = 0.9998
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    class_balance: str = "none"  # none | weights | sampler
+    early_stopping: int | None = None  # epochs without improvement before stopping
+    seed: int = 0
+    deterministic: bool = False
+    workers: int | None = None
+    val_fraction: float = 0.1
+    cache: bool = False  # decode once into a memory-mapped uint8 cache
+    cache_size: int | None = None
+    scan: bool = False
+    checkpoint_every: int | None = None  # optimizer steps; None: epoch ends only
+    log_every: int = 10
+    tta_flip: bool = False  # validation averages logits of the image and its mirror
+    tensorboard: bool = True
+    plots: bool = True
+    progress: bool = True
+    device: str | None = None
+    freeze_backbone: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_style(name: str | None) -> str:
+    """'vit', 'convnext' or 'convnet': which family of recipes a model follows."""
+    if not name:
+        return "convnet"
+    from visionzoo.registry import get_card
+
+    family = get_card(name).family.lower()
+    if family in _VIT_FAMILIES or family.startswith(("vit", "deit", "swin", "eva")):
+        return "vit"
+    if family.startswith("convnext"):
+        return "convnext"
+    return "convnet"
+
+
+_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("scratch", "convnet"): dict(optimizer="sgd", base_lr=0.2, weight_decay=5e-4, warmup_epochs=1.0,
+                                 label_smoothing=0.1, augment="light", head_lr_scale=1.0, drop_path_rate=0.0),
+    ("scratch", "vit"): dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.05, warmup_epochs=5.0,
+                             label_smoothing=0.1, augment="medium", head_lr_scale=1.0, drop_path_rate=0.1),
+    ("scratch", "convnext"): dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, warmup_epochs=5.0,
+                                  label_smoothing=0.1, augment="medium", head_lr_scale=1.0, drop_path_rate=0.1),
+    ("finetune", "convnet"): dict(optimizer="sgd", base_lr=0.01, weight_decay=1e-4, warmup_epochs=1.0,
+                                  label_smoothing=0.1, augment="light", head_lr_scale=10.0, drop_path_rate=0.0),
+    ("finetune", "vit"): dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.05, warmup_epochs=5.0,
+                              label_smoothing=0.1, augment="medium", layer_decay=0.65, head_lr_scale=1.0,
+                              drop_path_rate=0.1),
+    ("finetune", "convnext"): dict(optimizer="adamw", base_lr=2.5e-4, weight_decay=0.05, warmup_epochs=5.0,
+                                   label_smoothing=0.1, augment="medium", layer_decay=0.8, head_lr_scale=1.0,
+                                   drop_path_rate=0.1),
+    ("linear-probe", "any"): dict(optimizer="sgd", base_lr=0.1, weight_decay=0.0, warmup_epochs=0.0,
+                                  label_smoothing=0.0, augment="light", head_lr_scale=1.0, drop_path_rate=0.0,
+                                  freeze_backbone=True),
+}
+
+
+def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_size: int | None = None) -> TrainSettings:
+    """Fill every None from the recipe for this model's style; returns a new object."""
+    if settings.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {settings.recipe!r}; choose one of {', '.join(RECIPES)}")
+    style = model_style(model_name)
+    key = (settings.recipe, "any") if settings.recipe == "linear-probe" else (settings.recipe, style)
+    defaults = dict(_DEFAULTS[key])
+    defaults.setdefault("layer_decay", 1.0)
+    defaults.setdefault("freeze_backbone", False)
+    resolved = dataclasses.replace(settings)
+    for name, value in defaults.items():
+        if getattr(resolved, name) is None:
+            setattr(resolved, name, value)
+    # Short runs get a proportionally short warm-up unless the user set one.
+    if settings.warmup_epochs is None:
+        resolved.warmup_epochs = min(resolved.warmup_epochs, 0.1 * resolved.epochs)
+    if resolved.lr is None:
+        resolved.lr = resolved.base_lr * resolved.batch_size / 256
+    # Small built-in images (generated shapes) train at their own size from scratch, with the
+    # small-image augmentation, unless told otherwise.
+    if settings.recipe == "scratch" and native_size is not None and native_size <= 64:
+        if resolved.image_size is None:
+            resolved.image_size = native_size
+        if settings.augment is None:
+            resolved.augment = "crop"
+    if resolved.drop_rate is None:
+        resolved.drop_rate = 0.0
+    for name in ("epochs", "batch_size", "grad_accum"):
+        if getattr(resolved, name) < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
+    if resolved.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
+    if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
+    if resolved.class_balance not in ("none", "weights", "sampler"):
+        raise ValueError(f"unknown class balance {resolved.class_balance!r}; choose none, weights or sampler")
+    return resolved

@@ -1,0 +1,142 @@
+"""Fitting a checkpoint to the model the user asked for.
+
+- another number of classes: the classifier's weights are dropped (the model keeps its
+  fresh initialisation), with one log line naming them; `num_classes=0` drops them too;
+- `in_chans` other than 3: the first convolution / patch embedding is summed over its input
+  channels for one channel, or repeated and scaled by 3 / in_chans for more, so that the
+  response to a grey image stays what it was;
+- another input size: absolute position embeddings (ViT family) and relative-position bias
+  tables (Swin, MaxViT) are resampled;
+- anything else that does not fit raises `WeightsMismatchError`, listing the first few
+  missing, unexpected and shape-mismatched keys with their counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from visionzoo.layers.pos_embed import resample_abs_pos_embed
+
+__all__ = ["WeightsMismatchError", "adapt_input_conv", "fit_state_dict"]
+
+logger = logging.getLogger("visionzoo.weights")
+
+
+class WeightsMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model, beyond what can be adapted."""
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first-layer weight (O, 3, kh, kw) made to take `in_chans` channels."""
+    if weight.shape[1] == in_chans:
+        return weight
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1:
+        weight = weight.sum(dim=1, keepdim=True)  # a grey image through summed filters = RGB of equal channels
+    else:
+        repeats = math.ceil(in_chans / weight.shape[1])
+        weight = weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+    return weight.to(dtype)
+
+
+def _resample_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A relative-position bias table resampled over its (2W-1, 2W-1) grid of offsets: Swin's
+    ((2W-1)^2, heads) or MaxViT's (heads, 2W-1, 2W-1)."""
+    if table.ndim == 3:  # (heads, 2H-1, 2W-1)
+        grid = F.interpolate(table.float()[None], size=tuple(shape[1:]), mode="bicubic", align_corners=False)
+        return grid[0].to(table.dtype)
+    old_side, new_side = math.isqrt(table.shape[0]), math.isqrt(shape[0])
+    if old_side * old_side != table.shape[0] or new_side * new_side != shape[0]:
+        raise WeightsMismatchError(f"relative-position table of {table.shape[0]} rows is not a square grid")
+    # ((2W-1)^2, heads) -> (1, heads, 2W-1, 2W-1) for F.interpolate
+    grid = table.float().T.reshape(1, -1, old_side, old_side)
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.reshape(-1, shape[0]).T.to(table.dtype)  # back to ((2W'-1)^2, heads)
+
+
+def _prefix_of_pos_embed(model: nn.Module, key: str) -> int:
+    owner = model
+    for part in key.split(".")[:-1]:
+        owner = getattr(owner, part, owner)
+    config = getattr(model, "config", None)
+    if getattr(config, "no_embed_class", False):
+        return 0
+    return int(getattr(owner, "num_prefix_tokens", getattr(model, "num_prefix_tokens", 1)))
+
+
+def _grid_of(model: nn.Module) -> tuple[int, int] | None:
+    patch_embed = getattr(model, "patch_embed", None)
+    grid = getattr(patch_embed, "grid_size", None)
+    return tuple(grid) if grid is not None else None
+
+
+def _shown(keys: list[str], limit: int = 5) -> str:
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
+def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str,
+                   classifier: tuple[str, ...] | list[str] = (), first_conv: str | None = None) -> list[str]:
+    """Adapt `state_dict` to `model` in place and load it; returns the keys left at their initial values.
+
+    `classifier` and `first_conv` name the layers (from the weight's catalog entry) that may
+    be dropped or adapted; other keys must match exactly.
+    """
+    target = model.state_dict()
+    name = getattr(model, "visionzoo_name", type(model).__name__)
+
+    # Classifier: dropped when the class count differs, or when the model has none (num_classes=0).
+    dropped = []
+    for prefix in classifier:
+        keys = [k for k in state_dict if k == prefix or k.startswith(prefix + ".")]
+        if any(k not in target or target[k].shape != state_dict[k].shape for k in keys):
+            dropped += keys
+    if dropped:
+        for key in dropped:
+            del state_dict[key]
+        logger.warning("%s: dropped the checkpoint's classifier (%s) for a new %d-class one; it starts from "
+                       "random initialisation", name, ", ".join(dropped), getattr(model, "num_classes", -1))
+
+    # First convolution for another number of input channels.
+    conv_keys = [f"{first_conv}.weight"] if first_conv else [
+        k for k, v in state_dict.items() if v.ndim == 4 and v.shape[1] == 3 and k in target
+        and target[k].ndim == 4 and target[k].shape[1] != 3 and target[k].shape[0] == v.shape[0]]
+    for key in conv_keys:
+        if key in state_dict and key in target and state_dict[key].shape != target[key].shape \
+                and state_dict[key].shape[1] != target[key].shape[1]:
+            state_dict[key] = adapt_input_conv(state_dict[key], target[key].shape[1])
+
+    # Position embeddings and relative-position tables for another input or window size.
+    for key, value in list(state_dict.items()):
+        if key not in target or target[key].shape == value.shape:
+            continue
+        if key.endswith("pos_embed") and value.ndim == 3 and target[key].ndim == 3:
+            prefix = _prefix_of_pos_embed(model, key)
+            new_grid = _grid_of(model) or (math.isqrt(target[key].shape[1] - prefix),) * 2
+            state_dict[key] = resample_abs_pos_embed(value, new_grid, num_prefix_tokens=prefix)
+        elif key.endswith("relative_position_bias_table") and value.ndim == target[key].ndim:
+            state_dict[key] = _resample_bias_table(value, target[key].shape)
+
+    missing = [k for k in target if k not in state_dict and not k.endswith("num_batches_tracked")]
+    kept_initial = [k for k in missing if any(k == p or k.startswith(p + ".") for p in classifier)]
+    missing = [k for k in missing if k not in kept_initial]
+    unexpected = [k for k in state_dict if k not in target]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_shown(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_shown(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape-mismatched ({_shown(mismatched, 3)})")
+        raise WeightsMismatchError(f"weights from {source} do not fit model '{name}': {'; '.join(parts)}. "
+                                   "Check that the weights are for this architecture and its overrides")
+    model.load_state_dict(state_dict, strict=False)
+    return kept_initial

@@ -1,0 +1,188 @@
+"""Reading weight files safely and fetching them from the Hugging Face Hub or a URL.
+
+safetensors files are read as they are. Pickle-based files (.pth, .pt, .bin) are opened
+only with `torch.load(weights_only=True)`, whose unpickler refuses any object that is not
+a tensor or a plain container; there is no fallback to unsafe loading, because unpickling
+an untrusted file can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "NonFiniteWeightsError", "WeightsNotAvailableError",
+           "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
+
+logger = logging.getLogger("visionzoo.weights")
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Wrappers training scripts put around a state_dict, tried in this order.
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A pickle-based checkpoint holding objects other than tensors; it was not unpickled."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint with NaN or infinite values."""
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """Weights that are neither in the local cache nor downloadable (offline or missing)."""
+
+
+def weights_home() -> Path:
+    """Where visionzoo keeps downloaded or hand-placed weight files: $VISIONZOO_CACHE/weights."""
+    from visionzoo.data.sources import cache_root
+
+    return cache_root() / "weights"
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file, unwrapped from the usual training-script containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{path}: unknown weight file type {path.suffix!r}; expected one of "
+                         f"{', '.join(WEIGHT_SUFFIXES)}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = [g for g in _pickle_globals(path) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+        if not refused and (match := re.search(r"GLOBAL ([\w.]+)", str(error))):
+            refused = [match.group(1)]
+        what = f"the object {', '.join(refused[:3])}" if refused else "an object that is not a tensor"
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it contains {what}, and unpickling it could run arbitrary code. "
+            "visionzoo loads pickle-based files with torch.load(weights_only=True) only; convert the file "
+            "to .safetensors with the program that wrote it, if you trust it") from None
+    return _unwrap(obj, path)
+
+
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "numpy.")
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The `module.name` globals a pickle (or torch zip archive) refers to, read from its opcodes
+    without executing anything."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return list(dict.fromkeys(found))
+    except Exception:  # a damaged pickle: the caller falls back to torch's message
+        return []
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    if all(k.startswith("module.") for k in tensors):  # saved from DataParallel / DistributedDataParallel
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise, naming the tensors, when any floating-point value is NaN or infinite."""
+    bad = [k for k, v in state_dict.items()
+           if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f", ... ({len(bad)} in all)" if len(bad) > 8 else "")
+        raise NonFiniteWeightsError(f"{source}: non-finite values (NaN or inf) in {shown}; the file is damaged "
+                                    "or came from a diverged training run")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | None = None) -> Path:
+    """The local path of the first of `files` that `repo` has, through huggingface_hub and its cache.
+
+    A file placed by hand at `weights_home()/<repo>/<file>` is used first. Offline
+    (HF_HUB_OFFLINE=1, or no network) only the caches are looked at; when the file is in
+    neither, the error names the file and the folder where placing it makes loading work.
+    """
+    manual = weights_home() / repo
+    for name in files:
+        if (manual / name).is_file():
+            return manual / name
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as error:  # pragma: no cover - a runtime dependency
+        raise ImportError("downloading weights needs huggingface_hub: pip install huggingface_hub") from error
+    cache_dir = os.environ.get("HF_HUB_CACHE")  # read now: huggingface_hub reads it once, at import
+    offline = _offline()
+    reasons = []
+    for name in files:
+        try:
+            path = huggingface_hub.hf_hub_download(repo, name, revision=revision, cache_dir=cache_dir,
+                                                   local_files_only=offline)
+            return Path(path)
+        except EntryNotFoundError:
+            reasons.append(f"{name}: not in the repository")
+        except LocalEntryNotFoundError:
+            reasons.append(f"{name}: not cached" + (" (offline)" if offline else " and the Hub is unreachable"))
+        except RepositoryNotFoundError:
+            raise WeightsNotAvailableError(f"Hub repository '{repo}' does not exist or is private") from None
+    raise WeightsNotAvailableError(
+        f"cannot get weights from Hub repository '{repo}' ({'; '.join(reasons)}). Download {files[0]} from "
+        f"https://huggingface.co/{repo} and place it in {manual}/ (or set HF_HUB_CACHE to a cache that holds it)")
+
+
+def url_download(url: str) -> Path:
+    """A file from a URL, cached as `weights_home()/<file name>`; offline, the cache only."""
+    folder = weights_home()
+    target = folder / url.rsplit("/", 1)[-1]
+    if target.is_file():
+        return target
+    if not _offline():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".partial")
+        try:
+            torch.hub.download_url_to_file(url, str(partial), progress=True)
+            os.replace(partial, target)
+            return target
+        except OSError as error:
+            logger.info("download of %s failed: %s", url, error)
+        finally:
+            partial.unlink(missing_ok=True)
+    raise WeightsNotAvailableError(
+        f"cannot download {url} ({'offline' if _offline() else 'no network'}); place the file {target.name} "
+        f"in {folder}/ and retry")

@@ -1,0 +1,95 @@
+"""Evaluation metrics by hand, and `visionzoo train` / `visionzoo eval` end to end on small data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from visionzoo.cli import main
+from visionzoo.evaluate import classification_metrics, expected_calibration_error
+
+
+def test_metrics_match_hand_computed_values():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 2, 0])
+    logits = torch.full((6, 3), -5.0)
+    logits[torch.arange(6), predicted] = 5.0
+    logits[torch.arange(6), labels] += 1.0  # the true class is always second best or best
+    metrics = classification_metrics(logits, labels, ["a", "b", "c"])
+    assert metrics["top1"] == pytest.approx(4 / 6)
+    assert metrics["top5"] == 1.0  # only 3 classes: top-k is capped
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    a = metrics["per_class"]["a"]
+    assert a["precision"] == pytest.approx(1 / 2) and a["recall"] == pytest.approx(1 / 2) and a["support"] == 2
+    b = metrics["per_class"]["b"]
+    assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == 1.0 and b["f1"] == pytest.approx(0.8)
+
+
+def test_expected_calibration_error():
+    # Confident and always right: ECE 0. Confident (p=0.9) and right half the time: ECE 0.4.
+    assert expected_calibration_error(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])) == pytest.approx(0)
+    probabilities = torch.tensor([[0.9, 0.1]] * 4)
+    assert expected_calibration_error(probabilities, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.4)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
+    data = "builtin:shapes?size=32&train=40&val=20"
+    run = tmp_path / "run"
+    code = main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "20",
+                 "--out", str(run), "--workers", "0", "--no-progress"])
+    assert code == 0
+    captured = capsys.readouterr()
+    last_line = captured.out.strip().splitlines()[-1]
+    assert str(run) in last_line and "best val top-1" in last_line
+    for name in ("config.json", "metrics_epochs.csv", "curves.png", "confusion_matrix.png", "best/model.safetensors",
+                 "last/config.json", "checkpoint/latest.json"):
+        assert (run / name).exists(), name
+
+    code = main(["eval", str(run / "best"), "--data", data, "--json", "--out", str(tmp_path / "eval")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"top1", "top5", "per_class", "ece"} <= set(result)
+    assert 0 <= result["top1"] <= result["top5"] <= 1 and result["count"] == 20
+    assert set(result["per_class"]) == {"circle", "ring", "triangle", "square", "pentagon", "hexagon", "star",
+                                        "cross", "crescent", "arrow"}
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+
+    code = main(["eval", str(run), "--data", data])  # a run folder means its best/
+    assert code == 0
+    assert "per class" in capsys.readouterr().out
+
+
+def test_cli_scan_writes_bad_file_list_and_training_survives(tmp_path, capsys, one_thread):
+    for name, colour in (("dark", (20, 20, 20)), ("light", (230, 230, 230))):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (20, 20), colour).save(folder / f"{i}.jpg")
+    (tmp_path / "data" / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "data" / "light" / "empty.png").write_bytes(b"")
+    run = tmp_path / "run"
+    code = main(["train", "--model", "resnet18", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
+                 "--image-size", "16", "--scan", "--out", str(run), "--workers", "0", "--no-progress", "--val-fraction", "0.3"])
+    assert code == 0
+    bad = (run / "bad_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in bad) == ["broken.jpg", "empty.png"]
+    assert all("\t" in line and line.split("\t")[1] for line in bad)
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "resnet18", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--model", "resnet18", "--data", "builtin:shapes?train=20&val=10&size=16",
+                 "--recipe", "finetune", "--optimizer", "sgd", "--epochs", "0"]) == 2
+    assert "epochs must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,260 @@
+"""The trainer: run folder contents, recipes, exact resume after SIGKILL, Ctrl-C, non-finite loss,
+and a 2-process gloo run agreeing with one process.
+
+Runs that must be bit-comparable happen in subprocesses with one thread each, so thread
+scheduling on this shared machine cannot change reduction orders between them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+import visionzoo
+from visionzoo.train.checkpoint import load_checkpoint, load_exported
+from visionzoo.train.optim import build_optimizer, head_parameter_names, layer_ids
+from visionzoo.train.settings import TrainSettings, resolve_settings
+from visionzoo.train.trainer import NonFiniteLossError
+
+SHAPES = "builtin:shapes?size=16&train=96&val=32"
+
+
+class TinyNet(nn.Module):
+    """A small conv net without BatchNorm (so per-process batches equal one big batch under DDP).
+    `VISIONZOO_TEST_STEP_SLEEP` slows its forward so a test can kill a run mid-epoch reliably."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)  # exercises the RNG state in checkpoints
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        delay = float(os.environ.get("VISIONZOO_TEST_STEP_SLEEP", "0"))
+        if delay and self.training:
+            time.sleep(delay)
+        return self.fc(self.dropout(self.features(x)))
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    from test_train import TinyNet
+    import visionzoo
+    torch.manual_seed(0)
+    kwargs = json.loads(sys.argv[1])
+    resume = kwargs.pop("resume", None)
+    model = TinyNet(dropout=kwargs.pop("dropout", 0.1))
+    result = visionzoo.train(model, None if resume else {data!r}, resume=resume, **kwargs)
+    print("BEST", result.best_metric)
+""")
+
+
+def _script(tmp_path: Path) -> Path:
+    path = tmp_path / "run_tiny.py"
+    path.write_text(RUN_SCRIPT.format(tests=str(Path(__file__).parent), data=SHAPES))
+    return path
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+def _run(script: Path, kwargs: dict, **env) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(script), json.dumps(kwargs)], env=_env(**env),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+COMMON = dict(epochs=2, batch_size=8, seed=3, deterministic=True, lr=0.05, workers=0, plots=False,
+              tensorboard=False, progress=False)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "last" / "model.safetensors")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    script = _script(tmp_path)
+    _run(script, {**COMMON, "out": str(tmp_path / "whole")})
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(script),
+                                json.dumps({**COMMON, "out": str(killed), "checkpoint_every": 3})],
+                               env=_env(VISIONZOO_TEST_STEP_SLEEP="0.15"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    pointer = killed / "checkpoint" / "latest.json"
+    deadline = time.time() + 240
+    # 96 images / batch 8 = 12 steps per epoch: step 3, 6 or 9 is mid-epoch 1; kill there.
+    while time.time() < deadline:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 3:
+            break
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step = json.loads(pointer.read_text())["step"]
+    assert step % 12 != 0, "the kill should land mid-epoch"
+    assert not (killed / "last").exists()
+    _, state = load_checkpoint(killed / "checkpoint")
+    assert 0 < state["batches_done"] < 12
+
+    _run(script, {"resume": str(killed)})
+    whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+
+
+def test_two_gloo_processes_agree_with_one(tmp_path):
+    script = _script(tmp_path)
+    settings = {**COMMON, "epochs": 1, "dropout": 0.0}  # dropout masks differ with the per-process batch
+    _run(script, {**settings, "out": str(tmp_path / "single")})
+    port = str(29500 + os.getpid() % 1000)
+    processes = []
+    for rank in range(2):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        processes.append(subprocess.Popen([sys.executable, str(script), json.dumps({**settings, "out": str(tmp_path / "ddp")})],
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    single, ddp = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_folder_holds_config_metrics_plots_and_loadable_exports(tmp_path, one_thread):
+    torch.manual_seed(0)
+    result = visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=2, batch_size=16, lr=0.05,
+                             ema=True, ema_decay=0.9, grad_accum=2, clip_grad=1.0, label_smoothing=0.1,
+                             class_balance="sampler", workers=0, progress=False)
+    run = result.run_dir
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["optimizer"] == "sgd" and config["resolved"]["grad_accum"] == 2
+    assert config["classes"][0] == "circle"
+    epochs = (run / "metrics_epochs.csv").read_text().splitlines()
+    assert epochs[0].startswith("epoch,step,train_loss") and len(epochs) == 3
+    assert (run / "metrics_steps.jsonl").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (run / png).stat().st_size > 1000
+    assert len(result.history) == 2 and 0.0 <= result.best_metric <= 1.0
+    export = json.loads((run / "best" / "config.json").read_text())
+    assert export["class_names"] == config["classes"]
+    state = load_file(run / "last" / "model.safetensors")
+    assert state["fc.weight"].shape == (10, 16)
+
+
+def test_registered_model_export_loads_and_evaluates(tmp_path, one_thread):
+    from visionzoo.evaluate import evaluate
+
+    result = visionzoo.train("resnet18", "builtin:shapes?size=32&train=40&val=20", out=tmp_path / "run", epochs=1,
+                             batch_size=20, workers=0, progress=False, plots=False, tensorboard=False)
+    model = load_exported(result.run_dir / "best")
+    assert model.num_classes == 10
+    assert model.class_names[:2] == ["circle", "ring"]
+    metrics = evaluate(result.run_dir, "builtin:shapes?size=32&train=40&val=20", image_size=32)
+    assert metrics["count"] == 20 and set(metrics["per_class"]) == set(model.class_names)
+
+
+def test_non_finite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, one_thread):
+    with pytest.raises(NonFiniteLossError, match="loss became .* lower learning rate"):
+        visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=3, batch_size=16, lr=1e12, momentum=0.0,
+                        checkpoint_every=1, warmup_epochs=0, workers=0, progress=False, plots=False, tensorboard=False)
+    weights, state = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+class _InterruptAt(TinyNet):
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls, self.limit = 0, calls
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.limit:
+                raise KeyboardInterrupt
+        return super().forward(x)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, one_thread):
+    result = visionzoo.train(_InterruptAt(4), SHAPES, out=tmp_path / "run", epochs=1, batch_size=16, workers=0,
+                             progress=False, plots=False, tensorboard=False)
+    assert result.interrupted
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert state["batches_done"] == 3 and state["global_step"] == 3
+    resumed = visionzoo.train(TinyNet(), None, resume=tmp_path / "run", progress=False)
+    assert not resumed.interrupted and len(resumed.history) == 1
+    assert (tmp_path / "run" / "last" / "model.safetensors").exists()
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ValueError, match="unknown training setting"):
+        visionzoo.train(TinyNet(), SHAPES, epochz=3)
+
+
+def test_recipes_resolve_per_family():
+    scratch = resolve_settings(TrainSettings(recipe="scratch", batch_size=128), "resnet18")
+    assert scratch.optimizer == "sgd" and scratch.lr == pytest.approx(0.2 * 128 / 256)
+    finetune_vit = resolve_settings(TrainSettings(recipe="finetune", epochs=20), "vit_base_patch16_224")
+    assert finetune_vit.optimizer == "adamw" and finetune_vit.layer_decay == 0.65
+    finetune_cnn = resolve_settings(TrainSettings(recipe="finetune"), "resnet50")
+    assert finetune_cnn.head_lr_scale == 10.0 and finetune_cnn.layer_decay == 1.0
+    probe = resolve_settings(TrainSettings(recipe="linear-probe", lr=0.3), "resnet50")
+    assert probe.freeze_backbone and probe.lr == 0.3 and probe.weight_decay == 0.0
+    with pytest.raises(ValueError, match="unknown recipe"):
+        resolve_settings(TrainSettings(recipe="magic"), "resnet18")
+
+
+def test_layer_decay_orders_depth_and_head_gets_full_lr():
+    with torch.device("meta"):
+        model = visionzoo.create_model("vit_base_patch16_224", num_classes=5)
+    heads = head_parameter_names(model, 5)
+    assert heads == {"head.weight", "head.bias"}
+    ids, depth = layer_ids(model, heads)
+    assert ids["cls_token"] == 0 and ids["patch_embed.proj.weight"] == 0
+    assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.11.mlp.fc2.weight"] == 12
+    assert ids["head.weight"] == depth - 1
+    settings = resolve_settings(TrainSettings(recipe="finetune", lr=1e-3), "vit_base_patch16_224")
+    optimizer = build_optimizer(model, settings, heads)
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs[-1] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-3 * 0.65 ** (depth - 1))
+
+
+def test_finetune_convnet_gives_backbone_a_lower_lr():
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    heads = head_parameter_names(model, 3)
+    assert heads == {"fc.weight", "fc.bias"}
+    settings = resolve_settings(TrainSettings(recipe="finetune", lr=0.1), "resnet18")
+    optimizer = build_optimizer(model, settings, heads)
+    head_ids = {id(p) for n, p in model.named_parameters() if n in heads}
+    for group in optimizer.param_groups:
+        is_head = any(id(p) in head_ids for p in group["params"])
+        assert group["lr"] == pytest.approx(0.1 if is_head else 0.01)
