@@ -15,6 +15,10 @@ SHARED_DATA = Path(os.environ.get("VISIONZOO_SHARED_DATA", REPO_ROOT.parent / "s
 
 def pytest_configure(config):
     torch.manual_seed(0)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One intra-op thread per worker: `-n auto` already runs one worker per core, and more threads
+        # than cores make PyTorch's spinning thread pools slow each other down many times over.
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -70,7 +70,7 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     assert "per class" in capsys.readouterr().out
 
 
-def test_cli_scan_writes_bad_file_list_and_training_survives(tmp_path, capsys, one_thread):
+def test_cli_scan_and_cache_write_bad_file_list_and_training_survives(tmp_path, capsys, one_thread):
     for name, colour in (("dark", (20, 20, 20)), ("light", (230, 230, 230))):
         folder = tmp_path / "data" / name
         folder.mkdir(parents=True)
@@ -80,11 +80,12 @@ def test_cli_scan_writes_bad_file_list_and_training_survives(tmp_path, capsys, o
     (tmp_path / "data" / "light" / "empty.png").write_bytes(b"")
     run = tmp_path / "run"
     code = main(["train", "--model", "resnet18", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
-                 "--image-size", "16", "--scan", "--out", str(run), "--workers", "0", "--no-progress", "--val-fraction", "0.3"])
+                 "--image-size", "16", "--scan", "--cache", "--out", str(run), "--workers", "0", "--no-progress", "--val-fraction", "0.3"])
     assert code == 0
     bad = (run / "bad_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in bad) == ["broken.jpg", "empty.png"]
     assert all("\t" in line and line.split("\t")[1] for line in bad)
+    assert json.loads((run / "config.json").read_text())["resolved"]["cache"] is True
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):

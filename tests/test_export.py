@@ -115,7 +115,8 @@ def test_fold_batchnorm_keeps_outputs_and_removes_bn(name):
     folded = fold_batchnorm(model, x[:1])
     before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
-    assert before > 0 and after < before / 2
+    # DenseNet is pre-activation (BN before conv): only the BN after each bottleneck conv folds
+    assert before > 0 and after < (before * 0.6 if name.startswith("densenet") else before / 4)
     with torch.no_grad():
         expected, actual = model(x), folded(x)
     assert float((actual - expected).abs().max() / expected.abs().max()) <= 1e-4

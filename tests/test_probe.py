@@ -105,7 +105,7 @@ def _image_folder(root, per_class: int = 8) -> list[str]:
 @pytest.fixture(scope="module")
 def backbone_folder(tmp_path_factory):
     """A saved random ResNet-18 at 32x32 input: a backbone that `embed` and `probe --save-model` can rebuild."""
-    from visionzoo.train.checkpoint import export_model
+    from visionzoo.training.checkpoint import export_model
 
     folder = tmp_path_factory.mktemp("backbone") / "resnet18"
     torch.manual_seed(0)
@@ -146,7 +146,7 @@ def test_embed_and_probe_from_the_cli(tmp_path, backbone_folder, capsys):
 
     # the saved probe is an ordinary model: its logits are the probe's on the cached embeddings
     from visionzoo.probe import run_probe as probe_again
-    from visionzoo.train.checkpoint import load_exported
+    from visionzoo.training.checkpoint import load_exported
 
     result = probe_again(features, None, "linear")
     model = load_exported(model_dir)
@@ -164,7 +164,7 @@ def test_embed_and_probe_from_the_cli(tmp_path, backbone_folder, capsys):
 
 
 def test_embed_resumes_after_interruption(tmp_path, backbone_folder):
-    from visionzoo.train.checkpoint import load_exported
+    from visionzoo.training.checkpoint import load_exported
 
     _image_folder(tmp_path / "images", per_class=6)
     out = tmp_path / "features.safetensors"

@@ -22,10 +22,10 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
-from visionzoo.train.checkpoint import load_checkpoint, load_exported
-from visionzoo.train.optim import build_optimizer, head_parameter_names, layer_ids
-from visionzoo.train.settings import TrainSettings, resolve_settings
-from visionzoo.train.trainer import NonFiniteLossError
+from visionzoo.training.checkpoint import load_checkpoint, load_exported
+from visionzoo.training.optim import build_optimizer, head_parameter_names, layer_ids
+from visionzoo.training.settings import TrainSettings, resolve_settings
+from visionzoo.training.trainer import NonFiniteLossError
 
 SHAPES = "builtin:shapes?size=16&train=96&val=32"
 
@@ -258,3 +258,13 @@ def test_finetune_convnet_gives_backbone_a_lower_lr():
     for group in optimizer.param_groups:
         is_head = any(id(p) in head_ids for p in group["params"])
         assert group["lr"] == pytest.approx(0.1 if is_head else 0.01)
+
+
+def test_early_stopping_with_mixup_and_class_weights(tmp_path, one_thread):
+    # lr 0: validation never improves after the first epoch, so patience 1 stops after epoch 2.
+    result = visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=5, batch_size=16, lr=0.0,
+                             early_stopping=1, mixup=0.2, cutmix=1.0, class_balance="weights", workers=0,
+                             progress=False, plots=False, tensorboard=False)
+    assert [record["epoch"] for record in result.history] == [1, 2]
+    assert result.best_epoch == 0
+    assert (tmp_path / "run" / "last" / "model.safetensors").exists()

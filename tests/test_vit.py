@@ -112,8 +112,10 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients(monkeypatch):
 
     plain_out, plain_grads = run()
     calls = []
-    original = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    import visionzoo.layers.checkpoint as checkpointing
+
+    original = checkpointing.checkpoint
+    monkeypatch.setattr(checkpointing, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
     model.set_grad_checkpointing(True)
     ckpt_out, ckpt_grads = run()
     assert len(calls) == len(model.blocks)

@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     "transforms": "visionzoo.preprocess",
     "save_model": "visionzoo.weights",
     "load_model": "visionzoo.weights",
-    "train": "visionzoo.train",
+    "train": "visionzoo.training.trainer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -118,13 +118,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from visionzoo.predict import expand_image_paths, format_table, load_for_predict, predict_images
+    from visionzoo.results import expand_image_paths, format_table
 
     paths = expand_image_paths(args.images)
     if not paths:
         raise UsageError("no images given")
-    model = load_for_predict(args.model, _pretrained_value(args.pretrained) or None)
-    results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
+    if args.model.endswith(".onnx"):  # the torch-free path: numpy, Pillow and onnxruntime only
+        from visionzoo.onnx_predict import OnnxClassifier
+
+        if args.pretrained:
+            raise UsageError(f"--pretrained does not apply to the exported model {args.model}")
+        results = OnnxClassifier(args.model).predict_files(paths, topk=args.topk, batch_size=args.batch_size)
+    else:
+        from visionzoo.predict import load_for_predict, predict_images
+
+        model = load_for_predict(args.model, _pretrained_value(args.pretrained) or None)
+        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -168,7 +177,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix == "":
         out = out.with_suffix(suffix)
     report = export_model(model, out, format=args.format, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
-                          opset=args.opset, fold_bn=args.fold_bn, int8=args.int8, calib_dir=args.calib,
+                          opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8, calib_dir=args.calib,
                           calib_count=args.calib_count, eval_dir=args.eval_data, verify=args.verify)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -462,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="classify images with a pretrained or saved model",
                             description="Print each image's top-k classes with probabilities.")
-    p.add_argument("model", metavar="MODEL", help="registered model name or saved model folder")
+    p.add_argument("model", metavar="MODEL", help="registered model name, saved model folder, or exported .onnx file")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     p.add_argument("--pretrained", metavar="W",
                    help="weights for a registered model: ARCH.TAG, a file, hf-hub:org/repo (default: its default tag)")
@@ -481,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic batch dimension (default: on)")
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
+                   help="PyTorch's ONNX exporter: auto tries the fast tracing one, then torch.export's (default)")
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding conv/linear layers")
     p.add_argument("--int8", action="store_true", help="also write an int8 model (post-training static quantisation)")
     p.add_argument("--calib", metavar="DIR", help="folder of calibration images for --int8 (also used to verify)")
@@ -569,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="write the figure as PNG")
     p.set_defaults(func=cmd_evolution)
 
-    from visionzoo.train.command import add_commands as add_train_commands
+    from visionzoo.training.command import add_commands as add_train_commands
 
     add_train_commands(commands)  # train, eval
 

@@ -29,7 +29,7 @@ from safetensors.torch import save
 from visionzoo.data.datasets import ImageDataset, collate_skipping
 from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
 from visionzoo.data.transforms import eval_transform, model_data_config
-from visionzoo.train.checkpoint import atomic_write
+from visionzoo.training.checkpoint import atomic_write
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
 
@@ -105,7 +105,7 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     if not name:
         raise ValueError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
     if Path(name).exists():
-        from visionzoo.train.checkpoint import load_exported
+        from visionzoo.training.checkpoint import load_exported
 
         if spec.get("pretrained"):
             raise ValueError(f"--pretrained does not apply to the saved model {name}")

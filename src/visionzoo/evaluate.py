@@ -131,7 +131,7 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 
 def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
-    from visionzoo.train.checkpoint import load_exported
+    from visionzoo.training.checkpoint import load_exported
     from visionzoo.data.transforms import model_data_config
 
     if isinstance(model_or_path, nn.Module):

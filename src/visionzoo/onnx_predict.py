@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.results import error_record, prediction_record
 
 __all__ = ["OnnxClassifier", "preprocess_image"]
 
@@ -95,10 +96,6 @@ class OnnxClassifier:
             outputs.append(self.session.run(None, {self.input_name: chunk})[0])
         return _softmax(np.concatenate(outputs).astype(np.float32))
 
-    def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
-        order = np.argsort(-probs)[:k]
-        return [{"index": int(i), "label": self.label(int(i)), "prob": float(probs[i])} for i in order]
-
     def predict_files(self, paths: list[str | Path], *, topk: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
         """One result per path, in order; unreadable images get `{"path", "error"}`, the rest predictions."""
         results: list[dict[str, Any]] = [{} for _ in paths]
@@ -107,14 +104,14 @@ class OnnxClassifier:
         def flush() -> None:
             probs = self.predict_arrays(np.stack([array for _, array in pending]))
             for (index, _), row in zip(pending, probs):
-                results[index] = {"path": str(paths[index]), "predictions": self.top_k(row, topk)}
+                results[index] = prediction_record(str(paths[index]), row, self.class_names, topk)
             pending.clear()
 
         for index, path in enumerate(paths):
             try:
                 pending.append((index, preprocess_image(decode_image(path), self.preprocessing)))
             except (ImageDecodeError, OSError) as error:
-                results[index] = {"path": str(path), "error": str(error)}
+                results[index] = error_record(str(path), str(error))
             if len(pending) >= batch_size:
                 flush()
         if pending:

@@ -10,7 +10,6 @@ one result from class probabilities, so other back ends (ONNX) format theirs the
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,59 +17,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from visionzoo.data.decode import ImageDecodeError, decode_image, is_image_file
+from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
 
 __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
            "predict", "predict_images"]
-
-
-def expand_image_paths(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Files as given, folders as their image files (recursively, sorted), shell globs expanded.
-
-    A path that does not exist and matches no glob is kept, so it is reported as an error
-    in the results instead of silently skipped.
-    """
-    paths: list[str] = []
-    for item in map(os.fspath, inputs):
-        if os.path.isdir(item):
-            paths += sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and is_image_file(p.name))
-        elif os.path.exists(item):
-            paths.append(item)
-        elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            paths += [m for m in matches if os.path.isfile(m)] or [item]
-        else:
-            paths.append(item)
-    return paths
-
-
-def prediction_record(path: str, probs: torch.Tensor | Sequence[float], labels: Sequence[str] | None,
-                      topk: int = 5) -> dict[str, Any]:
-    """One image's result from its class probabilities (1-D), with the top `topk` classes."""
-    probs = torch.as_tensor(probs, dtype=torch.float32).flatten()
-    values, indices = probs.topk(min(topk, probs.numel()))
-    predictions = []
-    for value, index in zip(values.tolist(), indices.tolist()):
-        label = labels[index] if labels is not None and index < len(labels) else str(index)
-        predictions.append({"index": int(index), "label": label, "prob": float(value)})
-    return {"path": str(path), "predictions": predictions}
-
-
-def error_record(path: str, error: str) -> dict[str, Any]:
-    return {"path": str(path), "error": error}
-
-
-def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """Plain-text table: one block per image, `rank  prob  label (index)` per prediction."""
-    lines = []
-    for result in results:
-        lines.append(str(result["path"]))
-        if "error" in result:
-            lines.append(f"  error: {result['error']}")
-            continue
-        for rank, p in enumerate(result["predictions"], 1):
-            lines.append(f"  {rank:>2}  {p['prob'] * 100:6.2f}%  {p['label']} ({p['index']})")
-    return "\n".join(lines)
 
 
 def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:

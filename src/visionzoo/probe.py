@@ -214,7 +214,7 @@ def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
 
 def save_probe_model(result: ProbeResult, embeddings: Embeddings, folder: str | Path) -> Path:
     """Write the probe as a model folder (`model.safetensors` + `config.json`) that predict and eval load."""
-    from visionzoo.train.checkpoint import export_model
+    from visionzoo.training.checkpoint import export_model
 
     model = probe_model(result, embeddings)
     export_model(model, Path(folder), class_names=list(result.classes), data_config=dict(embeddings.data_config),

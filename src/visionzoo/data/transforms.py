@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
+from visionzoo.data.presets import PRESETS
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "model_data_config", "eval_transform", "train_transform",
            "batch_mixer", "SeededCropFlip", "NormalizeInput"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRESETS = ("none", "crop", "light", "medium", "strong")
 # Rotations and shears of tensor images support nearest and bilinear only.
 _AFFINE = v2.InterpolationMode.BILINEAR
 

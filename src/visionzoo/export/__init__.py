@@ -98,8 +98,29 @@ def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> floa
     return correct / max(len(scored), 1)
 
 
+def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: bool, *, real, batch_sizes,
+                         **options: Any) -> ExportResult:
+    """Export with `exporter`; 'auto' tries PyTorch's tracing exporter (fast), then, if it fails or its
+    file does not compute the model's function, the torch.export-based one. Each attempt is verified."""
+    attempts = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    failures = []
+    for attempt in attempts:
+        try:
+            result = export_onnx(model, out, exporter=attempt, **options)
+            if verify:
+                result = verify_onnx(result, model, img_size=options.get("img_size"), real_images=real,
+                                     batch_sizes=batch_sizes)
+            return result
+        except Exception as error:  # the exporters raise many types; each failure is reported below
+            failures.append(f"{attempt} exporter: {str(error).splitlines()[0][:500]}")
+    out.unlink(missing_ok=True)
+    raise RuntimeError(f"could not export {getattr(model, 'visionzoo_name', type(model).__name__)} to ONNX: "
+                       + "; ".join(failures))
+
+
 def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img_size: int | None = None,
-                 dynamic_batch: bool = True, opset: int = 18, fold_bn: bool = False, int8: bool = False,
+                 dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto", fold_bn: bool = False,
+                 int8: bool = False,
                  calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
                  eval_limit: int | None = None, verify: bool = True) -> ExportReport:
     out = Path(out)
@@ -111,17 +132,17 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     if fold_bn:
         channels, height, width = model_preprocessing(model, img_size)["input_size"]
         model = fold_batchnorm(model, torch.randn(1, channels, height, width))
-    if format == "onnx":
-        result: ExportResult = export_onnx(model, out, img_size=img_size, dynamic_batch=dynamic_batch, opset=opset)
-    elif format == "torchscript":
-        result = export_torchscript(model, out, img_size=img_size)
-    else:
+    if format not in ("onnx", "torchscript"):
         raise ValueError(f"format must be 'onnx' or 'torchscript', got {format!r}")
-    if verify:
-        real = _real_inputs(model, img_size, calib_dir)
-        batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
-        verifier = verify_onnx if format == "onnx" else verify_torchscript
-        result = verifier(result, model, img_size=img_size, real_images=real, batch_sizes=batch_sizes)
+    real = _real_inputs(model, img_size, calib_dir) if verify else None
+    batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
+    if format == "onnx":
+        result = _export_onnx_checked(model, out, exporter, verify, img_size=img_size, dynamic_batch=dynamic_batch,
+                                      opset=opset, real=real, batch_sizes=batch_sizes)
+    else:
+        result = export_torchscript(model, out, img_size=img_size)
+        if verify:
+            result = verify_torchscript(result, model, img_size=img_size, real_images=real, batch_sizes=batch_sizes)
     report = ExportReport(model=name, path=result.path, format=format, verified=result.verified if verify else None,
                           max_relative_difference=result.max_relative_difference, checks=result.checks or [])
     if int8:

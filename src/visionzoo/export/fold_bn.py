@@ -48,7 +48,8 @@ def _find_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]
     for name, module in modules.items():
         if isinstance(module, _FOLDABLE):
             handles.append(module.register_forward_hook(after_layer(name)))
-        if not list(module.children()):  # leaves: every consumer that is a module
+        # leaves see every tensor a module consumes; BNs may have children (a fused activation)
+        if not list(module.children()) or isinstance(module, nn.modules.batchnorm._BatchNorm):
             handles.append(module.register_forward_pre_hook(before_any(name)))
     try:
         with torch.no_grad():

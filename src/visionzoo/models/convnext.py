@@ -13,9 +13,9 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from visionzoo.features import FeatureInfo
+from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import NormMlpClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
@@ -76,11 +76,7 @@ class ConvNeXtStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, checkpointed=self.grad_checkpointing)
 
 
 @dataclass(frozen=True)

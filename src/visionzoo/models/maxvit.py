@@ -18,9 +18,9 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from visionzoo.features import FeatureInfo
+from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import NormMlpClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
@@ -223,11 +223,7 @@ class MaxxVitStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, checkpointed=self.grad_checkpointing)
 
 
 class Stem(nn.Module):

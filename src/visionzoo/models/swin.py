@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from visionzoo.features import FeatureInfo
+from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import ClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
@@ -98,15 +98,14 @@ class WindowAttention(nn.Module):
         # (B', area, 3C) -> (3, B', heads, area, head_dim)
         qkv = self.qkv(x).reshape(batch_windows, area, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn_mask = self.relative_position_bias()
+        attn_mask = self.relative_position_bias()  # (heads, area, area)
         if mask is not None:
             num_windows = mask.shape[0]
-            # (N * nW, ...) -> (N, nW, ...), so the per-window mask broadcasts over the batch
-            q, k, v = (t.view(-1, num_windows, *t.shape[1:]) for t in (q, k, v))
             attn_mask = attn_mask + mask[:, None]  # (nW, heads, area, area)
+            # repeated over the batch, (N * nW, heads, area, area): SDPA's fused kernels take 4-D inputs only
+            attn_mask = attn_mask.expand(batch_windows // num_windows, -1, -1, -1, -1).flatten(0, 1)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.reshape(batch_windows, self.num_heads, area, -1)
         x = x.transpose(1, 2).reshape(batch_windows, area, channels)  # (B', heads, area, d) -> (B', area, C)
         return self.proj_drop(self.proj(x))
 
@@ -204,11 +203,7 @@ class SwinTransformerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, checkpointed=self.grad_checkpointing)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from visionzoo.layers.attention import Attention
+from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import GluMlp, Mlp, QuickGELU
@@ -200,11 +200,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> normalised token sequence (N, prefix + L, embed_dim)."""
         x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        x = run_blocks(self.blocks, x, checkpointed=self.grad_checkpointing)
         return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:

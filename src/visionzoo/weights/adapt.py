@@ -60,20 +60,21 @@ def _resample_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor
     return grid.reshape(-1, shape[0]).T.to(table.dtype)  # back to ((2W'-1)^2, heads)
 
 
-def _prefix_of_pos_embed(model: nn.Module, key: str) -> int:
+def _owner(model: nn.Module, key: str) -> nn.Module:
+    """The module holding parameter `key` (e.g. `visual` for `visual.pos_embed` in a CLIP pair)."""
     owner = model
     for part in key.split(".")[:-1]:
-        owner = getattr(owner, part, owner)
-    config = getattr(model, "config", None)
-    if getattr(config, "no_embed_class", False):
-        return 0
-    return int(getattr(owner, "num_prefix_tokens", getattr(model, "num_prefix_tokens", 1)))
+        owner = getattr(owner, part)
+    return owner
 
 
-def _grid_of(model: nn.Module) -> tuple[int, int] | None:
-    patch_embed = getattr(model, "patch_embed", None)
-    grid = getattr(patch_embed, "grid_size", None)
-    return tuple(grid) if grid is not None else None
+def _resample_pos_embed(model: nn.Module, key: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    owner = _owner(model, key)
+    prefix = 0 if getattr(getattr(owner, "config", None), "no_embed_class", False) else \
+        int(getattr(owner, "num_prefix_tokens", 1))
+    grid = getattr(getattr(owner, "patch_embed", None), "grid_size", None)
+    new_grid = tuple(grid) if grid is not None else (math.isqrt(shape[1] - prefix),) * 2
+    return resample_abs_pos_embed(value, new_grid, num_prefix_tokens=prefix)
 
 
 def _shown(keys: list[str], limit: int = 5) -> str:
@@ -116,9 +117,7 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, sou
         if key not in target or target[key].shape == value.shape:
             continue
         if key.endswith("pos_embed") and value.ndim == 3 and target[key].ndim == 3:
-            prefix = _prefix_of_pos_embed(model, key)
-            new_grid = _grid_of(model) or (math.isqrt(target[key].shape[1] - prefix),) * 2
-            state_dict[key] = resample_abs_pos_embed(value, new_grid, num_prefix_tokens=prefix)
+            state_dict[key] = _resample_pos_embed(model, key, value, target[key].shape)
         elif key.endswith("relative_position_bias_table") and value.ndim == target[key].ndim:
             state_dict[key] = _resample_bias_table(value, target[key].shape)
 

@@ -155,14 +155,15 @@ def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | 
             path = huggingface_hub.hf_hub_download(repo, name, revision=revision, cache_dir=cache_dir,
                                                    local_files_only=offline)
             return Path(path)
+        except LocalEntryNotFoundError:  # before EntryNotFoundError: huggingface_hub derives it from that
+            reasons.append(f"{name}: not cached" + ("" if offline else " and the Hub is unreachable"))
+            offline = True  # no network: the remaining files can only come from the cache
         except EntryNotFoundError:
             reasons.append(f"{name}: not in the repository")
-        except LocalEntryNotFoundError:
-            reasons.append(f"{name}: not cached" + (" (offline)" if offline else " and the Hub is unreachable"))
         except RepositoryNotFoundError:
             raise WeightsNotAvailableError(f"Hub repository '{repo}' does not exist or is private") from None
     raise WeightsNotAvailableError(
-        f"cannot get weights from Hub repository '{repo}' ({'; '.join(reasons)}). Download {files[0]} from "
+        f"cannot get weights from Hub repository '{repo}'{' offline' if _offline() else ''} ({'; '.join(reasons)}). Download {files[0]} from "
         f"https://huggingface.co/{repo} and place it in {manual}/ (or set HF_HUB_CACHE to a cache that holds it)")
 
 

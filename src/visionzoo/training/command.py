@@ -12,14 +12,14 @@ __all__ = ["add_commands", "cmd_train", "cmd_eval"]
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict:
-    from visionzoo.train.settings import TrainSettings
+    from visionzoo.training.settings import TrainSettings
 
     names = {f.name for f in dataclasses.fields(TrainSettings)}
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from visionzoo.train.trainer import NonFiniteLossError, train
+    from visionzoo.training.trainer import NonFiniteLossError, train
 
     settings = _settings_from_args(args)
     if args.resume:
@@ -83,8 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     """Add `train` and `eval` to the CLI's subcommand parsers."""
-    from visionzoo.data.transforms import PRESETS
-    from visionzoo.train.settings import RECIPES
+    from visionzoo.data.presets import PRESETS
+    from visionzoo.training.settings import RECIPES
 
     p = commands.add_parser(
         "train", help="train or fine-tune a classifier on a folder, CSV, archive or builtin:shapes",

@@ -37,9 +37,9 @@ from visionzoo.data.sources import ArraySamples, DataSplits, FileSamples, resolv
 from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, eval_transform, model_data_config,
                                        train_transform)
 from visionzoo.evaluate import classification_metrics, predict_logits
-from visionzoo.train.checkpoint import export_model, load_checkpoint, save_checkpoint
-from visionzoo.train.optim import build_optimizer, build_schedule, head_parameter_names
-from visionzoo.train.settings import TrainSettings, resolve_settings
+from visionzoo.training.checkpoint import export_model, load_checkpoint, save_checkpoint
+from visionzoo.training.optim import build_optimizer, build_schedule, head_parameter_names
+from visionzoo.training.settings import TrainSettings, resolve_settings
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -683,7 +683,7 @@ class _Trainer:
         if not (self.run_dir / "best").exists():
             export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
         if self.settings.plots:
-            from visionzoo.train.report import write_plots
+            from visionzoo.training.report import write_plots
 
             best = getattr(self, "best_val", None)
             if best is None and self.best_metric is not None:  # resumed after the best epoch: evaluate best/ again
