@@ -54,6 +54,9 @@ def session(path: Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Interleaved with PyTorch in one process: onnxruntime's threads must not spin between runs,
+    # or they take the cores from the timm repetition that follows and flatter our ratio.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

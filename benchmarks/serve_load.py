@@ -64,9 +64,9 @@ async def drive(url: str, clients: int, seconds: float, body: bytes) -> dict:
             "p50_ms": statistics.median(ordered), "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def run_server(model: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def run_server(model: str, pretrained: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "visionzoo.cli", "serve", model, "--port", str(port),
+    command = [sys.executable, "-m", "visionzoo.cli", "serve", model, "--port", str(port), "--pretrained", pretrained,
                "--max-batch", str(max_batch), "--max-wait-ms", "5", "--queue", "1024"]
     if threads:
         command += ["--threads", str(threads)]
@@ -88,7 +88,7 @@ def run_server(model: str, max_batch: int, threads: int | None) -> tuple[subproc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenetv3_small_100")
-    parser.add_argument("--pretrained", default=None, help="passed to serve (default: random weights, offline)")
+    parser.add_argument("--pretrained", default="none", help="passed to serve (default: none, random weights, offline)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--threads", type=int, default=None)
@@ -97,7 +97,7 @@ def main() -> None:
     body = photo()
     results = {}
     for label, max_batch in (("batching (--max-batch 32)", 32), ("no batching (--max-batch 1)", 1)):
-        process, url = run_server(args.model, max_batch, args.threads)
+        process, url = run_server(args.model, args.pretrained, max_batch, args.threads)
         try:
             asyncio.run(drive(url, args.clients, min(3.0, args.seconds), body))  # warm-up
             results[label] = asyncio.run(drive(url, args.clients, args.seconds, body))

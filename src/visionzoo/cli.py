@@ -132,7 +132,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from visionzoo.predict import load_for_predict, predict_images
 
-        model = load_for_predict(args.model, _pretrained_value(args.pretrained) or None)
+        model = load_for_predict(args.model, _pretrained_value(args.pretrained))
         results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -157,11 +157,16 @@ def _model_from_argument(spec: str, pretrained: str | None = None):
         if pretrained:
             raise UsageError(f"--pretrained does not apply to the saved model {spec}")
         return visionzoo.load_model(spec)
-    return visionzoo.create_model(spec, pretrained=_pretrained_value(pretrained))
+    value = _pretrained_value(pretrained)
+    return visionzoo.create_model(spec, pretrained=True if value is None else value)  # default weights unless told
 
 
 def _pretrained_value(pretrained: str | None):
+    """--pretrained as create_model takes it: None when not given (each command's default),
+    False for 'none' (random weights), True for 'default', else a weight name, path or hf-hub id."""
     if pretrained is None:
+        return None
+    if pretrained.lower() in ("none", "false", "random"):
         return False
     return True if pretrained.lower() in ("default", "true", "1") else pretrained
 
@@ -202,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from visionzoo.embeddings import build_backbone, embed_folder
 
-    spec = {"spec": args.model, "pretrained": _pretrained_value(args.pretrained), "overrides": {}}
+    spec = {"spec": args.model, "pretrained": _pretrained_value(args.pretrained) or False, "overrides": {}}
     model = build_backbone(spec, allow_random=True)
     if not spec["pretrained"] and not _is_path(args.model):
         err_console.print(f"[yellow]warning:[/yellow] '{args.model}' has random weights (no --pretrained); "
@@ -440,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         err_console.print(f"warning: serving on {args.host}, reachable from other machines", highlight=False)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_upload_mb=args.max_upload_mb, queue=args.queue)
-    classifier = load_classifier(args.model, _pretrained_value(args.pretrained) or None, threads=args.threads)
+    classifier = load_classifier(args.model, _pretrained_value(args.pretrained), threads=args.threads)
     console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
     uvicorn.run(create_app(classifier, settings), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -63,10 +63,20 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
         quantized = Path(tmp) / "quantized.onnx"
-        extra = {"CalibPercentile": 99.999} if calibration_method == "percentile" else {}
-        quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=methods[calibration_method], extra_options=extra)
+        def run(method: str) -> None:
+            extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
+            quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=methods[method], extra_options=extra)
+
+        try:
+            run(calibration_method)
+        except ValueError as error:
+            # onnxruntime's histogram calibrators fail on a tensor of (almost) constant value
+            # ("Too many bins for data range"); min-max calibration has no histogram to fail.
+            if calibration_method == "minmax" or "bins" not in str(error):
+                raise
+            run("minmax")
         result = onnx.load(str(quantized))
     del result.metadata_props[:]
     for key, value in {**metadata, "visionzoo.quantization": "int8-static-qdq"}.items():

@@ -47,8 +47,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.bn2(self.conv2(x))
-        return self.act2(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn2(self.conv2(x)))
+        x += shortcut  # in place: one allocation fewer per block (BN's backward needs its input, not its output)
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -81,8 +82,9 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
-        return self.act3(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn3(self.conv3(x)))
+        x += shortcut  # in place, as in BasicBlock
+        return self.act3(x)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
     if threads:
         torch.set_num_threads(threads)
-    model = load_for_predict(spec, pretrained or None).eval()
+    model = load_for_predict(spec, pretrained).eval()
     transform = transforms(model, train=False)
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
