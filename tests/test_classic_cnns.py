@@ -184,3 +184,14 @@ def test_densenet_proj_drop_rate_reaches_every_dense_layer():
         model = visionzoo.create_model("densenet121", proj_drop_rate=0.1)
     rates = {m.drop_rate for n, m in model.named_modules() if n.rsplit(".", 1)[-1].startswith("denselayer")}
     assert rates == {0.1}
+
+
+def test_inception_v3_features_only_matches_timm_stages():
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        reference = timm.create_model("inception_v3", features_only=True)
+        ours = visionzoo.create_model("inception_v3", features_only=True)
+    assert ours.channels() == reference.feature_info.channels()
+    assert ours.reductions() == reference.feature_info.reduction()
+    maps = ours(torch.empty(1, 3, 299, 299, device="meta"))
+    assert [m.shape[-1] for m in maps] == [147, 71, 35, 17, 8]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from visionzoo.features import FeatureInfo
 from visionzoo.registry import ModelCard, register_model
 
 
@@ -56,6 +57,10 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
+        # After each ReLU that ends a resolution, and the last pool; nominal strides (the unpadded
+        # pools make the maps a pixel or two smaller than input / stride).
+        self.feature_info = [FeatureInfo("features.1", c1, 4), FeatureInfo("features.4", c2, 8),
+                             FeatureInfo("features.11", c5, 16), FeatureInfo("features.12", c5, 32)]
         self.avgpool = nn.AdaptiveAvgPool2d(config.pooled_size)
         hidden = config.hidden_features
         self.classifier = nn.Sequential(

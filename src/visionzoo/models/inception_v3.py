@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.registry import ModelCard, register_model
@@ -204,8 +205,11 @@ class InceptionV3(nn.Module):
         self.num_features = 2048
         self.global_pool = GlobalPool(global_pool)
         self.fc = make_classifier(self.num_features, num_classes)
-        # No feature_info: the unpadded convolutions make map sizes fall a few pixels short of
-        # input/stride, so the nominal strides 2..32 (timm's) would misstate the maps' sizes.
+        # timm's stage ends, with nominal strides: the unpadded convolutions make each map a few
+        # pixels smaller than input / stride (e.g. 147, 71, 35, 17, 8 at 299 px).
+        self.feature_info = [FeatureInfo("Conv2d_2b_3x3", 64, 2), FeatureInfo("Conv2d_4a_3x3", 192, 4),
+                             FeatureInfo("Mixed_5d", 224 + p5d, 8), FeatureInfo("Mixed_6e", 768, 16),
+                             FeatureInfo("Mixed_7c", 2048, 32)]
         self._init_weights()
 
     def _init_weights(self) -> None:
