@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--cifar-model", help="saved model fine-tuned on CIFAR-10, for the int8 accuracy check")
     parser.add_argument("--cifar-data", help="CIFAR-10 test folder (class-per-folder)")
     parser.add_argument("--cifar-limit", type=int, default=2000, help="test images for the accuracy check")
+    parser.add_argument("--cifar-calib", help="calibration images (default: the train/ folder beside --cifar-data)")
     args = parser.parse_args()
 
     import timm
@@ -128,7 +129,8 @@ def main() -> None:
         if args.cifar_model and args.cifar_data:
             model = visionzoo.load_model(args.cifar_model).eval()
             data = Path(args.cifar_data)
-            report = export_model(model, tmp / "cifar.onnx", int8=True, calib_dir=data, calib_count=256,
+            calib = Path(args.cifar_calib) if args.cifar_calib else data.parent / "train"  # never the test images
+            report = export_model(model, tmp / "cifar.onnx", int8=True, calib_dir=calib, calib_count=256,
                                   eval_dir=data, eval_limit=args.cifar_limit)
             print(f"CIFAR-10 ({args.cifar_limit} test images): fp32 top-1 {100 * report.top1_fp32:.2f}%, "
                   f"int8 top-1 {100 * report.top1_int8:.2f}%, "

@@ -178,3 +178,26 @@ def test_zero_shot_cli(tmp_path, monkeypatch, capsys):
         assert {t["label"] for t in row["top"]} <= {"red", "blue", "green"} and len(row["top"]) == 3
         assert abs(sum(t["probability"] for t in row["top"]) - 1.0) < 1e-5
     assert cli.main(["zero-shot", paths[0], "--labels", "red"]) == 2  # one label is a usage error
+
+
+def test_zero_shot_classifier_predicts_and_exports_like_any_model(tmp_path):
+    """The zero-shot head is an ordinary classifier: the PyTorch predictor and the ONNX export take it."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from visionzoo.clip import create_clip, zero_shot_classifier
+    from visionzoo.export import export_model
+    from visionzoo.onnx_predict import OnnxClassifier
+    from visionzoo.predict import predict_images
+
+    torch.manual_seed(0)
+    classifier = zero_shot_classifier(create_clip("ViT-B-32", pretrained=False), ["cat", "dog", "car"],
+                                      templates=["a photo of a {}."])
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "x.png")
+    eager = predict_images(classifier, [str(tmp_path / "x.png")], topk=3)[0]["predictions"]
+    assert {p["label"] for p in eager} == {"cat", "dog", "car"}
+    report = export_model(classifier, tmp_path / "zs.onnx")
+    assert report.verified
+    exported = OnnxClassifier(tmp_path / "zs.onnx").predict_files([tmp_path / "x.png"], topk=3)[0]["predictions"]
+    assert [p["label"] for p in exported] == [p["label"] for p in eager]
+    assert exported[0]["prob"] == pytest.approx(eager[0]["prob"], abs=1e-4)
