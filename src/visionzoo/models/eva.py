@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
+from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import GluMlp, SwiGLU
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pool import make_classifier
@@ -204,11 +205,7 @@ class Eva02(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_trunc_normal_(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         # Residual branches scaled down with depth (BEiT's rescale), so deep stacks start stable.

@@ -19,6 +19,7 @@ from visionzoo.features import FeatureInfo
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import ClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
+from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed_rel import relative_position_index
@@ -264,11 +265,7 @@ class SwinTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_trunc_normal_(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""

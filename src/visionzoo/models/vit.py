@@ -25,6 +25,7 @@ import torch.nn as nn
 from visionzoo.layers.attention import Attention
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
+from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import GluMlp, Mlp, QuickGELU
 from visionzoo.layers.patch_embed import PatchEmbed
@@ -152,11 +153,7 @@ class VisionTransformer(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears_trunc_normal_(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
