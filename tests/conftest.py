@@ -27,6 +27,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path_factory.getbasetemp() / "visionzoo-cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (tiny problems; no thread-pool wake-ups), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require_shared_file(name: str) -> Path:
     """Path of a file in ../shared/data; skip (or fail under CI's flag) when it is absent."""
     path = SHARED_DATA / name

@@ -35,14 +35,6 @@ def test_expected_calibration_error():
     assert expected_calibration_error(probabilities, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.4)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     data = "builtin:shapes?size=32&train=40&val=20"
     run = tmp_path / "run"

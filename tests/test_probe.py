@@ -19,12 +19,9 @@ SIZE = 48  # generated images; the saved backbone below runs at 32x32
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _single_thread(one_thread):
     """These problems are tiny: on a busy machine, waking a second thread costs more than each op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 def _features(centres: torch.Tensor, per_class: int, noise: float, seed: int = 0) -> Embeddings:

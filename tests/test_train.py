@@ -141,14 +141,6 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_run_folder_holds_config_metrics_plots_and_loadable_exports(tmp_path, one_thread):
     torch.manual_seed(0)
     result = visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=2, batch_size=16, lr=0.05,

@@ -29,7 +29,7 @@ from safetensors.torch import save
 from visionzoo.data.datasets import ImageDataset, collate_skipping
 from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
 from visionzoo.data.transforms import eval_transform, model_data_config
-from visionzoo.training.checkpoint import atomic_write
+from visionzoo.training.checkpoint import atomic_write, jsonable
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
 
@@ -57,7 +57,7 @@ def save_embeddings(result: Embeddings, path: str | Path) -> None:
     if result.patch_tokens is not None:
         tensors["patch_tokens"] = result.patch_tokens.float().contiguous()
     metadata = {"format": FORMAT, "paths": json.dumps(result.paths), "classes": json.dumps(result.classes),
-                "model": json.dumps(result.model), "data_config": json.dumps(_jsonable(result.data_config))}
+                "model": json.dumps(result.model), "data_config": json.dumps(jsonable(result.data_config))}
     atomic_write(Path(path), save(tensors, metadata=metadata))
 
 
@@ -227,13 +227,3 @@ def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_s
             save_embeddings(result, out)
         shutil.rmtree(partial, ignore_errors=True)
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

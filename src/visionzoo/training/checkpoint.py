@@ -83,7 +83,7 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
     path = Path(path)
     # The model carries its classes and the preprocessing it was trained with, as weights do.
     model.class_names = list(class_names)
-    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **_jsonable(data_config)}
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **jsonable(data_config)}
     save_model = getattr(visionzoo, "save_model", None)
     if save_model is not None and getattr(model, "visionzoo_name", None):
         save_model(model, path)
@@ -95,8 +95,8 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
         "architecture": getattr(model, "visionzoo_name", None),
         "num_classes": int(getattr(model, "num_classes", len(class_names))),
         "class_names": list(class_names),
-        "model_args": _jsonable(getattr(model, "visionzoo_overrides", {})),
-        "data_config": _jsonable(data_config),
+        "model_args": jsonable(getattr(model, "visionzoo_overrides", {})),
+        "data_config": jsonable(data_config),
         "visionzoo_version": visionzoo.__version__,
         **(extra or {}),
     }
@@ -125,11 +125,12 @@ def load_exported(path: Path) -> nn.Module:
     return model.eval()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` with tuples as lists, keys as strings and anything else JSON cannot hold as its str()."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return str(value)
