@@ -80,12 +80,25 @@ class ExponentialMovingAverage:
 # --- setup helpers ---------------------------------------------------------------------------
 
 
+def _start_distributed() -> bool:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); True if this call did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return True
+    return False
+
+
+def _stop_distributed(succeeded: bool) -> None:
+    """Tear down the process group this run started. Ranks meet at a barrier first on success, so no
+    rank exits while another still talks to it (gloo aborts the process otherwise)."""
+    if dist.is_initialized():
+        if succeeded:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank), initialising the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+    """(rank, world_size, local_rank) of this process."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return 0, 1, 0
@@ -275,7 +288,15 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
             raise ValueError("train needs a model and data (or resume=RUN_DIR)")
         requested = TrainSettings(**settings)
         run_dir = None
-    return _Trainer(model_or_name, data, pretrained, requested, out, run_dir, resume_state).run()
+    started = _start_distributed()
+    succeeded = False
+    try:
+        result = _Trainer(model_or_name, data, pretrained, requested, out, run_dir, resume_state).run()
+        succeeded = True
+        return result
+    finally:
+        if started:
+            _stop_distributed(succeeded)
 
 
 class _Trainer:
