@@ -169,10 +169,10 @@ class CascadedGroupAttention(nn.Module):
                 feat = feat + groups[head]  # the cascade: previous head's output feeds this one
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             q = dw(q)
-            # (N, C', H, W) -> (N, H*W, C')
-            q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))
-            feat = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[head].to(q.dtype))
-            feat = feat.transpose(1, 2).reshape(batch, self.val_dim, height, width)  # back to (N, C', H, W)
+            # (N, C', H, W) -> (N, 1, H*W, C'): 4-D, with a 4-D mask, keeps SDPA on its fused CPU kernel
+            q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (q, k, v))
+            feat = F.scaled_dot_product_attention(q, k, v, attn_mask=biases[head][None, None].to(q.dtype))
+            feat = feat.squeeze(1).transpose(1, 2).reshape(batch, self.val_dim, height, width)  # (N, C', H, W)
             outputs.append(feat)
         return self.proj(torch.cat(outputs, dim=1))
 

@@ -155,7 +155,8 @@ class AttentionCl(nn.Module):
         # (B', wh, ww, 3C) -> (B', area, 3, heads, d) -> 3 x (B', heads, area, d)
         qkv = self.qkv(x).reshape(x.shape[0], -1, 3, self.num_heads, self.dim_head)
         q, k, v = qkv.transpose(1, 3).unbind(2)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos.get_bias(),
+        # a 4-D mask keeps SDPA on its fused CPU kernel (3-D masks take the unfused path)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos.get_bias().unsqueeze(0),
                                            dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(*restore_shape, -1)  # (B', heads, area, d) -> (B', wh, ww, C)
         return self.proj_drop(self.proj(x))

@@ -99,7 +99,9 @@ class WindowAttention(nn.Module):
         # (B', area, 3C) -> (3, B', heads, area, head_dim)
         qkv = self.qkv(x).reshape(batch_windows, area, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn_mask = self.relative_position_bias()  # (heads, area, area)
+        # 4-D from the start: SDPA's fused CPU kernel takes only 4-D masks (a 3-D one falls back to
+        # the slower unfused path)
+        attn_mask = self.relative_position_bias().unsqueeze(0)  # (1, heads, area, area)
         if mask is not None:
             num_windows = mask.shape[0]
             attn_mask = attn_mask + mask[:, None]  # (nW, heads, area, area)
