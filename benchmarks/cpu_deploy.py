@@ -1,7 +1,8 @@
 """CPU deployment speed: timm eager fp32 against our ONNX fp32 and our ONNX int8, side by side.
 
 For each model, at batch 1 and 8: timm's eager model, our export run by onnxruntime (fp32), and
-our int8 export, timed in interleaved repetitions (one of each in turn, so all three see the same
+our int8 export (the scheme `visionzoo export --int8` picks: static QDQ for convolutional networks,
+dynamic for matrix-product-heavy ones), timed in interleaved repetitions (one of each in turn, so all three see the same
 machine state), medians reported with the ratio to timm eager and the geometric mean over models.
 
 With --cifar-model (a model saved by `visionzoo train` on the shared CIFAR-10) and --cifar-data
@@ -24,7 +25,7 @@ import torch
 
 import visionzoo
 from visionzoo.export import export_model, onnx_top1
-from visionzoo.export.quantize import quantize_int8
+from visionzoo.export.quantize import quantization_kind, quantize_int8
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "vit_small_patch16_224"]
 
@@ -101,6 +102,7 @@ def main() -> None:
             ours.load_state_dict(reference.state_dict())
             report = export_model(ours, tmp / f"{name}.onnx", verify=True, calib_dir=calib)
             int8_path = quantize_int8(report.path, tmp / f"{name}.int8.onnx", sorted(calib.glob("*.png")))
+            scheme = quantization_kind(int8_path)
             fp32, int8 = session(report.path, args.threads), session(int8_path, args.threads)
             size = visionzoo.model_info(name)["input_size"][1]
             for batch in batch_sizes:
@@ -120,7 +122,7 @@ def main() -> None:
                 ratios[("fp32", batch)].append(r32)
                 ratios[("int8", batch)].append(r8)
                 print(f"{name:24s} b{batch}: timm eager {medians['timm']:8.2f} ms | onnx fp32 {medians['fp32']:8.2f} ms "
-                      f"({r32:.2f}x) | onnx int8 {medians['int8']:8.2f} ms ({r8:.2f}x)   "
+                      f"({r32:.2f}x) | onnx int8 {medians['int8']:8.2f} ms ({r8:.2f}x, {scheme})   "
                       f"[export verified: {report.max_relative_difference:.1e}]", flush=True)
         for (kind, batch), values in ratios.items():
             geo = math.exp(sum(math.log(v) for v in values) / len(values))

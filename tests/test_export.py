@@ -175,8 +175,66 @@ def test_int8_quantisation_reports_top1_before_and_after(tmp_path):
     report = export_model(model, tmp_path / "m.onnx", img_size=32, int8=True, calib_dir=data, calib_count=8,
                           eval_dir=data)
     assert report.int8_path.exists() and report.int8_path.stat().st_size < report.path.stat().st_size
+    assert report.int8_scheme == "int8-static-qdq"
     assert report.top1_fp32 == 1.0
     assert report.top1_int8 >= 0.9
+
+
+def test_int8_scheme_follows_the_multiply_adds(tmp_path):
+    """Convolutional networks get calibrated static int8, transformer-like ones dynamic int8; the
+    multiply-add counts read off the ONNX graph agree with the model's measured complexity."""
+    import onnx
+
+    from visionzoo.complexity import model_complexity
+    from visionzoo.export import export_onnx
+    from visionzoo.export.quantize import int8_scheme, multiply_adds_by_kind
+
+    # convnext_atto's MLPs are 1x1 convolutions (conv_mlp, as in timm); convnext_tiny's are linear layers
+    expected = {"resnet18": "static", "mobilenetv3_small_050": "static", "convnext_atto": "static",
+                "vit_tiny_patch16_224": "dynamic", "convnext_tiny": "dynamic"}
+    for name, scheme in expected.items():
+        size = None if name == "resnet18" else 64
+        model = visionzoo.create_model(name, **({"img_size": 64} if name.startswith("vit") else {})).eval()
+        export_onnx(model, tmp_path / f"{name}.onnx", exporter="torchscript", img_size=size)
+        graph = onnx.load(str(tmp_path / f"{name}.onnx"))
+        counts = multiply_adds_by_kind(graph)
+        assert int8_scheme(graph) == scheme, (name, counts)
+        if name == "resnet18":  # all convolutions but the 512x1000 head
+            gmacs = model_complexity(name)["gmacs"]
+            assert sum(counts.values()) == pytest.approx(gmacs * 1e9, rel=0.02)
+            assert counts["matmul"] == 512 * 1000
+
+
+def test_dynamic_int8_for_a_transformer_needs_no_calibration(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from visionzoo.export import export_model
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64).eval()
+    report = export_model(model, tmp_path / "vit.onnx", img_size=64, int8=True)  # auto -> dynamic, no --calib
+    assert report.int8_scheme == "int8-dynamic"
+    ops = {node.op_type for node in onnx.load(str(report.int8_path)).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}, ops
+    assert "QuantizeLinear" not in ops  # no calibrated activation ranges
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = ort.InferenceSession(str(report.int8_path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    difference = np.abs(actual - expected).max() / np.abs(expected).max()
+    assert 0 < difference < 0.1  # quantised (not bit-equal), yet close
+
+
+def test_static_int8_without_calibration_images_says_what_to_pass(tmp_path):
+    from visionzoo.export import export_model
+
+    model = visionzoo.create_model("resnet18", num_classes=2).eval()
+    with pytest.raises(ValueError, match="--calib"):
+        export_model(model, tmp_path / "m.onnx", img_size=32, int8=True, verify=False)
+    assert (tmp_path / "m.onnx").exists()  # the fp32 export is kept
+    with pytest.raises(ValueError, match="--calib"):
+        export_model(model, tmp_path / "n.onnx", img_size=32, int8=True, int8_scheme="static", verify=False)
 
 
 TORCH_BLOCKER = textwrap.dedent("""

@@ -182,7 +182,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix == "":
         out = out.with_suffix(suffix)
     report = export_model(model, out, format=args.format, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
-                          opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8, calib_dir=args.calib,
+                          opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8,
+                          int8_scheme=args.int8_scheme, calib_dir=args.calib,
                           calib_count=args.calib_count, eval_dir=args.eval_data, verify=args.verify)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -192,7 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         console.print(f"verified against eager PyTorch: max |difference| = {report.max_relative_difference:.2e} "
                       "x max |reference| (limit 1e-4)")
     if report.int8_path:
-        console.print(f"int8 model: {report.int8_path}")
+        console.print(f"int8 model: {report.int8_path} ({report.int8_scheme})")
     if report.top1_fp32 is not None:
         line = f"top-1 on {args.eval_data}: fp32 {100 * report.top1_fp32:.2f}%"
         if report.top1_int8 is not None:
@@ -498,8 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
                    help="PyTorch's ONNX exporter: auto tries the fast tracing one, then torch.export's (default)")
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding conv/linear layers")
-    p.add_argument("--int8", action="store_true", help="also write an int8 model (post-training static quantisation)")
-    p.add_argument("--calib", metavar="DIR", help="folder of calibration images for --int8 (also used to verify)")
+    p.add_argument("--int8", action="store_true", help="also write an int8 model (post-training quantisation)")
+    p.add_argument("--int8-scheme", choices=["auto", "static", "dynamic"], default="auto",
+                   help="static: calibrated activations (CNNs); dynamic: int8 matrix products, activations "
+                        "quantised at run time (transformers); auto picks by where the multiply-adds are (default)")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images for static --int8 (also used to verify)")
     p.add_argument("--calib-count", type=int, default=64, metavar="N", help="calibration images to use (default: 64)")
     p.add_argument("--eval-data", metavar="DIR", help="class-per-folder images: report top-1 of fp32 (and int8)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,

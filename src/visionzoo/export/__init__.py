@@ -18,7 +18,7 @@ import torch.nn as nn
 from visionzoo.export.fold_bn import fold_batchnorm
 from visionzoo.export.onnx import (ExportResult, export_onnx, export_torchscript, model_preprocessing,
                                    verify_onnx, verify_torchscript)
-from visionzoo.export.quantize import quantize_int8
+from visionzoo.export.quantize import quantization_kind, quantize_int8
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
            "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
@@ -35,6 +35,7 @@ class ExportReport:
     int8_path: Path | None = None
     top1_fp32: float | None = None
     top1_int8: float | None = None
+    int8_scheme: str | None = None  # 'int8-static-qdq' or 'int8-dynamic', read back from the file
 
     def as_dict(self) -> dict[str, Any]:
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
@@ -120,15 +121,17 @@ def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: boo
 
 def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img_size: int | None = None,
                  dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto", fold_bn: bool = False,
-                 int8: bool = False,
+                 int8: bool = False, int8_scheme: str = "auto",
                  calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
                  eval_limit: int | None = None, verify: bool = True) -> ExportReport:
     out = Path(out)
     name = getattr(model, "visionzoo_name", type(model).__name__)
     model = model.eval()
     calib_dir = Path(calib_dir) if calib_dir else None
-    if int8 and (format != "onnx" or calib_dir is None):
-        raise ValueError("--int8 needs --format onnx and --calib DIR (a folder of calibration images)")
+    if int8 and format != "onnx":
+        raise ValueError("--int8 needs --format onnx")
+    if int8 and int8_scheme == "static" and calib_dir is None:
+        raise ValueError("static --int8 needs --calib DIR (a folder of calibration images)")
     if fold_bn:
         channels, height, width = model_preprocessing(model, img_size)["input_size"]
         model = fold_batchnorm(model, torch.randn(1, channels, height, width))
@@ -147,7 +150,9 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
                           max_relative_difference=result.max_relative_difference, checks=result.checks or [])
     if int8:
         report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
-        quantize_int8(out, report.int8_path, _image_files(calib_dir, calib_count))
+        calibration = _image_files(calib_dir, calib_count) if calib_dir is not None else None
+        quantize_int8(out, report.int8_path, calibration, scheme=int8_scheme)
+        report.int8_scheme = quantization_kind(report.int8_path)
     if eval_dir is not None and format == "onnx":
         report.top1_fp32 = onnx_top1(out, Path(eval_dir), eval_limit)
         if report.int8_path:
