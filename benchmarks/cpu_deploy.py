@@ -1,9 +1,10 @@
 """CPU deployment speed: timm eager fp32 against our ONNX fp32 and our ONNX int8, side by side.
 
 For each model, at batch 1 and 8: timm's eager model, our export run by onnxruntime (fp32), and
-our int8 export (the scheme `visionzoo export --int8` picks: static QDQ for convolutional networks,
-dynamic for matrix-product-heavy ones), timed in interleaved repetitions (one of each in turn, so all three see the same
-machine state), medians reported with the ratio to timm eager and the geometric mean over models.
+our int8 export (the scheme `visionzoo export --int8` picks: static QDQ for convolutional
+networks, dynamic for matrix-product-heavy ones), each engine with its default thread-pool
+settings, timed in alternating blocks (see `interleaved`); medians reported with the ratio to
+timm eager and the geometric mean over models.
 
 With --cifar-model (a model saved by `visionzoo train` on the shared CIFAR-10) and --cifar-data
 (its test/ folder) it also reports top-1 of the fp32 and int8 exports, and the drop in points.
@@ -55,13 +56,18 @@ def session(path: Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Interleaved with PyTorch in one process: onnxruntime's threads must not spin between runs,
-    # or they take the cores from the timm repetition that follows and flatter our ratio.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # default spinning, as deployed
 
 
-def interleaved(fns: dict[str, callable], seconds: float, min_repeats: int = 10) -> dict[str, float]:
+def interleaved(fns: dict[str, callable], seconds: float, min_repeats: int = 10, block: int = 4,
+                pause: float = 0.05) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed in alternating blocks.
+
+    Each engine runs as deployed, with its own thread pool's defaults (onnxruntime's and
+    OpenMP's workers spin a while after a run). So that one engine's spinning threads never
+    take the cores from the next, each block starts after a short pause and one untimed call;
+    blocks alternate, so slow drifts of the machine reach every engine alike.
+    """
     for fn in fns.values():
         for _ in range(3):
             fn()
@@ -69,9 +75,12 @@ def interleaved(fns: dict[str, callable], seconds: float, min_repeats: int = 10)
     begin = time.perf_counter()
     while len(times[next(iter(fns))]) < min_repeats or time.perf_counter() - begin < seconds:
         for name, fn in fns.items():
-            start = time.perf_counter()
+            time.sleep(pause)
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
