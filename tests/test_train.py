@@ -154,7 +154,7 @@ def test_run_folder_holds_config_metrics_plots_and_loadable_exports(tmp_path, on
     assert epochs[0].startswith("epoch,step,train_loss") and len(epochs) == 3
     assert (run / "metrics_steps.jsonl").exists()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    for png in ("curves.png", "confusion_matrix.png"):
+    for png in ("curves.png", "confusion_matrix.png", "worst_mistakes.png"):
         assert (run / png).stat().st_size > 1000
     assert len(result.history) == 2 and 0.0 <= result.best_metric <= 1.0
     export = json.loads((run / "best" / "config.json").read_text())

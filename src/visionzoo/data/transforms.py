@@ -125,20 +125,32 @@ def batch_mixer(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float 
 
 
 class SeededCropFlip:
-    """The `crop` preset for uint8 (C, H, W) tensors already at the training size, as a fast path.
+    """The `crop` preset on uint8 (C, H, W) tensors at the training size, as a fast path.
 
     Reflect-pads by `padding`, crops back at an offset and mirrors, with the offset and the flip
     read from the sample's seed (given by the sampler) instead of a random generator: a few
     microseconds per image, and the same augmentation for a sample whichever process or worker
     loads it. Normalisation happens on the batch (`NormalizeInput`), on the device.
+
+    With `size`, it also takes decoded files (PIL images) and first fits them to `size` x `size`
+    as the pixel cache would (shorter side resized, centre crop), so uncached folders of images
+    take the same path.
     """
 
     takes_seed = True
 
-    def __init__(self, padding: int):
+    def __init__(self, padding: int, size: int | None = None):
         self.padding = padding
+        self.size = size
 
-    def __call__(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+    def __call__(self, image, seed: int | None) -> torch.Tensor:
+        if not isinstance(image, torch.Tensor):
+            from visionzoo.data.datasets import resize_short_center_crop
+
+            if self.size is None:
+                raise TypeError("SeededCropFlip needs `size` to take decoded images; it got a "
+                                f"{type(image).__name__}")
+            image = torch.from_numpy(resize_short_center_crop(image, self.size)).permute(2, 0, 1)
         if seed is None or self.padding == 0:
             return image
         import numpy as np

@@ -46,26 +46,37 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
     if len(wrong) == 0 or val_set is None:
         return
     order = wrong[losses[wrong].argsort(descending=True)][:worst]
-    columns = 4
-    rows = int(np.ceil(len(order) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
     std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
     probabilities = logits.softmax(1)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, position in zip(axes.flat, order.tolist()):
+    tiles, captions = [], []
+    for position in order.tolist():
         item = val_set[int(indices[position])]
         if not isinstance(item, tuple):
             continue
         pixels = item[0]
         pixels = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels * std + mean
-        image = pixels.clamp(0, 1).permute(1, 2, 0).numpy()
+        tiles.append(pixels.clamp(0, 1).permute(1, 2, 0).numpy())
         predicted = int(logits[position].argmax())
-        axis.imshow(image)
-        axis.set_title(f"true {classes[labels[position]]}\npredicted {classes[predicted]} "
-                       f"({probabilities[position, predicted]:.0%})", fontsize=8)
-    figure.suptitle("validation images with the highest loss")
-    figure.tight_layout()
+        captions.append(f"true {classes[labels[position]]}\npredicted {classes[predicted]} "
+                        f"({probabilities[position, predicted]:.0%})")
+    if not tiles:
+        return
+    # One image axis holding a mosaic, captions as text: a fraction of the time of one axis per image.
+    columns = min(4, len(tiles))
+    rows = -(-len(tiles) // columns)
+    height, width = tiles[0].shape[:2]
+    gap, caption = max(2, width // 8), max(8, height * 2 // 5)  # pixels between tiles, above each for its caption
+    cell_h, cell_w = height + caption + gap, width + gap
+    mosaic = np.ones((rows * cell_h, columns * cell_w - gap, 3))
+    figure, axis = plt.subplots(figsize=(3 * columns, 3.3 * rows + 0.4))
+    for i, (tile, text) in enumerate(zip(tiles, captions)):
+        top, left = (i // columns) * cell_h + caption, (i % columns) * cell_w
+        mosaic[top:top + tile.shape[0], left:left + tile.shape[1]] = tile[:height, :width]
+        axis.text(left + width / 2, top - 0.5, text, ha="center", va="bottom", fontsize=8)
+    axis.imshow(mosaic, interpolation="nearest")
+    axis.axis("off")
+    axis.set_title("validation images with the highest loss")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (3.3 * rows + 0.4))
     figure.savefig(run_dir / "worst_mistakes.png", dpi=100)
     plt.close(figure)

@@ -403,17 +403,23 @@ class _Trainer:
                     self.bad_files[item.path] = item.reason
                 cached.append(array)
             train_samples, val_samples = cached
-        # Fast path: decoded arrays already at the training size need no resizing; crop and flip
-        # run on uint8 per sample and normalisation on the whole batch, on the device.
-        self.fast_input = (isinstance(train_samples, ArraySamples) and s.augment in ("crop", "none")
-                           and train_samples.images.shape[1:3] == (self.image_size, self.image_size)
-                           and (val_samples is None or isinstance(val_samples, ArraySamples))
+        # Fast path for the light presets when evaluation does not crop (crop_pct 1): images are
+        # fitted to the training size as uint8 (already so in arrays at that size; decoded files
+        # are resized and centre-cropped), cropped and flipped per sample, and normalised as a
+        # whole batch, on the device.
+        def fits(samples) -> bool:
+            return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
+                                                        samples.images.shape[1:3] == (self.image_size, self.image_size))
+
+        self.fast_input = (s.augment in ("crop", "none") and fits(train_samples)
+                           and (val_samples is None or fits(val_samples))
                            and float(self.data_config.get("crop_pct", 0.875)) == 1.0)
         if self.fast_input:
             padding = max(1, self.image_size // 8) if s.augment == "crop" else 0
             self.normalize = NormalizeInput(self.data_config["mean"], self.data_config["std"]).to(self.device)
-            self.train_set = ImageDataset(train_samples, SeededCropFlip(padding))
-            self.val_set = ImageDataset(val_samples) if val_samples is not None and len(val_samples) else None
+            self.train_set = ImageDataset(train_samples, SeededCropFlip(padding, self.image_size))
+            self.val_set = ImageDataset(val_samples, SeededCropFlip(0, self.image_size)) \
+                if val_samples is not None and len(val_samples) else None
         else:
             self.normalize = None
             self.train_set = ImageDataset(train_samples, train_transform(self.data_config, s.augment, self.image_size))
