@@ -189,3 +189,28 @@ def test_seeded_crop_flip_is_a_function_of_the_seed():
     assert torch.equal(centred, image)
     normalized = NormalizeInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(normalized, torch.full((1, 3, 2, 2), 2.0))
+
+
+def test_seeded_crop_flip_fits_decoded_files_like_the_pixel_cache(tmp_path):
+    from visionzoo.data.datasets import resize_short_center_crop
+    from visionzoo.data.transforms import SeededCropFlip
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    fitted = SeededCropFlip(0, 16)(photo, None)
+    assert fitted.shape == (3, 16, 16) and fitted.dtype == torch.uint8
+    assert torch.equal(fitted, torch.from_numpy(resize_short_center_crop(photo, 16)).permute(2, 0, 1))
+    assert SeededCropFlip(2, 16)(photo, 9).shape == (3, 16, 16)
+    with pytest.raises(TypeError, match="size"):
+        SeededCropFlip(2)(photo, 9)
+
+
+def test_crop_padding_sets_the_largest_shift():
+    from visionzoo.data.transforms import crop_padding
+    from visionzoo.training.settings import TrainSettings, resolve_settings
+
+    assert crop_padding(32) == 4 and crop_padding(32, 2) == 2 and crop_padding(4) == 1
+    steps = train_transform(model_data_config("resnet18"), "crop", 32, padding=2).transforms
+    assert [step.padding for step in steps if type(step).__name__ == "RandomCrop"] == [[2, 2, 2, 2]]
+    with pytest.raises(ValueError, match="crop_padding"):
+        resolve_settings(TrainSettings(crop_padding=-1), "resnet18")

@@ -88,7 +88,13 @@ def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
     ])
 
 
-def train_transform(config: dict, preset: str = "light", image_size: int | None = None) -> v2.Compose:
+def crop_padding(image_size: int, padding: int | None = None) -> int:
+    """The crop preset's reflect padding (its largest shift): `padding`, or 1/8 of the image side."""
+    return max(1, image_size // 8) if padding is None else padding
+
+
+def train_transform(config: dict, preset: str = "light", image_size: int | None = None,
+                    padding: int | None = None) -> v2.Compose:
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
     size = image_size or int(config["input_size"][-1])
@@ -97,7 +103,8 @@ def train_transform(config: dict, preset: str = "light", image_size: int | None 
         return eval_transform(config, size)
     if preset == "crop":
         steps = [v2.ToImage(), v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size),
-                 v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"), v2.RandomHorizontalFlip()]
+                 v2.RandomCrop(size, padding=crop_padding(size, padding), padding_mode="reflect"),
+                 v2.RandomHorizontalFlip()]
         return v2.Compose(steps + _to_float_normalized(config))
     scale = (0.08, 1.0) if preset == "strong" else (0.35, 1.0)
     steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True),

@@ -106,6 +106,7 @@ def add_commands(commands) -> None:
     p.add_argument("--head-lr-scale", type=float, help="head lr / backbone lr")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", choices=PRESETS, help="train-time augmentation preset")
+    p.add_argument("--crop-padding", type=int, metavar="PX", help="largest shift of the crop preset (default: image size / 8)")
     p.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
     p.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
     p.add_argument("--drop-path-rate", type=float)

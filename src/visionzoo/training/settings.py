@@ -48,6 +48,7 @@ class TrainSettings:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     label_smoothing: float | None = None
     augment: str | None = None  # none | crop | light | medium | strong
+    crop_padding: int | None = None  # the crop preset's shift range in pixels; None: image size / 8
     mixup: float = 0.0
     cutmix: float = 0.0
     drop_path_rate: float | None = None
@@ -150,6 +151,8 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
             raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
     if resolved.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
+    if resolved.crop_padding is not None and resolved.crop_padding < 0:
+        raise ValueError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
     if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
     if resolved.class_balance not in ("none", "weights", "sampler"):

@@ -34,8 +34,8 @@ import torch.nn as nn
 import visionzoo
 from visionzoo.data.datasets import ImageDataset, ResumableSampler, Skipped, cache_pixels, collate_skipping, scan_files
 from visionzoo.data.sources import ArraySamples, DataSplits, FileSamples, resolve_data
-from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, eval_transform, model_data_config,
-                                       train_transform)
+from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, crop_padding, eval_transform,
+                                       model_data_config, train_transform)
 from visionzoo.evaluate import classification_metrics, predict_logits
 from visionzoo.training.checkpoint import export_model, load_checkpoint, save_checkpoint
 from visionzoo.training.optim import build_optimizer, build_schedule, head_parameter_names
@@ -415,14 +415,15 @@ class _Trainer:
                            and (val_samples is None or fits(val_samples))
                            and float(self.data_config.get("crop_pct", 0.875)) == 1.0)
         if self.fast_input:
-            padding = max(1, self.image_size // 8) if s.augment == "crop" else 0
+            padding = crop_padding(self.image_size, s.crop_padding) if s.augment == "crop" else 0
             self.normalize = NormalizeInput(self.data_config["mean"], self.data_config["std"]).to(self.device)
             self.train_set = ImageDataset(train_samples, SeededCropFlip(padding, self.image_size))
             self.val_set = ImageDataset(val_samples, SeededCropFlip(0, self.image_size)) \
                 if val_samples is not None and len(val_samples) else None
         else:
             self.normalize = None
-            self.train_set = ImageDataset(train_samples, train_transform(self.data_config, s.augment, self.image_size))
+            self.train_set = ImageDataset(train_samples, train_transform(self.data_config, s.augment, self.image_size,
+                                                                          s.crop_padding))
             self.val_set = ImageDataset(val_samples, eval_transform(self.data_config, self.image_size)) \
                 if val_samples is not None and len(val_samples) else None
         weights = None
