@@ -203,7 +203,7 @@ def resize_short_center_crop(image, size: int) -> np.ndarray:
         image = image.resize(new, Image.BICUBIC, reducing_gap=3.0)
         left, top = (new[0] - size) // 2, (new[1] - size) // 2
         image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
 
 
 class _CacheDecode(Dataset):
