@@ -86,13 +86,28 @@ class WhitenedConvNet(nn.Module):
 
 
 def whitening_sample(samples, count: int = 5000) -> torch.Tensor:
-    """(count, 3, 32, 32) uint8 training images, decoded, for the whitening statistics."""
+    """(count, 3, 32, 32) uint8 training images for the whitening statistics: decoded from files, or
+    taken from decoded arrays (the pixel cache)."""
     from visionzoo.data.decode import decode_image
+    from visionzoo.data.sources import ArraySamples
 
     rng = np.random.default_rng(0)
-    chosen = rng.choice(len(samples), min(count, len(samples)), replace=False)
+    chosen = np.sort(rng.choice(len(samples), min(count, len(samples)), replace=False))
+    if isinstance(samples, ArraySamples):
+        return torch.from_numpy(np.array(samples.images[chosen])).permute(0, 3, 1, 2)
     arrays = [np.asarray(decode_image(samples.paths[i]).resize((32, 32)), dtype=np.uint8) for i in chosen]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10) -> WhitenedConvNet:
+    """The network with its whitening initialised from `samples` and the CIFAR-10 preprocessing attached."""
+    model = WhitenedConvNet(num_classes, widths)
+    model.init_whitening(whitening_sample(samples), CIFAR_MEAN, CIFAR_STD)
+    model.pretrained_cfg = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0, "input_size": (3, 32, 32)}
+    return model
 
 
 def main() -> None:
@@ -121,10 +136,7 @@ def main() -> None:
         splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), args.subset, replace=False)))
         splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), max(args.subset // 5, 10), replace=False)))
     unpacked = time.perf_counter() - started
-    model = WhitenedConvNet(len(splits.classes), tuple(int(w) for w in args.widths.split(",")))
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10 channel statistics
-    model.init_whitening(whitening_sample(splits.train), mean, std)
-    model.pretrained_cfg = {"mean": mean, "std": std, "crop_pct": 1.0, "input_size": (3, 32, 32)}
+    model = whitened_model(tuple(int(w) for w in args.widths.split(",")), splits.train, len(splits.classes))
     result = visionzoo.train(model, splits, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, optimizer="sgd", weight_decay=args.weight_decay,
                              warmup_epochs=min(1.0, args.epochs / 5), label_smoothing=0.2, augment="crop",

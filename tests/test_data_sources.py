@@ -214,3 +214,28 @@ def test_crop_padding_sets_the_largest_shift():
     assert [step.padding for step in steps if type(step).__name__ == "RandomCrop"] == [[2, 2, 2, 2]]
     with pytest.raises(ValueError, match="crop_padding"):
         resolve_settings(TrainSettings(crop_padding=-1), "resnet18")
+
+
+@pytest.mark.parametrize("padding", [0, 1, 3])
+def test_resident_batches_equal_the_per_sample_loader(padding):
+    """Same order (including a mid-epoch resume), same shifts and flips, same items."""
+    from visionzoo.data.datasets import ResidentBatches
+    from visionzoo.data.transforms import SeededCropFlip
+
+    rng = np.random.default_rng(0)
+    samples = ArraySamples(rng.integers(0, 255, (37, 8, 8, 3), dtype=np.uint8), np.arange(37) % 3)
+    for rank in (0, 1):
+        sampler = ResumableSampler(ImageDataset(samples), num_replicas=2, rank=rank, seed=5)
+        sampler.set_position(2, 8)
+        expected = list(torch.utils.data.DataLoader(ImageDataset(samples, SeededCropFlip(padding)), batch_size=8,
+                                                    sampler=sampler, collate_fn=collate_skipping))
+        sampler.set_position(2, 8)
+        resident = ResidentBatches(samples, 8, sampler=sampler, padding=padding)
+        actual = list(resident)
+        assert len(resident) == 3 and len(actual) == len(expected) == 2  # 19 per rank, 8 already done
+        for (images, labels, indices, bad), (images2, labels2, indices2, bad2) in zip(expected, actual):
+            assert torch.equal(images, images2) and torch.equal(labels, labels2) and torch.equal(indices, indices2)
+            assert bad == bad2 == []
+    in_order = list(ResidentBatches(samples, 16))
+    assert torch.equal(torch.cat([b[2] for b in in_order]), torch.arange(37))
+    assert torch.equal(in_order[0][0][0], torch.from_numpy(samples.images[0]).permute(2, 0, 1))

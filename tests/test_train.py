@@ -260,3 +260,24 @@ def test_early_stopping_with_mixup_and_class_weights(tmp_path, one_thread):
     assert [record["epoch"] for record in result.history] == [1, 2]
     assert result.best_epoch == 0
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
+
+
+def test_device_resident_batches_train_exactly_like_the_data_loader(tmp_path, one_thread, monkeypatch):
+    from visionzoo.data.datasets import ResidentBatches
+    from visionzoo.training import trainer
+
+    def run(out):
+        torch.manual_seed(0)
+        visionzoo.train(TinyNet(dropout=0.0), SHAPES, out=tmp_path / out, epochs=1, batch_size=16, lr=0.05,
+                        workers=0, plots=False, tensorboard=False, progress=False, deterministic=True)
+        return _weights(tmp_path / out)
+
+    made = []
+    monkeypatch.setattr(trainer, "ResidentBatches", lambda *args, **kwargs: made.append(1) or ResidentBatches(*args, **kwargs))
+    resident = run("resident")
+    assert len(made) == 2  # train and validation
+    monkeypatch.setattr(trainer, "_fits_on_device", lambda *args: False)
+    loader = run("loader")
+    assert len(made) == 2
+    for key in resident:
+        torch.testing.assert_close(resident[key], loader[key], rtol=0, atol=0, msg=key)

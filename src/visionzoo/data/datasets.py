@@ -27,8 +27,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples, cache_root
 
-__all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "scan_files", "cache_pixels",
-           "resize_short_center_crop"]
+__all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "ResidentBatches", "crop_flip_batch",
+           "scan_files", "cache_pixels", "resize_short_center_crop"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,74 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """Indices into a length-`length` axis for positions up to `length - 1` beyond either end,
+    mirrored without repeating the edge (numpy's and PyTorch's 'reflect' padding)."""
+    positions = positions.abs()
+    return torch.where(positions > length - 1, 2 * (length - 1) - positions, positions)
+
+
+def crop_flip_batch(images: torch.Tensor, seeds: list[int], padding: int) -> torch.Tensor:
+    """`SeededCropFlip` on a whole (N, C, H, W) batch at once, on the batch's device.
+
+    Each image gets the shift and the flip its seed gives `SeededCropFlip` (same formula), so a
+    batch made here equals the batch the per-sample path makes; only the work is done by two
+    gathers instead of a Python call per image.
+    """
+    if padding == 0:
+        return images
+    n, channels, height, width = images.shape
+    span = 2 * padding + 1
+    shifts = torch.tensor([[seed % span, (seed // span) % span, (seed // (span * span)) % 2] for seed in seeds],
+                          device=images.device)
+    dx, dy, flip = shifts[:, 0:1], shifts[:, 1:2], shifts[:, 2:3].bool()
+    rows = _reflect(torch.arange(height, device=images.device) + dy - padding, height)  # (N, H)
+    columns = torch.arange(width, device=images.device).expand(n, width)
+    columns = torch.where(flip, width - 1 - columns, columns)  # mirrored: output column j reads cropped W-1-j
+    columns = _reflect(columns + dx - padding, width)  # (N, W)
+    images = images.gather(2, rows[:, None, :, None].expand(n, channels, height, width))
+    return images.gather(3, columns[:, None, None, :].expand(n, channels, height, width))
+
+
+class ResidentBatches:
+    """Batches of an array dataset kept whole on the training device, augmented there a batch at a time.
+
+    A drop-in for `DataLoader(ImageDataset(samples, SeededCropFlip(padding)), sampler=sampler,
+    collate_fn=collate_skipping)` when the decoded uint8 images fit in memory: same order (the
+    sampler's, so resuming mid-epoch and sharding across ranks work unchanged), same shifts and
+    flips (from the sampler's seeds), same `(images, labels, indices, skipped)` items, with the
+    images already on `device`. It spends no Python call per image, and on a GPU no time copying
+    images from the host: what per-sample loading costs a fast GPU run.
+    """
+
+    def __init__(self, samples: ArraySamples, batch_size: int, *, sampler: ResumableSampler | None = None,
+                 padding: int = 0, device: torch.device | str = "cpu"):
+        images = torch.from_numpy(np.array(samples.images))  # a writable copy (the cache is a read-only memmap)
+        self.images = images.to(device).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
+        self.labels = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long)
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.padding = padding
+
+    def __len__(self) -> int:
+        count = len(self.sampler) if self.sampler is not None else len(self.labels)
+        return -(-count // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        if self.sampler is None:  # evaluation: in order, unaugmented
+            items = [(index, None) for index in range(len(self.labels))]
+        else:
+            items = [item if isinstance(item, tuple) else (item, None) for item in self.sampler]
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            indices = torch.tensor([index for index, _ in chunk])
+            images = self.images[indices.to(self.images.device)]
+            seeds = [seed for _, seed in chunk]
+            if self.padding and all(seed is not None for seed in seeds):
+                images = crop_flip_batch(images, seeds, self.padding)
+            yield images.contiguous(), self.labels[indices], indices, []
 
 
 # --- scanning --------------------------------------------------------------------------------

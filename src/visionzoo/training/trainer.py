@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import visionzoo
-from visionzoo.data.datasets import ImageDataset, ResumableSampler, Skipped, cache_pixels, collate_skipping, scan_files
+from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSampler, Skipped, cache_pixels,
+                                     collate_skipping, scan_files)
 from visionzoo.data.sources import ArraySamples, DataSplits, FileSamples, resolve_data
 from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, crop_padding, eval_transform,
                                        model_data_config, train_transform)
@@ -144,6 +145,23 @@ def _default_workers(samples) -> int:
     if not isinstance(samples, FileSamples):
         return 0 if cpus <= 2 else min(4, cpus // 2)  # decoded arrays: transforms only
     return max(1, min(8, cpus - 1))
+
+
+RESIDENT_LIMIT_BYTES = 2 << 30
+
+
+def _fits_on_device(train: Any, val: Any, device: torch.device) -> bool:
+    """Whether the decoded train (and val) arrays can live whole on `device`: at most 2 GiB, and on a
+    GPU at most a quarter of its free memory, so the model keeps the rest."""
+    if not isinstance(train, ArraySamples) or (val is not None and not isinstance(val, ArraySamples)):
+        return False
+    size = train.images.nbytes + (val.images.nbytes if val is not None else 0)
+    if size > RESIDENT_LIMIT_BYTES:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return size <= free // 4
+    return True
 
 
 def _new_run_dir(out: str | Path | None, model_name: str, data: str) -> Path:
@@ -437,14 +455,25 @@ class _Trainer:
         self.sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                         seed=s.seed, weights=weights)
         workers = s.workers if s.workers is not None else _default_workers(train_samples)
-        self.loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=self.micro_batch, sampler=self.sampler, num_workers=workers,
-            collate_fn=collate_skipping, pin_memory=self.device.type == "cuda", drop_last=False,
-            generator=torch.Generator())  # its own generator: creating an iterator must not draw from the global RNG
+        val_batch = max(self.micro_batch * s.grad_accum, 64)
+        # Decoded arrays that fit are kept whole on the device and augmented a batch at a time
+        # (the same batches as the per-sample path); otherwise a DataLoader feeds the device.
+        self.resident = self.fast_input and _fits_on_device(train_samples, val_samples, self.device)
+        if self.resident:
+            padding = self.train_set.transform.padding
+            self.loader = ResidentBatches(train_samples, self.micro_batch, sampler=self.sampler, padding=padding,
+                                          device=self.device)
+        else:
+            self.loader = torch.utils.data.DataLoader(
+                self.train_set, batch_size=self.micro_batch, sampler=self.sampler, num_workers=workers,
+                collate_fn=collate_skipping, pin_memory=self.device.type == "cuda", drop_last=False,
+                generator=torch.Generator())  # its own generator: creating an iterator must not draw from the global RNG
         self.val_loader = None
-        if self.val_set is not None:
+        if self.val_set is not None and self.resident:
+            self.val_loader = ResidentBatches(val_samples, val_batch, device=self.device)
+        elif self.val_set is not None:
             self.val_loader = torch.utils.data.DataLoader(
-                self.val_set, batch_size=max(self.micro_batch * s.grad_accum, 64), num_workers=workers,
+                self.val_set, batch_size=val_batch, num_workers=workers,
                 collate_fn=collate_skipping, pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = len(self.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.grad_accum)
