@@ -187,6 +187,11 @@ def test_seeded_crop_flip_is_a_function_of_the_seed():
     assert torch.equal(crop(image, None), image)
     centred = crop(image, 2 + 5 * 2)  # dx = dy = 2 (no shift), no flip
     assert torch.equal(centred, image)
+    for seed in range(50):  # against numpy's reflect padding, sliced by hand
+        dx, dy, flip = seed % 5, (seed // 5) % 5, (seed // 25) % 2
+        expected = np.pad(image.numpy(), ((0, 0), (2, 2), (2, 2)), mode="reflect")[:, dy:dy + 8, dx:dx + 8]
+        expected = expected[:, :, ::-1] if flip else expected
+        assert torch.equal(crop(image, seed), torch.from_numpy(expected.copy())), seed
     normalized = NormalizeInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(normalized, torch.full((1, 3, 2, 2), 2.0))
 

@@ -39,8 +39,9 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     data = "builtin:shapes?size=32&train=40&val=20"
     run = tmp_path / "run"
     code = main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "20",
-                 "--out", str(run), "--workers", "0", "--no-progress"])
+                 "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2"])
     assert code == 0
+    assert json.loads((run / "config.json").read_text())["resolved"]["crop_padding"] == 2
     captured = capsys.readouterr()
     last_line = captured.out.strip().splitlines()[-1]
     assert str(run) in last_line and "best val top-1" in last_line

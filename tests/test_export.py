@@ -237,6 +237,21 @@ def test_static_int8_without_calibration_images_says_what_to_pass(tmp_path):
         export_model(model, tmp_path / "n.onnx", img_size=32, int8=True, int8_scheme="static", verify=False)
 
 
+def test_cli_export_int8_scheme(tmp_path, capsys):
+    from visionzoo.cli import main
+
+    out = tmp_path / "r18.onnx"
+    code = main(["export", "resnet18", "--pretrained", "none", "--img-size", "32", "--int8", "--int8-scheme", "dynamic",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["int8_scheme"] == "int8-dynamic" and report["verified"]
+    assert (tmp_path / "r18.int8.onnx").exists()
+    code = main(["export", "resnet18", "--pretrained", "none", "--img-size", "32", "--int8", "--out", str(tmp_path / "s.onnx")])
+    assert code == 2  # auto picks static for a CNN, which needs --calib
+    assert "--calib" in capsys.readouterr().err
+
+
 TORCH_BLOCKER = textwrap.dedent("""
     import sys, json
     class Block:

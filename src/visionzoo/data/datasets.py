@@ -160,11 +160,12 @@ def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def crop_flip_batch(images: torch.Tensor, seeds: list[int], padding: int) -> torch.Tensor:
-    """`SeededCropFlip` on a whole (N, C, H, W) batch at once, on the batch's device.
+    """Reflect-pad by `padding`, crop back at a shift and maybe mirror, each image of an (N, C, H, W)
+    batch by its own seed, on the batch's device: two gathers, no Python call per image.
 
-    Each image gets the shift and the flip its seed gives `SeededCropFlip` (same formula), so a
-    batch made here equals the batch the per-sample path makes; only the work is done by two
-    gathers instead of a Python call per image.
+    The seed gives the horizontal shift, the vertical shift and the flip (in that order of its
+    base-(2 * padding + 1) digits). `SeededCropFlip` calls this with a batch of one, so the
+    per-sample path and `ResidentBatches` augment a sample identically.
     """
     if padding == 0:
         return images

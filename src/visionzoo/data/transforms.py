@@ -137,7 +137,7 @@ class SeededCropFlip:
     Reflect-pads by `padding`, crops back at an offset and mirrors, with the offset and the flip
     read from the sample's seed (given by the sampler) instead of a random generator: a few
     microseconds per image, and the same augmentation for a sample whichever process or worker
-    loads it. Normalisation happens on the batch (`NormalizeInput`), on the device.
+    loads it. One image is a batch of one for `crop_flip_batch`, which does the work for both. Normalisation happens on the batch (`NormalizeInput`), on the device.
 
     With `size`, it also takes decoded files (PIL images) and first fits them to `size` x `size`
     as the pixel cache would (shorter side resized, centre crop), so uncached folders of images
@@ -151,26 +151,16 @@ class SeededCropFlip:
         self.size = size
 
     def __call__(self, image, seed: int | None) -> torch.Tensor:
-        if not isinstance(image, torch.Tensor):
-            from visionzoo.data.datasets import resize_short_center_crop
+        from visionzoo.data.datasets import crop_flip_batch, resize_short_center_crop
 
+        if not isinstance(image, torch.Tensor):
             if self.size is None:
                 raise TypeError("SeededCropFlip needs `size` to take decoded images; it got a "
                                 f"{type(image).__name__}")
             image = torch.from_numpy(resize_short_center_crop(image, self.size)).permute(2, 0, 1)
         if seed is None or self.padding == 0:
             return image
-        import numpy as np
-
-        p = self.padding
-        span = 2 * p + 1
-        dx, dy, flip = seed % span, (seed // span) % span, (seed // (span * span)) % 2
-        array = np.pad(image.numpy(), ((0, 0), (p, p), (p, p)), mode="reflect")
-        height, width = image.shape[1:]
-        array = array[:, dy:dy + height, dx:dx + width]
-        if flip:
-            array = array[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return crop_flip_batch(image[None], [seed], self.padding)[0]
 
 
 class NormalizeInput(nn.Module):

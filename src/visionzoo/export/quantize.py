@@ -98,35 +98,30 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
     if scheme == "static" and not calibration_images:
         raise ValueError(f"static int8 quantisation of {onnx_path} needs calibration images (--calib DIR: a folder "
                          "of a few dozen images like the ones the model will see)")
-    metadata = {entry.key: entry.value for entry in source.metadata_props}
-    if scheme == "dynamic":
-        with tempfile.TemporaryDirectory() as tmp:
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-            quantized = Path(tmp) / "quantized.onnx"
-            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-            return _save_with_metadata(onnx.load(str(quantized)), metadata, "int8-dynamic", out_path)
-    preprocessing = json.loads(metadata["visionzoo.preprocessing"])
-    input_name = source.graph.input[0].name
-    batches = calibration_batches(list(calibration_images), preprocessing)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._iter = iter(batches)
-
-        def get_next(self):
-            batch = next(self._iter, None)
-            return None if batch is None else {input_name: batch}
-
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if calibration_method not in methods:
         raise ValueError(f"calibration_method must be one of {sorted(methods)}, got {calibration_method!r}")
+    metadata = {entry.key: entry.value for entry in source.metadata_props}
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        quantized = Path(tmp) / "quantized.onnx"
+        if scheme == "dynamic":
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            return _save_with_metadata(onnx.load(str(quantized)), metadata, "int8-dynamic", out_path)
+
+        input_name = source.graph.input[0].name
+        batches = calibration_batches(list(calibration_images), json.loads(metadata["visionzoo.preprocessing"]))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._iter = iter(batches)
+
+            def get_next(self):
+                batch = next(self._iter, None)
+                return None if batch is None else {input_name: batch}
+
         def run(method: str) -> None:
             extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
             quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
