@@ -28,7 +28,7 @@ from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples, cache_root
 
 __all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "ResidentBatches", "crop_flip_batch",
-           "scan_files", "cache_pixels", "resize_short_center_crop"]
+           "crop_flip_shifts", "scan_files", "cache_pixels", "resize_short_center_crop"]
 
 
 @dataclass(frozen=True)
@@ -159,20 +159,24 @@ def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
     return torch.where(positions > length - 1, 2 * (length - 1) - positions, positions)
 
 
+def crop_flip_shifts(seed: int, padding: int) -> tuple[int, int, int]:
+    """(horizontal shift, vertical shift, flip) of the crop-flip augmentation for one seed: its
+    lowest three digits in base 2 * padding + 1 (the last one taken mod 2)."""
+    span = 2 * padding + 1
+    return seed % span, (seed // span) % span, (seed // (span * span)) % 2
+
+
 def crop_flip_batch(images: torch.Tensor, seeds: list[int], padding: int) -> torch.Tensor:
     """Reflect-pad by `padding`, crop back at a shift and maybe mirror, each image of an (N, C, H, W)
     batch by its own seed, on the batch's device: two gathers, no Python call per image.
 
-    The seed gives the horizontal shift, the vertical shift and the flip (in that order of its
-    base-(2 * padding + 1) digits). `SeededCropFlip` calls this with a batch of one, so the
-    per-sample path and `ResidentBatches` augment a sample identically.
+    Shifts and flips come from `crop_flip_shifts`, as in `SeededCropFlip` (per sample, in numpy),
+    so the per-sample path and `ResidentBatches` augment a sample identically.
     """
     if padding == 0:
         return images
     n, channels, height, width = images.shape
-    span = 2 * padding + 1
-    shifts = torch.tensor([[seed % span, (seed // span) % span, (seed // (span * span)) % 2] for seed in seeds],
-                          device=images.device)
+    shifts = torch.tensor([crop_flip_shifts(seed, padding) for seed in seeds], device=images.device)
     dx, dy, flip = shifts[:, 0:1], shifts[:, 1:2], shifts[:, 2:3].bool()
     rows = _reflect(torch.arange(height, device=images.device) + dy - padding, height)  # (N, H)
     columns = torch.arange(width, device=images.device).expand(n, width)

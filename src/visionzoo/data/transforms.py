@@ -137,7 +137,7 @@ class SeededCropFlip:
     Reflect-pads by `padding`, crops back at an offset and mirrors, with the offset and the flip
     read from the sample's seed (given by the sampler) instead of a random generator: a few
     microseconds per image, and the same augmentation for a sample whichever process or worker
-    loads it. One image is a batch of one for `crop_flip_batch`, which does the work for both. Normalisation happens on the batch (`NormalizeInput`), on the device.
+    loads it. `crop_flip_batch` does the same to whole batches (`crop_flip_shifts` reads both seeds). Normalisation happens on the batch (`NormalizeInput`), on the device.
 
     With `size`, it also takes decoded files (PIL images) and first fits them to `size` x `size`
     as the pixel cache would (shorter side resized, centre crop), so uncached folders of images
@@ -151,7 +151,7 @@ class SeededCropFlip:
         self.size = size
 
     def __call__(self, image, seed: int | None) -> torch.Tensor:
-        from visionzoo.data.datasets import crop_flip_batch, resize_short_center_crop
+        from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 
         if not isinstance(image, torch.Tensor):
             if self.size is None:
@@ -160,7 +160,17 @@ class SeededCropFlip:
             image = torch.from_numpy(resize_short_center_crop(image, self.size)).permute(2, 0, 1)
         if seed is None or self.padding == 0:
             return image
-        return crop_flip_batch(image[None], [seed], self.padding)[0]
+        import numpy as np
+
+        # numpy on one image: several times cheaper than crop_flip_batch's gathers on a batch of one
+        p = self.padding
+        dx, dy, flip = crop_flip_shifts(seed, p)
+        array = np.pad(image.numpy(), ((0, 0), (p, p), (p, p)), mode="reflect")
+        height, width = image.shape[1:]
+        array = array[:, dy:dy + height, dx:dx + width]
+        if flip:
+            array = array[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 class NormalizeInput(nn.Module):
