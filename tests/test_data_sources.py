@@ -156,6 +156,21 @@ def test_sampler_shards_resumes_and_seeds_per_position():
     assert all(data.labels[i] == 1 for i, _ in balanced)
 
 
+@pytest.mark.parametrize("size, ranks, drop_last", [(37, 1, False), (37, 2, False), (37, 2, True), (3, 5, False)])
+def test_sampler_order_is_torchs_distributed_sampler_order(size, ranks, drop_last):
+    """Same shuffle, padding (repeating from the start, also with fewer samples than ranks) and sharding."""
+    dataset = ImageDataset(ArraySamples(np.zeros((size, 4, 4, 3), np.uint8), np.arange(size) % 3))
+    for rank in range(ranks):
+        ours = ResumableSampler(dataset, num_replicas=ranks, rank=rank, seed=3, drop_last=drop_last, augment_seed=False)
+        reference = torch.utils.data.DistributedSampler(dataset, num_replicas=ranks, rank=rank, seed=3,
+                                                        drop_last=drop_last)
+        ours.set_epoch(2)
+        reference.set_epoch(2)
+        assert list(ours) == list(reference)
+    seeds = ResumableSampler(dataset, seed=0).epoch_table()[:, 1]
+    assert len(set(seeds.tolist())) == size and (seeds >= 0).all()  # distinct, non-negative per-sample seeds
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_train_presets_make_normalised_tensors(preset):
     config = model_data_config("resnet18")
@@ -219,6 +234,19 @@ def test_crop_padding_sets_the_largest_shift():
     assert [step.padding for step in steps if type(step).__name__ == "RandomCrop"] == [[2, 2, 2, 2]]
     with pytest.raises(ValueError, match="crop_padding"):
         resolve_settings(TrainSettings(crop_padding=-1), "resnet18")
+    with pytest.raises(ValueError, match="tta_shift must be 0"):
+        resolve_settings(TrainSettings(tta_shift=-1), "resnet18")
+
+
+def test_crop_flip_shifts_agree_on_ints_and_tensors():
+    """ResidentBatches computes shifts from a tensor of seeds on the device; the per-sample path from ints."""
+    from visionzoo.data.datasets import crop_flip_shifts
+
+    seeds = [0, 1, 7, 24, 25, 2**40 + 3, 2**63 - 1, 123456789]
+    for padding in (1, 2, 4):
+        dx, dy, flip = crop_flip_shifts(torch.tensor(seeds, dtype=torch.long), padding)
+        assert [tuple(int(v) for v in triple) for triple in zip(dx, dy, flip)] == \
+            [crop_flip_shifts(seed, padding) for seed in seeds]
 
 
 @pytest.mark.parametrize("padding", [0, 1, 3])

@@ -39,9 +39,10 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     data = "builtin:shapes?size=32&train=40&val=20"
     run = tmp_path / "run"
     code = main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "20",
-                 "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2"])
+                 "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2", "--tta-shift", "1"])
     assert code == 0
-    assert json.loads((run / "config.json").read_text())["resolved"]["crop_padding"] == 2
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["crop_padding"] == 2 and resolved["tta_shift"] == 1
     captured = capsys.readouterr()
     last_line = captured.out.strip().splitlines()[-1]
     assert str(run) in last_line and "best val top-1" in last_line
@@ -61,6 +62,30 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     code = main(["eval", str(run), "--data", data])  # a run folder means its best/
     assert code == 0
     assert "per class" in capsys.readouterr().out
+
+    code = main(["eval", str(run), "--data", data, "--tta-flip", "--tta-shift", "1", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["count"] == 20
+
+
+def test_tta_views_are_weighted_as_documented():
+    """Half the weight on the image and its mirror, half on both views shifted by 1 pixel towards the
+    top left and the bottom right, reflect-padded; checked against views built with F.pad."""
+    from visionzoo.evaluate import tta_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4))
+    images = torch.rand(2, 3, 6, 6)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    top_left, bottom_right = padded[..., :6, :6], padded[..., 2:, 2:]
+
+    def flip_mean(x):
+        return (model(x) + model(x.flip(-1))) / 2
+
+    expected = (flip_mean(images) + (flip_mean(top_left) + flip_mean(bottom_right)) / 2) / 2
+    with torch.no_grad():
+        assert torch.allclose(tta_logits(model, images, flip=True, shift=1), expected, atol=1e-6)
+        assert torch.allclose(tta_logits(model, images, flip=True), flip_mean(images), atol=1e-6)
+        assert torch.equal(tta_logits(model, images), model(images))
 
 
 def test_cli_scan_and_cache_write_bad_file_list_and_training_survives(tmp_path, capsys, one_thread):

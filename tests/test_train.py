@@ -183,6 +183,26 @@ def test_non_finite_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path,
     assert all(torch.isfinite(value).all() for value in weights.values())
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch(tmp_path, one_thread):
+    result = visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=3, batch_size=32, val_every=2,
+                             workers=0, progress=False, plots=False, tensorboard=False)
+    assert ["val_top1" in record for record in result.history] == [False, True, True]
+    assert result.best_epoch in (1, 2) and (tmp_path / "run" / "best" / "model.safetensors").exists()
+    rows = (tmp_path / "run" / "metrics_epochs.csv").read_text().splitlines()
+    assert rows[0].endswith("val_loss,val_top1,val_top5,val_ece") and rows[1].endswith(",,,,")  # one header
+    with pytest.raises(ValueError, match="val-every must be at least 1"):
+        visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "bad", val_every=0)
+
+
+def test_non_finite_loss_is_caught_between_log_steps_before_any_checkpoint(tmp_path, one_thread):
+    """The loss is read back from the device at log steps and before checkpoints only: a NaN in
+    between still stops the run, and no checkpoint is written from the broken weights."""
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, between steps 2 and 6; .* no checkpoint had been written yet"):
+        visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", epochs=2, batch_size=16, lr=1e12, momentum=0.0,
+                        log_every=1000, warmup_epochs=0, workers=0, progress=False, plots=False, tensorboard=False)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 class _InterruptAt(TinyNet):
     def __init__(self, calls: int):
         super().__init__()

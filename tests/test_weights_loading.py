@@ -178,6 +178,27 @@ def test_offline_missing_file_names_file_and_folder_where_placing_it_works(tmp_p
     _same_outputs(source, visionzoo.create_model("resnet18", pretrained="resnet18.tv_in1k"))
 
 
+def test_unreachable_hub_answers_at_once_and_uses_the_cache(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, no ~23 s of huggingface_hub retries: the
+    host is probed once, the cache serves what it has, and the error for the rest says why."""
+    import time
+
+    from huggingface_hub import constants
+
+    from visionzoo.weights import files
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    monkeypatch.setattr(files, "_REACHABLE", {})
+    started = time.perf_counter()
+    with pytest.raises(WeightsNotAvailableError, match="not cached and the Hub is unreachable"):
+        visionzoo.create_model("resnet18", pretrained="resnet18.tv_in1k")
+    assert time.perf_counter() - started < 10 and files._REACHABLE == {"hub.invalid": False}
+    source = _trained()
+    _cache_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": _safetensors_bytes(source, tmp_path)})
+    _same_outputs(source, visionzoo.create_model("resnet18", pretrained=True))
+
+
 def test_offline_url_weights_name_file_and_folder(tmp_path):
     with pytest.raises(WeightsNotAvailableError) as info:
         visionzoo.create_model("alexnet", pretrained=True)

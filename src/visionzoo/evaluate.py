@@ -74,10 +74,31 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     }
 
 
+def tta_logits(model: nn.Module, images: torch.Tensor, *, flip: bool = False, shift: int = 0) -> torch.Tensor:
+    """`model`'s logits for a batch, averaged over test-time views: the image and, with `flip`, its
+    mirror. With `shift`, half the weight goes to the same views moved by `shift` pixels towards the
+    top left and towards the bottom right (reflect-padded), the weighting airbench evaluates with."""
+    def over_flips(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x).float()
+        return (logits + model(x.flip(-1)).float()) / 2 if flip else logits
+
+    logits = over_flips(images)
+    if shift:
+        from visionzoo.data.datasets import crop_flip_batch
+
+        span, n = 2 * shift + 1, len(images)
+        # crop_flip_batch crops the padded image at (dx, dy) = seed's base-`span` digits
+        top_left = crop_flip_batch(images, [0] * n, shift)
+        bottom_right = crop_flip_batch(images, [2 * shift + 2 * shift * span] * n, shift)
+        logits = (logits + (over_flips(top_left) + over_flips(bottom_right)) / 2) / 2
+    return logits
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader, *, device: torch.device | str = "cpu", tta_flip: bool = False,
-                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
-    """Run `model` over a loader of `collate_skipping` batches; returns logits, labels, dataset indices, skipped."""
+                   tta_shift: int = 0, autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+    """Run `model` over a loader of `collate_skipping` batches; returns logits, labels, dataset indices, skipped.
+    `tta_flip` and `tta_shift` choose the test-time views (see `tta_logits`)."""
     model.eval()
     device = torch.device(device)
     all_logits, all_labels, all_indices, skipped = [], [], [], []
@@ -89,11 +110,9 @@ def predict_logits(model: nn.Module, loader, *, device: torch.device | str = "cp
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images).float()
-            if tta_flip:
-                logits = (logits + model(images.flip(-1)).float()) / 2
+            logits = tta_logits(model, images, flip=tta_flip, shift=tta_shift)
         all_logits.append(logits.cpu())
-        all_labels.append(labels)
+        all_labels.append(labels.cpu())
         all_indices.append(indices)
     if not all_logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
@@ -155,8 +174,9 @@ def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | No
 
 def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str = False,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
-             tta_flip: bool = False, out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there."""
+             tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
+    `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`)."""
     import json
 
     from visionzoo.data.datasets import ImageDataset, collate_skipping
@@ -182,7 +202,7 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
                                          collate_fn=collate_skipping)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    logits, labels, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip)
+    logits, labels, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip, tta_shift=tta_shift)
     if remap is not None:
         labels = remap[labels]
     result = classification_metrics(logits, labels, class_names)

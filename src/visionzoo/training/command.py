@@ -60,7 +60,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_path = Path(args.model)
         out = model_path / f"eval-{data_name}" if model_path.is_dir() else Path("runs") / f"eval-{args.model}-{data_name}"
     result = evaluate(args.model, args.data, pretrained=pretrained or False, batch_size=args.batch_size,
-                      workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip, out=out)
+                      workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip,
+                      tta_shift=args.tta_shift, out=out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
@@ -131,6 +132,9 @@ def add_commands(commands) -> None:
                    help="decode every file first and write bad_files.txt")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N optimizer steps")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    p.add_argument("--tta-shift", type=int, metavar="PIXELS",
+                   help="validation also averages views shifted by this many pixels (small images: 1)")
+    p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs and after the last (default 1)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
@@ -145,7 +149,9 @@ def add_commands(commands) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int)
     p.add_argument("--image-size", type=int)
-    p.add_argument("--tta-flip", action="store_true")
+    p.add_argument("--tta-flip", action="store_true", help="also average over the mirrored image")
+    p.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
+                   help="also average over views shifted by this many pixels (small images: 1)")
     p.add_argument("--out", metavar="DIR", help="where to write metrics.json and confusion_matrix.png "
                    "(default: MODEL_DIR/eval-DATA, or runs/eval-MODEL-DATA for a model name)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys top1, top5, per_class, ece, ...)")

@@ -25,14 +25,16 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
         epochs = [record["epoch"] for record in history]
         figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
         loss_axis.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-        if "val_loss" in history[0]:
-            loss_axis.plot(epochs, [r.get("val_loss") for r in history], marker="o", label="validation")
-            accuracy_axis.plot(epochs, [100 * r.get("val_top1", float("nan")) for r in history], marker="o", label="top-1")
-            accuracy_axis.plot(epochs, [100 * r.get("val_top5", float("nan")) for r in history], marker="o", label="top-5")
+        validated = [r for r in history if "val_loss" in r]  # --val-every N leaves epochs without validation
+        if validated:
+            val_epochs = [r["epoch"] for r in validated]
+            loss_axis.plot(val_epochs, [r["val_loss"] for r in validated], marker="o", label="validation")
+            accuracy_axis.plot(val_epochs, [100 * r["val_top1"] for r in validated], marker="o", label="top-1")
+            accuracy_axis.plot(val_epochs, [100 * r["val_top5"] for r in validated], marker="o", label="top-5")
+            accuracy_axis.legend()
         loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
         accuracy_axis.set(xlabel="epoch", ylabel="%", title="validation accuracy")
         loss_axis.legend()
-        accuracy_axis.legend()
         figure.tight_layout()
         figure.savefig(run_dir / "curves.png", dpi=100)
         plt.close(figure)

@@ -73,6 +73,8 @@ class TrainSettings:
     checkpoint_every: int | None = None  # optimizer steps; None: epoch ends only
     log_every: int = 10
     tta_flip: bool = False  # validation averages logits of the image and its mirror
+    tta_shift: int = 0  # and, when > 0, of those views shifted this many pixels (see evaluate.tta_logits)
+    val_every: int = 1  # validate every N epochs (and always after the last)
     tensorboard: bool = True
     plots: bool = True
     progress: bool = True
@@ -146,11 +148,13 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
             resolved.augment = "crop"
     if resolved.drop_rate is None:
         resolved.drop_rate = 0.0
-    for name in ("epochs", "batch_size", "grad_accum"):
+    for name in ("epochs", "batch_size", "grad_accum", "val_every"):
         if getattr(resolved, name) < 1:
             raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
     if resolved.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
+    if resolved.tta_shift < 0:
+        raise ValueError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
     if resolved.crop_padding is not None and resolved.crop_padding < 0:
         raise ValueError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
     if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -229,13 +229,14 @@ class _Logger:
                 self.tensorboard.add_scalar("train/loss", record["loss"], record["step"])
                 self.tensorboard.add_scalar("train/lr", record["lr"], record["step"])
 
-    def epoch(self, record: dict[str, Any], line: str) -> None:
+    def epoch(self, record: dict[str, Any], line: str, columns: list[str]) -> None:
+        """`columns`: the CSV's, the same every epoch (an epoch left unvalidated has empty val_ cells)."""
         if not self.enabled:
             return
         path = self.run_dir / "metrics_epochs.csv"
         new = not path.exists()
         with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(record))
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
             if new:
                 writer.writeheader()
             writer.writerow(record)
@@ -562,9 +563,14 @@ class _Trainer:
                         break
             except KeyboardInterrupt:
                 interrupted = True
-                self._checkpoint(self.current_epoch, self.current_batches)
-                self.logger.print(f"interrupted: saved a checkpoint at epoch {self.current_epoch + 1}, step "
-                                  f"{self.global_step}; continue with: visionzoo train --resume {self.run_dir}")
+                # the loss is checked every few steps only: never overwrite a good checkpoint with broken weights
+                if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                    self._checkpoint(self.current_epoch, self.current_batches)
+                    self.logger.print(f"interrupted: saved a checkpoint at epoch {self.current_epoch + 1}, step "
+                                      f"{self.global_step}; continue with: visionzoo train --resume {self.run_dir}")
+                else:
+                    self.logger.print(f"interrupted with non-finite weights: kept the last good checkpoint in "
+                                      f"{self.run_dir / 'checkpoint'}")
             if self.is_main and not interrupted:
                 self._finish()
             result = TrainResult(self.run_dir, self.best_metric, self.best_epoch, self.history, interrupted,
@@ -612,7 +618,11 @@ class _Trainer:
         if s.freeze_backbone:
             self.model.eval()  # frozen BatchNorm statistics stay frozen
         self.logger.start_epoch(epoch, s.epochs, self.batches_per_epoch, batches_done)
-        started, seen, running_loss, running_count = time.perf_counter(), 0, 0.0, 0
+        started, seen, running_count = time.perf_counter(), 0, 0
+        # The loss is summed on the device and read back (a host-device sync) only at log steps,
+        # before checkpoints and at the epoch's end: a sync per step would stall a fast GPU.
+        loss_sum = torch.zeros((), device=self.device)
+        loss_mean, checked_step = float("nan"), self.global_step
         micro = batches_done
         self.optimizer.zero_grad(set_to_none=True)
         accumulated = 0
@@ -640,8 +650,7 @@ class _Trainer:
                         logits = self.forward_model(images)
                     loss = self._loss(logits, targets)
                     self.scaler.scale(loss / s.grad_accum).backward()
-                self._check_finite(loss, epoch)
-                running_loss += float(loss.detach()) * len(labels)
+                loss_sum += loss.detach().float() * len(labels)
                 running_count += len(labels)
                 seen += len(labels) * self.world
             accumulated += 1
@@ -658,26 +667,41 @@ class _Trainer:
                     self.ema.update(self.model)
                 self.global_step += 1
                 self.current_batches = micro
+                log = self.global_step % s.log_every == 0
+                checkpoint = bool(s.checkpoint_every) and self.global_step % s.checkpoint_every == 0 \
+                    and micro < self.batches_per_epoch
+                if log or checkpoint or self.global_step == 1:
+                    loss_mean = self._checked_loss(loss_sum, running_count, epoch, checked_step)
+                    checked_step = self.global_step
                 elapsed = time.perf_counter() - started
-                record = {"step": self.global_step, "epoch": epoch + 1, "loss": running_loss / max(running_count, 1),
+                record = {"step": self.global_step, "epoch": epoch + 1, "loss": loss_mean,
                           "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
-                          "log": self.global_step % s.log_every == 0}
+                          "log": log}
                 self.logger.step(record, s.grad_accum)
-                if s.checkpoint_every and self.global_step % s.checkpoint_every == 0 and micro < self.batches_per_epoch:
+                if checkpoint:
                     self._checkpoint(epoch, micro)
         self.current_batches = micro
-        self.epoch_train_loss = running_loss / max(running_count, 1)
+        self.epoch_train_loss = self._checked_loss(loss_sum, running_count, epoch, checked_step)
         self.epoch_speed = seen / max(time.perf_counter() - started, 1e-9)
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=self.device)
+    def _checked_loss(self, loss_sum: torch.Tensor, count: int, epoch: int, checked_step: int) -> float:
+        """The epoch's mean training loss so far, read back from the device; raises NonFiniteLossError
+        (on every rank) when any loss since the last check was NaN or infinite. Called before every
+        checkpoint, so a checkpoint never holds weights updated by a non-finite loss."""
+        value = loss_sum.detach().clone()
+        bad = (~torch.isfinite(value)).float()
         if self.world > 1:
             dist.all_reduce(bad)
         if bad.item():
+            steps = (f"step {self.global_step}" if self.global_step - checked_step <= 1
+                     else f"between steps {checked_step + 1} and {self.global_step}")
+            saved = self.run_dir / "checkpoint"
+            kept = (f"{saved} keeps the last good state" if saved.exists() else "no checkpoint had been written yet")
+            then = f", then --resume {self.run_dir}" if saved.exists() else ""
             raise NonFiniteLossError(
-                f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {self.global_step + 1}; the run stopped "
-                f"and {self.run_dir / 'checkpoint'} keeps the last good state. Try a lower learning rate "
-                f"(now {self.settings.lr:.3g}), --clip-grad 1.0 or --precision fp32, then --resume {self.run_dir}")
+                f"the loss became {float(value)} at epoch {epoch + 1}, {steps}; the run stopped and {kept}. "
+                f"Try a lower learning rate (now {self.settings.lr:.3g}), --clip-grad 1.0 or --precision fp32{then}")
+        return float(value) / max(count, 1)
 
     def _validate(self) -> dict[str, Any] | None:
         if self.val_loader is None:
@@ -687,6 +711,7 @@ class _Trainer:
             model = nn.Sequential(self.normalize, model)
         logits, labels, indices, skipped = predict_logits(model, self.val_loader, device=self.device,
                                                           tta_flip=self.settings.tta_flip,
+                                                          tta_shift=self.settings.tta_shift,
                                                           autocast_dtype=self.autocast_dtype,
                                                           channels_last=self.settings.channels_last)
         for item in skipped:
@@ -701,7 +726,10 @@ class _Trainer:
         s = self.settings
         stop = False
         if self.is_main:
-            metrics = self._validate()
+            # --val-every N validates every Nth epoch and the last; best/ is only judged on validated epochs
+            skip_validation = (self.val_loader is not None and (epoch + 1) % s.val_every != 0
+                               and epoch + 1 < s.epochs)
+            metrics = None if skip_validation else self._validate()
             record = {"epoch": epoch + 1, "step": self.global_step, "train_loss": round(self.epoch_train_loss, 6),
                       "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
             improved = False
@@ -719,14 +747,18 @@ class _Trainer:
                     + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  top-5 {record['val_top5']:.2%}  "
                        if metrics is not None else "")
                     + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
-            self.logger.epoch(record, line)
+            columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
+            if self.val_loader is not None:
+                columns += ["val_loss", "val_top1", "val_top5", "val_ece"]
+            self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
-            if improved or metrics is None:
+            if improved or (metrics is None and not skip_validation):
                 export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
             self._checkpoint(epoch, self.batches_per_epoch)
             self._write_bad_files()
             if s.early_stopping and self.stale_epochs >= s.early_stopping:
-                self.logger.print(f"early stopping: val top-1 has not improved for {self.stale_epochs} epochs")
+                unit = "epochs" if s.val_every == 1 else f"validations (one every {s.val_every} epochs)"
+                self.logger.print(f"early stopping: val top-1 has not improved for {self.stale_epochs} {unit}")
                 stop = True
         if self.world > 1:
             flag = torch.tensor(float(stop), device=self.device)

@@ -131,6 +131,27 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether `url`'s host resolves and accepts a TCP connection within `timeout` seconds (asked
+    once per host and process). huggingface_hub retries a failed request with back-off for about
+    23 s; without a network, this answers at once and the caches are used straight away."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, parts.port or (80 if parts.scheme == "http" else 443)), timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
 def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | None = None) -> Path:
     """The local path of the first of `files` that `repo` has, through huggingface_hub and its cache.
 
@@ -148,16 +169,19 @@ def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | 
     except ImportError as error:  # pragma: no cover - a runtime dependency
         raise ImportError("downloading weights needs huggingface_hub: pip install huggingface_hub") from error
     cache_dir = os.environ.get("HF_HUB_CACHE")  # read now: huggingface_hub reads it once, at import
+    from huggingface_hub import constants
+
     offline = _offline()
+    cache_only = offline or not _reachable(constants.ENDPOINT)
     reasons = []
     for name in files:
         try:
             path = huggingface_hub.hf_hub_download(repo, name, revision=revision, cache_dir=cache_dir,
-                                                   local_files_only=offline)
+                                                   local_files_only=cache_only)
             return Path(path)
         except LocalEntryNotFoundError:  # before EntryNotFoundError: huggingface_hub derives it from that
             reasons.append(f"{name}: not cached" + ("" if offline else " and the Hub is unreachable"))
-            offline = True  # no network: the remaining files can only come from the cache
+            cache_only = True  # no network: the remaining files can only come from the cache
         except EntryNotFoundError:
             reasons.append(f"{name}: not in the repository")
         except RepositoryNotFoundError:
