@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--tta-shift", type=int, default=0, help="also average test views shifted by this many pixels")
     parser.add_argument("--val-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="evaluate an EMA of the weights (0: off)")
     parser.add_argument("--widths", default="32,128,128", help="channel widths of the three conv groups "
                         "(airbench94 uses 64,256,256: about 2.5x slower per epoch here)")
     parser.add_argument("--crop-padding", type=int, default=2, help="largest shift of the crop augmentation "
@@ -145,6 +146,7 @@ def main() -> None:
                              warmup_epochs=min(1.0, args.epochs / 5), label_smoothing=0.2, augment="crop",
                              crop_padding=args.crop_padding, image_size=32, cache=True, cache_size=32,
                              tta_flip=True, tta_shift=args.tta_shift, val_every=args.val_every, workers=args.workers,
+                             ema=args.ema_decay > 0, ema_decay=args.ema_decay or 0.9998,
                              precision=args.precision, channels_last=True, progress=True, tensorboard=False,
                              plots=False, device="cpu")
     total = time.perf_counter() - started
