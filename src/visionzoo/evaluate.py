@@ -84,12 +84,10 @@ def tta_logits(model: nn.Module, images: torch.Tensor, *, flip: bool = False, sh
 
     logits = over_flips(images)
     if shift:
-        from visionzoo.data.datasets import crop_flip_batch
+        from visionzoo.data.datasets import crop_shifted
 
-        span, n = 2 * shift + 1, len(images)
-        # crop_flip_batch crops the padded image at (dx, dy) = seed's base-`span` digits
-        top_left = crop_flip_batch(images, [0] * n, shift)
-        bottom_right = crop_flip_batch(images, [2 * shift + 2 * shift * span] * n, shift)
+        top_left = crop_shifted(images, 0, 0, False, shift)
+        bottom_right = crop_shifted(images, 2 * shift, 2 * shift, False, shift)
         logits = (logits + (over_flips(top_left) + over_flips(bottom_right)) / 2) / 2
     return logits
 

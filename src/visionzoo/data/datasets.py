@@ -28,7 +28,7 @@ from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples, cache_root
 
 __all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "ResidentBatches", "crop_flip_batch",
-           "crop_flip_shifts", "scan_files", "cache_pixels", "resize_short_center_crop"]
+           "crop_flip_shifts", "crop_shifted", "scan_files", "cache_pixels", "resize_short_center_crop"]
 
 
 @dataclass(frozen=True)
@@ -186,9 +186,16 @@ def crop_flip_batch(images: torch.Tensor, seeds: list[int] | torch.Tensor, paddi
     """
     if padding == 0:
         return images
-    n, channels, height, width = images.shape
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=images.device)[:, None]  # (N, 1)
-    dx, dy, flip = crop_flip_shifts(seeds, padding)
+    return crop_shifted(images, *crop_flip_shifts(seeds, padding), padding)
+
+
+def crop_shifted(images: torch.Tensor, dx, dy, flip, padding: int) -> torch.Tensor:
+    """Reflect-pad an (N, C, H, W) batch by `padding` and crop it back with its top-left corner at
+    (dx, dy) of the padded image, mirrored where `flip`: ints for the whole batch, or (N, 1)
+    tensors for one value per image."""
+    n, channels, height, width = images.shape
+    dx, dy, flip = (torch.as_tensor(v, device=images.device).reshape(-1, 1).expand(n, 1) for v in (dx, dy, flip))
     flip = flip.bool()
     rows = _reflect(torch.arange(height, device=images.device) + dy - padding, height)  # (N, H)
     columns = torch.arange(width, device=images.device).expand(n, width)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
+from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "model_data_config", "eval_transform", "train_transform",
@@ -137,7 +139,8 @@ class SeededCropFlip:
     Reflect-pads by `padding`, crops back at an offset and mirrors, with the offset and the flip
     read from the sample's seed (given by the sampler) instead of a random generator: a few
     microseconds per image, and the same augmentation for a sample whichever process or worker
-    loads it. `crop_flip_batch` does the same to whole batches (`crop_flip_shifts` reads both seeds). Normalisation happens on the batch (`NormalizeInput`), on the device.
+    loads it. `crop_flip_batch` does the same to whole batches (`crop_flip_shifts` reads the seed
+    for both). Normalisation happens on the batch (`NormalizeInput`), on the device.
 
     With `size`, it also takes decoded files (PIL images) and first fits them to `size` x `size`
     as the pixel cache would (shorter side resized, centre crop), so uncached folders of images
@@ -151,8 +154,6 @@ class SeededCropFlip:
         self.size = size
 
     def __call__(self, image, seed: int | None) -> torch.Tensor:
-        from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
-
         if not isinstance(image, torch.Tensor):
             if self.size is None:
                 raise TypeError("SeededCropFlip needs `size` to take decoded images; it got a "
@@ -160,8 +161,6 @@ class SeededCropFlip:
             image = torch.from_numpy(resize_short_center_crop(image, self.size)).permute(2, 0, 1)
         if seed is None or self.padding == 0:
             return image
-        import numpy as np
-
         # numpy on one image: several times cheaper than crop_flip_batch's gathers on a batch of one
         p = self.padding
         dx, dy, flip = crop_flip_shifts(seed, p)

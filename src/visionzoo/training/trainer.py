@@ -688,20 +688,19 @@ class _Trainer:
         """The epoch's mean training loss so far, read back from the device; raises NonFiniteLossError
         (on every rank) when any loss since the last check was NaN or infinite. Called before every
         checkpoint, so a checkpoint never holds weights updated by a non-finite loss."""
-        value = loss_sum.detach().clone()
-        bad = (~torch.isfinite(value)).float()
+        bad = (~torch.isfinite(loss_sum)).float()
         if self.world > 1:
             dist.all_reduce(bad)
         if bad.item():
             steps = (f"step {self.global_step}" if self.global_step - checked_step <= 1
                      else f"between steps {checked_step + 1} and {self.global_step}")
             saved = self.run_dir / "checkpoint"
-            kept = (f"{saved} keeps the last good state" if saved.exists() else "no checkpoint had been written yet")
-            then = f", then --resume {self.run_dir}" if saved.exists() else ""
+            kept, then = ((f"{saved} keeps the last good state", f", then --resume {self.run_dir}") if saved.exists()
+                          else ("no checkpoint had been written yet", ""))
             raise NonFiniteLossError(
-                f"the loss became {float(value)} at epoch {epoch + 1}, {steps}; the run stopped and {kept}. "
+                f"the loss became {float(loss_sum)} at epoch {epoch + 1}, {steps}; the run stopped and {kept}. "
                 f"Try a lower learning rate (now {self.settings.lr:.3g}), --clip-grad 1.0 or --precision fp32{then}")
-        return float(value) / max(count, 1)
+        return float(loss_sum) / max(count, 1)
 
     def _validate(self) -> dict[str, Any] | None:
         if self.val_loader is None:
