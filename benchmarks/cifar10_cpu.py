@@ -36,9 +36,12 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU: one resolution level."""
+    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU: one resolution level.
 
-    def __init__(self, c_in: int, c_out: int):
+    With `dirac`, each convolution's first `c_in` filters start as the identity (airbench's
+    initialisation): the group starts close to passing its input through."""
+
+    def __init__(self, c_in: int, c_out: int, dirac: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
@@ -46,6 +49,10 @@ class ConvGroup(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.norm2 = FrozenScaleBatchNorm(c_out)
         self.act = nn.GELU()
+        if dirac:
+            with torch.no_grad():
+                for conv in (self.conv1, self.conv2):
+                    nn.init.dirac_(conv.weight[:conv.in_channels])
 
     def forward(self, x):
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -58,13 +65,14 @@ class WhitenedConvNet(nn.Module):
     training images' patch covariance, three conv groups, global max-pool, a linear head with a
     fixed logit scale of 1/9."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 128, 128)):
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 128, 128), dirac: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         a, b, c = widths
-        self.features = nn.Sequential(nn.GELU(), ConvGroup(24, a), ConvGroup(a, b), ConvGroup(b, c),
+        self.features = nn.Sequential(nn.GELU(), ConvGroup(24, a, dirac), ConvGroup(a, b, dirac),
+                                      ConvGroup(b, c, dirac),
                                       nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.head = nn.Linear(c, num_classes, bias=False)
         self.scale = 1 / 9
@@ -102,22 +110,48 @@ def whitening_sample(samples, count: int = 5000) -> torch.Tensor:
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10) -> WhitenedConvNet:
+def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10, dirac: bool = False) -> WhitenedConvNet:
     """The network with its whitening initialised from `samples` and the CIFAR-10 preprocessing attached."""
-    model = WhitenedConvNet(num_classes, widths)
+    model = WhitenedConvNet(num_classes, widths, dirac)
     model.init_whitening(whitening_sample(samples), CIFAR_MEAN, CIFAR_STD)
     model.pretrained_cfg = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0, "input_size": (3, 32, 32)}
     return model
 
 
+def add_recipe_args(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The recipe's knobs that both CIFAR scripts expose; `defaults` overrides the CPU script's values."""
+    values = dict(epochs=11, lr=0.8, momentum=0.9, weight_decay=5e-4, **defaults)
+    parser.add_argument("--epochs", type=int, default=values["epochs"])
+    parser.add_argument("--lr", type=float, default=values["lr"])
+    parser.add_argument("--momentum", type=float, default=values["momentum"])
+    parser.add_argument("--weight-decay", type=float, default=values["weight_decay"])
+    parser.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=False,
+                        help="identity-initialise each convolution's first filters (airbench)")
+    parser.add_argument("--norm-lr-scale", type=float, default=1.0, help="lr multiplier for BatchNorm shifts "
+                        "(airbench: 64)")
+    parser.add_argument("--norm-weight-decay", action=argparse.BooleanOptionalAction, default=False,
+                        help="decay BatchNorm shifts and biases too, per step as much as the weights (airbench)")
+    parser.add_argument("--lookahead", type=int, default=0, help="Lookahead every N steps (airbench: 5; 0: off)")
+    parser.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=False,
+                        help="mirror each image every other epoch (airbench) instead of at random")
+    parser.add_argument("--schedule", default="cosine", choices=["cosine", "linear"])
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="default: min(1, epochs / 5)")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.0)
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """`visionzoo.train` settings from `add_recipe_args`'s options (the model's `--dirac` aside)."""
+    return dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                norm_lr_scale=args.norm_lr_scale, norm_weight_decay=args.norm_weight_decay, lookahead=args.lookahead, alternate_flip=args.alternate_flip,
+                schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+                warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else min(1.0, args.epochs / 5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ARCHIVE))
-    parser.add_argument("--epochs", type=int, default=11)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=0.8)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    add_recipe_args(parser)
     parser.add_argument("--tta-shift", type=int, default=0, help="also average test views shifted by this many pixels")
     parser.add_argument("--val-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
     parser.add_argument("--ema-decay", type=float, default=0.0, help="evaluate an EMA of the weights (0: off)")
@@ -140,10 +174,11 @@ def main() -> None:
         splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), args.subset, replace=False)))
         splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), max(args.subset // 5, 10), replace=False)))
     unpacked = time.perf_counter() - started
-    model = whitened_model(tuple(int(w) for w in args.widths.split(",")), splits.train, len(splits.classes))
-    result = visionzoo.train(model, splits, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, momentum=args.momentum, optimizer="sgd", weight_decay=args.weight_decay,
-                             warmup_epochs=min(1.0, args.epochs / 5), label_smoothing=0.2, augment="crop",
+    model = whitened_model(tuple(int(w) for w in args.widths.split(",")), splits.train, len(splits.classes),
+                           args.dirac)
+    print(f"recipe: batch {args.batch_size}, {recipe_settings(args)}, dirac {args.dirac}", flush=True)
+    result = visionzoo.train(model, splits, out=args.out, batch_size=args.batch_size, optimizer="sgd",
+                             **recipe_settings(args), label_smoothing=0.2, augment="crop",
                              crop_padding=args.crop_padding, image_size=32, cache=True, cache_size=32,
                              tta_flip=True, tta_shift=args.tta_shift, val_every=args.val_every, workers=args.workers,
                              ema=args.ema_decay > 0, ema_decay=args.ema_decay or 0.9998,

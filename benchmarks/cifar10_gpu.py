@@ -36,7 +36,7 @@ import visionzoo
 from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
 
-from cifar10_cpu import ARCHIVE, whitened_model
+from cifar10_cpu import ARCHIVE, add_recipe_args, recipe_settings, whitened_model
 
 
 def write_airbench_data(splits) -> Path:
@@ -94,21 +94,21 @@ def airbench_side(splits, runs: int) -> list[tuple[float, float]]:
     return results
 
 
-def visionzoo_side(splits, runs: int, epochs: int, recipe: dict, device: str = "cuda") -> list[tuple[float, float]]:
+def visionzoo_side(splits, runs: int, recipe: dict, dirac: bool, device: str = "cuda") -> list[tuple[float, float]]:
     """(test top-1 after the last epoch, wall seconds) per run, after one untimed 1-epoch warm-up. The
     test set is evaluated once, at the end, with airbench's views (flips and 1-pixel shifts)."""
     train_arrays, _ = cache_pixels(splits.train, 32)  # decoded before both clocks
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def train_once(run: int, run_epochs: int):
-        model = whitened_model((64, 256, 256), train_arrays, len(splits.classes))
-        return visionzoo.train(model, splits, epochs=run_epochs, batch_size=1024, optimizer="sgd",
-                               warmup_epochs=min(1.0, run_epochs / 5), label_smoothing=0.2,
+        model = whitened_model((64, 256, 256), train_arrays, len(splits.classes), dirac)
+        settings = {**recipe, "epochs": run_epochs}
+        return visionzoo.train(model, splits, batch_size=1024, optimizer="sgd", label_smoothing=0.2,
                                augment="crop", crop_padding=2, image_size=32, cache=True, cache_size=32,
                                tta_flip=True, tta_shift=1, val_every=run_epochs,  # like airbench: TTA, once
                                precision="bf16", channels_last=True, workers=0, progress=False,
                                plots=False, tensorboard=False, seed=run, device=device,
-                               out=Path(tempfile.mkdtemp(prefix=f"vz-cifar10-gpu-{run}-")), **recipe)
+                               out=Path(tempfile.mkdtemp(prefix=f"vz-cifar10-gpu-{run}-")), **settings)
 
     train_once(runs, 1)  # warm-up: CUDA context, cuDNN autotuning, allocator
     results = []
@@ -116,7 +116,7 @@ def visionzoo_side(splits, runs: int, epochs: int, recipe: dict, device: str = "
         torch.manual_seed(run)
         synchronize()
         started = time.perf_counter()
-        result = train_once(run, epochs)
+        result = train_once(run, recipe["epochs"])
         synchronize()
         elapsed = time.perf_counter() - started
         final = result.history[-1]["val_top1"]  # the last epoch, as airbench reports (not the best of ten)
@@ -130,21 +130,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ARCHIVE))
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1.6)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    add_recipe_args(parser, epochs=10, lr=1.6)
     parser.add_argument("--smoke", action="store_true", help="visionzoo side only, 2,000 images, 1 epoch, any device")
     args = parser.parse_args()
     splits = resolve_data(args.data)
-    recipe = dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    print(f"visionzoo recipe: {args.epochs} epochs, batch 1024, {recipe}", flush=True)
+    recipe = recipe_settings(args)
+    print(f"visionzoo recipe: batch 1024, {recipe}, dirac {args.dirac}", flush=True)
     if args.smoke:
         rng = np.random.default_rng(0)
         splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), 2000, replace=False)))
         splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), 500, replace=False)))
         check_airbench_data(splits)
-        visionzoo_side(splits, 1, 1, recipe, "cuda" if torch.cuda.is_available() else "cpu")
+        visionzoo_side(splits, 1, {**recipe, "epochs": 1}, args.dirac, "cuda" if torch.cuda.is_available() else "cpu")
         return
     if not torch.cuda.is_available():
         raise SystemExit("cifar10_gpu.py needs a CUDA GPU (or --smoke)")
@@ -152,7 +149,7 @@ def main() -> None:
     cache_pixels(splits.val, 32)
     print(f"GPU: {torch.cuda.get_device_name()}")
     anchor = airbench_side(splits, args.runs)
-    ours = visionzoo_side(splits, args.runs, args.epochs, recipe)
+    ours = visionzoo_side(splits, args.runs, recipe, args.dirac)
     for name, results in (("airbench94", anchor), ("visionzoo", ours)):
         if results:
             print(f"RESULT {name}: mean test top-1 {100 * statistics.mean(a for a, _ in results):.2f}%, "

@@ -144,6 +144,19 @@ def test_zero_shot_classifier_has_the_shared_interface():
     assert classifier(x).shape == (2, classifier.num_features)
 
 
+def test_zero_shot_classifier_saves_and_loads(tmp_path):
+    from visionzoo.weights import load_model, save_model
+
+    classifier = zero_shot_classifier(_small_clip(), ["cat", "dog", "car"], templates=["a photo of a {}."])
+    save_model(classifier, tmp_path / "zs")
+    loaded = load_model(tmp_path / "zs")
+    assert isinstance(loaded, ZeroShotClassifier) and loaded.class_names == ["cat", "dog", "car"]
+    assert loaded.visionzoo_data_config == classifier.visionzoo_data_config
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), classifier(x), rtol=0, atol=0)
+
+
 def test_default_templates_are_the_80_imagenet_ones():
     assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
     assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)

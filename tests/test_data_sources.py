@@ -171,6 +171,33 @@ def test_sampler_order_is_torchs_distributed_sampler_order(size, ranks, drop_las
     assert len(set(seeds.tolist())) == size and (seeds >= 0).all()  # distinct, non-negative per-sample seeds
 
 
+def test_alternate_flip_mirrors_each_image_every_other_epoch():
+    """airbench's scheme: a per-image coin decides epoch 0, then the flip alternates; shifts stay random,
+    and the flip of an image does not depend on which rank or position draws it."""
+    from visionzoo.data.datasets import crop_flip_shifts
+
+    size = 64
+    dataset = ImageDataset(ArraySamples(np.zeros((size, 4, 4, 3), np.uint8), np.arange(size) % 3))
+
+    def flips(sampler, epoch):
+        sampler.set_epoch(epoch)
+        table = sampler.epoch_table()
+        return dict(zip(table[:, 0].tolist(), crop_flip_shifts(table[:, 1], 2)[2].tolist())), table
+
+    sampler = ResumableSampler(dataset, seed=5, alternate_flip=True)
+    by_epoch = [flips(sampler, epoch)[0] for epoch in range(4)]
+    assert 10 < sum(by_epoch[0].values()) < size - 10  # a coin per image at the start
+    for index in range(size):
+        assert [by_epoch[e][index] for e in range(4)] == [by_epoch[0][index], 1 - by_epoch[0][index]] * 2
+    table = flips(sampler, 1)[1]
+    assert len(set(zip(*(v.tolist() for v in crop_flip_shifts(table[:, 1], 2)[:2])))) > 15  # shifts still vary
+    for rank in range(2):  # sharded: each rank sees the flips the single process would
+        shard, _ = flips(ResumableSampler(dataset, num_replicas=2, rank=rank, seed=5, alternate_flip=True), 3)
+        assert all(by_epoch[3][index] == flip for index, flip in shard.items())
+    random_flips = [flips(ResumableSampler(dataset, seed=5), epoch)[0] for epoch in range(2)]
+    assert any(random_flips[0][i] == random_flips[1][i] for i in range(size))  # without it: no alternation
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_train_presets_make_normalised_tensors(preset):
     config = model_data_config("resnet18")
@@ -200,10 +227,10 @@ def test_seeded_crop_flip_is_a_function_of_the_seed():
     assert len(outputs) > 20  # offsets and flips vary with the seed
     assert torch.equal(crop(image, 7), crop(image, 7)) and crop(image, 7).dtype == torch.uint8
     assert torch.equal(crop(image, None), image)
-    centred = crop(image, 2 + 5 * 2)  # dx = dy = 2 (no shift), no flip
+    centred = crop(image, 2 * 2 + 10 * 2)  # dx = dy = 2 (no shift), no flip
     assert torch.equal(centred, image)
     for seed in range(50):  # against numpy's reflect padding, sliced by hand
-        dx, dy, flip = seed % 5, (seed // 5) % 5, (seed // 25) % 2
+        flip, dx, dy = seed % 2, (seed // 2) % 5, (seed // 10) % 5
         expected = np.pad(image.numpy(), ((0, 0), (2, 2), (2, 2)), mode="reflect")[:, dy:dy + 8, dx:dx + 8]
         expected = expected[:, :, ::-1] if flip else expected
         assert torch.equal(crop(image, seed), torch.from_numpy(expected.copy())), seed

@@ -39,10 +39,14 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     data = "builtin:shapes?size=32&train=40&val=20"
     run = tmp_path / "run"
     code = main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "20",
-                 "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2", "--tta-shift", "1"])
+                 "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2", "--tta-shift", "1",
+                 "--alternate-flip", "--lookahead", "2", "--norm-lr-scale", "8", "--schedule", "linear",
+                 "--min-lr-ratio", "0.1"])
     assert code == 0
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["crop_padding"] == 2 and resolved["tta_shift"] == 1
+    assert (resolved["alternate_flip"], resolved["lookahead"], resolved["norm_lr_scale"], resolved["schedule"],
+            resolved["min_lr_ratio"]) == (True, 2, 8.0, "linear", 0.1)
     captured = capsys.readouterr()
     last_line = captured.out.strip().splitlines()[-1]
     assert str(run) in last_line and "best val top-1" in last_line

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import visionzoo
 from visionzoo.training.checkpoint import load_checkpoint, load_exported
-from visionzoo.training.optim import build_optimizer, head_parameter_names, layer_ids
+from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule, head_parameter_names, layer_ids
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.trainer import NonFiniteLossError
 
@@ -58,8 +58,9 @@ RUN_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     kwargs = json.loads(sys.argv[1])
     resume = kwargs.pop("resume", None)
-    model = TinyNet(dropout=kwargs.pop("dropout", 0.1))
-    result = visionzoo.train(model, None if resume else {data!r}, resume=resume, **kwargs)
+    data = kwargs.pop("data", {data!r})
+    model = TinyNet(kwargs.pop("num_classes", 10), dropout=kwargs.pop("dropout", 0.1))
+    result = visionzoo.train(model, None if resume else data, resume=resume, **kwargs)
     print("BEST", result.best_metric)
 """)
 
@@ -139,6 +140,54 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+
+def test_bad_files_seen_by_every_gloo_rank_reach_bad_files_txt(tmp_path):
+    """Each rank's loader skips the bad files in its own shard; rank 0 writes them all."""
+    from PIL import Image
+
+    bad = []
+    for label, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+        folder = tmp_path / "data" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (16, 16), colour).save(folder / f"{i}.png")
+        for i in range(3):
+            (folder / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+            bad.append(str(folder / f"broken{i}.jpg"))
+    script = _script(tmp_path)
+    settings = {**COMMON, "epochs": 1, "data": str(tmp_path / "data"), "image_size": 16, "val_fraction": 0.25, "num_classes": 2,
+                "out": str(tmp_path / "ddp")}
+    port = str(29500 + (os.getpid() + 500) % 1000)
+    processes = []
+    for rank in range(2):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        processes.append(subprocess.Popen([sys.executable, str(script), json.dumps(settings)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    from visionzoo.data.datasets import ImageDataset, ResumableSampler
+    from visionzoo.data.sources import resolve_data
+
+    train = resolve_data(tmp_path / "data", val_fraction=0.25, seed=COMMON["seed"]).train
+    rank1 = {train.paths[i] for i in ResumableSampler(ImageDataset(train), num_replicas=2, rank=1,
+                                                       seed=COMMON["seed"], augment_seed=False)}
+    assert rank1 & set(bad), "some bad training file should fall to rank 1 for this test to mean anything"
+    listed = {line.split("\t")[0] for line in (tmp_path / "ddp" / "bad_files.txt").read_text().splitlines()}
+    assert set(bad) & set(train.paths) <= listed
+
+
+def test_resume_of_a_run_on_in_memory_data_asks_for_the_data(tmp_path, one_thread):
+    from visionzoo.data.sources import resolve_data
+
+    splits = resolve_data(SHAPES)
+    visionzoo.train(_InterruptAt(2), splits, out=tmp_path / "run", epochs=1, batch_size=16, workers=0,
+                    progress=False, plots=False, tensorboard=False)
+    with pytest.raises(ValueError, match="trained on data given in memory .* pass the same data again"):
+        visionzoo.train(None, None, resume=tmp_path / "run", progress=False)
+    resumed = visionzoo.train(TinyNet(), splits, resume=tmp_path / "run", progress=False)
+    assert not resumed.interrupted and len(resumed.history) == 1
 
 
 def test_run_folder_holds_config_metrics_plots_and_loadable_exports(tmp_path, one_thread):
@@ -225,6 +274,109 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, one_thread):
     resumed = visionzoo.train(TinyNet(), None, resume=tmp_path / "run", progress=False)
     assert not resumed.interrupted and len(resumed.history) == 1
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
+
+
+def test_lookahead_and_alternate_flip_resume_exactly_after_ctrl_c(tmp_path, one_thread):
+    """The slow weights are part of the checkpoint: interrupted between two Lookahead syncs (7 of 12
+    steps done, every 2) and resumed, the run ends on the uninterrupted run's weights."""
+    settings = dict(epochs=2, batch_size=16, lr=0.05, lookahead=2, lookahead_decay=0.6, alternate_flip=True,
+                    schedule="linear", min_lr_ratio=0.1, deterministic=True, workers=0, progress=False, plots=False,
+                    tensorboard=False)
+    torch.manual_seed(0)
+    visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "whole", **settings)
+    torch.manual_seed(0)
+    visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "plain", **{**settings, "lookahead": 0})
+    torch.manual_seed(0)
+    assert visionzoo.train(_InterruptAt(8), SHAPES, out=tmp_path / "cut", **settings).interrupted
+    _, state = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    assert state["global_step"] == 7 and len(state["lookahead"]) == 6  # 3 weights, 3 biases
+    visionzoo.train(TinyNet(), None, resume=tmp_path / "cut", progress=False)
+    whole, resumed, plain = _weights(tmp_path / "whole"), _weights(tmp_path / "cut"), _weights(tmp_path / "plain")
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(plain["fc.weight"], whole["fc.weight"])  # Lookahead changed the run
+
+
+def test_lookahead_pulls_live_weights_to_slow_ones_on_its_schedule():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    lookahead = Lookahead(model, every=2, max_decay=0.5, total_steps=4)
+
+    def sgd_step(step):  # a stand-in optimizer step: every float tensor moves by +1
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.add_(1.0)
+        lookahead.step(step)
+
+    def offset(key):
+        return float((model.state_dict()[key] - start[key]).mean())
+
+    sgd_step(1)
+    assert offset("0.weight") == pytest.approx(1.0)  # no sync yet
+    sgd_step(2)  # decay 0.5 * (2/4)^3 = 1/16: slow = 0 + 15/16 * 2
+    assert offset("0.weight") == pytest.approx(1.875) and offset("1.running_mean") == pytest.approx(1.875)
+    assert int(model[1].num_batches_tracked) == 0  # integer buffers stay out
+    sgd_step(3)
+    sgd_step(4)  # decay 0.5: slow = 1.875 + 0.5 * (3.875 - 1.875)
+    assert offset("0.weight") == pytest.approx(2.875)
+    odd = Lookahead(model, every=2, max_decay=0.5, total_steps=3)  # the last step ends on the slow weights
+    before = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    odd.step(3)
+    assert torch.equal(model[0].weight, before)
+
+
+def test_norm_lr_scale_and_linear_schedule():
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    heads = head_parameter_names(model, 3)
+    settings = resolve_settings(TrainSettings(lr=0.1, norm_lr_scale=64), "resnet18")
+    optimizer = build_optimizer(model, settings, heads)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, parameter in model.named_parameters():
+        expected = 6.4 if name.startswith(("bn", "layer1.0.bn")) or ".bn" in name or "downsample.1" in name else 0.1
+        assert lr_of[id(parameter)] == pytest.approx(expected), name
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.1)  # the bar shows the base lr
+    decayed = build_optimizer(model, resolve_settings(TrainSettings(lr=0.1, norm_lr_scale=64, weight_decay=1e-3,
+                                                                   norm_weight_decay=True), "resnet18"), heads)
+    for group in decayed.param_groups:  # every parameter decays by lr x weight decay = 1e-4 per step
+        assert group["lr"] * group["weight_decay"] == pytest.approx(1e-4)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 5e-4}  # default: norms not decayed
+    schedule = build_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 10, 1, 0.1, "linear")
+    factors = []
+    for _ in range(10):
+        factors.append(schedule.get_last_lr()[0])
+        schedule.optimizer.step()
+        schedule.step()
+    assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0)
+    assert factors[5] == pytest.approx(0.1 + 0.9 * (1 - 4 / 9))  # straight line from the peak to 0.1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        resolve_settings(TrainSettings(schedule="step"), "resnet18")
+
+
+def test_alternate_flip_needs_the_crop_preset(tmp_path, one_thread):
+    with pytest.raises(ValueError, match="alternate_flip works with the crop augmentation"):
+        visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", augment="light", alternate_flip=True, workers=0,
+                        progress=False, plots=False, tensorboard=False)
+
+
+def test_checkpoint_writer_keeps_the_submitted_moment_and_reports_failures(tmp_path):
+    from visionzoo.training.checkpoint import CheckpointWriter
+
+    writer = CheckpointWriter()
+    weight, momentum = torch.zeros(3), torch.ones(2)
+    writer.submit(tmp_path / "ckpt", 5, {"w": weight}, {"optimizer": {"state": {0: {"m": momentum}}}, "history": [1]})
+    weight.add_(7.0)  # training goes on and updates tensors in place while the thread writes
+    momentum.mul_(3.0)
+    writer.flush()
+    weights, state = load_checkpoint(tmp_path / "ckpt")
+    assert torch.equal(weights["w"], torch.zeros(3)) and torch.equal(state["optimizer"]["state"][0]["m"], torch.ones(2))
+    (tmp_path / "file").write_text("not a folder")
+    writer.submit(tmp_path / "file", 6, {"w": weight}, {})
+    with pytest.raises(RuntimeError, match="writing a checkpoint failed"):
+        writer.flush()
+    writer.flush()  # the error is reported once
 
 
 def test_unknown_setting_is_refused():

@@ -122,11 +122,13 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, weights: np.ndarray | None = None, augment_seed: bool = True):
+                 seed: int = 0, drop_last: bool = False, weights: np.ndarray | None = None, augment_seed: bool = True,
+                 alternate_flip: bool = False):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.skip = 0
         self.augment_seed = augment_seed
+        self.alternate_flip = alternate_flip
 
     def set_position(self, epoch: int, samples_done: int) -> None:
         self.set_epoch(epoch)
@@ -151,8 +153,17 @@ class ResumableSampler(DistributedSampler):
         order = self._global_order().astype(np.int64)
         positions = np.arange(self.rank, self.total_size, self.num_replicas, dtype=np.int64)[self.skip:]
         self.skip = 0
-        seeds = _mix_seeds(self.seed, self.epoch, positions) if self.augment_seed else np.full(len(positions), -1)
-        return np.stack([order[positions], seeds], axis=1)
+        indices = order[positions]
+        if not self.augment_seed:
+            return np.stack([indices, np.full(len(positions), -1)], axis=1)
+        seeds = _mix_seeds(self.seed, self.epoch, positions)
+        if self.alternate_flip:
+            # airbench's alternating flip: the flip bit (the seed's lowest, see crop_flip_shifts) is a
+            # per-image coin, the same every epoch, inverted on odd epochs: each image is seen mirrored
+            # every other epoch, instead of at random
+            coins = _mix_seeds(self.seed, -1, indices) & 1
+            seeds = (seeds & ~1) | (coins ^ (self.epoch & 1))
+        return np.stack([indices, seeds], axis=1)
 
     def __iter__(self) -> Iterator:
         for index, seed in self.epoch_table().tolist():
@@ -170,11 +181,11 @@ def _reflect(positions: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def crop_flip_shifts(seed, padding: int):
-    """(horizontal shift, vertical shift, flip) of the crop-flip augmentation for a seed: its lowest
-    three digits in base 2 * padding + 1 (the last one taken mod 2). `seed` is an int, or an int64
-    tensor of seeds (then each of the three is a tensor of the same shape)."""
+    """(horizontal shift, vertical shift, flip) of the crop-flip augmentation for a seed: the flip is
+    its lowest bit, the shifts the next two digits in base 2 * padding + 1. `seed` is an int, or an
+    int64 tensor of seeds (then each of the three is a tensor of the same shape)."""
     span = 2 * padding + 1
-    return seed % span, (seed // span) % span, (seed // (span * span)) % 2
+    return (seed // 2) % span, (seed // (2 * span)) % span, seed % 2
 
 
 def crop_flip_batch(images: torch.Tensor, seeds: list[int] | torch.Tensor, padding: int) -> torch.Tensor:

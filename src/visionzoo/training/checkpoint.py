@@ -5,7 +5,8 @@ A run's `checkpoint/` folder holds pairs `model-<step>.safetensors` + `state-<st
 and `latest.json` naming the newest complete pair. Every file is written to a temporary
 name, fsynced and renamed, and `latest.json` is replaced only after its pair is on disk, so
 a crash at any moment leaves the previous checkpoint loadable. Older pairs are removed after
-the pointer moves.
+the pointer moves. The trainer hands checkpoints to a `CheckpointWriter`, which copies the state
+at once and writes it in a background thread, so a fast GPU does not wait for the disk.
 
 Model exports (`best/`, `last/`) use `visionzoo.save_model` when the weights package
 provides it, else the same layout written here: `model.safetensors` + `config.json`
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "export_model", "load_exported"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -62,6 +64,56 @@ def save_checkpoint(folder: Path, step: int, model_state: dict[str, torch.Tensor
         stem = old.name.split(".")[0]
         if stem.rsplit("-", 1)[-1].isdigit() and int(stem.rsplit("-", 1)[-1]) != step:
             old.unlink(missing_ok=True)
+
+
+def _snapshot(value: Any) -> Any:
+    """`value` with every tensor copied to the CPU and every dict, list and tuple rebuilt: what a
+    training state is at this moment, unaffected by later steps that update tensors in place."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return value.clone() if value.device.type == "cpu" else value.to("cpu")
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes checkpoints (`save_checkpoint`) in a background thread, one at a time, in order.
+
+    `submit` copies the weights and the state to the CPU before it returns, so the checkpoint holds
+    the state of that moment whatever training does next; serialising, writing and fsyncing then
+    overlap with training (on a GPU run of a few seconds, ten epoch-end checkpoints of a 2M-parameter
+    network took about as long as two epochs). A second `submit` first waits for the one in flight.
+    `flush` waits for the pending write and raises its error, if it failed. The thread is not a
+    daemon: an interpreter that exits lets a started write finish.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, folder: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.flush()
+        weights, state = _tensors(model_state), _snapshot(state)
+        self._thread = threading.Thread(target=self._write, args=(folder, step, weights, state),
+                                        name="visionzoo-checkpoint")
+        self._thread.start()
+
+    def _write(self, folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(folder, step, weights, state)
+        except BaseException as error:  # handed to the training thread by flush()
+            self._error = error
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing a checkpoint failed: {error}") from error
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

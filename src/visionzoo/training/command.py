@@ -103,11 +103,21 @@ def add_commands(commands) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--schedule", choices=["cosine", "linear"], help="lr decay after warm-up (default cosine)")
+    p.add_argument("--min-lr-ratio", type=float, help="the decay ends at lr x this (default 0)")
+    p.add_argument("--norm-lr-scale", type=float, metavar="X",
+                   help="lr multiplier for normalisation layers' parameters (default 1)")
+    p.add_argument("--norm-weight-decay", action=argparse.BooleanOptionalAction, default=None,
+                   help="decay normalisation parameters and biases too (as much per step as the weights)")
+    p.add_argument("--lookahead", type=int, metavar="STEPS", help="Lookahead: sync slow weights every N steps (0: off)")
+    p.add_argument("--lookahead-decay", type=float, help="the slow weights' decay at the end of training (default 0.774)")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay (ViT-style fine-tuning)")
     p.add_argument("--head-lr-scale", type=float, help="head lr / backbone lr")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", choices=PRESETS, help="train-time augmentation preset")
     p.add_argument("--crop-padding", type=int, metavar="PX", help="largest shift of the crop preset (default: image size / 8)")
+    p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="crop preset: mirror each image every other epoch instead of at random")
     p.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
     p.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
     p.add_argument("--drop-path-rate", type=float)

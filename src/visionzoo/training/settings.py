@@ -45,10 +45,16 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float | None = None
-    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    schedule: str = "cosine"  # after warm-up: cosine | linear decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    norm_lr_scale: float = 1.0  # lr multiplier for normalisation layers' parameters (airbench94: 64)
+    norm_weight_decay: bool = False  # decay norms and biases too, per step as much as the weights (airbench94)
+    lookahead: int = 0  # Lookahead every N optimizer steps (0: off); see optim.Lookahead
+    lookahead_decay: float = 0.95 ** 5  # the slow weights' largest decay, reached at the end of training
     label_smoothing: float | None = None
     augment: str | None = None  # none | crop | light | medium | strong
     crop_padding: int | None = None  # the crop preset's shift range in pixels; None: image size / 8
+    alternate_flip: bool = False  # crop preset: each image mirrored every other epoch instead of at random
     mixup: float = 0.0
     cutmix: float = 0.0
     drop_path_rate: float | None = None
@@ -155,6 +161,13 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
     if resolved.tta_shift < 0:
         raise ValueError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
+    if resolved.schedule not in ("cosine", "linear"):
+        raise ValueError(f"unknown schedule {resolved.schedule!r}; choose cosine or linear")
+    if resolved.norm_lr_scale <= 0:
+        raise ValueError(f"norm_lr_scale must be positive, got {resolved.norm_lr_scale}")
+    if resolved.lookahead < 0 or not 0 <= resolved.lookahead_decay < 1:
+        raise ValueError(f"lookahead must be 0 (off) or a number of steps, and lookahead_decay in [0, 1); got "
+                         f"{resolved.lookahead} and {resolved.lookahead_decay}")
     if resolved.crop_padding is not None and resolved.crop_padding < 0:
         raise ValueError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
     if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -38,8 +38,8 @@ from visionzoo.data.sources import ArraySamples, DataSplits, FileSamples, resolv
 from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, crop_padding, eval_transform,
                                        model_data_config, train_transform)
 from visionzoo.evaluate import classification_metrics, predict_logits
-from visionzoo.training.checkpoint import export_model, load_checkpoint, save_checkpoint
-from visionzoo.training.optim import build_optimizer, build_schedule, head_parameter_names
+from visionzoo.training.checkpoint import CheckpointWriter, export_model, load_checkpoint
+from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule, head_parameter_names
 from visionzoo.training.settings import TrainSettings, resolve_settings
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
@@ -297,6 +297,9 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
             raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); cannot resume")
         saved = json.loads(config_path.read_text())
         model_or_name = model_or_name if isinstance(model_or_name, nn.Module) else saved["model"]
+        if data is None and saved.get("data_in_memory"):
+            raise ValueError(f"{run_dir} was trained on data given in memory ({saved['data']}); pass the same "
+                             f"data again to resume: visionzoo.train(model, data, resume={str(run_dir)!r})")
         data = data if data is not None else saved["data"]
         pretrained = saved.get("pretrained") or False
         merged = {**saved["requested"], **settings}
@@ -326,7 +329,8 @@ class _Trainer:
         self.pretrained = pretrained
         self.resume_state = resume_state
         self.model_name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name, "visionzoo_name", None)
-        self.data_spec = data if not isinstance(data, DataSplits) else data.description
+        self.data_in_memory = isinstance(data, DataSplits)
+        self.data_spec = data.description if self.data_in_memory else data
 
         self.splits = data if isinstance(data, DataSplits) else resolve_data(data, val_fraction=requested.val_fraction,
                                                                              seed=requested.seed)
@@ -390,6 +394,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.mixer = batch_mixer(len(self.classes), s.mixup, s.cutmix)
         self.logger = _Logger(self.run_dir, self.is_main, s)
+        self.writer = CheckpointWriter()
         self.bad_files: dict[str, str] = {}
 
     # --- data ---
@@ -453,8 +458,11 @@ class _Trainer:
         elif s.class_balance == "weights":
             self.class_weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(counts), dtype=torch.float32,
                                               device=self.device)
+        if s.alternate_flip and not self.fast_input:
+            raise ValueError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
+                             f"evaluation; this run uses augment={s.augment!r}")
         self.sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                        seed=s.seed, weights=weights)
+                                        seed=s.seed, weights=weights, alternate_flip=s.alternate_flip)
         workers = s.workers if s.workers is not None else _default_workers(train_samples)
         val_batch = max(self.micro_batch * s.grad_accum, 64)
         # Decoded arrays that fit are kept whole on the device and augmented a batch at a time
@@ -492,6 +500,7 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": {k: v.cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch": epoch,
             "batches_done": batches_done,
             "global_step": self.global_step,
@@ -507,9 +516,10 @@ class _Trainer:
         }
 
     def _checkpoint(self, epoch: int, batches_done: int) -> None:
+        """Copies the state now; the writer puts it on disk in the background (`self.writer.flush()` waits)."""
         if self.is_main:
-            save_checkpoint(self.run_dir / "checkpoint", self.global_step, self.model.state_dict(),
-                            self._state(epoch, batches_done))
+            self.writer.submit(self.run_dir / "checkpoint", self.global_step, self.model.state_dict(),
+                               self._state(epoch, batches_done))
 
     def _restore(self) -> tuple[int, int]:
         weights, state = self.resume_state
@@ -519,6 +529,8 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
+        if self.lookahead is not None and state.get("lookahead") is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
         self.global_step = state["global_step"]
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.stale_epochs = state["stale_epochs"]
@@ -539,7 +551,8 @@ class _Trainer:
             self.optimizer = build_optimizer(self.model, s, self.head_names)
             total_steps = s.epochs * self.steps_per_epoch
             self.scheduler = build_schedule(self.optimizer, total_steps, int(round(s.warmup_epochs * self.steps_per_epoch)),
-                                            s.min_lr_ratio)
+                                            s.min_lr_ratio, s.schedule)
+            self.lookahead = Lookahead(self.model, s.lookahead, s.lookahead_decay, total_steps) if s.lookahead else None
             self.global_step, self.best_metric, self.best_epoch, self.stale_epochs = 0, None, None, 0
             self.history: list[dict[str, Any]] = []
             start_epoch, batches_done = 0, 0
@@ -566,11 +579,13 @@ class _Trainer:
                 # the loss is checked every few steps only: never overwrite a good checkpoint with broken weights
                 if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                     self._checkpoint(self.current_epoch, self.current_batches)
+                    self.writer.flush()
                     self.logger.print(f"interrupted: saved a checkpoint at epoch {self.current_epoch + 1}, step "
                                       f"{self.global_step}; continue with: visionzoo train --resume {self.run_dir}")
                 else:
                     self.logger.print(f"interrupted with non-finite weights: kept the last good checkpoint in "
                                       f"{self.run_dir / 'checkpoint'}")
+            self.writer.flush()
             if self.is_main and not interrupted:
                 self._finish()
             result = TrainResult(self.run_dir, self.best_metric, self.best_epoch, self.history, interrupted,
@@ -582,6 +597,8 @@ class _Trainer:
             return result
         finally:
             self.logger.close()
+            with contextlib.suppress(Exception):  # an error of its own was raised by flush() above
+                self.writer.flush()
 
     def _describe(self) -> str:
         s = self.settings
@@ -595,6 +612,7 @@ class _Trainer:
         config = {
             "model": self.model_name,
             "data": str(self.data_spec),
+            "data_in_memory": self.data_in_memory,
             "pretrained": self.pretrained,
             "classes": self.classes,
             "requested": {k: v for k, v in dataclasses.asdict(self.requested).items()},
@@ -663,9 +681,11 @@ class _Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
+                self.global_step += 1
+                if self.lookahead is not None:
+                    self.lookahead.step(self.global_step)
                 if self.ema is not None:
                     self.ema.update(self.model)
-                self.global_step += 1
                 self.current_batches = micro
                 log = self.global_step % s.log_every == 0
                 checkpoint = bool(s.checkpoint_every) and self.global_step % s.checkpoint_every == 0 \
@@ -694,6 +714,8 @@ class _Trainer:
         if bad.item():
             steps = (f"step {self.global_step}" if self.global_step - checked_step <= 1
                      else f"between steps {checked_step + 1} and {self.global_step}")
+            with contextlib.suppress(Exception):
+                self.writer.flush()  # the last good checkpoint, if one is in flight, is on disk before we say so
             saved = self.run_dir / "checkpoint"
             kept, then = ((f"{saved} keeps the last good state", f", then --resume {self.run_dir}") if saved.exists()
                           else ("no checkpoint had been written yet", ""))
@@ -724,6 +746,14 @@ class _Trainer:
     def _end_epoch(self, epoch: int) -> bool:
         s = self.settings
         stop = False
+        if self.world > 1:  # bad files met by any rank's loader reach rank 0's bad_files.txt
+            found: list[dict[str, str]] = [{} for _ in range(self.world)]
+            dist.all_gather_object(found, self.bad_files)
+            for bad in found[1:]:
+                for path, reason in bad.items():
+                    if path not in self.bad_files:
+                        self.bad_files[path] = reason
+                        self.logger.print(f"skipped {path}: {reason}")
         if self.is_main:
             # --val-every N validates every Nth epoch and the last; best/ is only judged on validated epochs
             skip_validation = (self.val_loader is not None and (epoch + 1) % s.val_every != 0

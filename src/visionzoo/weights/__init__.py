@@ -240,14 +240,19 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; save_model writes a directory")
     folder.mkdir(parents=True, exist_ok=True)
+    from visionzoo.clip import ZeroShotClassifier
+
     # clone: tied or shared tensors are stored separately, as safetensors requires
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     preprocessing = {k: _jsonable(v) for k, v in data_config(model).items()}
+    zero_shot = isinstance(model, ZeroShotClassifier)  # a registered image tower plus class embeddings
+    tower = model.visual if zero_shot else model
     config = {
         "format": SAVED_MODEL_FORMAT,
         "format_version": 1,
         "architecture": name,
-        "overrides": _jsonable(getattr(model, "visionzoo_overrides", {})),
+        **({"kind": "zero_shot", "tower_outputs": int(model.visual.num_classes)} if zero_shot else {}),
+        "overrides": _jsonable(getattr(tower, "visionzoo_overrides", {})),
         "num_classes": int(getattr(model, "num_classes")),
         "in_chans": _in_chans(model),
         "class_names": class_names(model),
@@ -272,6 +277,23 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         raise FileNotFoundError(f"{folder} is not a model saved by visionzoo.save_model (expected a directory with "
                                 f"{_CONFIG_FILE} and {_WEIGHTS_FILE})")
     kwargs = {**config.get("overrides", {}), **overrides}
-    kwargs.setdefault("num_classes", config["num_classes"])
     kwargs.setdefault("in_chans", config.get("in_chans", 3))
+    if config.get("kind") == "zero_shot":
+        return _load_zero_shot(folder, config, kwargs)
+    kwargs.setdefault("num_classes", config["num_classes"])
     return create_model(config["architecture"], pretrained=str(folder), **kwargs).eval()
+
+
+def _load_zero_shot(folder: Path, config: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+    """A saved `ZeroShotClassifier`: its image tower rebuilt from the registry, then every tensor loaded."""
+    from safetensors.torch import load_file
+
+    from visionzoo.clip import ZeroShotClassifier
+    from visionzoo.registry import create_model
+
+    tensors = load_file(str(folder / _WEIGHTS_FILE))
+    visual = create_model(config["architecture"], **{**kwargs, "num_classes": config["tower_outputs"]})
+    head = tensors["head.weight"]
+    model = ZeroShotClassifier(visual, head, float(head.norm(dim=1).mean()), config.get("class_names"))
+    model.load_state_dict(tensors)
+    return model.eval()
