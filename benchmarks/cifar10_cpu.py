@@ -118,13 +118,13 @@ def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10,
     return model
 
 
-def add_recipe_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    """The recipe's knobs that both CIFAR scripts expose; `defaults` overrides the CPU script's values."""
-    values = dict(epochs=11, lr=0.8, momentum=0.9, weight_decay=5e-4, **defaults)
-    parser.add_argument("--epochs", type=int, default=values["epochs"])
-    parser.add_argument("--lr", type=float, default=values["lr"])
-    parser.add_argument("--momentum", type=float, default=values["momentum"])
-    parser.add_argument("--weight-decay", type=float, default=values["weight_decay"])
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """The recipe's knobs that both CIFAR scripts expose, with this script's defaults (cifar10_gpu.py
+    sets its own with `parser.set_defaults`)."""
+    parser.add_argument("--epochs", type=int, default=11)
+    parser.add_argument("--lr", type=float, default=0.8)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=False,
                         help="identity-initialise each convolution's first filters (airbench)")
     parser.add_argument("--norm-lr-scale", type=float, default=1.0, help="lr multiplier for BatchNorm shifts "

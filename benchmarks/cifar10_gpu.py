@@ -13,6 +13,9 @@ views: `val_every`, `tta_flip`, `tta_shift=1`). visionzoo trains cifar10_cpu.py'
 WhitenedConvNet at airbench's full width (64/256/256, whitening initialised inside the clock
 from the pixel cache) with bf16 autocast and channels-last; the decoded arrays fit, so the
 trainer keeps them on the GPU and crops and flips whole batches there (`ResidentBatches`).
+The default recipe is airbench's, in visionzoo's settings (`AIRBENCH_TOOLS` below); every knob
+is a flag (`--no-dirac`, `--no-alternate-flip`, `--lookahead 0` turn pieces off), so `CIFAR_ARGS`
+in gpu_session.sh can tune it. With more `--epochs`, scale `--warmup-epochs` (23% of the run).
 Target: 90.6% test top-1 (airbench94's mean with TTA on this JPEG copy) in at most 1.5x
 airbench's time on the same GPU.
 
@@ -37,6 +40,17 @@ from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
 
 from cifar10_cpu import ARCHIVE, add_recipe_args, recipe_settings, whitened_model
+
+
+# airbench94's recipe in visionzoo's settings (mean loss per batch, coupled weight decay): its lr 11.5 and
+# weight decay 0.0153 "per 1024 examples" at momentum 0.85 are lr 1.5 and weight decay 1.33e-3 here;
+# BatchNorm shifts at 64x the lr, decayed per step as much as the weights; Lookahead every 5 steps;
+# alternating flips; identity-initialised convolutions; warm-up over 23% of the run, then a straight
+# line down to 7% of the peak. On the CPU (cifar10_cpu.py at this width and batch) this recipe reached
+# 90.73% with airbench's test views, against 89.5% for session 3's (cosine, lr 1.6, momentum 0.9).
+AIRBENCH_TOOLS = dict(epochs=10, lr=1.5, momentum=0.85, weight_decay=1.33e-3, dirac=True, norm_lr_scale=64.0,
+                      norm_weight_decay=True, lookahead=5, alternate_flip=True, schedule="linear",
+                      warmup_epochs=2.3, min_lr_ratio=0.07)
 
 
 def write_airbench_data(splits) -> Path:
@@ -130,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ARCHIVE))
     parser.add_argument("--runs", type=int, default=5)
-    add_recipe_args(parser, epochs=10, lr=1.6)
+    add_recipe_args(parser)
+    parser.set_defaults(**AIRBENCH_TOOLS)
     parser.add_argument("--smoke", action="store_true", help="visionzoo side only, 2,000 images, 1 epoch, any device")
     args = parser.parse_args()
     splits = resolve_data(args.data)
