@@ -54,8 +54,13 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, step: int, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    _write_checkpoint(folder, step, _tensors(model_state), state)
+
+
+def _write_checkpoint(folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """`save_checkpoint` for weights already copied to contiguous CPU tensors (`_tensors`)."""
     folder = Path(folder)
-    atomic_write(folder / f"model-{step}.safetensors", save(_tensors(model_state)))
+    atomic_write(folder / f"model-{step}.safetensors", save(weights))
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(folder / f"state-{step}.pt", buffer.getvalue())
@@ -103,7 +108,7 @@ class CheckpointWriter:
 
     def _write(self, folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         try:
-            save_checkpoint(folder, step, weights, state)
+            _write_checkpoint(folder, step, weights, state)  # copied once, in submit
         except BaseException as error:  # handed to the training thread by flush()
             self._error = error
 

@@ -88,14 +88,14 @@ def build_optimizer(model: nn.Module, settings, head_names: set[str]) -> torch.o
     (SGD's decay per step is lr x weight decay)."""
     layer_decay = settings.layer_decay or 1.0
     ids, depth = layer_ids(model, head_names) if layer_decay != 1.0 else ({}, 0)
-    norm_scale = getattr(settings, "norm_lr_scale", 1.0)
+    norm_scale = settings.norm_lr_scale
     norm_names = norm_parameter_names(model) if norm_scale != 1.0 else set()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         token = name.endswith(("cls_token", "pos_embed", "dist_token", "reg_token"))
-        no_decay = token or (parameter.ndim <= 1 and not getattr(settings, "norm_weight_decay", False))
+        no_decay = token or (parameter.ndim <= 1 and not settings.norm_weight_decay)
         decay = 0.0 if no_decay else settings.weight_decay
         if layer_decay != 1.0:
             scale = layer_decay ** (depth - 1 - ids[name])
@@ -162,7 +162,8 @@ class Lookahead:
             torch._foreach_copy_(self.live, self.slow)
 
     def state_dict(self) -> list[torch.Tensor]:
-        return [t.cpu() for t in self.slow]
+        """The slow weights (references, as `nn.Module.state_dict` gives)."""
+        return list(self.slow)
 
     def load_state_dict(self, state: list[torch.Tensor]) -> None:
         if len(state) != len(self.slow):

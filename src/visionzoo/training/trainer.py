@@ -487,6 +487,14 @@ class _Trainer:
         self.batches_per_epoch = len(self.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.grad_accum)
 
+    def _note_bad_file(self, path: str, reason: str) -> bool:
+        """Record a file the loader skipped and say so, once per file; True if it was new."""
+        if path in self.bad_files:
+            return False
+        self.bad_files[path] = reason
+        self.logger.print(f"skipped {path}: {reason}")
+        return True
+
     def _write_bad_files(self) -> None:
         if self.is_main and self.bad_files:
             lines = [f"{path}\t{reason}" for path, reason in sorted(self.bad_files.items())]
@@ -499,7 +507,8 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "ema": {k: v.cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
+            # tensors as they are: the checkpoint writer copies everything to the CPU at once
+            "ema": self.ema.module.state_dict() if self.ema else None,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch": epoch,
             "batches_done": batches_done,
@@ -645,11 +654,9 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         accumulated = 0
         for images, labels, _, skipped in self.loader:
-            for item in skipped:
-                if item.path not in self.bad_files:
-                    self.bad_files[item.path] = item.reason
-                    self.logger.print(f"skipped {item.path}: {item.reason}")
-                    self._write_bad_files()
+            new = [item for item in skipped if self._note_bad_file(item.path, item.reason)]
+            if new:
+                self._write_bad_files()
             micro += 1
             if len(labels):
                 images = images.to(self.device, non_blocking=True)
@@ -751,9 +758,7 @@ class _Trainer:
             dist.all_gather_object(found, self.bad_files)
             for bad in found[1:]:
                 for path, reason in bad.items():
-                    if path not in self.bad_files:
-                        self.bad_files[path] = reason
-                        self.logger.print(f"skipped {path}: {reason}")
+                    self._note_bad_file(path, reason)
         if self.is_main:
             # --val-every N validates every Nth epoch and the last; best/ is only judged on validated epochs
             skip_validation = (self.val_loader is not None and (epoch + 1) % s.val_every != 0

@@ -251,7 +251,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
         "format": SAVED_MODEL_FORMAT,
         "format_version": 1,
         "architecture": name,
-        **({"kind": "zero_shot", "tower_outputs": int(model.visual.num_classes)} if zero_shot else {}),
+        **({"kind": "zero_shot", "tower_outputs": int(tower.num_classes)} if zero_shot else {}),
         "overrides": _jsonable(getattr(tower, "visionzoo_overrides", {})),
         "num_classes": int(getattr(model, "num_classes")),
         "in_chans": _in_chans(model),
