@@ -7,14 +7,19 @@ unpacked into a temporary folder): the plain loop through torchvision's ImageFol
 DataLoader, visionzoo through `visionzoo.train` (with its checkpoints, metrics files and
 per-epoch validation, plots and exports; the plain loop validates each epoch too). By default
 visionzoo decodes the JPEGs once into its memory-mapped pixel cache (inside its clock);
-`--no-cache` makes it decode every epoch like the plain loop. Prints wall time of each and
-the ratio plain / visionzoo (>= 1.0 means visionzoo is at least as fast).
+`--no-cache` makes it decode every epoch like the plain loop. The two alternate `--repeats`
+times (each visionzoo run with an empty cache folder, so every repeat decodes as the first one
+did); prints wall time of each, the ratio plain / visionzoo per repeat, and their median
+(>= 1.0 means visionzoo is at least as fast). Single runs on this 2-core machine vary by about
++-0.1 in the ratio, hence the repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import tarfile
 import tempfile
 import time
@@ -103,16 +108,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating pairs of runs; the median ratio counts")
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                         help="visionzoo decodes once into its pixel cache (decoding inside its clock)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vz-overhead-"))
     try:
         extract_slice(Path(args.data), scratch / "data", args.images // 10, max(args.images // 100, 10))
-        plain = plain_loop(scratch / "data", args.epochs, args.batch_size, args.lr, args.workers)
-        ours = visionzoo_run(scratch / "data", args.epochs, args.batch_size, args.lr, args.workers, scratch / "run",
-                             args.cache)
-        print(f"RESULT plain/visionzoo time ratio {plain / ours:.2f} ({args.images} images, {args.epochs} epochs, "
+        ratios = []
+        for repeat in range(args.repeats):
+            plain = plain_loop(scratch / "data", args.epochs, args.batch_size, args.lr, args.workers)
+            os.environ["VISIONZOO_CACHE"] = str(scratch / f"cache-{repeat}")  # a cold pixel cache every repeat
+            ours = visionzoo_run(scratch / "data", args.epochs, args.batch_size, args.lr, args.workers,
+                                 scratch / f"run-{repeat}", args.cache)
+            ratios.append(plain / ours)
+            print(f"repeat {repeat + 1}: ratio {plain / ours:.2f}", flush=True)
+        print(f"RESULT plain/visionzoo time ratio {statistics.median(ratios):.2f} (median of "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; {args.images} images, {args.epochs} epochs, "
               f"batch {args.batch_size}, {args.workers} workers, cache {args.cache}, {torch.get_num_threads()} threads); >= 1.0 means "
               "visionzoo is at least as fast")
     finally:
