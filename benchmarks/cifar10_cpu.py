@@ -164,9 +164,10 @@ def main() -> None:
     parser.add_argument("--subset", type=int, help="train on this many images (smoke runs)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation, the augmentation and the order")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     splits = resolve_data(args.data)
     if args.subset:
@@ -183,7 +184,7 @@ def main() -> None:
                              tta_flip=True, tta_shift=args.tta_shift, val_every=args.val_every, workers=args.workers,
                              ema=args.ema_decay > 0, ema_decay=args.ema_decay or 0.9998,
                              precision=args.precision, channels_last=True, progress=True, tensorboard=False,
-                             plots=False, device="cpu")
+                             plots=False, device="cpu", seed=args.seed)
     total = time.perf_counter() - started
     print(f"\ncifar10_cpu: {len(splits.train)} train / {len(splits.val)} test images, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads")

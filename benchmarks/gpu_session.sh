@@ -36,7 +36,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   part cifar10_gpu 600 "$PY" benchmarks/cifar10_gpu.py --data "$DATA" --smoke
 else
   part gpu_vs_timm_eager 120 "$PY" benchmarks/gpu_vs_timm.py --backends eager
-  part cifar10_gpu 210 "$PY" benchmarks/cifar10_gpu.py --data "$DATA" --runs 3 ${CIFAR_ARGS:-}
+  part cifar10_gpu 210 "$PY" benchmarks/cifar10_gpu.py --data "$DATA" --runs 3 --also-epochs 11,12 ${CIFAR_ARGS:-}
   part gpu_vs_timm_compile 240 "$PY" benchmarks/gpu_vs_timm.py --backends compile --compile-models resnet50
 fi
 echo "== summary"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import visionzoo
 from harness import max_relative_difference, reference_model
-from visionzoo.models.efficientvit_msra import relative_offset_index
+from visionzoo.models.efficientvit_msra import CascadedGroupAttention, relative_offset_index
 
 TOLERANCE = 1e-4
 
@@ -106,20 +106,21 @@ def test_msra_bias_table_follows_img_size():
         (4, 36), (4, 9), (4, 4)]
 
 
-def test_msra_attention_goes_through_sdpa_with_the_bias_as_mask(monkeypatch):
-    calls = []
-    original = F.scaled_dot_product_attention
-
-    def counting(q, k, v, attn_mask=None, **kwargs):
-        calls.append(attn_mask)
-        return original(q, k, v, attn_mask=attn_mask, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
-    model = visionzoo.create_model("efficientvit_m0", img_size=64).eval()
+def test_msra_attention_bias_reaches_the_logits_also_under_bf16_autocast():
+    torch.manual_seed(0)
+    attention = CascadedGroupAttention(dim=32, key_dim=8, num_heads=4, attn_ratio=1.0, resolution=7).eval()
     with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    assert len(calls) == 6 * 4  # six blocks of four heads
-    assert all(mask is not None and mask.dtype == torch.float32 for mask in calls)
+        attention.attention_biases.normal_()
+        attention.proj[1].bn.weight.fill_(1.0)  # the branch's last norm starts at zero: let it through
+        x = torch.randn(2, 32, 7, 7)
+        full = attention(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the float32 bias meets bfloat16 logits
+            half = attention(x)
+        attention.attention_biases.zero_()
+        unbiased = attention(x)
+    assert half.dtype == torch.bfloat16
+    assert max_relative_difference(half.float(), full) < 0.05
+    assert max_relative_difference(unbiased, full) > 0.05  # the bias changes the attention
 
 
 def test_msra_rejects_img_size_below_the_stem_stride():
