@@ -13,7 +13,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import visionzoo
 from harness import max_relative_difference, reference_model

@@ -66,3 +66,25 @@ def test_features_only_reports_channels_and_strides():
     assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
     with pytest.raises(ValueError, match="out of range"):
         visionzoo.create_model("resnet50", features_only=True, out_indices=(7,))
+
+
+def test_count_operators_counts_kernels_and_leaves_the_model_as_it_was():
+    from visionzoo.complexity import compute_operators, count_operators
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
+    model[4].weight.grad = torch.ones_like(model[4].weight)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    inference = count_operators(model, (3, 8, 8))
+    assert inference["convolution"] == 1 and inference["addmm"] == 1
+    training = count_operators(model, (3, 8, 8), train=True)
+    assert training["convolution_backward"] == 1  # the backward pass is counted too
+    assert compute_operators(training) > compute_operators(inference)
+    assert compute_operators(inference) == 4  # conv, batch norm, relu, addmm: not the flatten's view or Linear's t
+
+    assert not model.training
+    assert torch.equal(model[4].weight.grad, torch.ones_like(model[4].weight))  # gradients untouched
+    for key, value in model.state_dict().items():  # BatchNorm statistics too
+        assert torch.equal(value, state[key]), key

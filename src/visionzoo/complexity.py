@@ -69,26 +69,30 @@ def count_operators(model: nn.Module, input_size: tuple[int, int, int], *, train
     dispatch the same operators the same number of times do the same work. On the `meta` device
     this costs no compute; there, `scaled_dot_product_attention` is counted through its math
     path, as on a CPU that cannot use a fused kernel. `batch` defaults to 2: BatchNorm needs two
-    samples to train.
+    samples to train. The model is left as it was (gradients, BatchNorm statistics, mode).
     """
     parameter = next(model.parameters())
     x = torch.randn((batch, *input_size), device=parameter.device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     was_training = model.training
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # BatchNorm statistics move in training
     model.train(train)
     try:
         with _OperatorCounter() as counter:
             if train:
                 out = model(x)
                 out = sum(o.float().sum() for o in out) if isinstance(out, (tuple, list)) else out.float().sum()
-                out.backward()
+                # autograd.grad rather than backward: the model's .grad fields stay as they were
+                torch.autograd.grad(out, [p for p in model.parameters() if p.requires_grad])
             else:
                 with torch.no_grad():
                     model(x)
     finally:
         model.train(was_training)
-        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
     return counter.counts
 
 
