@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--subset", type=int, help="train on this many images (smoke runs)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialisation, the augmentation and the order")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the model's initialisation, the augmentation and the order")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
