@@ -137,13 +137,14 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", default="cosine", choices=["cosine", "linear"])
     parser.add_argument("--warmup-epochs", type=float, default=None, help="default: min(1, epochs / 5)")
     parser.add_argument("--min-lr-ratio", type=float, default=0.0)
+    parser.add_argument("--warmup-start-ratio", type=float, default=0.0, help="airbench: 0.2")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:
     """`visionzoo.train` settings from `add_recipe_args`'s options (the model's `--dirac` aside)."""
     return dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                 norm_lr_scale=args.norm_lr_scale, norm_weight_decay=args.norm_weight_decay, lookahead=args.lookahead, alternate_flip=args.alternate_flip,
-                schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+                schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, warmup_start_ratio=args.warmup_start_ratio,
                 warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else min(1.0, args.epochs / 5))
 
 

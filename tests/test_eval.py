@@ -41,12 +41,12 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
     code = main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "20",
                  "--out", str(run), "--workers", "0", "--no-progress", "--crop-padding", "2", "--tta-shift", "1",
                  "--alternate-flip", "--lookahead", "2", "--norm-lr-scale", "8", "--schedule", "linear",
-                 "--min-lr-ratio", "0.1"])
+                 "--min-lr-ratio", "0.1", "--warmup-start-ratio", "0.2"])
     assert code == 0
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["crop_padding"] == 2 and resolved["tta_shift"] == 1
     assert (resolved["alternate_flip"], resolved["lookahead"], resolved["norm_lr_scale"], resolved["schedule"],
-            resolved["min_lr_ratio"]) == (True, 2, 8.0, "linear", 0.1)
+            resolved["min_lr_ratio"], resolved["warmup_start_ratio"]) == (True, 2, 8.0, "linear", 0.1, 0.2)
     captured = capsys.readouterr()
     last_line = captured.out.strip().splitlines()[-1]
     assert str(run) in last_line and "best val top-1" in last_line

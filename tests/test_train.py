@@ -351,6 +351,17 @@ def test_norm_lr_scale_and_linear_schedule():
         schedule.step()
     assert factors[0] == pytest.approx(0.5) and factors[1] == pytest.approx(1.0)
     assert factors[5] == pytest.approx(0.1 + 0.9 * (1 - 4 / 9))  # straight line from the peak to 0.1
+    triangle = build_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 10, 4, 0.07, "linear",
+                              warmup_start_ratio=0.2)  # airbench's: from 0.2 up to the peak, down to 0.07
+    factors = []
+    for _ in range(10):
+        factors.append(triangle.get_last_lr()[0])
+        triangle.optimizer.step()
+        triangle.step()
+    assert factors[0] == pytest.approx(0.2 + 0.8 / 5) and factors[3] == pytest.approx(0.2 + 0.8 * 4 / 5)
+    assert factors[4] == pytest.approx(1.0) and factors[4:] == sorted(factors[4:], reverse=True)
+    with pytest.raises(ValueError, match="warmup_start_ratio must be in"):
+        resolve_settings(TrainSettings(warmup_start_ratio=1.5), "resnet18")
     with pytest.raises(ValueError, match="unknown schedule"):
         resolve_settings(TrainSettings(schedule="step"), "resnet18")
 

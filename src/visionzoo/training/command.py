@@ -103,6 +103,7 @@ def add_commands(commands) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--warmup-start-ratio", type=float, help="the warm-up starts at lr x this (default 0)")
     p.add_argument("--schedule", choices=["cosine", "linear"], help="lr decay after warm-up (default cosine)")
     p.add_argument("--min-lr-ratio", type=float, help="the decay ends at lr x this (default 0)")
     p.add_argument("--norm-lr-scale", type=float, metavar="X",

@@ -116,17 +116,19 @@ def build_optimizer(model: nn.Module, settings, head_names: set[str]) -> torch.o
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                   min_lr_ratio: float = 0.0, shape: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 over `warmup_steps`, then cosine (or, with `shape="linear"`, straight-line)
-    decay to `min_lr_ratio` at `total_steps`. The factor applies per step (call `.step()` after each
-    optimizer step). Warm-up then linear decay is airbench's triangular schedule."""
+                   min_lr_ratio: float = 0.0, shape: str = "cosine", *,
+                   warmup_start_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from `warmup_start_ratio` (default 0) over `warmup_steps`, then cosine (or, with
+    `shape="linear"`, straight-line) decay to `min_lr_ratio` at `total_steps`. The factor applies per
+    step (call `.step()` after each optimizer step). Warm-up from 0.2, then linear decay, is
+    airbench's triangular schedule."""
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
     if shape not in ("cosine", "linear"):
         raise ValueError(f"unknown schedule {shape!r}; choose cosine or linear")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
+            return warmup_start_ratio + (1 - warmup_start_ratio) * (step + 1) / (warmup_steps + 1)
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         remaining = 1 - progress if shape == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
         return min_lr_ratio + (1 - min_lr_ratio) * remaining

@@ -45,6 +45,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float | None = None
     warmup_epochs: float | None = None
+    warmup_start_ratio: float = 0.0  # the warm-up starts at lr * this (airbench94: 0.2)
     schedule: str = "cosine"  # after warm-up: cosine | linear decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     norm_lr_scale: float = 1.0  # lr multiplier for normalisation layers' parameters (airbench94: 64)
@@ -163,6 +164,8 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         raise ValueError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
     if resolved.schedule not in ("cosine", "linear"):
         raise ValueError(f"unknown schedule {resolved.schedule!r}; choose cosine or linear")
+    if not 0 <= resolved.warmup_start_ratio <= 1:
+        raise ValueError(f"warmup_start_ratio must be in [0, 1], got {resolved.warmup_start_ratio}")
     if resolved.norm_lr_scale <= 0:
         raise ValueError(f"norm_lr_scale must be positive, got {resolved.norm_lr_scale}")
     if resolved.lookahead < 0 or not 0 <= resolved.lookahead_decay < 1:

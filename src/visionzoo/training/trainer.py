@@ -560,7 +560,7 @@ class _Trainer:
             self.optimizer = build_optimizer(self.model, s, self.head_names)
             total_steps = s.epochs * self.steps_per_epoch
             self.scheduler = build_schedule(self.optimizer, total_steps, int(round(s.warmup_epochs * self.steps_per_epoch)),
-                                            s.min_lr_ratio, s.schedule)
+                                            s.min_lr_ratio, s.schedule, warmup_start_ratio=s.warmup_start_ratio)
             self.lookahead = Lookahead(self.model, s.lookahead, s.lookahead_decay, total_steps) if s.lookahead else None
             self.global_step, self.best_metric, self.best_epoch, self.stale_epochs = 0, None, None, 0
             self.history: list[dict[str, Any]] = []
