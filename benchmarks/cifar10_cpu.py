@@ -143,9 +143,16 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 def recipe_settings(args: argparse.Namespace) -> dict:
     """`visionzoo.train` settings from `add_recipe_args`'s options (the model's `--dirac` aside)."""
     return dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                norm_lr_scale=args.norm_lr_scale, norm_weight_decay=args.norm_weight_decay, lookahead=args.lookahead, alternate_flip=args.alternate_flip,
-                schedule=args.schedule, min_lr_ratio=args.min_lr_ratio, warmup_start_ratio=args.warmup_start_ratio,
+                norm_lr_scale=args.norm_lr_scale, norm_weight_decay=args.norm_weight_decay, lookahead=args.lookahead,
+                alternate_flip=args.alternate_flip, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+                warmup_start_ratio=args.warmup_start_ratio,
                 warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else min(1.0, args.epochs / 5))
+
+
+# What both CIFAR scripts train with, whatever the recipe: SGD on the 32 px pixel cache with the
+# crop preset, label smoothing 0.2, flip test-time views, channels-last; no plots or TensorBoard.
+CIFAR_SETTINGS = dict(optimizer="sgd", label_smoothing=0.2, augment="crop", image_size=32, cache=True, cache_size=32,
+                      tta_flip=True, channels_last=True, plots=False, tensorboard=False)
 
 
 def main() -> None:
@@ -180,13 +187,11 @@ def main() -> None:
     model = whitened_model(tuple(int(w) for w in args.widths.split(",")), splits.train, len(splits.classes),
                            args.dirac)
     print(f"recipe: batch {args.batch_size}, {recipe_settings(args)}, dirac {args.dirac}", flush=True)
-    result = visionzoo.train(model, splits, out=args.out, batch_size=args.batch_size, optimizer="sgd",
-                             **recipe_settings(args), label_smoothing=0.2, augment="crop",
-                             crop_padding=args.crop_padding, image_size=32, cache=True, cache_size=32,
-                             tta_flip=True, tta_shift=args.tta_shift, val_every=args.val_every, workers=args.workers,
-                             ema=args.ema_decay > 0, ema_decay=args.ema_decay or 0.9998,
-                             precision=args.precision, channels_last=True, progress=True, tensorboard=False,
-                             plots=False, device="cpu", seed=args.seed)
+    result = visionzoo.train(model, splits, out=args.out, batch_size=args.batch_size, **CIFAR_SETTINGS,
+                             **recipe_settings(args), crop_padding=args.crop_padding, tta_shift=args.tta_shift,
+                             val_every=args.val_every, workers=args.workers, ema=args.ema_decay > 0,
+                             ema_decay=args.ema_decay or 0.9998, precision=args.precision, progress=True,
+                             device="cpu", seed=args.seed)
     total = time.perf_counter() - started
     print(f"\ncifar10_cpu: {len(splits.train)} train / {len(splits.val)} test images, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads")

@@ -42,7 +42,7 @@ import visionzoo
 from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
 
-from cifar10_cpu import ARCHIVE, add_recipe_args, recipe_settings, whitened_model
+from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, whitened_model
 
 
 # airbench94's recipe in visionzoo's settings (mean loss per batch, coupled weight decay): its lr 11.5 and
@@ -123,11 +123,9 @@ def visionzoo_side(splits, runs: int, recipe: dict, dirac: bool, device: str = "
     def train_once(run: int, run_epochs: int):
         model = whitened_model((64, 256, 256), train_arrays, len(splits.classes), dirac)
         settings = {**recipe, "epochs": run_epochs}
-        return visionzoo.train(model, splits, batch_size=1024, optimizer="sgd", label_smoothing=0.2,
-                               augment="crop", crop_padding=2, image_size=32, cache=True, cache_size=32,
-                               tta_flip=True, tta_shift=1, val_every=run_epochs,  # like airbench: TTA, once
-                               precision="bf16", channels_last=True, workers=0, progress=False,
-                               plots=False, tensorboard=False, seed=run, device=device,
+        return visionzoo.train(model, splits, batch_size=1024, **CIFAR_SETTINGS, crop_padding=2,
+                               tta_shift=1, val_every=run_epochs,  # like airbench: TTA, once
+                               precision="bf16", workers=0, progress=False, seed=run, device=device,
                                out=Path(tempfile.mkdtemp(prefix=f"vz-cifar10-gpu-{run}-")), **settings)
 
     if warm_up:
