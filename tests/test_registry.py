@@ -12,6 +12,12 @@ def test_unknown_name_suggests_close_names():
         visionzoo.create_model("resnet5")
 
 
+def test_a_missing_path_is_reported_as_a_path(tmp_path):
+    missing = str(tmp_path / "runs" / "best")
+    with pytest.raises(UnknownModelError, match=r"neither a registered model nor an existing file or folder"):
+        visionzoo.create_model(missing)
+
+
 def test_registering_twice_raises():
     card = get_card("resnet18")
     with pytest.raises(ValueError, match="already registered"):

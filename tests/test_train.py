@@ -366,6 +366,15 @@ def test_norm_lr_scale_and_linear_schedule():
         resolve_settings(TrainSettings(schedule="step"), "resnet18")
 
 
+@pytest.mark.parametrize(("setting", "message"), [(dict(lr=-1.0), "lr must be 0 or more, got -1.0"),
+                                                  (dict(lr=float("nan")), "lr must be 0 or more, got nan"),
+                                                  (dict(weight_decay=-1e-4), "weight_decay must be 0 or more"),
+                                                  (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0")])
+def test_optimiser_settings_out_of_range_are_named(setting, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_settings(TrainSettings(**setting), "resnet18")
+
+
 def test_alternate_flip_needs_the_crop_preset(tmp_path, one_thread):
     with pytest.raises(ValueError, match="alternate_flip works with the crop augmentation"):
         visionzoo.train(TinyNet(), SHAPES, out=tmp_path / "run", augment="light", alternate_flip=True, workers=0,

@@ -107,6 +107,9 @@ def get_card(name: str) -> ModelCard:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if "/" in name or "\\" in name or name.startswith((".", "~")):  # meant as a path to a saved model
+            raise UnknownModelError(f"'{name}' is neither a registered model nor an existing file or folder "
+                                    "(check the path; `visionzoo list` shows the registered names)") from None
         close = difflib.get_close_matches(name, _REGISTRY.keys(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownModelError(

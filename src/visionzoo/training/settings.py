@@ -158,6 +158,12 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
     for name in ("epochs", "batch_size", "grad_accum", "val_every"):
         if getattr(resolved, name) < 1:
             raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
+    if not resolved.lr >= 0:  # also catches NaN; 0 trains nothing but BatchNorm statistics
+        raise ValueError(f"lr must be 0 or more, got {resolved.lr}")
+    if not resolved.weight_decay >= 0:
+        raise ValueError(f"weight_decay must be 0 or more, got {resolved.weight_decay}")
+    if not 0 <= resolved.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {resolved.momentum}")
     if resolved.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
     if resolved.tta_shift < 0:
