@@ -14,8 +14,9 @@ step for step (Nesterov SGD with its per-1024-example units, BatchNorm shifts at
 3 epochs), but on the CPU with fp32 weights, bf16 autocast and channels-last: the regime in which
 cifar10_cpu.py measured visionzoo's version of the recipe. Same JPEG data as both CIFAR scripts.
 
-Measured on this 2-core machine (seed 0): 90.59% with airbench's TTA, where visionzoo's recipe gave
-90.73% and 90.57% (seeds 0 and 1, cifar10_cpu.py at airbench's width with cifar10_gpu.py's settings).
+Measured on this 2-core machine: 90.59% and 90.66% with airbench's TTA (seeds 0 and 1), where
+visionzoo's recipe gave 90.73% and 90.57% (seeds 0 and 1, cifar10_cpu.py at airbench's width with
+cifar10_gpu.py's settings): the same accuracy.
 """
 
 from __future__ import annotations
