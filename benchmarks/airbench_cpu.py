@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from visionzoo.data.sources import resolve_data
 
-from cifar10_cpu import ARCHIVE
+from cifar10_cpu import ARCHIVE, subset_splits
 from cifar10_gpu import write_airbench_data
 
 
@@ -63,9 +63,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     splits = resolve_data(args.data)
     if args.smoke:
-        rng = np.random.default_rng(0)
-        splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), 2000, replace=False)))
-        splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), 500, replace=False)))
+        subset_splits(splits, 2000, 500)
     os.chdir(write_airbench_data(splits))  # airbench reads ./cifar10/{train,test}.pt
 
     def loader(train: bool):

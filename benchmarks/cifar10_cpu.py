@@ -118,6 +118,13 @@ def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10,
     return model
 
 
+def subset_splits(splits, train_count: int, val_count: int) -> None:
+    """Keep a fixed random `train_count` training and `val_count` test images (smoke runs), in file order."""
+    rng = np.random.default_rng(0)
+    splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), train_count, replace=False)))
+    splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), val_count, replace=False)))
+
+
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     """The recipe's knobs that both CIFAR scripts expose, with this script's defaults (cifar10_gpu.py
     sets its own with `parser.set_defaults`)."""
@@ -180,9 +187,7 @@ def main() -> None:
     started = time.perf_counter()
     splits = resolve_data(args.data)
     if args.subset:
-        rng = np.random.default_rng(0)
-        splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), args.subset, replace=False)))
-        splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), max(args.subset // 5, 10), replace=False)))
+        subset_splits(splits, args.subset, max(args.subset // 5, 10))
     unpacked = time.perf_counter() - started
     model = whitened_model(tuple(int(w) for w in args.widths.split(",")), splits.train, len(splits.classes),
                            args.dirac)

@@ -42,7 +42,7 @@ import visionzoo
 from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
 
-from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, whitened_model
+from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, subset_splits, whitened_model
 
 
 # airbench94's recipe in visionzoo's settings (mean loss per batch, coupled weight decay): its lr 11.5 and
@@ -160,9 +160,7 @@ def main() -> None:
     recipe = recipe_settings(args)
     print(f"visionzoo recipe: batch 1024, {recipe}, dirac {args.dirac}", flush=True)
     if args.smoke:
-        rng = np.random.default_rng(0)
-        splits.train = splits.train.subset(np.sort(rng.choice(len(splits.train), 2000, replace=False)))
-        splits.val = splits.val.subset(np.sort(rng.choice(len(splits.val), 500, replace=False)))
+        subset_splits(splits, 2000, 500)
         check_airbench_data(splits)
         visionzoo_side(splits, 1, {**recipe, "epochs": 1}, args.dirac, "cuda" if torch.cuda.is_available() else "cpu")
         return
