@@ -455,8 +455,8 @@ def test_early_stopping_with_mixup_and_class_weights(tmp_path, one_thread):
 
 
 def test_device_resident_batches_train_exactly_like_the_data_loader(tmp_path, one_thread, monkeypatch):
+    from visionzoo.data import loaders
     from visionzoo.data.datasets import ResidentBatches
-    from visionzoo.training import trainer
 
     def run(out):
         torch.manual_seed(0)
@@ -465,10 +465,10 @@ def test_device_resident_batches_train_exactly_like_the_data_loader(tmp_path, on
         return _weights(tmp_path / out)
 
     made = []
-    monkeypatch.setattr(trainer, "ResidentBatches", lambda *args, **kwargs: made.append(1) or ResidentBatches(*args, **kwargs))
+    monkeypatch.setattr(loaders, "ResidentBatches", lambda *args, **kwargs: made.append(1) or ResidentBatches(*args, **kwargs))
     resident = run("resident")
     assert len(made) == 2  # train and validation
-    monkeypatch.setattr(trainer, "_fits_on_device", lambda *args: False)
+    monkeypatch.setattr(loaders, "fits_on_device", lambda *args: False)
     loader = run("loader")
     assert len(made) == 2
     for key in resident:

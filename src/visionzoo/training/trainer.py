@@ -9,13 +9,25 @@ epoch end (see `checkpoint.py`); `resume=RUN_DIR` restores model, optimizer, sch
 EMA, RNG states and the position in the epoch and continues exactly where the run stopped.
 Ctrl-C writes a checkpoint and returns; a non-finite loss stops the run with
 `NonFiniteLossError`, leaving the last good checkpoint in place.
+
+The parts, each in its own module and tested alone:
+
+- `data.loaders.build_loaders`: the training and validation loaders;
+- `model.build_model`: the network, its head and what is frozen (extension point);
+- `losses.build_loss`: the loss from the settings (extension point);
+- `state.RunState`: everything a checkpoint saves, made before the loop;
+- `step.train_step`: one optimizer step (accumulation, AMP, clipping, schedule, Lookahead, EMA),
+  timed per phase through a `step.PhaseTimer` (extension point);
+- `hooks`: `CheckpointHook`, `BestModelTracker` (early stopping), `RunLogger`;
+- `after.after_training_steps`: steps on the best model once training ends (extension point).
+
+This module joins them: `_Trainer.__init__` resolves settings, device, run folder and model,
+`_Trainer.run` builds the loaders and the `RunState`, then loops over epochs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
 import dataclasses
 import json
 import math
@@ -24,7 +36,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -32,15 +44,19 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import visionzoo
-from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSampler, Skipped, cache_pixels,
-                                     collate_skipping, scan_files)
-from visionzoo.data.sources import ArraySamples, DataSplits, FileSamples, resolve_data
-from visionzoo.data.transforms import (NormalizeInput, SeededCropFlip, batch_mixer, crop_padding, eval_transform,
-                                       model_data_config, train_transform)
+from visionzoo.data.datasets import Skipped
+from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
+from visionzoo.data.sources import DataSplits, resolve_data
+from visionzoo.data.transforms import batch_mixer, model_data_config
 from visionzoo.evaluate import classification_metrics, predict_logits
-from visionzoo.training.checkpoint import CheckpointWriter, export_model, load_checkpoint
-from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule, head_parameter_names
+from visionzoo.training.after import TrainedRun, after_training_steps
+from visionzoo.training.checkpoint import export_model, load_checkpoint, load_exported
+from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
+from visionzoo.training.losses import build_loss
+from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
+from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
+from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -57,25 +73,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     bad_files: list[Skipped] = field(default_factory=list)
-
-
-class ExponentialMovingAverage:
-    """Weights averaged as `ema = decay * ema + (1 - decay) * weights` after each optimizer step;
-    buffers (BatchNorm statistics) are copied."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_params = [p for p in self.module.parameters()]
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
 
 
 # --- setup helpers ---------------------------------------------------------------------------
@@ -117,51 +114,12 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-def _default_workers(samples) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not isinstance(samples, FileSamples):
-        return 0 if cpus <= 2 else min(4, cpus // 2)  # decoded arrays: transforms only
-    return max(1, min(8, cpus - 1))
-
-
-RESIDENT_LIMIT_BYTES = 2 << 30
-
-
-def _fits_on_device(train: Any, val: Any, device: torch.device) -> bool:
-    """Whether the decoded train (and val) arrays can live whole on `device`: at most 2 GiB, and on a
-    GPU at most a quarter of its free memory, so the model keeps the rest."""
-    if not isinstance(train, ArraySamples) or (val is not None and not isinstance(val, ArraySamples)):
-        return False
-    size = train.images.nbytes + (val.images.nbytes if val is not None else 0)
-    if size > RESIDENT_LIMIT_BYTES:
-        return False
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return size <= free // 4
-    return True
 
 
 def _new_run_dir(out: str | Path | None, model_name: str, data: str) -> Path:
@@ -174,96 +132,6 @@ def _new_run_dir(out: str | Path | None, model_name: str, data: str) -> Path:
     while candidate.exists():
         candidate, n = Path(f"{base}-{n}"), n + 1
     return candidate
-
-
-class _Logger:
-    """Rank-0 output: progress bar, epoch lines, metrics files, TensorBoard."""
-
-    def __init__(self, run_dir: Path, enabled: bool, settings: TrainSettings):
-        self.enabled = enabled
-        self.closed = False
-        self.run_dir = run_dir
-        self.tensorboard = None
-        self.progress = None
-        self.task = None
-        if not enabled:
-            return
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.steps_file = open(run_dir / "metrics_steps.jsonl", "a")
-        if settings.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                self.console.print("tensorboard is not installed; skipping TensorBoard logs (pip install tensorboard)")
-        if settings.progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[speed]:>7.0f} img/s"), TimeRemainingColumn(),
-                                     TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
-                                     console=self.console, transient=True)
-
-    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
-        if self.progress is not None:
-            if self.task is None:
-                self.progress.start()
-                self.task = self.progress.add_task("", total=total, speed=0.0, loss=float("nan"), lr=0.0)
-            self.progress.reset(self.task, total=total, completed=done, description=f"epoch {epoch + 1}/{epochs}",
-                                speed=0.0, loss=float("nan"), lr=0.0)
-
-    def step(self, record: dict[str, Any], advance: int) -> None:
-        if not self.enabled:
-            return
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, advance=advance, speed=record.get("img_per_s", 0.0),
-                                 loss=record["loss"], lr=record["lr"])
-        if record.get("log"):
-            record = {k: v for k, v in record.items() if k != "log"}
-            self.steps_file.write(json.dumps(record) + "\n")
-            self.steps_file.flush()
-            if self.tensorboard is not None:
-                self.tensorboard.add_scalar("train/loss", record["loss"], record["step"])
-                self.tensorboard.add_scalar("train/lr", record["lr"], record["step"])
-
-    def epoch(self, record: dict[str, Any], line: str, columns: list[str]) -> None:
-        """`columns`: the CSV's, the same every epoch (an epoch left unvalidated has empty val_ cells)."""
-        if not self.enabled:
-            return
-        path = self.run_dir / "metrics_epochs.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
-            self.tensorboard.flush()
-        self.print(line)
-
-    def print(self, line: str) -> None:
-        if not self.enabled:
-            return
-        if self.progress is not None and self.task is not None:
-            self.progress.console.print(line, highlight=False, soft_wrap=True)
-        else:
-            self.console.print(line, highlight=False, soft_wrap=True)
-
-    def close(self) -> None:
-        if not self.enabled or self.closed:
-            return
-        self.closed = True
-        if self.progress is not None and self.task is not None:
-            self.progress.stop()
-        self.steps_file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
 
 
 # --- the public entry point ---------------------------------------------------------------------
@@ -356,31 +224,13 @@ class _Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        # Model.
-        if isinstance(model_or_name, nn.Module):
-            model = model_or_name
-        else:
-            overrides = {}
-            if s.drop_path_rate:
-                overrides["drop_path_rate"] = s.drop_path_rate
-            if s.drop_rate:
-                overrides["drop_rate"] = s.drop_rate
-            model = visionzoo.create_model(model_or_name, num_classes=len(self.classes),
-                                           pretrained=pretrained or False, **overrides)
-        if getattr(model, "num_classes", len(self.classes)) != len(self.classes):
-            if not hasattr(model, "reset_classifier"):
-                raise ValueError(f"the model has {model.num_classes} outputs for {len(self.classes)} classes")
-            model.reset_classifier(len(self.classes))
+        model, self.head_names = build_model(model_or_name, len(self.classes), s, pretrained)
         self.data_config = model_data_config(model)
         self.image_size = s.image_size or int(self.data_config["input_size"][-1])
         self.data_config = {**self.data_config, "input_size": (3, self.image_size, self.image_size)}
         if s.augment in ("crop", "none") and not pretrained:
             # Trained on whole images (pad-and-crop keeps the full frame): evaluate on whole images too.
             self.data_config["crop_pct"] = 1.0
-        self.head_names = head_parameter_names(model, len(self.classes))
-        if s.freeze_backbone:
-            for param_name, parameter in model.named_parameters():
-                parameter.requires_grad_(param_name in self.head_names)
         model.to(self.device)
         if s.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -391,182 +241,93 @@ class _Trainer:
         self.forward_model = torch.compile(self.ddp) if s.compile else self.ddp
 
         self.autocast_dtype = _autocast_dtype(s.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.mixer = batch_mixer(len(self.classes), s.mixup, s.cutmix)
-        self.logger = _Logger(self.run_dir, self.is_main, s)
-        self.writer = CheckpointWriter()
-        self.bad_files: dict[str, str] = {}
+        self.logger = RunLogger(self.run_dir, self.is_main, s)
+        self.checkpoints = CheckpointHook(self.run_dir / "checkpoint", s.checkpoint_every, enabled=self.is_main)
+        self.best = BestModelTracker(s.early_stopping)
+        self.phases: PhaseTimer = NO_TIMING  # extension point: a measuring timer collects per-phase times
 
     # --- data ---
 
-    def _prepare_data(self) -> None:
+    def _prepare_data(self) -> dict[str, str]:
+        """Build the loaders (`self.data`); returns the unreadable files found by --scan and --cache."""
         s = self.settings
         train_samples, val_samples = self.splits.train, self.splits.val
+        bad_files: dict[str, str] = {}
         if s.scan and self.is_main:
-            for label, samples in (("train", train_samples), ("val", val_samples)):
-                if samples is None:
-                    continue
-                bad = scan_files(samples, workers=_default_workers(samples))
-                for item in bad:
-                    self.bad_files[item.path] = item.reason
+            for label, bad in scan_splits({"train": train_samples, "val": val_samples}).items():
+                samples = train_samples if label == "train" else val_samples
+                bad_files.update((item.path, item.reason) for item in bad)
                 self.logger.print(f"scan: {len(samples) - len(bad)} of {len(samples)} {label} images decode, {len(bad)} bad")
-            self._write_bad_files()
+            self._write_bad_files(bad_files)
         if s.cache:
-            size = s.cache_size or int(math.floor(self.image_size / float(self.data_config.get("crop_pct", 0.875))))
-            cached = []
-            for samples in (train_samples, val_samples):
-                if samples is None:
-                    cached.append(None)
-                    continue
-                if self.world > 1 and not self.is_main:
-                    dist.barrier()  # let rank 0 build the cache first
-                array, bad = cache_pixels(samples, size, workers=_default_workers(samples))
-                if self.world > 1 and self.is_main:
-                    dist.barrier()
-                for item in bad:
-                    self.bad_files[item.path] = item.reason
-                cached.append(array)
-            train_samples, val_samples = cached
-        # Fast path for the light presets when evaluation does not crop (crop_pct 1): images are
-        # fitted to the training size as uint8 (already so in arrays at that size; decoded files
-        # are resized and centre-cropped), cropped and flipped per sample, and normalised as a
-        # whole batch, on the device.
-        def fits(samples) -> bool:
-            return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
-                                                        samples.images.shape[1:3] == (self.image_size, self.image_size))
-
-        self.fast_input = (s.augment in ("crop", "none") and fits(train_samples)
-                           and (val_samples is None or fits(val_samples))
-                           and float(self.data_config.get("crop_pct", 0.875)) == 1.0)
-        if self.fast_input:
-            padding = crop_padding(self.image_size, s.crop_padding) if s.augment == "crop" else 0
-            self.normalize = NormalizeInput(self.data_config["mean"], self.data_config["std"]).to(self.device)
-            self.train_set = ImageDataset(train_samples, SeededCropFlip(padding, self.image_size))
-            self.val_set = ImageDataset(val_samples, SeededCropFlip(0, self.image_size)) \
-                if val_samples is not None and len(val_samples) else None
-        else:
-            self.normalize = None
-            self.train_set = ImageDataset(train_samples, train_transform(self.data_config, s.augment, self.image_size,
-                                                                          s.crop_padding))
-            self.val_set = ImageDataset(val_samples, eval_transform(self.data_config, self.image_size)) \
-                if val_samples is not None and len(val_samples) else None
-        weights = None
-        counts = np.bincount(train_samples.labels, minlength=len(self.classes)).astype(np.float64)
-        self.class_weights = None
-        if s.class_balance == "sampler":
-            weights = 1.0 / np.maximum(counts, 1)[train_samples.labels]
-        elif s.class_balance == "weights":
-            self.class_weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(counts), dtype=torch.float32,
-                                              device=self.device)
-        if s.alternate_flip and not self.fast_input:
-            raise ValueError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
-                             f"evaluation; this run uses augment={s.augment!r}")
-        self.sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                        seed=s.seed, weights=weights, alternate_flip=s.alternate_flip)
-        workers = s.workers if s.workers is not None else _default_workers(train_samples)
-        val_batch = max(self.micro_batch * s.grad_accum, 64)
-        # Decoded arrays that fit are kept whole on the device and augmented a batch at a time
-        # (the same batches as the per-sample path); otherwise a DataLoader feeds the device.
-        self.resident = self.fast_input and _fits_on_device(train_samples, val_samples, self.device)
-        if self.resident:
-            padding = self.train_set.transform.padding
-            self.loader = ResidentBatches(train_samples, self.micro_batch, sampler=self.sampler, padding=padding,
-                                          device=self.device)
-        else:
-            self.loader = torch.utils.data.DataLoader(
-                self.train_set, batch_size=self.micro_batch, sampler=self.sampler, num_workers=workers,
-                collate_fn=collate_skipping, pin_memory=self.device.type == "cuda", drop_last=False,
-                generator=torch.Generator())  # its own generator: creating an iterator must not draw from the global RNG
-        self.val_loader = None
-        if self.val_set is not None and self.resident:
-            self.val_loader = ResidentBatches(val_samples, val_batch, device=self.device)
-        elif self.val_set is not None:
-            self.val_loader = torch.utils.data.DataLoader(
-                self.val_set, batch_size=val_batch, num_workers=workers,
-                collate_fn=collate_skipping, pin_memory=self.device.type == "cuda")
-        self.batches_per_epoch = len(self.loader)
+            size = cache_size(self.image_size, self.data_config, s.cache_size)
+            train_samples, val_samples, bad = cache_splits(train_samples, val_samples, size, rank=self.rank,
+                                                           world=self.world)
+            bad_files.update((item.path, item.reason) for item in bad)
+        self.data = build_loaders(
+            train_samples, val_samples, data_config=self.data_config, image_size=self.image_size,
+            batch_size=self.micro_batch, val_batch_size=max(self.micro_batch * s.grad_accum, 64), augment=s.augment,
+            crop_padding_px=s.crop_padding, alternate_flip=s.alternate_flip, balanced=s.class_balance == "sampler",
+            num_classes=len(self.classes), workers=s.workers, seed=s.seed, device=self.device, rank=self.rank,
+            world=self.world)
+        self.batches_per_epoch = self.data.batches_per_epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.grad_accum)
+        return bad_files
 
     def _note_bad_file(self, path: str, reason: str) -> bool:
         """Record a file the loader skipped and say so, once per file; True if it was new."""
-        if path in self.bad_files:
+        if path in self.state.bad_files:
             return False
-        self.bad_files[path] = reason
+        self.state.bad_files[path] = reason
         self.logger.print(f"skipped {path}: {reason}")
         return True
 
-    def _write_bad_files(self) -> None:
-        if self.is_main and self.bad_files:
-            lines = [f"{path}\t{reason}" for path, reason in sorted(self.bad_files.items())]
+    def _write_bad_files(self, bad_files: dict[str, str]) -> None:
+        if self.is_main and bad_files:
+            lines = [f"{path}\t{reason}" for path, reason in sorted(bad_files.items())]
             (self.run_dir / "bad_files.txt").write_text("\n".join(lines) + "\n")
 
-    # --- checkpoints ---
-
-    def _state(self, epoch: int, batches_done: int) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            # tensors as they are: the checkpoint writer copies everything to the CPU at once
-            "ema": self.ema.module.state_dict() if self.ema else None,
-            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "global_step": self.global_step,
-            "rng": _rng_state(),
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "stale_epochs": self.stale_epochs,
-            "history": self.history,
-            "classes": self.classes,
-            "settings": self.settings.as_dict(),
-            "bad_files": self.bad_files,
-            "visionzoo_version": visionzoo.__version__,
-        }
-
-    def _checkpoint(self, epoch: int, batches_done: int) -> None:
-        """Copies the state now; the writer puts it on disk in the background (`self.writer.flush()` waits)."""
-        if self.is_main:
-            self.writer.submit(self.run_dir / "checkpoint", self.global_step, self.model.state_dict(),
-                               self._state(epoch, batches_done))
-
-    def _restore(self) -> tuple[int, int]:
-        weights, state = self.resume_state
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.module.load_state_dict(state["ema"])
-        if self.lookahead is not None and state.get("lookahead") is not None:
-            self.lookahead.load_state_dict(state["lookahead"])
-        self.global_step = state["global_step"]
-        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
-        self.stale_epochs = state["stale_epochs"]
-        self.history = state["history"]
-        self.bad_files.update(state.get("bad_files", {}))
-        if state["classes"] != self.classes:
-            raise ValueError(f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
-                             f"{state['classes'][:5]}...; resume with the same data")
-        _set_rng_state(state["rng"])
-        return state["epoch"], state["batches_done"]
+    def _micro_batches(self, batches: Iterator, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
+        """The next `count` micro-batches from the loader, on the device, normalised and mixed (None for
+        one whose images were all skipped); unreadable files are noted as they come."""
+        s = self.settings
+        for _ in range(count):
+            with self.phases.phase("data"):
+                images, labels, _, skipped = next(batches)
+            new = [item for item in skipped if self._note_bad_file(item.path, item.reason)]
+            if new:
+                self._write_bad_files(self.state.bad_files)
+            if not len(labels):
+                yield None
+                continue
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.data.normalize is not None:
+                images = self.data.normalize(images)
+            if s.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels
+            if self.mixer is not None:
+                images, targets = self.mixer(images, labels)
+            yield images, targets
 
     # --- the loop ---
 
     def run(self) -> TrainResult:
         s = self.settings
         try:
-            self._prepare_data()
-            self.optimizer = build_optimizer(self.model, s, self.head_names)
-            total_steps = s.epochs * self.steps_per_epoch
-            self.scheduler = build_schedule(self.optimizer, total_steps, int(round(s.warmup_epochs * self.steps_per_epoch)),
-                                            s.min_lr_ratio, s.schedule, warmup_start_ratio=s.warmup_start_ratio)
-            self.lookahead = Lookahead(self.model, s.lookahead, s.lookahead_decay, total_steps) if s.lookahead else None
-            self.global_step, self.best_metric, self.best_epoch, self.stale_epochs = 0, None, None, 0
-            self.history: list[dict[str, Any]] = []
+            bad_files = self._prepare_data()
+            self.loss_fn = build_loss(s, self.data.train_samples.labels, len(self.classes), self.device)
+            self.state: RunState = new_run_state(self.model, s, classes=self.classes, head_names=self.head_names,
+                                                 steps_per_epoch=self.steps_per_epoch, device=self.device,
+                                                 autocast_dtype=self.autocast_dtype, ema=self.ema)
+            state = self.state
+            state.bad_files.update(bad_files)
             start_epoch, batches_done = 0, 0
             if self.resume_state is not None:
-                start_epoch, batches_done = self._restore()
+                state.restore(*self.resume_state)
+                start_epoch, batches_done = state.epoch, state.batches_done
                 if batches_done >= self.batches_per_epoch:
                     start_epoch, batches_done = start_epoch + 1, 0
             if self.is_main:
@@ -574,7 +335,7 @@ class _Trainer:
                 if self.resume_state is None:
                     self.logger.print(self._describe())
                 else:
-                    self.logger.print(f"resuming {self.run_dir} at epoch {start_epoch + 1}, step {self.global_step}")
+                    self.logger.print(f"resuming {self.run_dir} at epoch {start_epoch + 1}, step {state.global_step}")
             interrupted = False
             try:
                 for epoch in range(start_epoch, s.epochs):
@@ -587,32 +348,32 @@ class _Trainer:
                 interrupted = True
                 # the loss is checked every few steps only: never overwrite a good checkpoint with broken weights
                 if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                    self._checkpoint(self.current_epoch, self.current_batches)
-                    self.writer.flush()
-                    self.logger.print(f"interrupted: saved a checkpoint at epoch {self.current_epoch + 1}, step "
-                                      f"{self.global_step}; continue with: visionzoo train --resume {self.run_dir}")
+                    self.checkpoints.save(state)
+                    self.checkpoints.flush()
+                    self.logger.print(f"interrupted: saved a checkpoint at epoch {state.epoch + 1}, step "
+                                      f"{state.global_step}; continue with: visionzoo train --resume {self.run_dir}")
                 else:
                     self.logger.print(f"interrupted with non-finite weights: kept the last good checkpoint in "
                                       f"{self.run_dir / 'checkpoint'}")
-            self.writer.flush()
+            self.checkpoints.flush()
             if self.is_main and not interrupted:
                 self._finish()
-            result = TrainResult(self.run_dir, self.best_metric, self.best_epoch, self.history, interrupted,
-                                 [Skipped(p, r) for p, r in sorted(self.bad_files.items())])
+            result = TrainResult(self.run_dir, state.best_metric, state.best_epoch, state.history, interrupted,
+                                 [Skipped(p, r) for p, r in sorted(state.bad_files.items())])
             if self.is_main:
-                best = f"{self.best_metric:.2%} (epoch {self.best_epoch + 1})" if self.best_metric is not None else "n/a"
+                best = f"{state.best_metric:.2%} (epoch {state.best_epoch + 1})" if state.best_metric is not None else "n/a"
                 self.logger.close()
                 print(f"run folder: {self.run_dir}  best val top-1: {best}", flush=True)  # stdout, for scripts
             return result
         finally:
             self.logger.close()
             with contextlib.suppress(Exception):  # an error of its own was raised by flush() above
-                self.writer.flush()
+                self.checkpoints.flush()
 
     def _describe(self) -> str:
         s = self.settings
         return (f"training {self.model_name or type(self.model).__name__} on {self.splits.description}: "
-                f"{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val images, "
+                f"{len(self.data.train_set)} train / {len(self.data.val_set) if self.data.val_set else 0} val images, "
                 f"{len(self.classes)} classes, {s.recipe} recipe ({s.optimizer}, lr {s.lr:.3g}, "
                 f"{s.epochs} epochs of batch {s.batch_size}, {self.image_size}px, augment {s.augment}), "
                 f"{self.world} process(es) on {self.device.type}")
@@ -633,82 +394,45 @@ class _Trainer:
         }
         (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.float(), targets, weight=self.class_weights,
-                                           label_smoothing=self.settings.label_smoothing)
-
     def _train_epoch(self, epoch: int, batches_done: int) -> None:
-        s = self.settings
-        self.current_epoch, self.current_batches = epoch, batches_done
-        self.sampler.set_position(epoch, batches_done * self.micro_batch)
+        s, state = self.settings, self.state
+        state.epoch, state.batches_done = epoch, batches_done
+        self.data.sampler.set_position(epoch, batches_done * self.micro_batch)
         self.ddp.train()
         if s.freeze_backbone:
             self.model.eval()  # frozen BatchNorm statistics stay frozen
         self.logger.start_epoch(epoch, s.epochs, self.batches_per_epoch, batches_done)
-        started, seen, running_count = time.perf_counter(), 0, 0
+        started, seen, images_seen = time.perf_counter(), 0, 0
         # The loss is summed on the device and read back (a host-device sync) only at log steps,
         # before checkpoints and at the epoch's end: a sync per step would stall a fast GPU.
         loss_sum = torch.zeros((), device=self.device)
-        loss_mean, checked_step = float("nan"), self.global_step
+        loss_mean, checked_step = float("nan"), state.global_step
+        state.optimizer.zero_grad(set_to_none=True)
+        batches = iter(self.data.train)
         micro = batches_done
-        self.optimizer.zero_grad(set_to_none=True)
-        accumulated = 0
-        for images, labels, _, skipped in self.loader:
-            new = [item for item in skipped if self._note_bad_file(item.path, item.reason)]
-            if new:
-                self._write_bad_files()
-            micro += 1
-            if len(labels):
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                if self.normalize is not None:
-                    images = self.normalize(images)
-                if s.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets = labels
-                if self.mixer is not None:
-                    images, targets = self.mixer(images, labels)
-                last_micro = (micro - batches_done) % s.grad_accum == 0 or micro == self.batches_per_epoch
-                sync = contextlib.nullcontext() if (last_micro or self.world == 1) else self.ddp.no_sync()
-                with sync:
-                    with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                        logits = self.forward_model(images)
-                    loss = self._loss(logits, targets)
-                    self.scaler.scale(loss / s.grad_accum).backward()
-                loss_sum += loss.detach().float() * len(labels)
-                running_count += len(labels)
-                seen += len(labels) * self.world
-            accumulated += 1
-            if accumulated == s.grad_accum or micro == self.batches_per_epoch:
-                accumulated = 0
-                if s.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                self.global_step += 1
-                if self.lookahead is not None:
-                    self.lookahead.step(self.global_step)
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.current_batches = micro
-                log = self.global_step % s.log_every == 0
-                checkpoint = bool(s.checkpoint_every) and self.global_step % s.checkpoint_every == 0 \
-                    and micro < self.batches_per_epoch
-                if log or checkpoint or self.global_step == 1:
-                    loss_mean = self._checked_loss(loss_sum, running_count, epoch, checked_step)
-                    checked_step = self.global_step
-                elapsed = time.perf_counter() - started
-                record = {"step": self.global_step, "epoch": epoch + 1, "loss": loss_mean,
-                          "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
-                          "log": log}
-                self.logger.step(record, s.grad_accum)
-                if checkpoint:
-                    self._checkpoint(epoch, micro)
-        self.current_batches = micro
-        self.epoch_train_loss = self._checked_loss(loss_sum, running_count, epoch, checked_step)
+        while micro < self.batches_per_epoch:
+            micro_steps = min(s.grad_accum, self.batches_per_epoch - micro)  # fewer at the epoch's end
+            images = train_step(state, self._micro_batches(batches, micro_steps), self.loss_fn,
+                                grad_accum=s.grad_accum, micro_steps=micro_steps, clip_grad=s.clip_grad,
+                                autocast_dtype=self.autocast_dtype, forward=self.forward_model,
+                                ddp=self.ddp if self.world > 1 else None, loss_sum=loss_sum, phases=self.phases)
+            micro += micro_steps
+            images_seen += images
+            seen += images * self.world
+            state.batches_done = micro
+            log = state.global_step % s.log_every == 0
+            checkpoint = self.checkpoints.due(state.global_step, micro, self.batches_per_epoch)
+            if log or checkpoint or state.global_step == 1:
+                loss_mean = self._checked_loss(loss_sum, images_seen, epoch, checked_step)
+                checked_step = state.global_step
+            elapsed = time.perf_counter() - started
+            record = {"step": state.global_step, "epoch": epoch + 1, "loss": loss_mean,
+                      "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
+                      "log": log}
+            self.logger.step(record, s.grad_accum)
+            if checkpoint:
+                self.checkpoints.save(state)
+        self.epoch_train_loss = self._checked_loss(loss_sum, images_seen, epoch, checked_step)
         self.epoch_speed = seen / max(time.perf_counter() - started, 1e-9)
 
     def _checked_loss(self, loss_sum: torch.Tensor, count: int, epoch: int, checked_step: int) -> float:
@@ -719,10 +443,10 @@ class _Trainer:
         if self.world > 1:
             dist.all_reduce(bad)
         if bad.item():
-            steps = (f"step {self.global_step}" if self.global_step - checked_step <= 1
-                     else f"between steps {checked_step + 1} and {self.global_step}")
+            step = self.state.global_step
+            steps = f"step {step}" if step - checked_step <= 1 else f"between steps {checked_step + 1} and {step}"
             with contextlib.suppress(Exception):
-                self.writer.flush()  # the last good checkpoint, if one is in flight, is on disk before we say so
+                self.checkpoints.flush()  # the last good checkpoint, if one is in flight, is on disk before we say so
             saved = self.run_dir / "checkpoint"
             kept, then = ((f"{saved} keeps the last good state", f", then --resume {self.run_dir}") if saved.exists()
                           else ("no checkpoint had been written yet", ""))
@@ -731,19 +455,22 @@ class _Trainer:
                 f"Try a lower learning rate (now {self.settings.lr:.3g}), --clip-grad 1.0 or --precision fp32{then}")
         return float(loss_sum) / max(count, 1)
 
-    def _validate(self) -> dict[str, Any] | None:
-        if self.val_loader is None:
+    def _validate(self, model: nn.Module | None = None) -> dict[str, Any] | None:
+        """Metrics of `model` (default: the EMA, else the live model) on the validation data, with
+        "_logits", "_labels" and "_indices"; None without validation data."""
+        if self.data.val is None:
             return None
-        model = self.ema.module if self.ema is not None else self.model
-        if self.normalize is not None:
-            model = nn.Sequential(self.normalize, model)
-        logits, labels, indices, skipped = predict_logits(model, self.val_loader, device=self.device,
+        if model is None:
+            model = self.ema.module if self.ema is not None else self.model
+        if self.data.normalize is not None:
+            model = nn.Sequential(self.data.normalize, model)
+        logits, labels, indices, skipped = predict_logits(model, self.data.val, device=self.device,
                                                           tta_flip=self.settings.tta_flip,
                                                           tta_shift=self.settings.tta_shift,
                                                           autocast_dtype=self.autocast_dtype,
                                                           channels_last=self.settings.channels_last)
         for item in skipped:
-            self.bad_files.setdefault(item.path, item.reason)
+            self.state.bad_files.setdefault(item.path, item.reason)
         if len(labels) == 0:
             return None
         metrics = classification_metrics(logits, labels, self.classes)
@@ -751,48 +478,44 @@ class _Trainer:
         return metrics
 
     def _end_epoch(self, epoch: int) -> bool:
-        s = self.settings
+        s, state = self.settings, self.state
         stop = False
         if self.world > 1:  # bad files met by any rank's loader reach rank 0's bad_files.txt
             found: list[dict[str, str]] = [{} for _ in range(self.world)]
-            dist.all_gather_object(found, self.bad_files)
+            dist.all_gather_object(found, state.bad_files)
             for bad in found[1:]:
                 for path, reason in bad.items():
                     self._note_bad_file(path, reason)
         if self.is_main:
             # --val-every N validates every Nth epoch and the last; best/ is only judged on validated epochs
-            skip_validation = (self.val_loader is not None and (epoch + 1) % s.val_every != 0
+            skip_validation = (self.data.val is not None and (epoch + 1) % s.val_every != 0
                                and epoch + 1 < s.epochs)
-            metrics = None if skip_validation else self._validate()
-            record = {"epoch": epoch + 1, "step": self.global_step, "train_loss": round(self.epoch_train_loss, 6),
-                      "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
-            improved = False
+            with self.phases.phase("validation"):
+                metrics = None if skip_validation else self._validate()
+            record = {"epoch": epoch + 1, "step": state.global_step, "train_loss": round(self.epoch_train_loss, 6),
+                      "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
             if metrics is not None:
                 record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
                               val_top5=round(metrics["top5"], 6), val_ece=round(metrics["ece"], 6))
-                if self.best_metric is None or metrics["top1"] > self.best_metric:
-                    self.best_metric, self.best_epoch, improved = metrics["top1"], epoch, True
-                    self.stale_epochs = 0
-                    self.best_val = metrics
-                else:
-                    self.stale_epochs += 1
-            self.history.append(record)
+            improved = self.best.update(state, epoch, metrics)
+            state.history.append(record)
             line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  "
                     + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  top-5 {record['val_top5']:.2%}  "
                        if metrics is not None else "")
                     + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
             columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
-            if self.val_loader is not None:
+            if self.data.val is not None:
                 columns += ["val_loss", "val_top1", "val_top5", "val_ece"]
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):
                 export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
-            self._checkpoint(epoch, self.batches_per_epoch)
-            self._write_bad_files()
-            if s.early_stopping and self.stale_epochs >= s.early_stopping:
+            state.batches_done = self.batches_per_epoch
+            self.checkpoints.save(state)
+            self._write_bad_files(state.bad_files)
+            if self.best.should_stop(state):
                 unit = "epochs" if s.val_every == 1 else f"validations (one every {s.val_every} epochs)"
-                self.logger.print(f"early stopping: val top-1 has not improved for {self.stale_epochs} {unit}")
+                self.logger.print(f"early stopping: val top-1 has not improved for {state.stale_epochs} {unit}")
                 stop = True
         if self.world > 1:
             flag = torch.tensor(float(stop), device=self.device)
@@ -801,18 +524,33 @@ class _Trainer:
         return stop
 
     def _finish(self) -> None:
+        state = self.state
         exported = self.ema.module if self.ema is not None else self.model
         export_model(exported, self.run_dir / "last", class_names=self.classes, data_config=self.data_config)
         if not (self.run_dir / "best").exists():
             export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
+        steps = after_training_steps(self.settings)
+        if steps:
+            self._after_training(steps)
         if self.settings.plots:
             from visionzoo.training.report import write_plots
 
-            best = getattr(self, "best_val", None)
-            if best is None and self.best_metric is not None:  # resumed after the best epoch: evaluate best/ again
+            best = self.best.best_val
+            if best is None and state.best_metric is not None:  # resumed after the best epoch: evaluate again
                 best = self._validate()
-            write_plots(self.run_dir, self.history, best, self.classes, self.val_set, self.data_config)
-        summary = {"best_val_top1": self.best_metric, "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
-                   "epochs": len(self.history), "history": self.history,
-                   "bad_files": len(self.bad_files)}
+            write_plots(self.run_dir, state.history, best, self.classes, self.data.val_set, self.data_config)
+        summary = {"best_val_top1": state.best_metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
+                   "epochs": len(state.history), "history": state.history,
+                   "bad_files": len(state.bad_files)}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def _after_training(self, steps) -> None:
+        """Run `after.after_training_steps` on the best model, loaded back from best/, and its validation."""
+        best_dir = self.run_dir / "best"
+        model = load_exported(best_dir).to(self.device)
+        # The best epoch's validation, when this process ran it, is of exactly the exported weights.
+        validation = self.best.best_val if self.best.best_val is not None else self._validate(model)
+        run = TrainedRun(run_dir=self.run_dir, best_dir=best_dir, model=model, validation=validation,
+                         classes=self.classes, data_config=self.data_config, settings=self.settings)
+        for step in steps:
+            step(run)

@@ -1,0 +1,183 @@
+"""The training and validation loaders of a run, built from samples and a data config.
+
+`build_loaders` picks one of three input paths, fastest first:
+
+- resident: decoded arrays that fit (`fits_on_device`) stay whole on the training device and
+  are cropped and flipped a batch at a time there (`ResidentBatches`), with no per-image
+  host work;
+- fast: for the `crop` and `none` presets with whole-image evaluation (crop_pct 1), uint8
+  images are cropped and flipped per sample from the sampler's seed (`SeededCropFlip`) and
+  normalised as a batch on the device (`Loaders.normalize`);
+- otherwise torchvision transforms per sample (`train_transform`, `eval_transform`).
+
+The three give the same batches where they overlap (the resident and fast paths are tested
+equal). `cache_splits` and `scan_splits` are the optional steps before: decode once into the
+memory-mapped pixel cache, or check that every file decodes. This module knows nothing of
+training settings: the trainer passes what each choice needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSampler, Skipped, cache_pixels,
+                                     collate_skipping, scan_files)
+from visionzoo.data.sources import ArraySamples, FileSamples, Samples
+from visionzoo.data.transforms import NormalizeInput, SeededCropFlip, crop_padding, eval_transform, train_transform
+
+__all__ = ["Loaders", "build_loaders", "cache_splits", "cache_size", "scan_splits", "default_workers",
+           "fits_on_device", "class_counts", "RESIDENT_LIMIT_BYTES"]
+
+RESIDENT_LIMIT_BYTES = 2 << 30
+
+
+def default_workers(samples: Samples) -> int:
+    """Loader processes for `samples`: most cores for files to decode, few for decoded arrays."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(samples, FileSamples):
+        return 0 if cpus <= 2 else min(4, cpus // 2)  # decoded arrays: transforms only
+    return max(1, min(8, cpus - 1))
+
+
+def fits_on_device(train: Any, val: Any, device: torch.device) -> bool:
+    """Whether the decoded train (and val) arrays can live whole on `device`: at most 2 GiB, and on a
+    GPU at most a quarter of its free memory, so the model keeps the rest."""
+    if not isinstance(train, ArraySamples) or (val is not None and not isinstance(val, ArraySamples)):
+        return False
+    size = train.images.nbytes + (val.images.nbytes if val is not None else 0)
+    if size > RESIDENT_LIMIT_BYTES:
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return size <= free // 4
+    return True
+
+
+def class_counts(labels: Iterable[int], num_classes: int) -> np.ndarray:
+    """Images per class, as float64 (for balanced sampling and class-weighted losses)."""
+    return np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+
+
+def scan_splits(splits: dict[str, Samples | None]) -> dict[str, list[Skipped]]:
+    """The files of each split that do not decode (`scan_files`), by split name; None splits are left out."""
+    return {name: scan_files(samples, workers=default_workers(samples))
+            for name, samples in splits.items() if samples is not None}
+
+
+def cache_splits(train: Samples, val: Samples | None, size: int, *, rank: int = 0,
+                 world: int = 1) -> tuple[Samples, Samples | None, list[Skipped]]:
+    """`train` and `val` decoded once into the memory-mapped pixel cache at `size` (`cache_pixels`),
+    and the files that did not decode. Under torchrun rank 0 builds each cache first and the other
+    ranks then open it."""
+    cached: list[Samples | None] = []
+    bad: list[Skipped] = []
+    for samples in (train, val):
+        if samples is None:
+            cached.append(None)
+            continue
+        if world > 1 and rank != 0:
+            dist.barrier()  # let rank 0 build the cache first
+        array, skipped = cache_pixels(samples, size, workers=default_workers(samples))
+        if world > 1 and rank == 0:
+            dist.barrier()
+        bad.extend(skipped)
+        cached.append(array)
+    return cached[0], cached[1], bad
+
+
+@dataclass
+class Loaders:
+    """What `build_loaders` made. `train` yields `collate_skipping` batches
+    `(images, labels, indices, skipped)` of one micro-batch each, in the order `sampler` gives
+    (call `sampler.set_position(epoch, samples_done)` before each epoch); `val` the same for
+    validation, or None without validation data. With `normalize`, images arrive as uint8 and
+    must pass through it on the device (it is the first layer of the model at evaluation too)."""
+
+    train_set: ImageDataset
+    val_set: ImageDataset | None
+    sampler: ResumableSampler
+    train: Any  # torch DataLoader or ResidentBatches
+    val: Any | None
+    normalize: NormalizeInput | None
+    resident: bool
+
+    @property
+    def train_samples(self) -> Samples:
+        return self.train_set.samples
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.train)
+
+
+def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str, Any], image_size: int,
+                  batch_size: int, val_batch_size: int, augment: str, crop_padding_px: int | None = None,
+                  alternate_flip: bool = False, balanced: bool = False, num_classes: int, workers: int | None = None,
+                  seed: int = 0, device: torch.device, rank: int = 0, world: int = 1) -> Loaders:
+    """The loaders of one process (`rank` of `world`).
+
+    Args:
+        train, val: the samples (after `cache_splits`, if caching); `val` may be None or empty.
+        data_config: the model's preprocessing (`crop_pct`, `mean`, `std`, ...).
+        image_size: the training and evaluation size in pixels.
+        batch_size: images per micro-batch on this process; `val_batch_size` for validation.
+        augment: the augmentation preset; `crop_padding_px` its crop range (None: size / 8).
+        alternate_flip: mirror each image every other epoch (airbench); needs the fast path.
+        balanced: draw training images in inverse proportion to their class's size.
+        workers: loader processes; None: `default_workers(train)`.
+    """
+    def fits(samples) -> bool:
+        return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
+                                                    samples.images.shape[1:3] == (image_size, image_size))
+
+    has_val = val is not None and len(val) > 0
+    fast_input = (augment in ("crop", "none") and fits(train) and (val is None or fits(val))
+                  and float(data_config.get("crop_pct", 0.875)) == 1.0)
+    if fast_input:
+        padding = crop_padding(image_size, crop_padding_px) if augment == "crop" else 0
+        normalize = NormalizeInput(data_config["mean"], data_config["std"]).to(device)
+        train_set = ImageDataset(train, SeededCropFlip(padding, image_size))
+        val_set = ImageDataset(val, SeededCropFlip(0, image_size)) if has_val else None
+    else:
+        normalize = None
+        train_set = ImageDataset(train, train_transform(data_config, augment, image_size, crop_padding_px))
+        val_set = ImageDataset(val, eval_transform(data_config, image_size)) if has_val else None
+    weights = None
+    if balanced:
+        weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
+    if alternate_flip and not fast_input:
+        raise ValueError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
+                         f"evaluation; this run uses augment={augment!r}")
+    sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, weights=weights,
+                               alternate_flip=alternate_flip)
+    workers = workers if workers is not None else default_workers(train)
+    # Decoded arrays that fit are kept whole on the device and augmented a batch at a time
+    # (the same batches as the per-sample path); otherwise a DataLoader feeds the device.
+    resident = fast_input and fits_on_device(train, val, device)
+    if resident:
+        train_loader = ResidentBatches(train, batch_size, sampler=sampler, padding=train_set.transform.padding,
+                                       device=device)
+    else:
+        train_loader = torch.utils.data.DataLoader(
+            train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            collate_fn=collate_skipping, pin_memory=device.type == "cuda", drop_last=False,
+            generator=torch.Generator())  # its own generator: creating an iterator must not draw from the global RNG
+    val_loader = None
+    if val_set is not None and resident:
+        val_loader = ResidentBatches(val, val_batch_size, device=device)
+    elif val_set is not None:
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=val_batch_size, num_workers=workers,
+                                                 collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+    return Loaders(train_set, val_set, sampler, train_loader, val_loader, normalize, resident)
+
+
+def cache_size(image_size: int, data_config: dict[str, Any], requested: int | None = None) -> int:
+    """The side of the cached images: `requested`, else the size evaluation resizes to before its crop."""
+    return requested or int(math.floor(image_size / float(data_config.get("crop_pct", 0.875))))
