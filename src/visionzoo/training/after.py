@@ -2,8 +2,8 @@
 
 Extension point: `after_training_steps(settings)` lists them, chosen from the settings (none
 today). Temperature scaling and per-class decision thresholds go here: each step is given a
-`TrainedRun` (the best model loaded back from `best/`, its validation logits and labels) and
-may write what it fits next to the model in `best/`. The trainer runs them on rank 0, after
+`TrainedRun` (the best model with its weights loaded back from `best/`, its validation logits
+and labels) and may write what it fits next to the model in `best/`. The trainer runs them on rank 0, after
 `best/` and `last/` are exported and before the plots and `summary.json`; with no steps,
 nothing is loaded or evaluated.
 """
@@ -27,7 +27,7 @@ class TrainedRun:
 
     run_dir: Path
     best_dir: Path  # the best model's export (run_dir / "best")
-    model: nn.Module  # that model, loaded back, in eval mode, on the training device
+    model: nn.Module  # that model (best/'s weights in a copy of the trained module), in eval mode, on the device
     validation: dict[str, Any] | None  # its metrics on the validation data (`evaluate.classification_metrics`)
     # with "_logits", "_labels" and "_indices" (dataset order); None when the run has no validation data
     classes: list[str]

@@ -28,6 +28,7 @@ This module joins them: `_Trainer.__init__` resolves settings, device, run folde
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors.torch import load_file
 
 import visionzoo
 from visionzoo.data.datasets import Skipped
@@ -50,7 +52,7 @@ from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer, model_data_config
 from visionzoo.evaluate import classification_metrics, predict_logits
 from visionzoo.training.after import TrainedRun, after_training_steps
-from visionzoo.training.checkpoint import export_model, load_checkpoint, load_exported
+from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
 from visionzoo.training.losses import build_loss
 from visionzoo.training.model import build_model
@@ -547,7 +549,9 @@ class _Trainer:
     def _after_training(self, steps) -> None:
         """Run `after.after_training_steps` on the best model, loaded back from best/, and its validation."""
         best_dir = self.run_dir / "best"
-        model = load_exported(best_dir).to(self.device)
+        # best/'s weights in a copy of the trained module: any nn.Module, registered or the user's own
+        model = copy.deepcopy(self.ema.module if self.ema is not None else self.model).eval()
+        model.load_state_dict(load_file(best_dir / "model.safetensors"))
         # The best epoch's validation, when this process ran it, is of exactly the exported weights.
         validation = self.best.best_val if self.best.best_val is not None else self._validate(model)
         run = TrainedRun(run_dir=self.run_dir, best_dir=best_dir, model=model, validation=validation,
