@@ -1,7 +1,8 @@
 """Training and fine-tuning: `visionzoo.train(model_or_name, data, **settings)`.
 
-See `visionzoo.training.settings` for every setting and the recipes, `trainer` for the loop,
-`checkpoint` for the on-disk format. (The package is `training`, not `train`, so that the
+See `visionzoo.training.settings` for every setting and the recipes, `trainer` for the loop
+and how its parts fit (`model`, `losses`, `state`, `step`, `hooks`, `after`; the loaders are
+`visionzoo.data.loaders`), `checkpoint` for the on-disk format. (The package is `training`, not `train`, so that the
 function `visionzoo.train` and a subpackage never compete for one name.)
 
 The names below are imported on first use, so `visionzoo.training.command` (the CLI's parser)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import visionzoo
 from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule
 from visionzoo.training.settings import TrainSettings
 
@@ -90,8 +91,6 @@ class RunState:
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(model weights, everything else) as `CheckpointWriter.submit` takes them; the global RNG
         states are read now. Tensors are the live ones: the writer copies them at once."""
-        import visionzoo
-
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
