@@ -192,6 +192,12 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
 
 
 class _Trainer:
+    """One run. `__init__` resolves the settings, device, seed, run folder and model (with its EMA,
+    DDP and compiled wrappers); `run` builds the loaders, the loss and the `RunState`, then loops:
+    `_train_epoch` calls `train_step` once per optimizer step and the checkpoint hook when due,
+    `_end_epoch` validates, tracks the best model, checkpoints and decides on early stopping, and
+    `_finish` exports `last/`, runs the after-training steps and writes plots and summary."""
+
     def __init__(self, model_or_name, data, pretrained, requested: TrainSettings, out, run_dir, resume_state):
         self.rank, self.world, self.local_rank = _distributed()
         self.is_main = self.rank == 0
