@@ -22,10 +22,9 @@ from visionzoo.clip import (  # noqa: E402
     ClipTextConfig,
     TextTransformer,
     ZeroShotClassifier,
-    create_clip,
     tokenize,
-    zero_shot_classifier,
 )
+from visionzoo.factory import create_clip, spec_of, zero_shot_classifier  # noqa: E402
 
 SMALL_TEXT = ClipTextConfig(width=64, layers=2, heads=4)
 SMALL_IMAGE = {"img_size": 64, "depth": 1, "embed_dim": 64, "num_heads": 4}
@@ -33,7 +32,8 @@ SMALL_IMAGE = {"img_size": 64, "depth": 1, "embed_dim": 64, "num_heads": 4}
 
 def _reference_text_tower(name: str, **overrides) -> torch.nn.Module:
     """open_clip's text encoder with the configuration of open_clip model `name`."""
-    from open_clip.transformer import QuickGELU, TextTransformer as Reference
+    from open_clip.transformer import QuickGELU
+    from open_clip.transformer import TextTransformer as Reference
 
     config = open_clip.get_model_config(name.replace("-quickgelu", ""))
     text = {**config["text_cfg"], **overrides}
@@ -145,13 +145,13 @@ def test_zero_shot_classifier_has_the_shared_interface():
 
 
 def test_zero_shot_classifier_saves_and_loads(tmp_path):
-    from visionzoo.weights import load_model, save_model
+    from visionzoo.factory import load_model, save_model
 
     classifier = zero_shot_classifier(_small_clip(), ["cat", "dog", "car"], templates=["a photo of a {}."])
     save_model(classifier, tmp_path / "zs")
     loaded = load_model(tmp_path / "zs")
-    assert isinstance(loaded, ZeroShotClassifier) and loaded.class_names == ["cat", "dog", "car"]
-    assert loaded.visionzoo_data_config == classifier.visionzoo_data_config
+    assert isinstance(loaded, ZeroShotClassifier) and spec_of(loaded).class_names == ("cat", "dog", "car")
+    assert spec_of(loaded).data_config == spec_of(classifier).data_config
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), classifier(x), rtol=0, atol=0)
@@ -181,7 +181,7 @@ def test_zero_shot_cli(tmp_path, monkeypatch, capsys):
         Image.new("RGB", (80, 60), colour).save(path)
         paths.append(str(path))
     # a small random CLIP stands in for the published weights
-    monkeypatch.setattr("visionzoo.clip.create_clip", lambda name, pretrained=False: _small_clip())
+    monkeypatch.setattr("visionzoo.factory.create_clip", lambda name, pretrained=False: _small_clip())
     code = cli.main(["zero-shot", *paths, "--labels", "red,blue,green", "--pretrained", "none",
                      "--template", "a {} square", "--json"])
     assert code == 0
@@ -198,8 +198,8 @@ def test_zero_shot_classifier_predicts_and_exports_like_any_model(tmp_path):
     pytest.importorskip("onnxruntime")
     from PIL import Image
 
-    from visionzoo.clip import create_clip, zero_shot_classifier
     from visionzoo.export import export_model
+    from visionzoo.factory import create_clip, zero_shot_classifier
     from visionzoo.onnx_predict import OnnxClassifier
     from visionzoo.predict import predict_images
 

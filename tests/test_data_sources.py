@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from visionzoo.data.datasets import ImageDataset, ResumableSampler, cache_pixels, collate_skipping, scan_files
-from visionzoo.data.sources import ArraySamples, SHAPE_CLASSES, make_shapes, resolve_data, stratified_split
-from visionzoo.data.transforms import PRESETS, batch_mixer, eval_transform, model_data_config, train_transform
+from visionzoo.data.sources import SHAPE_CLASSES, ArraySamples, make_shapes, resolve_data, stratified_split
+from visionzoo.data.transforms import PRESETS, batch_mixer, eval_transform, train_transform
+from visionzoo.factory import data_config as model_data_config
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 210)}
 

@@ -66,7 +66,7 @@ def test_onnx_metadata_and_dynamic_batch(tmp_path):
     from visionzoo.export import export_model
 
     model, size = _small_model("resnet18")
-    model.class_names = [f"class{i}" for i in range(10)]
+    visionzoo.with_spec(model, class_names=[f"class{i}" for i in range(10)])
     export_model(model, tmp_path / "m.onnx", img_size=size)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -154,7 +154,7 @@ def _fit_colour_classifier(data, classes, size):
 
     torch.manual_seed(0)
     model = visionzoo.create_model("resnet18", num_classes=len(classes))
-    model.class_names = list(classes)
+    visionzoo.with_spec(model, class_names=list(classes))
     preprocessing = model_preprocessing(model, size)
     files = sorted(data.rglob("*.png"))
     x = torch.stack([torch.from_numpy(preprocess_image(decode_image(f), preprocessing)) for f in files])
@@ -185,9 +185,9 @@ def test_int8_scheme_follows_the_multiply_adds(tmp_path):
     multiply-add counts read off the ONNX graph agree with the model's measured complexity."""
     import onnx
 
-    from visionzoo.complexity import model_complexity
     from visionzoo.export import export_onnx
     from visionzoo.export.quantize import int8_scheme, multiply_adds_by_kind
+    from visionzoo.factory import model_complexity
 
     # convnext_atto's MLPs are 1x1 convolutions (conv_mlp, as in timm); convnext_tiny's are linear layers
     expected = {"resnet18": "static", "mobilenetv3_small_050": "static", "convnext_atto": "static",
@@ -283,8 +283,8 @@ def test_torch_free_predict_cli_matches_pytorch(tmp_path):
     assert len(predictions) == 5 and set(predictions[0]) == {"index", "label", "prob"}
 
     from visionzoo.data.decode import decode_image
-    from visionzoo.onnx_predict import preprocess_image
     from visionzoo.export.onnx import model_preprocessing
+    from visionzoo.onnx_predict import preprocess_image
 
     x = torch.from_numpy(preprocess_image(decode_image(images / "red" / "0.png"), model_preprocessing(model, size)))
     with torch.no_grad():

@@ -47,7 +47,7 @@ def test_real_efficientnet_lite0_weights_classify_a_cat_and_an_espresso(tmp_path
 def saved_model(tmp_path):
     torch.manual_seed(0)
     model = visionzoo.create_model("resnet18", num_classes=3)
-    model.class_names = ["cat", "dog", "bird"]
+    visionzoo.with_spec(model, class_names=["cat", "dog", "bird"])
     return visionzoo.save_model(model, tmp_path / "model")
 
 

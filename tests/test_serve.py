@@ -227,7 +227,7 @@ def test_onnx_model_serves_too(tmp_path):
     from visionzoo.export import export_model
 
     model = visionzoo.create_model("resnet18", num_classes=3).eval()
-    model.class_names = ["a", "b", "c"]
+    visionzoo.with_spec(model, class_names=["a", "b", "c"])
     export_model(model, tmp_path / "m.onnx", img_size=64, verify=False)
     classifier = load_classifier(str(tmp_path / "m.onnx"))
     assert classifier.name == "resnet18"
@@ -240,3 +240,32 @@ def test_onnx_model_serves_too(tmp_path):
             assert {p["label"] for p in response.json()["predictions"]} == {"a", "b", "c"}
     run(scenario())
     del torch
+
+
+def test_model_card_reports_the_weights_name(tmp_path, monkeypatch):
+    """The card's weights come from the model's spec: a catalogued weight by its name (they were
+    once read with getattr from a dict, so the name was always missing)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import visionzoo
+    from visionzoo.weights.files import weights_home
+
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "vz-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    folder = weights_home() / "timm" / "resnet18.tv_in1k"  # where a hand-placed catalogued weight is found offline
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_file(visionzoo.create_model("resnet18").state_dict(), str(folder / "model.safetensors"))
+
+    async def card_of(classifier):
+        async with Server(classifier) as client:
+            return (await client.get("/v1/model")).json()
+
+    card = run(card_of(load_classifier("resnet18", pretrained="resnet18.tv_in1k")))
+    assert card["weights"] == "resnet18.tv_in1k" and card["preprocessing"]["interpolation"] == "bilinear"
+    assert card["classes"][281] == "tabby"  # the weight's label set names the outputs
+    saved = visionzoo.save_model(visionzoo.create_model("resnet18", pretrained="resnet18.tv_in1k"), tmp_path / "saved")
+    assert run(card_of(load_classifier(str(saved))))["weights"] == "resnet18.tv_in1k"  # kept through save_model
+    assert run(card_of(load_classifier(visionzoo.create_model("resnet18"))))["weights"] is None  # random init

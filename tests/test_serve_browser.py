@@ -50,7 +50,7 @@ def live_server():
     from visionzoo.serve import create_app, load_classifier
 
     model = visionzoo.create_model("resnet18", num_classes=5).eval()
-    model.class_names = ["tabby cat", "espresso", "golden retriever", "red fox", "mountain bike"]
+    visionzoo.with_spec(model, class_names=["tabby cat", "espresso", "golden retriever", "red fox", "mountain bike"])
     app = create_app(load_classifier(model))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -14,8 +14,7 @@ import torch
 import torchvision
 
 import visionzoo
-from visionzoo.weights.convert import (CONVERTERS, ConversionError, convert_state_dict, find_converter,
-                                       to_source_layout)
+from visionzoo.weights.convert import CONVERTERS, ConversionError, convert_state_dict, find_converter, to_source_layout
 
 
 def _randomized(model: torch.nn.Module) -> torch.nn.Module:
@@ -205,7 +204,7 @@ def test_converted_checkpoint_loads_through_create_model(tmp_path):
 def test_open_clip_checkpoint_into_the_image_tower_and_the_whole_clip_model_numerically():
     """open_clip's layout (OpenAI's, for ViTs): image tower alone, and both towers into visionzoo.clip.CLIP."""
     open_clip = pytest.importorskip("open_clip")
-    from visionzoo.clip import create_clip
+    from visionzoo.factory import create_clip
 
     reference = _randomized(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None))
     state = reference.state_dict()

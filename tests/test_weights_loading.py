@@ -13,8 +13,14 @@ from safetensors.torch import save_file
 
 import visionzoo
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
-from visionzoo.weights import (NonFiniteWeightsError, UnknownWeightError, UnsafeCheckpointError,
-                               WeightsMismatchError, WeightsNotAvailableError, get_weight)
+from visionzoo.weights import (
+    NonFiniteWeightsError,
+    UnknownWeightError,
+    UnsafeCheckpointError,
+    WeightsMismatchError,
+    WeightsNotAvailableError,
+    get_weight,
+)
 from visionzoo.weights.files import weights_home
 
 X = torch.randn(2, 3, 64, 64)
@@ -162,7 +168,7 @@ def test_default_and_named_weights_from_the_hub_cache(tmp_path):
     _cache_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": data})
     model = visionzoo.create_model("resnet18", pretrained=True)
     _same_outputs(source, model)
-    assert model.pretrained_cfg["name"] == "resnet18.a1_in1k"
+    assert visionzoo.spec_of(model).weights == "resnet18.a1_in1k"
     assert visionzoo.data_config(model)["crop_pct"] == get_weight("resnet18.a1_in1k").crop_pct
 
 

@@ -17,16 +17,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "create_model": "visionzoo.registry",
+    "create_model": "visionzoo.factory",
     "list_models": "visionzoo.registry",
     "list_families": "visionzoo.registry",
-    "model_info": "visionzoo.registry",
-    "create_clip": "visionzoo.clip",
-    "zero_shot_classifier": "visionzoo.clip",
-    "data_config": "visionzoo.preprocess",
-    "transforms": "visionzoo.preprocess",
-    "save_model": "visionzoo.weights",
-    "load_model": "visionzoo.weights",
+    "model_info": "visionzoo.factory",
+    "create_clip": "visionzoo.factory",
+    "zero_shot_classifier": "visionzoo.factory",
+    "data_config": "visionzoo.factory",
+    "transforms": "visionzoo.factory",
+    "save_model": "visionzoo.factory",
+    "load_model": "visionzoo.factory",
+    "spec_of": "visionzoo.factory",
+    "with_spec": "visionzoo.factory",
+    "ModelSpec": "visionzoo.factory",
     "train": "visionzoo.training.trainer",
 }
 

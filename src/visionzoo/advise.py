@@ -93,7 +93,7 @@ def candidates() -> list[Candidate]:
             best[entry.architecture] = entry
     out = []
     for name, entry in best.items():
-        from visionzoo.complexity import model_complexity
+        from visionzoo.factory import model_complexity
 
         card, complexity = get_card(name), model_complexity(name)
         out.append(Candidate(name=name, weights=entry.name, family=card.family, year=card.year,
@@ -129,7 +129,7 @@ def _measure(candidate: Candidate, target: str) -> None:
 
 def _calibrate(target: str, measure: Callable[[Candidate, str], None]) -> tuple[float, float]:
     """Milliseconds per GMAC (a least-squares line through the origin) from two quick measurements."""
-    from visionzoo.complexity import model_complexity
+    from visionzoo.factory import model_complexity
     from visionzoo.registry import get_card
 
     points = []

@@ -285,21 +285,22 @@ def _measure(builders: list[Callable[[], nn.Module]], input_size: tuple[int, int
 
 
 def _cache_file(name: str, settings: BenchmarkSettings) -> Path:
-    from visionzoo.complexity import _cache_dir, _code_fingerprint
+    from visionzoo.factory import cache_dir, code_fingerprint
 
-    machine = f"{platform.node()}|{_cpu_name()}|{os.cpu_count()}|{torch.__version__}|{_code_fingerprint()}"
+    machine = f"{platform.node()}|{_cpu_name()}|{os.cpu_count()}|{torch.__version__}|{code_fingerprint()}"
     if settings.device == "cuda":
         machine += f"|{torch.cuda.get_device_name()}"
     key = hashlib.sha256(f"{machine}|{name}|{json.dumps(asdict(settings), sort_keys=True)}|"
                          f"{torch.get_num_threads()}".encode()).hexdigest()[:24]
-    return _cache_dir() / "benchmark" / f"{name}-{key}.json"
+    return cache_dir() / "benchmark" / f"{name}-{key}.json"
 
 
 def benchmark_model(name: str, settings: BenchmarkSettings = BenchmarkSettings(), *,
                     use_cache: bool = True) -> ModelResult:
     """Benchmark a registered model with `settings` (from the cache when it was measured before)."""
-    from visionzoo.complexity import count_gmacs, count_params, model_complexity
-    from visionzoo.registry import create_model, get_card
+    from visionzoo.complexity import count_gmacs, count_params
+    from visionzoo.factory import create_model, model_complexity
+    from visionzoo.registry import get_card
 
     card = get_card(name)
     if settings.threads:

@@ -272,7 +272,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_zero_shot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from visionzoo.clip import classify_images, create_clip, zero_shot_classifier
+    from visionzoo.factory import create_clip, zero_shot_classifier
+    from visionzoo.predict import classify_images
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:

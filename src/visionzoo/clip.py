@@ -11,7 +11,8 @@ open_clip text state_dict loads into it unchanged.
 The tokenizer is CLIP's byte-pair encoding with its 49,408-token vocabulary, taken from
 open_clip (the optional `clip` extra: `pip install 'visionzoo[clip]'`), which ships both.
 
-`zero_shot_classifier(clip, class_names)` turns class names into an ordinary classification
+Building (`create_clip`, `zero_shot_classifier`) is in `visionzoo.factory`, which gives each
+model its spec. `zero_shot_classifier(clip, class_names)` turns class names into an ordinary classification
 model: the image tower plus a linear head whose rows are the normalised, prompt-ensembled
 text embeddings of the classes, scaled by the logit scale.
 """
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 
 from visionzoo.layers.mlp import QuickGELU
 
-__all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "create_clip",
-           "classify_images", "tokenize", "zero_shot_classifier", "IMAGENET_TEMPLATES"]
+__all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "clip_data_config",
+           "class_embeddings", "make_zero_shot_classifier", "tokenize", "IMAGENET_TEMPLATES"]
 
 
 # --- tokenizer -----------------------------------------------------------------------------
@@ -212,35 +213,6 @@ CLIP_MODELS: dict[str, tuple[str, ClipTextConfig, int]] = {
 }
 
 
-def create_clip(name: str = "ViT-B-32", *, pretrained: bool | str = False, text_config: ClipTextConfig | None = None,
-                **image_overrides) -> CLIP:
-    """Build a CLIP model by open_clip's name (`CLIP_MODELS`).
-
-    `pretrained` names weights for the whole model (image and text towers and logit scale), loaded
-    by `visionzoo.weights`. `text_config` replaces the text tower's configuration (small towers for
-    tests); `image_overrides` go to the image tower's `create_model`.
-    """
-    from visionzoo.registry import create_model
-
-    if name not in CLIP_MODELS:
-        raise ValueError(f"unknown CLIP model {name!r}; choose one of {', '.join(CLIP_MODELS)}")
-    image_name, default_text, embed_dim = CLIP_MODELS[name]
-    if pretrained is True:
-        from visionzoo.weights import default_weight
-
-        if default_weight(name) is None:  # say so before building a model of a few hundred MB
-            raise ValueError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
-                             "(pretrained='path/to/open_clip_model.safetensors') or build with random weights")
-    visual = create_model(image_name, num_classes=embed_dim, **image_overrides)
-    model = CLIP(visual, TextTransformer(text_config or default_text, embed_dim))
-    model.visionzoo_name = name
-    if pretrained:
-        from visionzoo.weights import load_pretrained
-
-        load_pretrained(model, pretrained, num_classes=embed_dim, in_chans=3)
-    return model
-
-
 # --- zero-shot classification --------------------------------------------------------------
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -269,25 +241,18 @@ class ZeroShotClassifier(nn.Module):
     treat it as any other model; `pre_logits` is the normalised image embedding.
     """
 
-    def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, logit_scale: float,
-                 class_names: Sequence[str] | None = None):
+    def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, logit_scale: float):
         super().__init__()
         num_classes, embed_dim = class_embeddings.shape
         self.visual = visual
         self.num_features = embed_dim
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
         self.head = nn.Linear(embed_dim, num_classes, bias=False)
         with torch.no_grad():
             self.head.weight.copy_(logit_scale * F.normalize(class_embeddings, dim=-1))
-        # cards follow the image tower; preprocessing is CLIP's (resize the short side, centre crop, CLIP mean / std)
-        self.visionzoo_name = getattr(visual, "visionzoo_name", None)
-        self.visionzoo_data_config = clip_data_config(visual)
-        self.pretrained_cfg = self.visionzoo_data_config  # what `visionzoo.transforms(model)` reads
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.class_names = None
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,8 +287,8 @@ def class_embeddings(model: CLIP, class_names: Sequence[str], templates: Sequenc
     return F.normalize(embeddings, dim=-1)
 
 
-def zero_shot_classifier(model: CLIP, class_names: Sequence[str], templates: Sequence[str] | None = None,
-                         batch_size: int = 256) -> ZeroShotClassifier:
+def make_zero_shot_classifier(model: CLIP, class_names: Sequence[str], templates: Sequence[str] | None = None,
+                              batch_size: int = 256) -> ZeroShotClassifier:
     """A classifier over `class_names` from a CLIP model, with no training.
 
     Each class weight is the normalised mean of the normalised text embeddings of its prompts,
@@ -334,7 +299,7 @@ def zero_shot_classifier(model: CLIP, class_names: Sequence[str], templates: Seq
     model.eval()
     weights = class_embeddings(model, class_names, templates or (), batch_size=batch_size)
     model.train(was_training)
-    classifier = ZeroShotClassifier(model.visual, weights, float(model.logit_scale.detach().exp()), class_names)
+    classifier = ZeroShotClassifier(model.visual, weights, float(model.logit_scale.detach().exp()))
     return classifier.eval()
 
 
@@ -361,26 +326,3 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
     "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
     "a photo of a small {}.", "a tattoo of the {}.",
 )
-
-
-@torch.no_grad()
-def classify_images(classifier: nn.Module, paths: Sequence[str], top_k: int = 3, batch_size: int = 32
-                    ) -> list[dict]:
-    """Top-k class names and probabilities (softmax of the logits) for each image file."""
-    from visionzoo.data.decode import decode_image
-    from visionzoo.data.transforms import eval_transform, model_data_config
-
-    config = getattr(classifier, "visionzoo_data_config", None) or model_data_config(classifier)
-    transform = eval_transform(config)
-    names = getattr(classifier, "class_names", None) or [str(i) for i in range(classifier.num_classes)]
-    device = next(classifier.parameters()).device
-    results = []
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])
-        images = torch.stack([transform(decode_image(path)) for path in chunk]).to(device)
-        probabilities = classifier(images).softmax(dim=-1)
-        values, indices = probabilities.topk(min(top_k, len(names)), dim=-1)
-        for path, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
-            results.append({"image": str(path),
-                            "top": [{"label": names[i], "probability": v} for i, v in zip(row_indices, row_values)]})
-    return results

@@ -1,25 +1,20 @@
 """Parameter counts, multiply-accumulates and dispatched operators, measured rather than typed in.
 
 All are computed on the `meta` device (or any other), so even the largest variants cost no
-memory and little time. Results are cached on disk (keyed by a fingerprint of the package's
-model code and the variant's config), so `visionzoo list` is instant after its first run.
+memory and little time. These are pure functions of a model; building a registered variant
+and caching its figures is `visionzoo.factory.model_complexity`.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
-import os
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_gmacs", "count_operators", "compute_operators", "model_complexity"]
+__all__ = ["count_params", "count_gmacs", "count_operators", "compute_operators"]
 
 # ATen operators that only re-describe memory: no kernel runs for them.
 METADATA_OPERATORS = frozenset({
@@ -99,44 +94,3 @@ def count_operators(model: nn.Module, input_size: tuple[int, int, int], *, train
 def compute_operators(counts: collections.Counter[str]) -> int:
     """How many of `count_operators`' operators run a kernel (views and other metadata-only ones left out)."""
     return sum(n for op, n in counts.items() if op not in METADATA_OPERATORS)
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("VISIONZOO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "visionzoo")
-    return Path(root)
-
-
-@lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """Hash of the source that decides a model's shape: any edit invalidates the cache."""
-    package = Path(__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted([*package.glob("models/*.py"), *package.glob("layers/*.py"), package / "registry.py"]):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def model_complexity(name: str) -> dict[str, float | int]:
-    """`{"params": int, "gmacs": float}` for a registered variant at its default input size."""
-    from visionzoo.registry import create_model, get_card
-
-    card = get_card(name)
-    key = hashlib.sha256(f"{_code_fingerprint()}|{torch.__version__}|{card.name}|{card.config!r}|"
-                         f"{card.input_size}|{card.num_classes}".encode()).hexdigest()[:24]
-    cache_file = _cache_dir() / "complexity" / f"{card.name}-{key}.json"
-    try:
-        return json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        pass
-    with torch.device("meta"):
-        model = create_model(name)
-    result = {"params": count_params(model), "gmacs": round(count_gmacs(model, card.input_size), 4)}
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache_file)
-    except OSError:
-        pass  # a read-only home still gets correct, merely uncached, answers
-    return result

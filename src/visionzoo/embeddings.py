@@ -28,7 +28,9 @@ from safetensors.torch import save
 
 from visionzoo.data.datasets import ImageDataset, collate_skipping
 from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
-from visionzoo.data.transforms import eval_transform, model_data_config
+from visionzoo.data.transforms import eval_transform
+from visionzoo.factory import create_model, find_spec
+from visionzoo.factory import data_config as model_data_config
 from visionzoo.training.checkpoint import atomic_write, jsonable
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
@@ -113,8 +115,6 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     if not spec.get("pretrained") and not allow_random:
         raise ValueError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
                          "embed with --pretrained WEIGHTS or with a saved model folder")
-    from visionzoo.registry import create_model
-
     return create_model(name, pretrained=spec["pretrained"], **spec.get("overrides", {}))
 
 
@@ -163,8 +163,9 @@ def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_s
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     samples, classes = scan_folder(data)
-    data_config = getattr(model, "visionzoo_data_config", None) or model_data_config(model)
-    spec = dict(model_spec or {"spec": getattr(model, "visionzoo_name", None)})
+    data_config = model_data_config(model)
+    made = find_spec(model)
+    spec = dict(model_spec or {"spec": made.name if made else None})
 
     done = _read_shards(partial)
     if out.is_file():

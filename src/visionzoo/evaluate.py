@@ -18,6 +18,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.factory import data_config as model_data_config
+from visionzoo.factory import find_spec
+
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
 
@@ -149,7 +152,6 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
     from visionzoo.training.checkpoint import load_exported
-    from visionzoo.data.transforms import model_data_config
 
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
@@ -165,7 +167,8 @@ def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | No
             import visionzoo
 
             model = visionzoo.create_model(str(model_or_path), pretrained=pretrained or False)
-    class_names = getattr(model, "class_names", None)
+    made = find_spec(model)
+    class_names = list(made.class_names) if made and made.class_names else None
     data_config = model_data_config(model)
     return model, class_names, data_config
 

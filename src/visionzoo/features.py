@@ -24,10 +24,11 @@ class FeatureInfo:
 class FeatureExtractor(nn.Module):
     """Wraps a model so that `forward(x)` returns the list of feature maps at `out_indices`."""
 
-    def __init__(self, model: nn.Module, out_indices: list[int] | tuple[int, ...] | None = None):
+    def __init__(self, model: nn.Module, out_indices: list[int] | tuple[int, ...] | None = None,
+                 name: str | None = None):
         super().__init__()
         infos: list[FeatureInfo] = list(getattr(model, "feature_info", None) or [])
-        name = getattr(model, "visionzoo_name", type(model).__name__)
+        name = name or type(model).__name__  # the architecture, for messages
         if not infos:
             raise ValueError(f"model '{name}' has no multi-scale stages; features_only is not supported for it")
         if out_indices is None:

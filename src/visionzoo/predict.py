@@ -18,18 +18,17 @@ import torch
 import torch.nn as nn
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.data.transforms import eval_transform
+from visionzoo.factory import class_names, create_model, data_config, load_model, transforms
 from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
 
 __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
-           "predict", "predict_images"]
+           "predict", "predict_images", "classify_images"]
 
 
 def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:
     """A model ready to predict: a module as given, a saved-model folder, or a registered name with
     `pretrained` weights (default: the architecture's default weights)."""
-    from visionzoo.registry import create_model
-    from visionzoo.weights import load_model
-
     if isinstance(model, nn.Module):
         return model.eval()
     spec = os.fspath(model)
@@ -47,9 +46,6 @@ def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | st
 def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, batch_size: int = 16,
                    labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Results for `paths` in order; unreadable files give error records."""
-    from visionzoo.preprocess import transforms
-    from visionzoo.weights import class_names
-
     if topk < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
     transform = transforms(model)
@@ -91,3 +87,22 @@ def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.Path
     if not paths:
         raise ValueError("no images given")
     return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size)
+
+
+@torch.no_grad()
+def classify_images(classifier: nn.Module, paths: Sequence[str], top_k: int = 3, batch_size: int = 32
+                    ) -> list[dict]:
+    """Top-k class names and probabilities (softmax of the logits) for each image file."""
+    transform = eval_transform(data_config(classifier))
+    names = class_names(classifier) or [str(i) for i in range(classifier.num_classes)]
+    device = next(classifier.parameters()).device
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start:start + batch_size])
+        images = torch.stack([transform(decode_image(path)) for path in chunk]).to(device)
+        probabilities = classifier(images).softmax(dim=-1)
+        values, indices = probabilities.topk(min(top_k, len(names)), dim=-1)
+        for path, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
+            results.append({"image": str(path),
+                            "top": [{"label": names[i], "probability": v} for i, v in zip(row_indices, row_values)]})
+    return results

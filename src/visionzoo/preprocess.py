@@ -1,42 +1,38 @@
-"""The preprocessing a model expects, tied to its weights.
+"""The preprocessing a model expects, as a data-config dict, and the pipeline it describes.
 
-`data_config(model)` gives input size, crop fraction, interpolation, mean and std: from the
-weights the model was built with (`model.pretrained_cfg`), else from its architecture's
-default weight in the catalog, else ImageNet defaults at the model card's input size.
-`transforms(model)` turns that into a torchvision.transforms.v2 pipeline.
+A data config has timm's keys: `input_size` (C, H, W), `crop_pct`, `crop_mode`,
+`interpolation`, `mean`, `std`. `resolve_data_config` layers the sources of those facts (the
+architecture's default weight, then the weights the model was built with) over ImageNet
+defaults; `visionzoo.factory.data_config(model)` calls it with the model's spec.
+`transforms_for(config)` turns a config into a torchvision.transforms.v2 pipeline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import torch.nn as nn
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_DEFAULTS", "data_config", "transforms"]
+from visionzoo.data.transforms import eval_transform, squash_transform, train_transform
+
+__all__ = ["IMAGENET_DEFAULTS", "DATA_CONFIG_KEYS", "resolve_data_config", "transforms_for"]
 
 IMAGENET_DEFAULTS: dict[str, Any] = {"crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
                                      "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
+DATA_CONFIG_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
 
 
-def data_config(model: nn.Module | str) -> dict[str, Any]:
-    """Preprocessing for `model` (a model made by `create_model`, or a registered name)."""
-    from visionzoo.registry import get_card, list_models
-    from visionzoo.weights.catalog import default_weight
+def resolve_data_config(*layers: Mapping[str, Any] | None, input_size: tuple[int, ...] = (3, 224, 224),
+                        img_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """ImageNet defaults, then each of `layers` in turn (later ones win; None values are skipped).
 
-    name = model if isinstance(model, str) else getattr(model, "visionzoo_name", None)
-    entry = default_weight(name) if name else None
-    cfg = entry.data_config() if entry is not None else {}
-    if not isinstance(model, str):  # the weights the model was built with take precedence
-        cfg.update({k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if v is not None})
-    config = {**IMAGENET_DEFAULTS, **{k: cfg[k] for k in _KEYS if cfg.get(k) is not None}}
-    if "input_size" not in config:
-        config["input_size"] = (3, 224, 224)
-        if name in list_models():  # not every model carrying a name is registered (CLIP pairs, classifiers)
-            config["input_size"] = tuple(get_card(name).input_size)
-    # A model built for another resolution (img_size=...) is fed at that resolution.
-    img_size = None if isinstance(model, str) else (getattr(model, "visionzoo_overrides", None) or {}).get("img_size")
+    `input_size` applies when no layer names one (the model card's size); `img_size` (a model
+    built for another resolution) sets the spatial size last, as the model is fed at it.
+    """
+    config: dict[str, Any] = {**IMAGENET_DEFAULTS, "input_size": input_size}
+    for layer in layers:
+        config.update({k: layer[k] for k in DATA_CONFIG_KEYS if (layer or {}).get(k) is not None})
     if img_size is not None:
         side = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         config["input_size"] = (config["input_size"][0], *side)
@@ -45,18 +41,12 @@ def data_config(model: nn.Module | str) -> dict[str, Any]:
     return config
 
 
-def transforms(model: nn.Module | str, train: bool = False, **kwargs: Any) -> v2.Compose:
-    """The eval pipeline of `data_config(model)` (resize to size / crop_pct, centre crop, normalise), or
-    with `train=True` the training engineer's augmentation presets (`preset="light"` etc. in kwargs)."""
-    from visionzoo.data.transforms import eval_transform, train_transform
-
-    config = data_config(model)
+def transforms_for(config: Mapping[str, Any], train: bool = False, **kwargs: Any) -> v2.Compose:
+    """The eval pipeline of `config` (resize to size / crop_pct, centre crop, normalise), or with
+    `train=True` the training augmentation presets (`preset="light"` etc. in kwargs)."""
+    config = dict(config)
     if train:
         return train_transform(config, **kwargs)
     if config.get("crop_mode") == "squash":  # resize both sides to the crop, no aspect-preserving crop
-        from visionzoo.data.transforms import _interpolation, _to_float_normalized
-
-        height, width = config["input_size"][1:]
-        return v2.Compose([v2.ToImage(), v2.Resize((height, width), interpolation=_interpolation(config),
-                                                   antialias=True), *_to_float_normalized(config)])
+        return squash_transform(config)
     return eval_transform(config, **kwargs)

@@ -2,17 +2,17 @@
 
 A variant is a `ModelCard`: the builder that makes it, its config, and the facts a user
 wants before building it (family, paper, year, input size, the reference it matches).
-Parameter counts and GMACs are never typed in: `model_info` measures them on the
-`meta` device (see `visionzoo.complexity`).
+Parameter counts and GMACs are never typed in: `visionzoo.factory.model_info` measures them
+on the `meta` device. This module holds cards and their lookup only; building a model from a
+card is `visionzoo.factory.create_model`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import importlib
-import inspect
+import importlib.util
 import pkgutil
 import re
 from dataclasses import dataclass, field
@@ -29,8 +29,6 @@ __all__ = [
     "get_card",
     "list_models",
     "list_families",
-    "create_model",
-    "model_info",
 ]
 
 
@@ -69,6 +67,7 @@ class ModelCard:
         }
 
 
+_MODELS_PACKAGE = "visionzoo.models"
 _REGISTRY: dict[str, ModelCard] = {}
 _families_loaded = False
 
@@ -90,16 +89,17 @@ def _load_families() -> None:
     """Import every module of `visionzoo.models` once, so that its variants register.
 
     Done lazily, on the first query, so that `import visionzoo` stays cheap.
+    The family modules are found by name, not imported statically: they import the registry to
+    register their variants, and the registry (the base layer) never depends on them.
     """
     global _families_loaded
     if _families_loaded:
         return
     _families_loaded = True
-    from visionzoo import models
-
-    for module in pkgutil.iter_modules(models.__path__):
+    package = importlib.util.find_spec(_MODELS_PACKAGE)
+    for module in pkgutil.iter_modules(package.submodule_search_locations):
         if not module.name.startswith("_"):
-            importlib.import_module(f"{models.__name__}.{module.name}")
+            importlib.import_module(f"{_MODELS_PACKAGE}.{module.name}")
 
 
 def get_card(name: str) -> ModelCard:
@@ -140,78 +140,3 @@ def _natural_key(name: str) -> list:
 def list_families() -> list[str]:
     _load_families()
     return sorted({card.family for card in _REGISTRY.values()})
-
-
-def _split_overrides(card: ModelCard, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Overrides naming a config field change the config; the rest go to the model's constructor."""
-    config_fields = {f.name for f in dataclasses.fields(card.config)} if dataclasses.is_dataclass(card.config) else set()
-    config_changes = {k: v for k, v in overrides.items() if k in config_fields}
-    kwargs = {k: v for k, v in overrides.items() if k not in config_fields}
-    accepted = {
-        p.name for p in inspect.signature(card.builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    } - {"config"}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(card.builder).parameters.values())
-    unknown = sorted(set(kwargs) - accepted) if not takes_any else []
-    if unknown:
-        raise ValueError(
-            f"model '{card.name}' does not accept {', '.join(repr(u) for u in unknown)}; "
-            f"it accepts {', '.join(sorted(accepted | config_fields))}"
-        )
-    config = dataclasses.replace(card.config, **config_changes) if config_changes else card.config
-    return config, kwargs
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    in_chans: int = 3,
-    pretrained: bool | str = False,
-    features_only: bool = False,
-    out_indices: list[int] | tuple[int, ...] | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """Build a registered model.
-
-    Args:
-        name: a registered variant (`list_models()`).
-        num_classes: classifier outputs; None keeps the variant's default (1000 for ImageNet),
-            0 removes the classifier so the model returns pooled features.
-        in_chans: input channels.
-        pretrained: False; True for the variant's default weights; an `arch.tag` weight name;
-            a local file or directory; or `hf-hub:org/repo`.
-        features_only: return a `FeatureExtractor` giving a list of multi-scale maps.
-        out_indices: which feature levels `features_only` returns (default: all).
-        **overrides: config fields (e.g. `img_size`, `window_size`) or constructor arguments
-            (e.g. `drop_rate`, `drop_path_rate`).
-    """
-    card = get_card(name)
-    config, kwargs = _split_overrides(card, {**card.defaults, **overrides})
-    if num_classes is None:
-        num_classes = card.num_classes
-    if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
-    model = card.builder(config, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    model.visionzoo_name = name
-    model.visionzoo_overrides = dict(overrides)
-    if pretrained:
-        from visionzoo.weights import load_pretrained
-
-        load_pretrained(model, pretrained, num_classes=num_classes, in_chans=in_chans)
-    if features_only:
-        from visionzoo.features import FeatureExtractor
-
-        return FeatureExtractor(model, out_indices)
-    if out_indices is not None:
-        raise ValueError("out_indices is only meaningful with features_only=True")
-    return model
-
-
-def model_info(name: str) -> dict[str, Any]:
-    """The model card of a variant, with its parameter count and GMACs measured."""
-    from visionzoo.complexity import model_complexity
-
-    info = get_card(name).as_dict()
-    info.update(model_complexity(name))
-    return info

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +34,7 @@ __all__ = ["ImageDecodeError", "decode_image", "IMAGE_EXTENSIONS", "is_image_fil
 # Extensions a folder dataset treats as images; anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
 
-Source = Union[str, os.PathLike, bytes, BinaryIO]
+Source = str | os.PathLike | bytes | BinaryIO
 
 
 class ImageDecodeError(ValueError):

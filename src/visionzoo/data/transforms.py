@@ -1,8 +1,8 @@
 """Train and eval transforms on torchvision.transforms.v2, from a model's data config.
 
 A data config is a dict in timm's shape: `input_size` (C, H, W), `interpolation`, `mean`,
-`std`, `crop_pct`. `model_data_config(model)` asks `visionzoo.preprocess.data_config` (tied to
-the model's weights) when that module exists and falls back to ImageNet defaults otherwise.
+`std`, `crop_pct`. This module takes configs only; the config of a model comes from its spec
+(`visionzoo.factory.data_config`).
 
 Train presets, weakest to strongest:
     none     resize and centre-crop as at evaluation (linear probes on frozen features)
@@ -16,7 +16,6 @@ Train presets, weakest to strongest:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torchvision.transforms import v2
 from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "model_data_config", "eval_transform", "train_transform",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "eval_transform", "squash_transform", "train_transform",
            "batch_mixer", "SeededCropFlip", "NormalizeInput"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,33 +38,6 @@ _INTERPOLATION = {
     "bicubic": v2.InterpolationMode.BICUBIC,
     "nearest": v2.InterpolationMode.NEAREST,
 }
-
-
-def model_data_config(model: nn.Module | str) -> dict[str, Any]:
-    """The preprocessing a model expects: from `visionzoo.preprocess` when present, else ImageNet defaults
-    at the model card's input size."""
-    try:
-        from visionzoo.preprocess import data_config  # written with the weights; may not exist yet
-    except ImportError:
-        data_config = None
-    if data_config is not None:
-        try:
-            return dict(data_config(model))
-        except (KeyError, ValueError, AttributeError, TypeError):  # a model the registry does not know
-            pass
-    input_size = (3, 224, 224)
-    name = model if isinstance(model, str) else getattr(model, "visionzoo_name", None)
-    if not isinstance(model, str) and getattr(model, "pretrained_cfg", None):
-        return {**_IMAGENET_CONFIG, **model.pretrained_cfg}
-    if name:
-        from visionzoo.registry import get_card
-
-        input_size = tuple(get_card(name).input_size)
-    return {**_IMAGENET_CONFIG, "input_size": input_size}
-
-
-_IMAGENET_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": IMAGENET_MEAN,
-                    "std": IMAGENET_STD, "crop_pct": 0.875}
 
 
 def _interpolation(config: dict) -> v2.InterpolationMode:
@@ -88,6 +60,13 @@ def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
         v2.CenterCrop(size),
         *_to_float_normalized(config),
     ])
+
+
+def squash_transform(config: dict) -> v2.Compose:
+    """Resize both sides to the input size (timm's crop_mode "squash"), then normalise."""
+    height, width = config["input_size"][1:]
+    return v2.Compose([v2.ToImage(), v2.Resize((height, width), interpolation=_interpolation(config), antialias=True),
+                       *_to_float_normalized(config)])
 
 
 def crop_padding(image_size: int, padding: int | None = None) -> int:

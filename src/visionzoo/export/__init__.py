@@ -16,9 +16,16 @@ import torch
 import torch.nn as nn
 
 from visionzoo.export.fold_bn import fold_batchnorm
-from visionzoo.export.onnx import (ExportResult, export_onnx, export_torchscript, model_preprocessing,
-                                   verify_onnx, verify_torchscript)
+from visionzoo.export.onnx import (
+    ExportResult,
+    export_onnx,
+    export_torchscript,
+    model_preprocessing,
+    verify_onnx,
+    verify_torchscript,
+)
 from visionzoo.export.quantize import quantization_kind, quantize_int8
+from visionzoo.factory import model_name
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
            "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
@@ -115,7 +122,7 @@ def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: boo
         except Exception as error:  # the exporters raise many types; each failure is reported below
             failures.append(f"{attempt} exporter: {str(error).splitlines()[0][:500]}")
     out.unlink(missing_ok=True)
-    raise RuntimeError(f"could not export {getattr(model, 'visionzoo_name', type(model).__name__)} to ONNX: "
+    raise RuntimeError(f"could not export {model_name(model)} to ONNX: "
                        + "; ".join(failures))
 
 
@@ -125,7 +132,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
                  calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
                  eval_limit: int | None = None, verify: bool = True) -> ExportReport:
     out = Path(out)
-    name = getattr(model, "visionzoo_name", type(model).__name__)
+    name = model_name(model)
     model = model.eval()
     calib_dir = Path(calib_dir) if calib_dir else None
     if int8 and format != "onnx":

@@ -18,6 +18,9 @@ import copy
 import torch
 import torch.nn as nn
 
+from visionzoo.factory import find_spec
+from visionzoo.registry import get_card
+
 __all__ = ["fold_batchnorm"]
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -103,10 +106,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, *, inp
         model = copy.deepcopy(model)
     model.eval()
     if example is None:
-        from visionzoo.registry import get_card
-
-        name = getattr(model, "visionzoo_name", None)
-        size = get_card(name).input_size if name else (3, 224, 224)
+        made = find_spec(model)
+        size = get_card(made.name).input_size if made else (3, 224, 224)
         example = torch.randn(1, *size)
     with torch.no_grad():
         expected = model(example)

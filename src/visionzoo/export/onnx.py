@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.factory import class_names, data_config, model_name
+from visionzoo.weights import imagenet_class_names
+
 __all__ = ["ExportResult", "export_onnx", "export_torchscript", "verify_onnx", "verify_torchscript",
            "model_preprocessing", "model_class_names", "TOLERANCE"]
 
@@ -36,8 +39,6 @@ class ExportResult:
 
 def model_preprocessing(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
     """The eval preprocessing of `model` as plain data (what the ONNX metadata carries)."""
-    from visionzoo.preprocess import data_config
-
     config = dict(data_config(model))
     if img_size is not None:
         config["input_size"] = [config["input_size"][0], img_size, img_size]
@@ -45,15 +46,10 @@ def model_preprocessing(model: nn.Module, img_size: int | None = None) -> dict[s
 
 
 def model_class_names(model: nn.Module) -> list[str] | None:
-    names = getattr(model, "class_names", None)
+    names = class_names(model)
     if names is None and getattr(model, "num_classes", 0) == 1000:
-        try:
-            from visionzoo.weights import imagenet_class_names
-
-            names = imagenet_class_names()
-        except (ImportError, AttributeError):
-            names = None
-    return list(names) if names is not None else None
+        names = list(imagenet_class_names())
+    return names
 
 
 def _example_input(model: nn.Module, img_size: int | None, batch: int = 1) -> torch.Tensor:
@@ -91,7 +87,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | None = No
             raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     onnx_model = onnx.load(str(tmp))
     metadata = {
-        "visionzoo.model": getattr(model, "visionzoo_name", type(model).__name__),
+        "visionzoo.model": model_name(model),
         "visionzoo.preprocessing": json.dumps(model_preprocessing(model, img_size)),
     }
     class_names = model_class_names(model)
@@ -114,7 +110,7 @@ def export_torchscript(model: nn.Module, path: str | Path, *, img_size: int | No
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, _example_input(model, img_size), check_trace=False)
     extra = {"visionzoo.json": json.dumps({
-        "model": getattr(model, "visionzoo_name", type(model).__name__),
+        "model": model_name(model),
         "preprocessing": model_preprocessing(model, img_size),
         "class_names": model_class_names(model),
     })}

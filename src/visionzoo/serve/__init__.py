@@ -80,9 +80,9 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
     import torch
 
+    from visionzoo.factory import class_names as model_class_names
+    from visionzoo.factory import data_config, find_spec, model_name, transforms
     from visionzoo.predict import load_for_predict
-    from visionzoo.preprocess import data_config, transforms
-    from visionzoo.weights import class_names as model_class_names
 
     if threads:
         torch.set_num_threads(threads)
@@ -90,10 +90,9 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     transform = transforms(model, train=False)
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
-    weights = getattr(model, "pretrained_cfg", None)
-    card = {"architecture": getattr(model, "visionzoo_name", type(model).__name__),
-            "weights": getattr(weights, "name", None) or (None if not isinstance(spec, str) else
-                                                          str(spec) if pretrained is None else str(pretrained)),
+    made = find_spec(model)
+    card = {"architecture": model_name(model),
+            "weights": made.weights if made else None,
             "format": "pytorch", "preprocessing": config, "num_classes": getattr(model, "num_classes", None),
             "classes": list(names) if names else None}
 

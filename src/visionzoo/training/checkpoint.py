@@ -8,9 +8,9 @@ a crash at any moment leaves the previous checkpoint loadable. Older pairs are r
 the pointer moves. The trainer hands checkpoints to a `CheckpointWriter`, which copies the state
 at once and writes it in a background thread, so a fast GPU does not wait for the disk.
 
-Model exports (`best/`, `last/`) use `visionzoo.save_model` when the weights package
-provides it, else the same layout written here: `model.safetensors` + `config.json`
-(architecture, class names, preprocessing).
+Model exports (`best/`, `last/`) use `visionzoo.save_model` for a model visionzoo made; a
+user's own module is written here in the same layout: `model.safetensors` + `config.json`
+(class names, preprocessing).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
+
+from visionzoo.factory import find_spec, spec_of, with_spec
+from visionzoo.preprocess import resolve_data_config
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
 
@@ -138,21 +141,21 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
     import visionzoo
 
     path = Path(path)
-    # The model carries its classes and the preprocessing it was trained with, as weights do.
-    model.class_names = list(class_names)
-    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **jsonable(data_config)}
-    save_model = getattr(visionzoo, "save_model", None)
-    if save_model is not None and getattr(model, "visionzoo_name", None):
-        save_model(model, path)
+    spec = find_spec(model)
+    if spec is not None:
+        # The model carries its classes and the preprocessing it was trained with, as weights do.
+        with_spec(model, class_names=tuple(class_names),
+                  data_config=resolve_data_config(spec.data_config, jsonable(data_config)))
+        visionzoo.save_model(model, path)
         return
     # A model the registry cannot rebuild (a user's own nn.Module): weights and facts only.
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "model.safetensors", save(_tensors(model.state_dict())))
     config = {
-        "architecture": getattr(model, "visionzoo_name", None),
+        "architecture": None,
         "num_classes": int(getattr(model, "num_classes", len(class_names))),
         "class_names": list(class_names),
-        "model_args": jsonable(getattr(model, "visionzoo_overrides", {})),
+        "model_args": {},
         "data_config": jsonable(data_config),
         "visionzoo_version": visionzoo.__version__,
         **(extra or {}),
@@ -161,24 +164,23 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
 
 
 def load_exported(path: Path) -> nn.Module:
-    """A model folder back as a model in eval mode, with `.class_names` and `.pretrained_cfg` (preprocessing)."""
+    """A model folder back as a model in eval mode, its spec holding the class names and preprocessing."""
     import visionzoo
 
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
-    load_model = getattr(visionzoo, "load_model", None)
-    if load_model is not None and "format" in json.loads(config_path.read_text()):
-        return load_model(path)
+    if "format" in json.loads(config_path.read_text()):
+        return visionzoo.load_model(path)
     config = json.loads(config_path.read_text())
     if not config.get("architecture"):
         raise ValueError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
     model = visionzoo.create_model(config["architecture"], num_classes=config["num_classes"],
                                    **config.get("model_args", {}))
     model.load_state_dict(load_file(path / "model.safetensors"))
-    model.class_names = config.get("class_names")
-    model.pretrained_cfg = config.get("data_config")
+    with_spec(model, class_names=config.get("class_names"),
+              data_config=resolve_data_config(spec_of(model).data_config, config.get("data_config")))
     return model.eval()
 
 

@@ -82,14 +82,15 @@ def _shown(keys: list[str], limit: int = 5) -> str:
 
 
 def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str,
-                   classifier: tuple[str, ...] | list[str] = (), first_conv: str | None = None) -> list[str]:
+                   classifier: tuple[str, ...] | list[str] = (), first_conv: str | None = None,
+                   name: str | None = None) -> list[str]:
     """Adapt `state_dict` to `model` in place and load it; returns the keys left at their initial values.
 
     `classifier` and `first_conv` name the layers (from the weight's catalog entry) that may
-    be dropped or adapted; other keys must match exactly.
+    be dropped or adapted; other keys must match exactly. `name` (the architecture) is for messages.
     """
     target = model.state_dict()
-    name = getattr(model, "visionzoo_name", type(model).__name__)
+    name = name or type(model).__name__
 
     # Classifier: dropped when the class count differs, or when the model has none (num_classes=0).
     dropped = []
