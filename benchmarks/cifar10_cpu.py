@@ -114,7 +114,8 @@ def whitened_model(widths: tuple[int, int, int], samples, num_classes: int = 10,
     """The network with its whitening initialised from `samples` and the CIFAR-10 preprocessing attached."""
     model = WhitenedConvNet(num_classes, widths, dirac)
     model.init_whitening(whitening_sample(samples), CIFAR_MEAN, CIFAR_STD)
-    model.pretrained_cfg = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0, "input_size": (3, 32, 32)}
+    data_config = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0, "input_size": (3, 32, 32)}
+    visionzoo.with_spec(model, visionzoo.ModelSpec("whitened_convnet", {}, data_config, None, None))
     return model
 
 

@@ -43,7 +43,7 @@ def main() -> None:
         overrides, recipe = MODELS[name]
         torch.manual_seed(0)
         model = visionzoo.create_model(name, num_classes=len(splits.classes), **overrides)
-        model.class_names = splits.classes
+        visionzoo.with_spec(model, class_names=splits.classes)
         started = time.perf_counter()
         visionzoo.train(model, splits, epochs=args.epochs, batch_size=256, image_size=32, augment="crop", cache=True,
                         cache_size=32, precision="bf16", channels_last=True, progress=False, plots=False,

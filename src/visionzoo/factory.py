@@ -44,8 +44,9 @@ from visionzoo.weights import (
     read_folder_config,
 )
 
-__all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "create_model", "create_clip", "zero_shot_classifier",
-           "model_info", "model_complexity", "data_config", "transforms", "class_names", "save_model", "load_model"]
+__all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
+           "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "data_config", "transforms",
+           "class_names", "save_model", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,25 @@ def _set_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     return model
 
 
-def with_spec(model: nn.Module, **changes: Any) -> nn.Module:
-    """Replace fields of the model's spec (`dataclasses.replace`), store it back; returns the model."""
-    return _set_spec(model, dataclasses.replace(spec_of(model), **changes))
+def with_spec(model: nn.Module, spec: ModelSpec | None = None, /, **changes: Any) -> nn.Module:
+    """Replace fields of the model's spec (`dataclasses.replace`), store it back; returns the model.
+
+    A network of your own gets its first spec as `spec`, so that visionzoo's workflows read its
+    preprocessing and classes: `with_spec(net, ModelSpec("mynet", {}, {"mean": ..., ...}, None, None))`.
+    """
+    return _set_spec(model, dataclasses.replace(spec if spec is not None else spec_of(model), **changes))
 
 
 def model_name(model: nn.Module) -> str:
     """The architecture of a visionzoo model, else the module's class name (for messages and metadata)."""
     spec = find_spec(model)
     return spec.name if spec is not None else type(model).__name__
+
+
+def registered_name(model: nn.Module) -> str | None:
+    """The registered architecture the model can be rebuilt from, else None (a network of your own)."""
+    spec = find_spec(model)
+    return spec.name if spec is not None and spec.name in list_models() else None
 
 
 # --- building ---------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from visionzoo.factory import find_spec
-from visionzoo.registry import get_card
 
 __all__ = ["fold_batchnorm"]
 
@@ -107,7 +106,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, *, inp
     model.eval()
     if example is None:
         made = find_spec(model)
-        size = get_card(made.name).input_size if made else (3, 224, 224)
+        size = made.data_config["input_size"] if made else (3, 224, 224)
         example = torch.randn(1, *size)
     with torch.no_grad():
         expected = model(example)

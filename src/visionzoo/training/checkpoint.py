@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from visionzoo.factory import find_spec, spec_of, with_spec
+from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
 from visionzoo.preprocess import resolve_data_config
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
@@ -141,11 +141,11 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
     import visionzoo
 
     path = Path(path)
-    spec = find_spec(model)
-    if spec is not None:
-        # The model carries its classes and the preprocessing it was trained with, as weights do.
-        with_spec(model, class_names=tuple(class_names),
-                  data_config=resolve_data_config(spec.data_config, jsonable(data_config)))
+    # The model carries its classes and the preprocessing it was trained with, as weights do.
+    spec = find_spec(model) or ModelSpec(type(model).__name__, {}, {}, None, None)
+    with_spec(model, spec, class_names=tuple(class_names),
+              data_config=resolve_data_config(spec.data_config, jsonable(data_config)))
+    if registered_name(model):
         visionzoo.save_model(model, path)
         return
     # A model the registry cannot rebuild (a user's own nn.Module): weights and facts only.

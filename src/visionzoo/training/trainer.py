@@ -52,7 +52,7 @@ from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer
 from visionzoo.evaluate import classification_metrics, predict_logits
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.factory import find_spec
+from visionzoo.factory import registered_name
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
@@ -206,7 +206,7 @@ class _Trainer:
         self.requested = requested
         self.pretrained = pretrained
         self.resume_state = resume_state
-        self.model_name = model_or_name if isinstance(model_or_name, str) else (spec.name if (spec := find_spec(model_or_name)) else None)
+        self.model_name = model_or_name if isinstance(model_or_name, str) else registered_name(model_or_name)
         self.data_in_memory = isinstance(data, DataSplits)
         self.data_spec = data.description if self.data_in_memory else data
 

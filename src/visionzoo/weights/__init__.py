@@ -1,4 +1,4 @@
-"""Pretrained weights: the catalog, loading from the Hub or local files, converters, saving.
+"""Pretrained weights: the catalog, loading from the Hub or local files, and the converters.
 
     create_model("resnet50", pretrained=True)                  # the default tag of the catalog
     create_model("resnet50", pretrained="resnet50.tv_in1k")    # a named weight
