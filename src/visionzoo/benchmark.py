@@ -26,6 +26,11 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
+from visionzoo import __version__
+from visionzoo.complexity import count_gmacs, count_params
+from visionzoo.factory import cache_dir, code_fingerprint, create_model, model_complexity
+from visionzoo.registry import get_card
+
 __all__ = ["BenchmarkSettings", "benchmark_model", "benchmark_models", "environment", "percentile"]
 
 
@@ -74,8 +79,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def environment(settings: BenchmarkSettings) -> dict[str, Any]:
     """What the numbers were measured on, printed with the results."""
-    from visionzoo import __version__
-
     info = {
         "visionzoo": __version__,
         "torch": torch.__version__,
@@ -285,8 +288,6 @@ def _measure(builders: list[Callable[[], nn.Module]], input_size: tuple[int, int
 
 
 def _cache_file(name: str, settings: BenchmarkSettings) -> Path:
-    from visionzoo.factory import cache_dir, code_fingerprint
-
     machine = f"{platform.node()}|{_cpu_name()}|{os.cpu_count()}|{torch.__version__}|{code_fingerprint()}"
     if settings.device == "cuda":
         machine += f"|{torch.cuda.get_device_name()}"
@@ -298,10 +299,6 @@ def _cache_file(name: str, settings: BenchmarkSettings) -> Path:
 def benchmark_model(name: str, settings: BenchmarkSettings = BenchmarkSettings(), *,
                     use_cache: bool = True) -> ModelResult:
     """Benchmark a registered model with `settings` (from the cache when it was measured before)."""
-    from visionzoo.complexity import count_gmacs, count_params
-    from visionzoo.factory import create_model, model_complexity
-    from visionzoo.registry import get_card
-
     card = get_card(name)
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -31,7 +31,7 @@ from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
 from visionzoo.data.transforms import eval_transform
 from visionzoo.factory import create_model, find_spec
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.training.checkpoint import atomic_write, jsonable
+from visionzoo.training.checkpoint import atomic_write, jsonable, load_exported
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
 
@@ -107,8 +107,6 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     if not name:
         raise ValueError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
     if Path(name).exists():
-        from visionzoo.training.checkpoint import load_exported
-
         if spec.get("pretrained"):
             raise ValueError(f"--pretrained does not apply to the saved model {name}")
         return load_exported(Path(name))

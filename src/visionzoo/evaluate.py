@@ -18,8 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.data.datasets import ImageDataset, collate_skipping, crop_shifted
+from visionzoo.data.sources import resolve_data
+from visionzoo.data.transforms import eval_transform
+from visionzoo.factory import create_model, find_spec
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.factory import find_spec
+from visionzoo.training.checkpoint import load_exported
 
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
@@ -87,8 +91,6 @@ def tta_logits(model: nn.Module, images: torch.Tensor, *, flip: bool = False, sh
 
     logits = over_flips(images)
     if shift:
-        from visionzoo.data.datasets import crop_shifted
-
         top_left = crop_shifted(images, 0, 0, False, shift)
         bottom_right = crop_shifted(images, 2 * shift, 2 * shift, False, shift)
         logits = (logits + (over_flips(top_left) + over_flips(bottom_right)) / 2) / 2
@@ -151,8 +153,6 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 
 def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
-    from visionzoo.training.checkpoint import load_exported
-
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
     else:
@@ -164,9 +164,7 @@ def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | No
         elif path.suffix in (".safetensors", ".pt", ".pth") or path.exists():
             raise ValueError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
         else:
-            import visionzoo
-
-            model = visionzoo.create_model(str(model_or_path), pretrained=pretrained or False)
+            model = create_model(str(model_or_path), pretrained=pretrained or False)
     made = find_spec(model)
     class_names = list(made.class_names) if made and made.class_names else None
     data_config = model_data_config(model)
@@ -179,10 +177,6 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
     `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`)."""
     import json
-
-    from visionzoo.data.datasets import ImageDataset, collate_skipping
-    from visionzoo.data.sources import resolve_data
-    from visionzoo.data.transforms import eval_transform
 
     model, model_classes, data_config = _resolve_model(model_or_path, pretrained)
     splits = resolve_data(data, split="eval")

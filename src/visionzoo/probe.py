@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.data.sources import stratified_split
-from visionzoo.embeddings import Embeddings
+from visionzoo.embeddings import Embeddings, build_backbone
+from visionzoo.training.checkpoint import export_model
 
 __all__ = ["ProbeResult", "run_probe", "knn_predict", "fit_logistic_regression", "probe_model", "save_probe_model",
            "DEFAULT_KS", "DEFAULT_WEIGHT_DECAYS"]
@@ -191,8 +192,6 @@ def run_probe(train: Embeddings, val: Embeddings | None = None, method: Literal[
 
 def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
     """The backbone that made `embeddings` with its classifier replaced by the linear probe."""
-    from visionzoo.embeddings import build_backbone
-
     if result.weight is None:
         raise ValueError(f"only a linear probe can be saved as a model (this is a {result.method} probe); "
                          "rerun with --method linear")
@@ -214,8 +213,6 @@ def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
 
 def save_probe_model(result: ProbeResult, embeddings: Embeddings, folder: str | Path) -> Path:
     """Write the probe as a model folder (`model.safetensors` + `config.json`) that predict and eval load."""
-    from visionzoo.training.checkpoint import export_model
-
     model = probe_model(result, embeddings)
     export_model(model, Path(folder), class_names=list(result.classes), data_config=dict(embeddings.data_config),
                  extra={"probe": {"method": result.method, "top1": result.top1, **result.chosen}})

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from visionzoo.data.sources import cache_root
+
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "NonFiniteWeightsError", "WeightsNotAvailableError",
            "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
 
@@ -40,8 +42,6 @@ class WeightsNotAvailableError(FileNotFoundError):
 
 def weights_home() -> Path:
     """Where visionzoo keeps downloaded or hand-placed weight files: $VISIONZOO_CACHE/weights."""
-    from visionzoo.data.sources import cache_root
-
     return cache_root() / "weights"
 
 
