@@ -42,6 +42,6 @@ def test_every_module_has_a_layer():
     """A new module joins a layer in pyproject.toml (a workflow goes with the workflows)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["name"] == "layers"]
-    listed = {name.strip() for layer in contract["layers"] for name in layer.replace("|", ":").split(":")}
+    listed = {name.strip().strip("()") for layer in contract["layers"] for name in layer.replace("|", ":").split(":")}
     modules = {m.name for m in pkgutil.iter_modules([str(SOURCE / "visionzoo")])}
     assert sorted(modules - listed) == [], "add these modules to a layer of [tool.importlinter] in pyproject.toml"
