@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+from visionzoo.errors import SettingError
 
 __all__ = ["Candidate", "Constraints", "Advice", "advise", "candidates", "pareto_front", "plot_advice",
            "plot_evolution", "recommended_recipe"]
@@ -204,17 +205,17 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
     recommended unmeasured). With `measure=False` it is estimated from GMACs and a calibration.
     """
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        raise SettingError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     if target == "gpu" and measure:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("target 'gpu' measures on a CUDA GPU and none is visible; use --no-measure to estimate")
+            raise SettingError("target 'gpu' measures on a CUDA GPU and none is visible; use --no-measure to estimate")
     constraints = Constraints(latency_ms, max_params_m, max_memory_mb, min_top1)
     measure_fn = measure_fn or _measure
     pool = candidates()
     if not pool:
-        raise ValueError("no registered model has published ImageNet weights in the catalog")
+        raise SettingError("no registered model has published ImageNet weights in the catalog")
 
     static = [c for c in pool if not {"max_params", "min_top1"} & set(constraints.violations(c))]
     slope, _ = _calibrate(target, measure_fn)

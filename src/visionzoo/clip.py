@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.layers.mlp import QuickGELU
+from visionzoo.errors import SettingError
 
 __all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "create_clip",
            "classify_images", "tokenize", "zero_shot_classifier", "IMAGENET_TEMPLATES"]
@@ -67,7 +68,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"text width {width} is not divisible by heads {heads}")
+            raise SettingError(f"text width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
@@ -158,7 +159,7 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (N, L <= context_length) -> text embeddings (N, embed_dim), not normalised."""
         if tokens.shape[-1] > self.context_length:
-            raise ValueError(f"{tokens.shape[-1]} tokens exceed the context length {self.context_length}; "
+            raise SettingError(f"{tokens.shape[-1]} tokens exceed the context length {self.context_length}; "
                              f"tokenize with context_length={self.context_length}")
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[-1]]  # (N, L, width)
         x = self.ln_final(self.transformer(x))
@@ -176,7 +177,7 @@ class CLIP(nn.Module):
     def __init__(self, visual: nn.Module, text: TextTransformer, init_logit_scale: float = math.log(1 / 0.07)):
         super().__init__()
         if getattr(visual, "num_classes", None) != text.embed_dim:
-            raise ValueError(f"the image tower outputs {getattr(visual, 'num_classes', None)} features but the text "
+            raise SettingError(f"the image tower outputs {getattr(visual, 'num_classes', None)} features but the text "
                              f"tower {text.embed_dim}; build the image tower with num_classes={text.embed_dim}")
         self.visual = visual
         self.text = text
@@ -223,13 +224,13 @@ def create_clip(name: str = "ViT-B-32", *, pretrained: bool | str = False, text_
     from visionzoo.registry import create_model
 
     if name not in CLIP_MODELS:
-        raise ValueError(f"unknown CLIP model {name!r}; choose one of {', '.join(CLIP_MODELS)}")
+        raise SettingError(f"unknown CLIP model {name!r}; choose one of {', '.join(CLIP_MODELS)}")
     image_name, default_text, embed_dim = CLIP_MODELS[name]
     if pretrained is True:
         from visionzoo.weights import default_weight
 
         if default_weight(name) is None:  # say so before building a model of a few hundred MB
-            raise ValueError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
+            raise SettingError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
                              "(pretrained='path/to/open_clip_model.safetensors') or build with random weights")
     visual = create_model(image_name, num_classes=embed_dim, **image_overrides)
     model = CLIP(visual, TextTransformer(text_config or default_text, embed_dim))
@@ -309,10 +310,10 @@ def class_embeddings(model: CLIP, class_names: Sequence[str], templates: Sequenc
     templates = list(templates) or list(IMAGENET_TEMPLATES)
     for template in templates:
         if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' where the class name goes; "
+            raise SettingError(f"template {template!r} has no '{{}}' where the class name goes; "
                              "e.g. 'a photo of a {}.'")
     if not class_names:
-        raise ValueError("no class names given")
+        raise SettingError("no class names given")
     device = next(model.parameters()).device
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = tokenize(prompts, context_length=model.text.context_length)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
@@ -41,7 +42,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     logits = logits.float()
     count, num_classes = logits.shape
     if count == 0:
-        raise ValueError("no samples to evaluate")
+        raise SettingError("no samples to evaluate")
     k = min(5, num_classes)
     top = logits.topk(k, dim=1).indices
     top1 = float(top[:, 0].eq(labels).float().mean())
@@ -160,7 +161,7 @@ def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | No
                 path = path / "best"
             model = load_exported(path)
         elif path.suffix in (".safetensors", ".pt", ".pth") or path.exists():
-            raise ValueError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
+            raise SettingError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
         else:
             import visionzoo
 
@@ -186,13 +187,13 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     if model_classes:
         missing = [c for c in splits.classes if c not in model_classes]
         if missing:
-            raise ValueError(f"the data has classes the model does not know: {missing[:5]}; "
+            raise SettingError(f"the data has classes the model does not know: {missing[:5]}; "
                              f"the model's classes are {model_classes[:10]}...")
         remap = torch.tensor([model_classes.index(c) for c in splits.classes])
         class_names = list(model_classes)
     else:
         if getattr(model, "num_classes", len(splits.classes)) != len(splits.classes):
-            raise ValueError(f"the model has {model.num_classes} outputs but the data has {len(splits.classes)} "
+            raise SettingError(f"the model has {model.num_classes} outputs but the data has {len(splits.classes)} "
                              "classes, and the model carries no class names to match them by")
         remap, class_names = None, splits.classes
     dataset = ImageDataset(splits.val, eval_transform(data_config, image_size))

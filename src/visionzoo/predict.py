@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
+from visionzoo.errors import SettingError
 
 __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
            "predict", "predict_images"]
@@ -35,10 +36,10 @@ def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | st
     spec = os.fspath(model)
     if os.path.isdir(spec):
         if pretrained:
-            raise ValueError(f"{spec} is a saved model that carries its own weights; drop --pretrained")
+            raise SettingError(f"{spec} is a saved model that carries its own weights; drop --pretrained")
         return load_model(spec)
     if os.path.exists(spec) or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".onnx"):
-        raise ValueError(f"MODEL {spec!r} is a file; pass a model name with --pretrained {spec}, "
+        raise SettingError(f"MODEL {spec!r} is a file; pass a model name with --pretrained {spec}, "
                          "or a folder written by visionzoo.save_model")
     return create_model(spec, pretrained=True if pretrained in (None, True) else pretrained).eval()
 
@@ -51,7 +52,7 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
     from visionzoo.weights import class_names
 
     if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
+        raise SettingError(f"topk must be at least 1, got {topk}")
     transform = transforms(model)
     labels = labels if labels is not None else class_names(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -89,5 +90,5 @@ def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.Path
     """Top-k predictions for image files, folders and globs (see the module docstring)."""
     paths = expand_image_paths(images)
     if not paths:
-        raise ValueError("no images given")
+        raise SettingError("no images given")
     return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from visionzoo.errors import UnknownModelError
+from visionzoo.errors import SettingError, UnknownModelError
 
 __all__ = [
     "ModelCard",
@@ -76,12 +76,12 @@ _families_loaded = False
 def register_model(card: ModelCard) -> ModelCard:
     """Add one variant. A name can be registered once only."""
     if card.name in _REGISTRY:
-        raise ValueError(
+        raise SettingError(
             f"model '{card.name}' is already registered (family '{_REGISTRY[card.name].family}'); "
             "pick another name"
         )
     if ":" not in card.reference:
-        raise ValueError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
+        raise SettingError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
     _REGISTRY[card.name] = card
     return card
 
@@ -123,7 +123,7 @@ def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
     if family is not None and family not in list_families():
         close = difflib.get_close_matches(family, list_families(), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown family '{family}'{hint}")
+        raise SettingError(f"unknown family '{family}'{hint}")
     names = (
         name
         for name, card in _REGISTRY.items()
@@ -154,7 +154,7 @@ def _split_overrides(card: ModelCard, overrides: dict[str, Any]) -> tuple[Any, d
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(card.builder).parameters.values())
     unknown = sorted(set(kwargs) - accepted) if not takes_any else []
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"model '{card.name}' does not accept {', '.join(repr(u) for u in unknown)}; "
             f"it accepts {', '.join(sorted(accepted | config_fields))}"
         )
@@ -191,7 +191,7 @@ def create_model(
     if num_classes is None:
         num_classes = card.num_classes
     if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+        raise SettingError(f"in_chans must be a positive integer, got {in_chans!r}")
     model = card.builder(config, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.visionzoo_name = name
     model.visionzoo_overrides = dict(overrides)
@@ -204,7 +204,7 @@ def create_model(
 
         return FeatureExtractor(model, out_indices)
     if out_indices is not None:
-        raise ValueError("out_indices is only meaningful with features_only=True")
+        raise SettingError("out_indices is only meaningful with features_only=True")
     return model
 
 

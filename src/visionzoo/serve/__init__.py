@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves endpoint annotations by name here
 from fastapi.responses import HTMLResponse, JSONResponse
+from visionzoo.errors import SettingError
 
 __all__ = ["ServeSettings", "Classifier", "DynamicBatcher", "create_app", "load_classifier"]
 
@@ -38,7 +39,7 @@ class ServeSettings:
 
     def __post_init__(self):
         if self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0:
-            raise ValueError(f"invalid serve settings: {self}")
+            raise SettingError(f"invalid serve settings: {self}")
 
 
 class Classifier:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
+from visionzoo.errors import SettingError
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
 
@@ -173,7 +174,7 @@ def load_exported(path: Path) -> nn.Module:
         return load_model(path)
     config = json.loads(config_path.read_text())
     if not config.get("architecture"):
-        raise ValueError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
+        raise SettingError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
     model = visionzoo.create_model(config["architecture"], num_classes=config["num_classes"],
                                    **config.get("model_args", {}))
     model.load_state_dict(load_file(path / "model.safetensors"))

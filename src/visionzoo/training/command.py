@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from visionzoo.errors import SettingError
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval"]
 
@@ -26,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = lambda: train(None, None, resume=args.resume, **settings)  # noqa: E731
     else:
         if not args.model or not args.data:
-            raise ValueError("train needs --model and --data (or --resume RUN_DIR)")
+            raise SettingError("train needs --model and --data (or --resume RUN_DIR)")
         pretrained = args.pretrained
         if pretrained is not None and pretrained.lower() in ("default", "true", "1"):
             pretrained = True

@@ -59,6 +59,7 @@ from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
 from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
+from visionzoo.errors import SettingError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -158,7 +159,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
     unknown = set(settings) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         names = ", ".join(sorted(f.name for f in dataclasses.fields(TrainSettings)))
-        raise ValueError(f"unknown training setting(s) {sorted(unknown)}; settings are: {names}")
+        raise SettingError(f"unknown training setting(s) {sorted(unknown)}; settings are: {names}")
     resume_state = None
     if resume is not None:
         run_dir = Path(resume)
@@ -168,7 +169,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
         saved = json.loads(config_path.read_text())
         model_or_name = model_or_name if isinstance(model_or_name, nn.Module) else saved["model"]
         if data is None and saved.get("data_in_memory"):
-            raise ValueError(f"{run_dir} was trained on data given in memory ({saved['data']}); pass the same "
+            raise SettingError(f"{run_dir} was trained on data given in memory ({saved['data']}); pass the same "
                              f"data again to resume: visionzoo.train(model, data, resume={str(run_dir)!r})")
         data = data if data is not None else saved["data"]
         pretrained = saved.get("pretrained") or False
@@ -177,7 +178,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
         resume_state = load_checkpoint(run_dir / "checkpoint")
     else:
         if model_or_name is None or data is None:
-            raise ValueError("train needs a model and data (or resume=RUN_DIR)")
+            raise SettingError("train needs a model and data (or resume=RUN_DIR)")
         requested = TrainSettings(**settings)
         run_dir = None
     started = _start_distributed()
@@ -213,7 +214,7 @@ class _Trainer:
         self.classes = self.splits.classes
         self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size)
         if s.batch_size % (self.world * s.grad_accum):
-            raise ValueError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
+            raise SettingError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
                              f"= {self.world} x {s.grad_accum}")
         self.micro_batch = s.batch_size // (self.world * s.grad_accum)
 

@@ -29,6 +29,7 @@ from visionzoo.weights.convert import ConversionError, convert_state_dict, find_
 from visionzoo.weights.files import (WEIGHT_SUFFIXES, NonFiniteWeightsError, UnsafeCheckpointError,
                                      WeightsNotAvailableError, check_finite, hub_download, read_state_dict,
                                      url_download)
+from visionzoo.errors import SettingError
 
 __all__ = ["load_pretrained", "save_model", "load_model", "class_names", "WeightEntry", "catalog", "get_weight",
            "list_weights", "default_weight", "imagenet_class_names", "UnknownWeightError", "UnsafeCheckpointError",
@@ -65,14 +66,14 @@ def _entry_source(entry: WeightEntry) -> _Source:
     elif entry.url:
         path = url_download(entry.url)
     else:  # pragma: no cover - the catalog test checks every entry has a location
-        raise ValueError(f"weight '{entry.name}' names no location")
+        raise SettingError(f"weight '{entry.name}' names no location")
     return _Source(path, f"'{entry.name}'", entry.as_dict())
 
 
 def _hub_source(spec: str) -> _Source:
     repo, _, revision = spec[len("hf-hub:"):].partition("@")
     if repo.count("/") != 1:
-        raise ValueError(f"hf-hub weights are named 'hf-hub:org/repo[@revision]', got {spec!r}")
+        raise SettingError(f"hf-hub weights are named 'hf-hub:org/repo[@revision]', got {spec!r}")
     path = hub_download(repo, ["model.safetensors", "pytorch_model.bin"], revision or None)
     entry = None
     try:
@@ -124,7 +125,7 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+        raise SettingError(f"{config_path} is not valid JSON: {error}") from None
 
 
 def _resolve(model: nn.Module, pretrained: bool | str | os.PathLike) -> _Source:
@@ -215,7 +216,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    raise ValueError(f"cannot save override value {value!r} ({type(value).__name__}) in config.json")
+    raise SettingError(f"cannot save override value {value!r} ({type(value).__name__}) in config.json")
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -235,10 +236,10 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
 
     name = getattr(model, "visionzoo_name", None)
     if name is None:
-        raise ValueError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
+        raise SettingError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} is a file; save_model writes a directory")
+        raise SettingError(f"{folder} is a file; save_model writes a directory")
     folder.mkdir(parents=True, exist_ok=True)
     from visionzoo.clip import ZeroShotClassifier
 
