@@ -31,6 +31,7 @@ from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
 from visionzoo.data.transforms import eval_transform, model_data_config
 from visionzoo.training.checkpoint import atomic_write, jsonable
 from visionzoo.errors import DataError
+from visionzoo.resolve import resolve_model
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
 
@@ -106,17 +107,13 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     if not name:
         raise DataError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
     if Path(name).exists():
-        from visionzoo.training.checkpoint import load_exported
-
         if spec.get("pretrained"):
             raise DataError(f"--pretrained does not apply to the saved model {name}")
-        return load_exported(Path(name))
+        return resolve_model(name)
     if not spec.get("pretrained") and not allow_random:
         raise DataError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
                          "embed with --pretrained WEIGHTS or with a saved model folder")
-    from visionzoo.registry import create_model
-
-    return create_model(name, pretrained=spec["pretrained"], **spec.get("overrides", {}))
+    return resolve_model(name, spec["pretrained"], **spec.get("overrides", {}))
 
 
 def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from visionzoo.errors import SettingError
+from visionzoo.resolve import resolve_model
 
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
@@ -149,29 +150,15 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 
 def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
-    from visionzoo.training.checkpoint import load_exported
     from visionzoo.data.transforms import model_data_config
 
-    if isinstance(model_or_path, nn.Module):
-        model = model_or_path
-    else:
-        path = Path(str(model_or_path))
-        if path.is_dir():
-            if (path / "best" / "config.json").exists():  # a run folder
-                path = path / "best"
-            model = load_exported(path)
-        elif path.suffix in (".safetensors", ".pt", ".pth") or path.exists():
-            raise SettingError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
-        else:
-            import visionzoo
-
-            model = visionzoo.create_model(str(model_or_path), pretrained=pretrained or False)
+    model = resolve_model(model_or_path, pretrained, default_pretrained=False)
     class_names = getattr(model, "class_names", None)
     data_config = model_data_config(model)
     return model, class_names, data_config
 
 
-def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str = False,
+def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str | None = None,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
              tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.

@@ -18,7 +18,7 @@ from PIL import Image
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.results import error_record, prediction_record
-from visionzoo.errors import SettingError
+from visionzoo.errors import SettingError, require_extra
 
 __all__ = ["OnnxClassifier", "preprocess_image"]
 
@@ -61,7 +61,7 @@ class OnnxClassifier:
     """An exported visionzoo model run by onnxruntime, with its own preprocessing and labels."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None):
-        import onnxruntime as ort
+        ort = require_extra("onnxruntime", "edge", "running an exported .onnx model")
 
         path = Path(path)
         if not path.is_file():

@@ -20,6 +20,7 @@ import torch.nn as nn
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
 from visionzoo.errors import SettingError
+from visionzoo.resolve import resolve_model
 
 __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
            "predict", "predict_images"]
@@ -27,21 +28,8 @@ __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_ta
 
 def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:
     """A model ready to predict: a module as given, a saved-model folder, or a registered name with
-    `pretrained` weights (default: the architecture's default weights)."""
-    from visionzoo.registry import create_model
-    from visionzoo.weights import load_model
-
-    if isinstance(model, nn.Module):
-        return model.eval()
-    spec = os.fspath(model)
-    if os.path.isdir(spec):
-        if pretrained:
-            raise SettingError(f"{spec} is a saved model that carries its own weights; drop --pretrained")
-        return load_model(spec)
-    if os.path.exists(spec) or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".onnx"):
-        raise SettingError(f"MODEL {spec!r} is a file; pass a model name with --pretrained {spec}, "
-                         "or a folder written by visionzoo.save_model")
-    return create_model(spec, pretrained=True if pretrained in (None, True) else pretrained).eval()
+    `pretrained` weights (default: the architecture's default weights); see `visionzoo.resolve`."""
+    return resolve_model(model, pretrained)
 
 
 @torch.inference_mode()

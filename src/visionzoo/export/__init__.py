@@ -19,7 +19,7 @@ from visionzoo.export.fold_bn import fold_batchnorm
 from visionzoo.export.onnx import (ExportResult, export_onnx, export_torchscript, model_preprocessing,
                                    verify_onnx, verify_torchscript)
 from visionzoo.export.quantize import quantization_kind, quantize_int8
-from visionzoo.errors import SettingError
+from visionzoo.errors import SettingError, require_extra
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
            "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
@@ -138,6 +138,9 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
         model = fold_batchnorm(model, torch.randn(1, channels, height, width))
     if format not in ("onnx", "torchscript"):
         raise SettingError(f"format must be 'onnx' or 'torchscript', got {format!r}")
+    if format == "onnx":  # before any work: one line naming the pip install when one is missing
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require_extra(module, "export", "ONNX export")
     real = _real_inputs(model, img_size, calib_dir) if verify else None
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
     if format == "onnx":

@@ -21,9 +21,13 @@ from importlib import resources
 from typing import Any, Callable
 
 import numpy as np
-from fastapi import FastAPI, Request  # at module level: FastAPI resolves endpoint annotations by name here
-from fastapi.responses import HTMLResponse, JSONResponse
-from visionzoo.errors import SettingError
+
+from visionzoo.errors import SettingError, require_extra
+
+for _module in ("fastapi", "uvicorn", "python_multipart"):  # one line naming the pip install when one is missing
+    require_extra(_module, "serve", "visionzoo serve")
+from fastapi import FastAPI, Request  # noqa: E402 (module level: FastAPI resolves endpoint annotations by name here)
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 
 __all__ = ["ServeSettings", "Classifier", "DynamicBatcher", "create_app", "load_classifier"]
 
@@ -68,11 +72,17 @@ class Classifier:
 
 def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None) -> Classifier:
     """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
-    a saved model folder, an nn.Module, or an exported .onnx file."""
-    if isinstance(spec, str) and spec.endswith(".onnx"):
-        from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    a saved model folder, an nn.Module, or an exported .onnx file (see `visionzoo.resolve`)."""
+    from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    from visionzoo.resolve import resolve_model
 
-        onnx_model = OnnxClassifier(spec, threads=threads)
+    if threads and not (isinstance(spec, str) and spec.endswith(".onnx")):
+        import torch
+
+        torch.set_num_threads(threads)
+    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads)
+    if isinstance(model, OnnxClassifier):
+        onnx_model = model
         card = {"architecture": onnx_model.name, "weights": str(spec), "format": "onnx",
                 "preprocessing": onnx_model.preprocessing, "num_classes": len(onnx_model.class_names or []),
                 "classes": onnx_model.class_names}
@@ -81,13 +91,9 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
     import torch
 
-    from visionzoo.predict import load_for_predict
     from visionzoo.preprocess import data_config, transforms
     from visionzoo.weights import class_names as model_class_names
 
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_for_predict(spec, pretrained).eval()
     transform = transforms(model, train=False)
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
