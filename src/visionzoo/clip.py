@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.layers.mlp import QuickGELU
-from visionzoo.errors import SettingError
+from visionzoo.errors import MissingExtraError, SettingError
 
 __all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "create_clip",
            "classify_images", "tokenize", "zero_shot_classifier", "IMAGENET_TEMPLATES"]
@@ -47,7 +47,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tens
         try:
             from open_clip.tokenizer import SimpleTokenizer
         except ImportError as error:
-            raise ImportError("CLIP's tokenizer comes from open_clip, an optional dependency: "
+            raise MissingExtraError("CLIP's tokenizer comes from open_clip, an optional dependency: "
                               "pip install 'visionzoo[clip]' (or open_clip_torch)") from error
         _tokenizer = SimpleTokenizer()
     if isinstance(texts, str):
