@@ -5,7 +5,9 @@ takes up to `max_batch` queued images, waiting at most `max_wait_ms` for more af
 first, and runs the model once for all of them in a thread, so throughput grows with load.
 
 Every failure a client can cause is a JSON error with the right status, and the server keeps
-serving: 413 body over the limit (counted while reading, so a huge upload never fills memory),
+serving: 413 body over the limit (counted while reading, so a huge upload never fills memory;
+the excess is read and discarded up to `max_discard_mb`, so clients that send the whole body
+before reading the reply, as urllib and requests do, get the 413 and not a connection reset),
 415 not an image (by content, not declared type), 422 truncated image or decompression bomb,
 503 with Retry-After when the queue is full, 408 for a client that sends too slowly, 500 for
 an exception inside the model (the next request runs normally).
@@ -39,10 +41,15 @@ class ServeSettings:
     max_upload_mb: float = 10.0
     queue: int = 256
     read_timeout_s: float = 30.0  # a client must finish sending its body within this time
+    # A body over max_upload_mb is still read, and thrown away, up to this many MB before the 413:
+    # clients that send the whole body before reading the reply (Python's urllib, requests) would
+    # otherwise get a connection reset instead. Beyond it the connection is closed unread.
+    max_discard_mb: float = 256.0
     max_topk: int = 100
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0:
+        if (self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0
+                or self.max_discard_mb < 0):
             raise SettingError(f"invalid serve settings: {self}")
 
 
@@ -205,6 +212,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
     batcher = DynamicBatcher(classifier, settings)
     limit = int(settings.max_upload_mb * 2**20)
+    discard_limit = max(limit, int(settings.max_discard_mb * 2**20))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -230,8 +238,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body of {int(declared)} bytes is over the {settings.max_upload_mb:g} MB limit")
+        declared = int(declared) if declared and declared.isdigit() else None
         chunks, size = [], 0
 
         async def consume():
@@ -239,13 +246,23 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"request body is over the {settings.max_upload_mb:g} MB limit")
-                chunks.append(chunk)
+                    chunks.clear()  # over the limit: the rest is counted and discarded, never kept
+                    if size > discard_limit:
+                        return
+                elif chunk:
+                    chunks.append(chunk)
 
+        if declared is not None and declared > discard_limit:  # too large even to discard: closed unread
+            raise ApiError(413, f"request body of {declared} bytes is over the {settings.max_upload_mb:g} MB limit")
         try:
             await asyncio.wait_for(consume(), settings.read_timeout_s)
         except asyncio.TimeoutError:
+            if size > limit:
+                raise ApiError(413, f"request body is over the {settings.max_upload_mb:g} MB limit") from None
             raise ApiError(408, f"the request body did not arrive within {settings.read_timeout_s:g} s") from None
+        if size > limit:
+            shown = f" of {declared} bytes" if declared is not None else ""
+            raise ApiError(413, f"request body{shown} is over the {settings.max_upload_mb:g} MB limit")
         return b"".join(chunks)
 
     async def images_from(request: Request) -> list[tuple[str, bytes]]:
