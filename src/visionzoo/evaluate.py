@@ -38,16 +38,26 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     return float(ece)
 
 
+TOP_K = 5  # the top-k accuracy reported beside top-1
+
+
+def reports_top_k(num_classes: int, k: int = TOP_K) -> bool:
+    """Whether top-k accuracy means anything: only where k is below the number of classes
+    (with 5 classes or fewer, top-5 is always 100%, so it is neither printed, stored nor plotted)."""
+    return k < num_classes
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    """Metrics from (N, C) logits and (N,) integer labels."""
+    """Metrics from (N, C) logits and (N,) integer labels; "top5" only where 5 < C (see `reports_top_k`)."""
     logits = logits.float()
     count, num_classes = logits.shape
     if count == 0:
         raise SettingError("no samples to evaluate")
-    k = min(5, num_classes)
-    top = logits.topk(k, dim=1).indices
+    top = logits.topk(min(TOP_K, num_classes), dim=1).indices
     top1 = float(top[:, 0].eq(labels).float().mean())
-    top5 = float(top.eq(labels[:, None]).any(dim=1).float().mean())
+    top_k = {}
+    if reports_top_k(num_classes):
+        top_k[f"top{TOP_K}"] = float(top.eq(labels[:, None]).any(dim=1).float().mean())
     predicted = top[:, 0]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
@@ -66,7 +76,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     probabilities = logits.softmax(dim=1)
     return {
         "top1": top1,
-        "top5": top5,
+        **top_k,
         "loss": float(nn.functional.cross_entropy(logits, labels)),
         "ece": expected_calibration_error(probabilities, labels),
         "macro_f1": float(f1.mean()),

@@ -63,7 +63,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
     console = Console()
-    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+    top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
+    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, {top5}"
                   f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
     table = Table(title="per class")
     for column in ("class", "precision", "recall", "F1", "support"):

@@ -50,7 +50,7 @@ from visionzoo.data.datasets import Skipped
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer, model_data_config
-from visionzoo.evaluate import classification_metrics, predict_logits
+from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
@@ -505,16 +505,18 @@ class _Trainer:
                       "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
             if metrics is not None:
                 record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
-                              val_top5=round(metrics["top5"], 6), val_ece=round(metrics["ece"], 6))
+                              **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
+                              val_ece=round(metrics["ece"], 6))
             improved = self.best.update(state, epoch, metrics)
             state.history.append(record)
             line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  "
-                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  top-5 {record['val_top5']:.2%}  "
+                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
+                       + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else "")
                        if metrics is not None else "")
                     + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
             columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
             if self.data.val is not None:
-                columns += ["val_loss", "val_top1", "val_top5", "val_ece"]
+                columns += ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []), "val_ece"]
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):
