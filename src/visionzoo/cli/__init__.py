@@ -19,6 +19,8 @@ import argparse
 import sys
 from typing import Callable
 
+from rich.markup import escape
+
 import visionzoo
 from visionzoo.cli import catalog, choose, export, features, predict, serve
 from visionzoo.cli.common import err_console
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except USER_ERRORS as error:
-        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
