@@ -178,3 +178,18 @@ def test_a_missing_extra_on_import_of_the_library(monkeypatch):
 
         OnnxClassifier("model.onnx")
     assert require_extra("json", "x", "y").dumps([]) == "[]"
+
+
+def test_parsing_imports_no_heavy_dependency():
+    """Building the parser and parsing every command stays free of torch and of every extra."""
+    script = (
+        "import sys\n"
+        "from visionzoo.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "parser.parse_args(['predict', 'm.onnx', 'a.jpg']); parser.parse_args(['serve', 'resnet18'])\n"
+        "parser.parse_args(['export', 'resnet18']); parser.parse_args(['train', '--model', 'resnet18'])\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'fastapi', 'uvicorn', 'onnx', 'onnxruntime') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

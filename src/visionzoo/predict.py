@@ -11,7 +11,6 @@ one result from class probabilities, so other back ends (ONNX) format theirs the
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
