@@ -130,3 +130,27 @@ def test_evolution_plot(tmp_path, capsys):
     assert main(["evolution", "--plot", str(plot)]) == 0
     assert plot.read_bytes()[:8] == PNG_MAGIC
     assert main(["evolution"]) == 0 and "alexnet" in capsys.readouterr().out
+
+
+def test_advise_gpu_no_measure_asks_for_no_gpu(capsys, tmp_path, monkeypatch):
+    import torch
+
+    import visionzoo.benchmark
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("--no-measure without a GPU must measure nothing")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(visionzoo.benchmark, "benchmark_model", no_measuring)
+    plot = tmp_path / "gpu.png"
+    code = main(["advise", "--target", "gpu", "--no-measure", "--max-params", "30", "--top", "3",
+                 "--plot", str(plot), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(out["picks"]) == 3 and "no CUDA GPU" in out["method"]
+    assert all(p["latency_ms"] is None and p["params"] <= 30e6 for p in out["picks"])
+    tops = [p["top1"] for p in out["picks"]]
+    assert tops == sorted(tops, reverse=True)
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    # a latency bound cannot be judged without a GPU to calibrate on: a usage error, not a guess
+    assert main(["advise", "--target", "gpu", "--no-measure", "--latency-ms", "5"]) == 2
+    assert "CUDA GPU" in capsys.readouterr().err

@@ -20,7 +20,7 @@ def test_metrics_match_hand_computed_values():
     logits[torch.arange(6), labels] += 1.0  # the true class is always second best or best
     metrics = classification_metrics(logits, labels, ["a", "b", "c"])
     assert metrics["top1"] == pytest.approx(4 / 6)
-    assert metrics["top5"] == 1.0  # only 3 classes: top-k is capped
+    assert "top5" not in metrics  # only 3 classes: top-5 would always be 100%, so it is not reported
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     a = metrics["per_class"]["a"]
     assert a["precision"] == pytest.approx(1 / 2) and a["recall"] == pytest.approx(1 / 2) and a["support"] == 2
@@ -116,3 +116,38 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert main(["train", "--model", "resnet18", "--data", "builtin:shapes?train=20&val=10&size=16",
                  "--recipe", "finetune", "--optimizer", "sgd", "--epochs", "0"]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_top5_is_reported_only_above_five_classes():
+    torch.manual_seed(0)
+    for num_classes, reported in ((2, False), (5, False), (6, True)):
+        logits, labels = torch.randn(12, num_classes), torch.arange(12) % num_classes
+        metrics = classification_metrics(logits, labels, [str(i) for i in range(num_classes)])
+        assert ("top5" in metrics) == reported, num_classes
+    ranks = logits.argsort(dim=1, descending=True)
+    expected = (ranks[:, :5] == labels[:, None]).any(dim=1).float().mean()
+    assert metrics["top5"] == pytest.approx(float(expected))
+
+
+def test_two_class_run_and_eval_show_no_top5(tmp_path, capsys, one_thread):
+    for name, colour in (("dark", (20, 20, 20)), ("light", (230, 230, 230))):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (16, 16), colour).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet18", "--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
+                 "--image-size", "16", "--out", str(run), "--workers", "0", "--no-progress",
+                 "--val-fraction", "0.4"]) == 0
+    printed = capsys.readouterr().out
+    assert "val top-1" in printed and "top-5" not in printed
+    header = (run / "metrics_epochs.csv").read_text().splitlines()[0]
+    assert "val_top1" in header and "val_top5" not in header
+    assert (run / "curves.png").exists()
+    assert main(["eval", str(run), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "top-5" not in printed
+    assert main(["eval", str(run), "--data", str(tmp_path / "data"), "--json", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "top1" in result and "top5" not in result
+    assert "top5" not in json.loads((tmp_path / "eval" / "metrics.json").read_text())

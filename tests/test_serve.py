@@ -242,6 +242,62 @@ def test_onnx_model_serves_too(tmp_path):
     del torch
 
 
+class RealServer:
+    """The app under a real uvicorn server on 127.0.0.1 (a free port), in a thread."""
+
+    def __init__(self, classifier: Classifier, settings: ServeSettings):
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(create_app(classifier, settings), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_gets_413_from_python_clients(chunked):
+    """urllib sends the whole body before it reads the reply; it must get the 413, not a reset."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    settings = ServeSettings(max_upload_mb=0.25)
+    body = b"\x00" * (24 * 2**20)  # 96x the limit, well past what the sockets buffer
+    with RealServer(tiny_classifier(), settings) as url:
+        data = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+        headers = {"Content-Type": "application/octet-stream"}
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        request = urllib.request.Request(f"{url}/v1/classify", data=data, headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert caught.value.code == 413
+        assert "limit" in json.loads(caught.value.read())["error"]
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as ok:  # and the server goes on
+            assert ok.status == 200
+
+
 def test_model_card_reports_the_weights_name(tmp_path, monkeypatch):
     """The card's weights come from the model's spec: a catalogued weight by its name (they were
     once read with getattr from a dict, so the name was always missing)."""

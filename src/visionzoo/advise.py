@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+from visionzoo.errors import SettingError
 
 __all__ = ["Candidate", "Constraints", "Advice", "advise", "candidates", "pareto_front", "plot_advice",
            "plot_evolution", "recommended_recipe"]
@@ -204,22 +205,30 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
     recommended unmeasured). With `measure=False` it is estimated from GMACs and a calibration.
     """
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if target == "gpu" and measure:
+        raise SettingError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    calibrate = True  # estimates are GMACs scaled by two models measured on the target
+    if target == "gpu":
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("target 'gpu' measures on a CUDA GPU and none is visible; use --no-measure to estimate")
+            if measure:
+                raise SettingError("target 'gpu' measures on a CUDA GPU and none is visible; use --no-measure to "
+                                   "rank without measuring")
+            if latency_ms is not None:
+                raise SettingError("--latency-ms for target 'gpu' needs a CUDA GPU to calibrate the estimate on, "
+                                   "and none is visible; drop --latency-ms to rank by the other constraints")
+            calibrate = False  # nothing here to measure on: no latency at all rather than a CPU's
     constraints = Constraints(latency_ms, max_params_m, max_memory_mb, min_top1)
     measure_fn = measure_fn or _measure
     pool = candidates()
     if not pool:
-        raise ValueError("no registered model has published ImageNet weights in the catalog")
+        raise SettingError("no registered model has published ImageNet weights in the catalog")
 
     static = [c for c in pool if not {"max_params", "min_top1"} & set(constraints.violations(c))]
-    slope, _ = _calibrate(target, measure_fn)
+    slope = _calibrate(target, measure_fn)[0] if calibrate else None
     for c in pool:
-        c.latency_ms = slope * c.gmacs  # estimate first; replaced by a measurement below where taken
+        # estimate first; replaced by a measurement below where taken
+        c.latency_ms = slope * c.gmacs if slope is not None else None
         c.memory_mb = c.params * 4 / 2**20 * 1.5 if max_memory_mb is not None else None
     if measure:
         plausible = [c for c in static if constraints.latency_ms is None or c.latency_ms <= 2 * constraints.latency_ms]
@@ -230,6 +239,10 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
         eligible = [c for c in static if c.measured and not constraints.violations(c)]
         method = (f"measured on this machine ({_describe(target)}) for the {min(len(plausible), max_measured)} "
                   "candidates that could fit; the others estimated from GMACs")
+    elif slope is None:
+        eligible = [c for c in static if not constraints.violations(c)]
+        method = ("not estimated: no CUDA GPU is visible to calibrate on; ranked by published top-1 under the "
+                  "other constraints (GMACs shown)")
     else:
         eligible = [c for c in static if not constraints.violations(c)]
         method = (f"estimated from GMACs at {slope:.2f} ms per GMAC, calibrated on "
@@ -274,9 +287,14 @@ def plot_advice(advice: Advice, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pool = [c for c in advice.candidates if c.latency_ms]
+    with_latency = [c for c in advice.candidates if c.latency_ms]
+    pool = with_latency or advice.candidates  # no latency at all (gpu target, no GPU): against GMACs
+
+    def x_of(c: Candidate) -> float:
+        return c.latency_ms if with_latency else c.gmacs
+
     fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
-    xs, ys = [c.latency_ms for c in pool], [c.top1 for c in pool]
+    xs, ys = [x_of(c) for c in pool], [c.top1 for c in pool]
     ax.scatter(xs, ys, c=["tab:blue" if c.measured else "lightgray" for c in pool], s=25, zorder=2,
                label="candidates (grey: estimated)")
     front = pareto_front(list(zip(xs, ys)))
@@ -284,13 +302,16 @@ def plot_advice(advice: Advice, path: str) -> str:
     picked = {p["name"] for p in advice.picks}
     for c in pool:
         if c.name in picked:
-            ax.scatter([c.latency_ms], [c.top1], s=90, facecolors="none", edgecolors="tab:red", zorder=3)
-            ax.annotate(c.name, (c.latency_ms, c.top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.scatter([x_of(c)], [c.top1], s=90, facecolors="none", edgecolors="tab:red", zorder=3)
+            ax.annotate(c.name, (x_of(c), c.top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if advice.constraints.get("latency_ms"):
         ax.axvline(advice.constraints["latency_ms"], color="tab:red", linestyle="--", linewidth=1, label="latency limit")
     ax.set_xscale("log")
-    unit = "ms per image at batch 64" if advice.target == "gpu" else "latency at batch 1 (ms)"
-    ax.set_xlabel(unit + (", measured" if advice.measured else ", estimated"))
+    if with_latency:
+        unit = "ms per image at batch 64" if advice.target == "gpu" else "latency at batch 1 (ms)"
+        ax.set_xlabel(unit + (", measured" if advice.measured else ", estimated"))
+    else:
+        ax.set_xlabel("GMACs per image (latency not estimated)")
     ax.set_ylabel("published ImageNet top-1 (%)")
     ax.set_title(f"visionzoo advise --target {advice.target}")
     ax.grid(True, which="both", alpha=0.3)

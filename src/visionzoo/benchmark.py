@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 from visionzoo import __version__
 from visionzoo.complexity import count_gmacs, count_params
@@ -51,17 +52,17 @@ class BenchmarkSettings:
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+            raise SettingError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but PyTorch sees no CUDA GPU here; use --device cpu")
+            raise SettingError("device 'cuda' was asked for but PyTorch sees no CUDA GPU here; use --device cpu")
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+            raise SettingError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.precision == "fp16" and self.device == "cpu":
-            raise ValueError("fp16 is for CUDA; on the CPU use bf16 or fp32")
+            raise SettingError("fp16 is for CUDA; on the CPU use bf16 or fp32")
         if self.backend not in ("eager", "compile"):
-            raise ValueError(f"backend must be 'eager' or 'compile', got {self.backend!r}")
+            raise SettingError(f"backend must be 'eager' or 'compile', got {self.backend!r}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+            raise SettingError(f"batch sizes must be positive integers, got {self.batch_sizes}")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -363,9 +364,9 @@ def _timm_model(card, overrides: dict[str, Any]) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise ValueError("--vs-timm needs timm installed (pip install timm)") from None
+        raise SettingError("--vs-timm needs timm installed (pip install timm)") from None
     if card.reference_library != "timm":
-        raise ValueError(f"{card.name} matches {card.reference}, not a timm model; it cannot be compared with timm")
+        raise SettingError(f"{card.name} matches {card.reference}, not a timm model; it cannot be compared with timm")
     return timm.create_model(card.reference_name, pretrained=False, **overrides)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import MissingExtraError, SettingError
 from visionzoo.layers.mlp import QuickGELU
 
 __all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "clip_data_config",
@@ -47,7 +48,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tens
         try:
             from open_clip.tokenizer import SimpleTokenizer
         except ImportError as error:
-            raise ImportError("CLIP's tokenizer comes from open_clip, an optional dependency: "
+            raise MissingExtraError("CLIP's tokenizer comes from open_clip, an optional dependency: "
                               "pip install 'visionzoo[clip]' (or open_clip_torch)") from error
         _tokenizer = SimpleTokenizer()
     if isinstance(texts, str):
@@ -68,7 +69,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"text width {width} is not divisible by heads {heads}")
+            raise SettingError(f"text width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
@@ -159,7 +160,7 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (N, L <= context_length) -> text embeddings (N, embed_dim), not normalised."""
         if tokens.shape[-1] > self.context_length:
-            raise ValueError(f"{tokens.shape[-1]} tokens exceed the context length {self.context_length}; "
+            raise SettingError(f"{tokens.shape[-1]} tokens exceed the context length {self.context_length}; "
                              f"tokenize with context_length={self.context_length}")
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[-1]]  # (N, L, width)
         x = self.ln_final(self.transformer(x))
@@ -177,7 +178,7 @@ class CLIP(nn.Module):
     def __init__(self, visual: nn.Module, text: TextTransformer, init_logit_scale: float = math.log(1 / 0.07)):
         super().__init__()
         if getattr(visual, "num_classes", None) != text.embed_dim:
-            raise ValueError(f"the image tower outputs {getattr(visual, 'num_classes', None)} features but the text "
+            raise SettingError(f"the image tower outputs {getattr(visual, 'num_classes', None)} features but the text "
                              f"tower {text.embed_dim}; build the image tower with num_classes={text.embed_dim}")
         self.visual = visual
         self.text = text
@@ -274,10 +275,10 @@ def class_embeddings(model: CLIP, class_names: Sequence[str], templates: Sequenc
     templates = list(templates) or list(IMAGENET_TEMPLATES)
     for template in templates:
         if "{}" not in template:
-            raise ValueError(f"template {template!r} has no '{{}}' where the class name goes; "
+            raise SettingError(f"template {template!r} has no '{{}}' where the class name goes; "
                              "e.g. 'a photo of a {}.'")
     if not class_names:
-        raise ValueError("no class names given")
+        raise SettingError("no class names given")
     device = next(model.parameters()).device
     prompts = [template.format(name) for name in class_names for template in templates]
     tokens = tokenize(prompts, context_length=model.text.context_length)

@@ -29,9 +29,11 @@ from safetensors.torch import save
 from visionzoo.data.datasets import ImageDataset, collate_skipping
 from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
 from visionzoo.data.transforms import eval_transform
-from visionzoo.factory import create_model, find_spec
+from visionzoo.errors import DataError
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.training.checkpoint import atomic_write, jsonable, load_exported
+from visionzoo.factory import find_spec
+from visionzoo.resolve import resolve_model
+from visionzoo.training.checkpoint import atomic_write, jsonable
 
 __all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
 
@@ -71,7 +73,7 @@ def load_embeddings(path: str | Path) -> Embeddings:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a visionzoo embeddings file (format {metadata.get('format')!r}); "
+            raise DataError(f"{path} is not a visionzoo embeddings file (format {metadata.get('format')!r}); "
                              "make one with `visionzoo embed`")
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     return Embeddings(tensors["embeddings"], tensors["labels"], json.loads(metadata["paths"]),
@@ -95,7 +97,7 @@ def pooled_and_tokens(model: nn.Module, images: torch.Tensor, patch_tokens: bool
     elif features.ndim == 3:
         tokens = features[:, getattr(model, "num_prefix_tokens", 0):]
     else:
-        raise ValueError(f"cannot take patch tokens from features of shape {tuple(features.shape)}")
+        raise DataError(f"cannot take patch tokens from features of shape {tuple(features.shape)}")
     return pooled, tokens
 
 
@@ -105,15 +107,15 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     refused unless `allow_random` (when embedding, not when rebuilding)."""
     name = spec.get("spec")
     if not name:
-        raise ValueError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
+        raise DataError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
     if Path(name).exists():
         if spec.get("pretrained"):
-            raise ValueError(f"--pretrained does not apply to the saved model {name}")
-        return load_exported(Path(name))
+            raise DataError(f"--pretrained does not apply to the saved model {name}")
+        return resolve_model(name)
     if not spec.get("pretrained") and not allow_random:
-        raise ValueError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
+        raise DataError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
                          "embed with --pretrained WEIGHTS or with a saved model folder")
-    return create_model(name, pretrained=spec["pretrained"], **spec.get("overrides", {}))
+    return resolve_model(name, spec["pretrained"], **spec.get("overrides", {}))
 
 
 def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
@@ -123,10 +125,10 @@ def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
         raise FileNotFoundError(f"no such folder: {root}")
     classes = _class_folders(root)
     if not classes:
-        raise ValueError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
+        raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
     samples = _scan_tree(root, classes)
     if not len(samples):
-        raise ValueError(f"no images under {root} (looked in {len(classes)} class folders)")
+        raise DataError(f"no images under {root} (looked in {len(classes)} class folders)")
     return samples, classes
 
 
@@ -170,14 +172,14 @@ def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_s
         done.insert(0, load_embeddings(out))
     for part in done:
         if part.model.get("spec") != spec.get("spec") or part.model.get("pretrained") != spec.get("pretrained"):
-            raise ValueError(f"{out} holds embeddings of {part.model.get('spec')!r} "
+            raise DataError(f"{out} holds embeddings of {part.model.get('spec')!r} "
                              f"(pretrained={part.model.get('pretrained')!r}), not of {spec.get('spec')!r} "
                              f"(pretrained={spec.get('pretrained')!r}); write to a new --out file")
         if part.classes != classes:
-            raise ValueError(f"{out} was made from classes {part.classes[:5]}... but {data} has {classes[:5]}...; "
+            raise DataError(f"{out} was made from classes {part.classes[:5]}... but {data} has {classes[:5]}...; "
                              "write to a new --out file")
         if (part.patch_tokens is not None) != patch_tokens and len(part):
-            raise ValueError(f"{out} was made {'with' if part.patch_tokens is not None else 'without'} patch tokens; "
+            raise DataError(f"{out} was made {'with' if part.patch_tokens is not None else 'without'} patch tokens; "
                              "rerun with the same --patch-tokens setting or write to a new --out file")
     finished = {path for part in done for path in part.paths}
     todo = [i for i, path in enumerate(samples.paths) if path not in finished]

@@ -21,9 +21,10 @@ import torch.nn as nn
 from visionzoo.data.datasets import ImageDataset, collate_skipping, crop_shifted
 from visionzoo.data.sources import resolve_data
 from visionzoo.data.transforms import eval_transform
-from visionzoo.factory import create_model, find_spec
+from visionzoo.errors import SettingError
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.training.checkpoint import load_exported
+from visionzoo.factory import find_spec
+from visionzoo.resolve import resolve_model
 
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
@@ -43,16 +44,26 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     return float(ece)
 
 
+TOP_K = 5  # the top-k accuracy reported beside top-1
+
+
+def reports_top_k(num_classes: int, k: int = TOP_K) -> bool:
+    """Whether top-k accuracy means anything: only where k is below the number of classes
+    (with 5 classes or fewer, top-5 is always 100%, so it is neither printed, stored nor plotted)."""
+    return k < num_classes
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    """Metrics from (N, C) logits and (N,) integer labels."""
+    """Metrics from (N, C) logits and (N,) integer labels; "top5" only where 5 < C (see `reports_top_k`)."""
     logits = logits.float()
     count, num_classes = logits.shape
     if count == 0:
-        raise ValueError("no samples to evaluate")
-    k = min(5, num_classes)
-    top = logits.topk(k, dim=1).indices
+        raise SettingError("no samples to evaluate")
+    top = logits.topk(min(TOP_K, num_classes), dim=1).indices
     top1 = float(top[:, 0].eq(labels).float().mean())
-    top5 = float(top.eq(labels[:, None]).any(dim=1).float().mean())
+    top_k = {}
+    if reports_top_k(num_classes):
+        top_k[f"top{TOP_K}"] = float(top.eq(labels[:, None]).any(dim=1).float().mean())
     predicted = top[:, 0]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
@@ -71,7 +82,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
     probabilities = logits.softmax(dim=1)
     return {
         "top1": top1,
-        "top5": top5,
+        **top_k,
         "loss": float(nn.functional.cross_entropy(logits, labels)),
         "ece": expected_calibration_error(probabilities, labels),
         "macro_f1": float(f1.mean()),
@@ -153,25 +164,14 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 
 def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
-    if isinstance(model_or_path, nn.Module):
-        model = model_or_path
-    else:
-        path = Path(str(model_or_path))
-        if path.is_dir():
-            if (path / "best" / "config.json").exists():  # a run folder
-                path = path / "best"
-            model = load_exported(path)
-        elif path.suffix in (".safetensors", ".pt", ".pth") or path.exists():
-            raise ValueError(f"{path}: give a model folder (a run's best/ or last/), not a single file")
-        else:
-            model = create_model(str(model_or_path), pretrained=pretrained or False)
+    model = resolve_model(model_or_path, pretrained, default_pretrained=False)
     made = find_spec(model)
     class_names = list(made.class_names) if made and made.class_names else None
     data_config = model_data_config(model)
     return model, class_names, data_config
 
 
-def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str = False,
+def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str | None = None,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
              tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
@@ -183,13 +183,13 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     if model_classes:
         missing = [c for c in splits.classes if c not in model_classes]
         if missing:
-            raise ValueError(f"the data has classes the model does not know: {missing[:5]}; "
+            raise SettingError(f"the data has classes the model does not know: {missing[:5]}; "
                              f"the model's classes are {model_classes[:10]}...")
         remap = torch.tensor([model_classes.index(c) for c in splits.classes])
         class_names = list(model_classes)
     else:
         if getattr(model, "num_classes", len(splits.classes)) != len(splits.classes):
-            raise ValueError(f"the model has {model.num_classes} outputs but the data has {len(splits.classes)} "
+            raise SettingError(f"the model has {model.num_classes} outputs but the data has {len(splits.classes)} "
                              "classes, and the model carries no class names to match them by")
         remap, class_names = None, splits.classes
     dataset = ImageDataset(splits.val, eval_transform(data_config, image_size))

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from visionzoo import clip as clip_models
 from visionzoo.complexity import count_gmacs, count_params
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureExtractor
 from visionzoo.preprocess import resolve_data_config, transforms_for
 from visionzoo.registry import ModelCard, get_card, list_models
@@ -138,7 +139,7 @@ def _split_overrides(card: ModelCard, overrides: dict[str, Any]) -> tuple[Any, d
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
     unknown = sorted(set(kwargs) - accepted) if not takes_any else []
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"model '{card.name}' does not accept {', '.join(repr(u) for u in unknown)}; "
             f"it accepts {', '.join(sorted(accepted | config_fields))}"
         )
@@ -186,9 +187,9 @@ def create_model(
     if num_classes is None:
         num_classes = card.num_classes
     if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+        raise SettingError(f"in_chans must be a positive integer, got {in_chans!r}")
     if out_indices is not None and not features_only:
-        raise ValueError("out_indices is only meaningful with features_only=True")
+        raise SettingError("out_indices is only meaningful with features_only=True")
     model = card.builder(config, num_classes=num_classes, in_chans=in_chans, **kwargs)
     loaded = None
     if pretrained:
@@ -220,10 +221,10 @@ def create_clip(name: str = "ViT-B-32", *, pretrained: bool | str = False,
     `image_overrides` go to the image tower's `create_model`.
     """
     if name not in clip_models.CLIP_MODELS:
-        raise ValueError(f"unknown CLIP model {name!r}; choose one of {', '.join(clip_models.CLIP_MODELS)}")
+        raise SettingError(f"unknown CLIP model {name!r}; choose one of {', '.join(clip_models.CLIP_MODELS)}")
     image_name, default_text, embed_dim = clip_models.CLIP_MODELS[name]
     if pretrained is True and default_weight(name) is None:  # say so before building a model of a few hundred MB
-        raise ValueError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
+        raise SettingError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
                          "(pretrained='path/to/open_clip_model.safetensors') or build with random weights")
     visual = create_model(image_name, num_classes=embed_dim, **image_overrides)
     model = clip_models.CLIP(visual, clip_models.TextTransformer(text_config or default_text, embed_dim))
@@ -352,7 +353,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    raise ValueError(f"cannot save override value {value!r} ({type(value).__name__}) in config.json")
+    raise SettingError(f"cannot save override value {value!r} ({type(value).__name__}) in config.json")
 
 
 def _in_chans(model: nn.Module, name: str) -> int:
@@ -369,10 +370,10 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     replaced atomically."""
     spec = find_spec(model)
     if spec is None:
-        raise ValueError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
+        raise SettingError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} is a file; save_model writes a directory")
+        raise SettingError(f"{folder} is a file; save_model writes a directory")
     folder.mkdir(parents=True, exist_ok=True)
     # clone: tied or shared tensors are stored separately, as safetensors requires
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class FeatureExtractor(nn.Module):
         infos: list[FeatureInfo] = list(getattr(model, "feature_info", None) or [])
         name = name or type(model).__name__  # the architecture, for messages
         if not infos:
-            raise ValueError(f"model '{name}' has no multi-scale stages; features_only is not supported for it")
+            raise SettingError(f"model '{name}' has no multi-scale stages; features_only is not supported for it")
         if out_indices is None:
             out_indices = range(len(infos))
         indices = []
         for index in out_indices:
             if not -len(infos) <= index < len(infos):
-                raise ValueError(f"out_indices value {index} is out of range for '{name}', "
+                raise SettingError(f"out_indices value {index} is out of range for '{name}', "
                                  f"which has {len(infos)} feature levels (0..{len(infos) - 1})")
             indices.append(index % len(infos))
         self.out_indices = tuple(indices)

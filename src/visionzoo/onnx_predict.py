@@ -18,6 +18,7 @@ from PIL import Image
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.results import error_record, prediction_record
+from visionzoo.errors import SettingError, require_extra
 
 __all__ = ["OnnxClassifier", "preprocess_image"]
 
@@ -60,7 +61,7 @@ class OnnxClassifier:
     """An exported visionzoo model run by onnxruntime, with its own preprocessing and labels."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None):
-        import onnxruntime as ort
+        ort = require_extra("onnxruntime", "edge", "running an exported .onnx model")
 
         path = Path(path)
         if not path.is_file():
@@ -74,10 +75,10 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise ValueError(f"{path} is not a loadable ONNX model: {error}") from None
+            raise SettingError(f"{path} is not a loadable ONNX model: {error}") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "visionzoo.preprocessing" not in metadata:
-            raise ValueError(f"{path} has no visionzoo preprocessing metadata; export it with `visionzoo export`")
+            raise SettingError(f"{path} has no visionzoo preprocessing metadata; export it with `visionzoo export`")
         self.path = path
         self.name = metadata.get("visionzoo.model", path.stem)
         self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])

@@ -11,7 +11,6 @@ one result from class probabilities, so other back ends (ONNX) format theirs the
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -19,7 +18,9 @@ import torch.nn as nn
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.transforms import eval_transform
-from visionzoo.factory import class_names, create_model, data_config, load_model, transforms
+from visionzoo.errors import SettingError
+from visionzoo.factory import class_names, data_config, transforms
+from visionzoo.resolve import resolve_model
 from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
 
 __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_table", "load_for_predict",
@@ -28,18 +29,8 @@ __all__ = ["expand_image_paths", "prediction_record", "error_record", "format_ta
 
 def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:
     """A model ready to predict: a module as given, a saved-model folder, or a registered name with
-    `pretrained` weights (default: the architecture's default weights)."""
-    if isinstance(model, nn.Module):
-        return model.eval()
-    spec = os.fspath(model)
-    if os.path.isdir(spec):
-        if pretrained:
-            raise ValueError(f"{spec} is a saved model that carries its own weights; drop --pretrained")
-        return load_model(spec)
-    if os.path.exists(spec) or Path(spec).suffix in (".safetensors", ".pth", ".pt", ".bin", ".onnx"):
-        raise ValueError(f"MODEL {spec!r} is a file; pass a model name with --pretrained {spec}, "
-                         "or a folder written by visionzoo.save_model")
-    return create_model(spec, pretrained=True if pretrained in (None, True) else pretrained).eval()
+    `pretrained` weights (default: the architecture's default weights); see `visionzoo.resolve`."""
+    return resolve_model(model, pretrained)
 
 
 @torch.inference_mode()
@@ -47,7 +38,7 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
                    labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Results for `paths` in order; unreadable files give error records."""
     if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
+        raise SettingError(f"topk must be at least 1, got {topk}")
     transform = transforms(model)
     labels = labels if labels is not None else class_names(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -85,7 +76,7 @@ def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.Path
     """Top-k predictions for image files, folders and globs (see the module docstring)."""
     paths = expand_image_paths(images)
     if not paths:
-        raise ValueError("no images given")
+        raise SettingError("no images given")
     return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size)
 
 

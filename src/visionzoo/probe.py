@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from visionzoo.data.sources import stratified_split
 from visionzoo.embeddings import Embeddings, build_backbone
+from visionzoo.errors import SettingError
 from visionzoo.training.checkpoint import export_model
 
 __all__ = ["ProbeResult", "run_probe", "knn_predict", "fit_logistic_regression", "probe_model", "save_probe_model",
@@ -121,14 +122,14 @@ def _align_labels(train: Embeddings, other: Embeddings) -> torch.Tensor:
     index = {name: i for i, name in enumerate(train.classes)}
     unknown = sorted(set(other.classes[int(label)] for label in other.labels) - set(index))
     if unknown:
-        raise ValueError(f"the validation embeddings have classes the training ones lack: {unknown[:5]}")
+        raise SettingError(f"the validation embeddings have classes the training ones lack: {unknown[:5]}")
     return torch.tensor([index[other.classes[int(label)]] for label in other.labels], dtype=torch.long)
 
 
 def _split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     fit, held = stratified_split(labels.numpy(), SELECTION_FRACTION, seed)
     if len(held) == 0 or len(fit) == 0:
-        raise ValueError(f"too few embeddings ({len(labels)}) to hold out a part for choosing hyperparameters; "
+        raise SettingError(f"too few embeddings ({len(labels)}) to hold out a part for choosing hyperparameters; "
                          "embed more images (at least two per class)")
     return torch.from_numpy(fit), torch.from_numpy(held)
 
@@ -146,7 +147,7 @@ def run_probe(train: Embeddings, val: Embeddings | None = None, method: Literal[
               seed: int = 0) -> ProbeResult:
     """Choose the hyperparameter on held-out training embeddings, refit, evaluate (see module docstring)."""
     if method not in ("knn", "linear"):
-        raise ValueError(f"method must be 'knn' or 'linear', got {method!r}")
+        raise SettingError(f"method must be 'knn' or 'linear', got {method!r}")
     num_classes = len(train.classes)
     x, y = train.embeddings.float(), train.labels.long()
     if val is not None:
@@ -193,7 +194,7 @@ def run_probe(train: Embeddings, val: Embeddings | None = None, method: Literal[
 def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
     """The backbone that made `embeddings` with its classifier replaced by the linear probe."""
     if result.weight is None:
-        raise ValueError(f"only a linear probe can be saved as a model (this is a {result.method} probe); "
+        raise SettingError(f"only a linear probe can be saved as a model (this is a {result.method} probe); "
                          "rerun with --method linear")
     model = build_backbone(embeddings.model)
     model.reset_classifier(0)
@@ -203,7 +204,7 @@ def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
     weight_key = next((k for k, v in head.items() if tuple(v.shape) == tuple(result.weight.shape)), None)
     bias_key = next((k for k, v in head.items() if tuple(v.shape) == tuple(result.bias.shape)), None)
     if weight_key is None or bias_key is None:
-        raise ValueError(f"the classifier of {embeddings.model.get('spec')!r} is not one linear layer of "
+        raise SettingError(f"the classifier of {embeddings.model.get('spec')!r} is not one linear layer of "
                          f"{result.weight.shape[1]} inputs; the probe cannot be placed in it")
     model.load_state_dict({**model.state_dict(), weight_key: result.weight, bias_key: result.bias})
     for parameter in model.parameters():

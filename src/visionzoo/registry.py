@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from visionzoo.errors import UnknownModelError
+from visionzoo.errors import SettingError, UnknownModelError
 
 __all__ = [
     "ModelCard",
@@ -75,12 +75,12 @@ _families_loaded = False
 def register_model(card: ModelCard) -> ModelCard:
     """Add one variant. A name can be registered once only."""
     if card.name in _REGISTRY:
-        raise ValueError(
+        raise SettingError(
             f"model '{card.name}' is already registered (family '{_REGISTRY[card.name].family}'); "
             "pick another name"
         )
     if ":" not in card.reference:
-        raise ValueError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
+        raise SettingError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
     _REGISTRY[card.name] = card
     return card
 
@@ -123,7 +123,7 @@ def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
     if family is not None and family not in list_families():
         close = difflib.get_close_matches(family, list_families(), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown family '{family}'{hint}")
+        raise SettingError(f"unknown family '{family}'{hint}")
     names = (
         name
         for name, card in _REGISTRY.items()

@@ -31,6 +31,7 @@ from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSam
                                      collate_skipping, scan_files)
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples
 from visionzoo.data.transforms import NormalizeInput, SeededCropFlip, crop_padding, eval_transform, train_transform
+from visionzoo.errors import SettingError
 
 __all__ = ["Loaders", "build_loaders", "cache_splits", "cache_size", "scan_splits", "default_workers",
            "fits_on_device", "class_counts", "RESIDENT_LIMIT_BYTES"]
@@ -153,7 +154,7 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
     if balanced:
         weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
     if alternate_flip and not fast_input:
-        raise ValueError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
+        raise SettingError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
                          f"evaluation; this run uses augment={augment!r}")
     sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, weights=weights,
                                alternate_flip=alternate_flip)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from visionzoo.data.decode import is_image_file
+from visionzoo.errors import DataError
 
 __all__ = ["FileSamples", "ArraySamples", "DataSplits", "resolve_data", "cache_root", "stratified_split"]
 
@@ -86,7 +87,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     """Indices of a train and a validation part holding `val_fraction` of every class (at least one
     image per class in validation when the class has two or more)."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
@@ -116,7 +117,7 @@ def resolve_data(spec: str | os.PathLike, *, val_fraction: float = 0.1, seed: in
         return _from_csv(path, val_fraction, seed, split)
     if name.endswith((".tar", ".tar.gz", ".tgz")):
         return _from_tree(_unpack(path), val_fraction, seed, split, description=f"archive {path}")
-    raise ValueError(f"data {text!r} is neither a folder, a .csv nor a .tar/.tar.gz archive")
+    raise DataError(f"data {text!r} is neither a folder, a .csv nor a .tar/.tar.gz archive")
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -152,7 +153,7 @@ def _from_tree(root: Path, val_fraction: float, seed: int, split: str, descripti
         train_root = root / "train"
         classes = _class_folders(train_root) if train_root.is_dir() else _class_folders(root / val_name)
         if not classes:
-            raise ValueError(f"{train_root} holds no class folders; expected {train_root}/<class>/<image>")
+            raise DataError(f"{train_root} holds no class folders; expected {train_root}/<class>/<image>")
         train = _scan_tree(train_root, classes) if train_root.is_dir() else FileSamples([], np.zeros(0, np.int64))
         val = _scan_tree(root / val_name, classes) if val_name else None
         if val is None and split != "eval":
@@ -161,15 +162,15 @@ def _from_tree(root: Path, val_fraction: float, seed: int, split: str, descripti
         elif val is None:
             val = train
         if len(train) == 0 and split != "eval":
-            raise ValueError(f"no images found under {train_root}")
+            raise DataError(f"no images found under {train_root}")
         return DataSplits(classes, train, val, description)
     classes = _class_folders(root)
     if not classes:
-        raise ValueError(f"{root} holds no class folders; expected {root}/<class>/<image> "
+        raise DataError(f"{root} holds no class folders; expected {root}/<class>/<image> "
                          f"or {root}/train/<class>/<image> and {root}/val/<class>/<image>")
     samples = _scan_tree(root, classes)
     if len(samples) == 0:
-        raise ValueError(f"no images (extensions .jpg, .png, ...) found in the class folders of {root}")
+        raise DataError(f"no images (extensions .jpg, .png, ...) found in the class folders of {root}")
     if split == "eval":
         return DataSplits(classes, samples, samples, description)
     train_part, val_part = stratified_split(samples.labels, val_fraction, seed)
@@ -186,10 +187,10 @@ def _from_csv(path: Path, val_fraction: float, seed: int, split: str) -> DataSpl
             if number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
                 continue
             if len(row) < 2:
-                raise ValueError(f"{path}:{number}: expected 'path,label', got {row!r}")
+                raise DataError(f"{path}:{number}: expected 'path,label', got {row!r}")
             rows.append([c.strip() for c in row])
     if not rows:
-        raise ValueError(f"{path} lists no images; expected rows of 'path,label'")
+        raise DataError(f"{path} lists no images; expected rows of 'path,label'")
     classes = sorted({row[1] for row in rows})
     index = {name: i for i, name in enumerate(classes)}
     base = path.parent
@@ -225,7 +226,7 @@ def _unpack(archive: Path) -> Path:
             tar.extractall(scratch, filter="data")  # 'data' refuses absolute paths, links out, devices
     except (tarfile.TarError, OSError, EOFError) as error:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise ValueError(f"cannot unpack {archive}: {error}") from None
+        raise DataError(f"cannot unpack {archive}: {error}") from None
     (scratch / ".complete").write_text("")
     try:
         scratch.rename(target)
@@ -242,11 +243,11 @@ SHAPE_CLASSES = ["circle", "ring", "triangle", "square", "pentagon", "hexagon", 
 def _builtin(text: str) -> DataSplits:
     name, _, query = text.partition("?")
     if name != "builtin:shapes":
-        raise ValueError(f"unknown built-in dataset {name!r}; available: builtin:shapes")
+        raise DataError(f"unknown built-in dataset {name!r}; available: builtin:shapes")
     options = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
     unknown = set(options) - {"size", "train", "val", "seed"}
     if unknown:
-        raise ValueError(f"builtin:shapes does not take {sorted(unknown)}; options: size, train, val, seed")
+        raise DataError(f"builtin:shapes does not take {sorted(unknown)}; options: size, train, val, seed")
     size = int(options.get("size", 32))
     train_count, val_count, seed = int(options.get("train", 2000)), int(options.get("val", 500)), int(options.get("seed", 0))
     train = make_shapes(train_count, size=size, seed=seed)
@@ -313,7 +314,7 @@ def _draw_shape(draw, kind: str, cx: float, cy: float, r: float, angle: float, c
         arrow = [(-r, -w), (0.1 * r, -w), (0.1 * r, -r * 0.6), (r, 0), (0.1 * r, r * 0.6), (0.1 * r, w), (-r, w)]
         draw.polygon(_rotate(arrow, cx, cy, angle), fill=colour)
     else:
-        raise ValueError(kind)
+        raise DataError(kind)
 
 
 def _rotate(points: list[tuple[float, float]], cx: float, cy: float, angle: float) -> list[tuple[float, float]]:

@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
+from visionzoo.errors import SettingError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "eval_transform", "squash_transform", "train_transform",
            "batch_mixer", "SeededCropFlip", "NormalizeInput"]
@@ -77,7 +78,7 @@ def crop_padding(image_size: int, padding: int | None = None) -> int:
 def train_transform(config: dict, preset: str = "light", image_size: int | None = None,
                     padding: int | None = None) -> v2.Compose:
     if preset not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise SettingError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
     size = image_size or int(config["input_size"][-1])
     interpolation = _interpolation(config)
     if preset == "none":

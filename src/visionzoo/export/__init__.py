@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError, require_extra
 from visionzoo.export.fold_bn import fold_batchnorm
 from visionzoo.export.onnx import (
     ExportResult,
@@ -55,7 +56,7 @@ def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
-        raise ValueError(f"no images (.jpg, .png, ...) found under {folder}")
+        raise SettingError(f"no images (.jpg, .png, ...) found under {folder}")
     if limit is not None and len(files) > limit:  # an even sample across classes, not the first folder only
         step = len(files) / limit
         files = [files[int(i * step)] for i in range(limit)]
@@ -98,7 +99,7 @@ def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> floa
     names = classifier.class_names or classes
     missing = [c for c in classes if c not in names]
     if missing:
-        raise ValueError(f"folders {missing[:5]} of {data_dir} are not classes of the model ({names[:5]}...)")
+        raise SettingError(f"folders {missing[:5]} of {data_dir} are not classes of the model ({names[:5]}...)")
     files = _image_files(data_dir, limit)
     results = classifier.predict_files(files, topk=1, batch_size=32)
     scored = [(r, f) for r, f in zip(results, files) if "predictions" in r]
@@ -136,14 +137,17 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     model = model.eval()
     calib_dir = Path(calib_dir) if calib_dir else None
     if int8 and format != "onnx":
-        raise ValueError("--int8 needs --format onnx")
+        raise SettingError("--int8 needs --format onnx")
     if int8 and int8_scheme == "static" and calib_dir is None:
-        raise ValueError("static --int8 needs --calib DIR (a folder of calibration images)")
+        raise SettingError("static --int8 needs --calib DIR (a folder of calibration images)")
     if fold_bn:
         channels, height, width = model_preprocessing(model, img_size)["input_size"]
         model = fold_batchnorm(model, torch.randn(1, channels, height, width))
     if format not in ("onnx", "torchscript"):
-        raise ValueError(f"format must be 'onnx' or 'torchscript', got {format!r}")
+        raise SettingError(f"format must be 'onnx' or 'torchscript', got {format!r}")
+    if format == "onnx":  # before any work: one line naming the pip install when one is missing
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require_extra(module, "export", "ONNX export")
     real = _real_inputs(model, img_size, calib_dir) if verify else None
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
     if format == "onnx":

@@ -17,6 +17,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 from visionzoo.factory import find_spec
 
@@ -76,7 +77,7 @@ def _fold_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     if isinstance(layer, nn.Linear):
         out_axis_shape = (-1, 1)
     elif getattr(layer, "transposed", False):
-        raise ValueError("transposed convolutions are not folded")
+        raise SettingError("transposed convolutions are not folded")
     else:
         out_axis_shape = (-1,) + (1,) * (weight.ndim - 1)
     bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(bn.running_mean)
@@ -92,7 +93,7 @@ def _without_norm(bn: nn.Module) -> nn.Module:
     drop = getattr(bn, "drop", None)
     if isinstance(act, nn.Module):  # a BN+activation module (e.g. timm-style BatchNormAct2d)
         return nn.Sequential(drop, act) if isinstance(drop, nn.Module) else act
-    raise ValueError(f"{type(bn).__name__} overrides forward in a way that cannot be folded")
+    raise SettingError(f"{type(bn).__name__} overrides forward in a way that cannot be folded")
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, *, inplace: bool = False) -> nn.Module:

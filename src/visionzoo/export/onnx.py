@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 from visionzoo.factory import class_names, data_config, model_name
 from visionzoo.weights import imagenet_class_names
@@ -84,7 +85,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | None = No
                                         dynamic_shapes=({0: batch},) if dynamic_batch else None)
             program.save(str(tmp))
         else:
-            raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+            raise SettingError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     onnx_model = onnx.load(str(tmp))
     metadata = {
         "visionzoo.model": model_name(model),

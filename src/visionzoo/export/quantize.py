@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from visionzoo.errors import SettingError
 
 __all__ = ["quantize_int8", "calibration_batches", "int8_scheme", "multiply_adds_by_kind", "quantization_kind", "SCHEMES"]
 
@@ -39,7 +40,7 @@ def calibration_batches(image_paths: list[Path], preprocessing: dict, batch_size
         except (ImageDecodeError, OSError):
             continue  # a bad calibration file is skipped, not fatal
     if not arrays:
-        raise ValueError(f"none of the {len(image_paths)} calibration images could be read")
+        raise SettingError(f"none of the {len(image_paths)} calibration images could be read")
     return [np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
 
 
@@ -90,18 +91,18 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if scheme not in SCHEMES:
-        raise ValueError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        raise SettingError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     source = onnx.load(str(onnx_path))
     if scheme == "auto":
         scheme = int8_scheme(source)
     if scheme == "static" and not calibration_images:
-        raise ValueError(f"static int8 quantisation of {onnx_path} needs calibration images (--calib DIR: a folder "
+        raise SettingError(f"static int8 quantisation of {onnx_path} needs calibration images (--calib DIR: a folder "
                          "of a few dozen images like the ones the model will see)")
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if calibration_method not in methods:
-        raise ValueError(f"calibration_method must be one of {sorted(methods)}, got {calibration_method!r}")
+        raise SettingError(f"calibration_method must be one of {sorted(methods)}, got {calibration_method!r}")
     metadata = {entry.key: entry.value for entry in source.metadata_props}
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"

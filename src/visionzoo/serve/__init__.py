@@ -5,7 +5,9 @@ takes up to `max_batch` queued images, waiting at most `max_wait_ms` for more af
 first, and runs the model once for all of them in a thread, so throughput grows with load.
 
 Every failure a client can cause is a JSON error with the right status, and the server keeps
-serving: 413 body over the limit (counted while reading, so a huge upload never fills memory),
+serving: 413 body over the limit (counted while reading, so a huge upload never fills memory;
+the excess is read and discarded up to `max_discard_mb`, so clients that send the whole body
+before reading the reply, as urllib and requests do, get the 413 and not a connection reset),
 415 not an image (by content, not declared type), 422 truncated image or decompression bomb,
 503 with Retry-After when the queue is full, 408 for a client that sends too slowly, 500 for
 an exception inside the model (the next request runs normally).
@@ -21,8 +23,13 @@ from importlib import resources
 from typing import Any, Callable
 
 import numpy as np
-from fastapi import FastAPI, Request  # at module level: FastAPI resolves endpoint annotations by name here
-from fastapi.responses import HTMLResponse, JSONResponse
+
+from visionzoo.errors import SettingError, require_extra
+
+for _module in ("fastapi", "uvicorn", "python_multipart"):  # one line naming the pip install when one is missing
+    require_extra(_module, "serve", "visionzoo serve")
+from fastapi import FastAPI, Request  # noqa: E402 (module level: FastAPI resolves endpoint annotations by name here)
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
 
 __all__ = ["ServeSettings", "Classifier", "DynamicBatcher", "create_app", "load_classifier"]
 
@@ -34,11 +41,16 @@ class ServeSettings:
     max_upload_mb: float = 10.0
     queue: int = 256
     read_timeout_s: float = 30.0  # a client must finish sending its body within this time
+    # A body over max_upload_mb is still read, and thrown away, up to this many MB before the 413:
+    # clients that send the whole body before reading the reply (Python's urllib, requests) would
+    # otherwise get a connection reset instead. Beyond it the connection is closed unread.
+    max_discard_mb: float = 256.0
     max_topk: int = 100
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0:
-            raise ValueError(f"invalid serve settings: {self}")
+        if (self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0
+                or self.max_discard_mb < 0):
+            raise SettingError(f"invalid serve settings: {self}")
 
 
 class Classifier:
@@ -67,11 +79,17 @@ class Classifier:
 
 def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None) -> Classifier:
     """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
-    a saved model folder, an nn.Module, or an exported .onnx file."""
-    if isinstance(spec, str) and spec.endswith(".onnx"):
-        from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    a saved model folder, an nn.Module, or an exported .onnx file (see `visionzoo.resolve`)."""
+    from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    from visionzoo.resolve import resolve_model
 
-        onnx_model = OnnxClassifier(spec, threads=threads)
+    if threads and not (isinstance(spec, str) and spec.endswith(".onnx")):
+        import torch
+
+        torch.set_num_threads(threads)
+    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads)
+    if isinstance(model, OnnxClassifier):
+        onnx_model = model
         card = {"architecture": onnx_model.name, "weights": str(spec), "format": "onnx",
                 "preprocessing": onnx_model.preprocessing, "num_classes": len(onnx_model.class_names or []),
                 "classes": onnx_model.class_names}
@@ -84,9 +102,6 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     from visionzoo.factory import data_config, find_spec, model_name, transforms
     from visionzoo.predict import load_for_predict
 
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_for_predict(spec, pretrained).eval()
     transform = transforms(model, train=False)
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
@@ -197,6 +212,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
     batcher = DynamicBatcher(classifier, settings)
     limit = int(settings.max_upload_mb * 2**20)
+    discard_limit = max(limit, int(settings.max_discard_mb * 2**20))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -222,8 +238,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body of {int(declared)} bytes is over the {settings.max_upload_mb:g} MB limit")
+        declared = int(declared) if declared and declared.isdigit() else None
         chunks, size = [], 0
 
         async def consume():
@@ -231,13 +246,23 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"request body is over the {settings.max_upload_mb:g} MB limit")
-                chunks.append(chunk)
+                    chunks.clear()  # over the limit: the rest is counted and discarded, never kept
+                    if size > discard_limit:
+                        return
+                elif chunk:
+                    chunks.append(chunk)
 
+        if declared is not None and declared > discard_limit:  # too large even to discard: closed unread
+            raise ApiError(413, f"request body of {declared} bytes is over the {settings.max_upload_mb:g} MB limit")
         try:
             await asyncio.wait_for(consume(), settings.read_timeout_s)
         except asyncio.TimeoutError:
+            if size > limit:
+                raise ApiError(413, f"request body is over the {settings.max_upload_mb:g} MB limit") from None
             raise ApiError(408, f"the request body did not arrive within {settings.read_timeout_s:g} s") from None
+        if size > limit:
+            shown = f" of {declared} bytes" if declared is not None else ""
+            raise ApiError(413, f"request body{shown} is over the {settings.max_upload_mb:g} MB limit")
         return b"".join(chunks)
 
     async def images_from(request: Request) -> list[tuple[str, bytes]]:

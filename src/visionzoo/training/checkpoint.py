@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
+from visionzoo.errors import SettingError
 
 from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
 from visionzoo.preprocess import resolve_data_config
@@ -175,7 +176,7 @@ def load_exported(path: Path) -> nn.Module:
         return visionzoo.load_model(path)
     config = json.loads(config_path.read_text())
     if not config.get("architecture"):
-        raise ValueError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
+        raise SettingError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
     model = visionzoo.create_model(config["architecture"], num_classes=config["num_classes"],
                                    **config.get("model_args", {}))
     model.load_state_dict(load_file(path / "model.safetensors"))

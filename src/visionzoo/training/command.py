@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import json
 import sys
+from visionzoo.errors import SettingError
+from visionzoo.resolve import PRETRAINED_HELP, parse_pretrained
 
 __all__ = ["add_commands", "cmd_train", "cmd_eval"]
 
@@ -26,10 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = lambda: train(None, None, resume=args.resume, **settings)  # noqa: E731
     else:
         if not args.model or not args.data:
-            raise ValueError("train needs --model and --data (or --resume RUN_DIR)")
-        pretrained = args.pretrained
-        if pretrained is not None and pretrained.lower() in ("default", "true", "1"):
-            pretrained = True
+            raise SettingError("train needs --model and --data (or --resume RUN_DIR)")
+        pretrained = parse_pretrained(args.pretrained)
         run = lambda: train(args.model, args.data, pretrained=pretrained or False,  # noqa: E731
                                      out=args.out, **settings)
     try:
@@ -49,9 +49,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from visionzoo.evaluate import evaluate
 
-    pretrained = args.pretrained
-    if pretrained is not None and pretrained.lower() in ("default", "true", "1"):
-        pretrained = True
     out = args.out
     if out is None:  # next to the model when it is a folder, else under runs/
         from pathlib import Path
@@ -59,14 +56,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_name = Path(str(args.data).split("?")[0].replace("builtin:", "")).name.split(".")[0] or "data"
         model_path = Path(args.model)
         out = model_path / f"eval-{data_name}" if model_path.is_dir() else Path("runs") / f"eval-{args.model}-{data_name}"
-    result = evaluate(args.model, args.data, pretrained=pretrained or False, batch_size=args.batch_size,
+    result = evaluate(args.model, args.data, pretrained=args.pretrained, batch_size=args.batch_size,
                       workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip,
                       tta_shift=args.tta_shift, out=out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
     console = Console()
-    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+    top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
+    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, {top5}"
                   f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
     table = Table(title="per class")
     for column in ("class", "precision", "recall", "F1", "support"):
@@ -93,7 +91,7 @@ def add_commands(commands) -> None:
                     "family; the resolved settings are written to the run folder's config.json.")
     p.add_argument("--model", help="registered model name (see `visionzoo list`)")
     p.add_argument("--data", help="class-per-folder tree, CSV of path,label, .tar/.tar.gz of a tree, or builtin:shapes")
-    p.add_argument("--pretrained", metavar="W", help="start from weights: 'default', ARCH.TAG or a path")
+    p.add_argument("--pretrained", metavar="W", help=f"start from {PRETRAINED_HELP} (default: none, from scratch)")
     p.add_argument("--recipe", choices=RECIPES, help="scratch (default), finetune or linear-probe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
@@ -156,7 +154,7 @@ def add_commands(commands) -> None:
         description="Evaluate a trained model folder (a run's best/ or last/), a run folder, or a registered model.")
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("--data", required=True, help="folder, CSV, archive or builtin:shapes (its val/test part)")
-    p.add_argument("--pretrained", metavar="W", help="weights for a registered model name")
+    p.add_argument("--pretrained", metavar="W", help=f"for a registered name, {PRETRAINED_HELP} (default: none)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int)
     p.add_argument("--image-size", type=int)

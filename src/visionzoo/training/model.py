@@ -17,6 +17,7 @@ import torch.nn as nn
 import visionzoo
 from visionzoo.training.optim import head_parameter_names
 from visionzoo.training.settings import TrainSettings
+from visionzoo.errors import SettingError
 
 __all__ = ["build_model"]
 
@@ -36,7 +37,7 @@ def build_model(model_or_name: nn.Module | str, num_classes: int, settings: Trai
                                        **overrides)
     if getattr(model, "num_classes", num_classes) != num_classes:
         if not hasattr(model, "reset_classifier"):
-            raise ValueError(f"the model has {model.num_classes} outputs for {num_classes} classes")
+            raise SettingError(f"the model has {model.num_classes} outputs for {num_classes} classes")
         model.reset_classifier(num_classes)
     head_names = head_parameter_names(model, num_classes)
     if settings.freeze_backbone:

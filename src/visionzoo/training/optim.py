@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn as nn
+from visionzoo.errors import SettingError
 
 __all__ = ["head_parameter_names", "layer_ids", "norm_parameter_names", "build_optimizer", "build_schedule",
            "Lookahead"]
@@ -106,7 +107,7 @@ def build_optimizer(model: nn.Module, settings, head_names: set[str]) -> torch.o
             decay /= norm_scale
         groups.setdefault((scale, decay), []).append(parameter)
     if not groups:
-        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+        raise SettingError("the model has no trainable parameters (is everything frozen?)")
     # The head's group (scale 1, with weight decay) last: its lr is what the progress bar shows.
     param_groups = [{"params": params, "lr": settings.lr * scale, "lr_scale": scale, "weight_decay": decay}
                     for (scale, decay), params in sorted(groups.items(), key=lambda item: (item[0][0] == 1.0, item[0]))]
@@ -124,7 +125,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
     airbench's triangular schedule."""
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
     if shape not in ("cosine", "linear"):
-        raise ValueError(f"unknown schedule {shape!r}; choose cosine or linear")
+        raise SettingError(f"unknown schedule {shape!r}; choose cosine or linear")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -169,5 +170,5 @@ class Lookahead:
 
     def load_state_dict(self, state: list[torch.Tensor]) -> None:
         if len(state) != len(self.slow):
-            raise ValueError(f"the checkpoint's Lookahead state has {len(state)} tensors, the model {len(self.slow)}")
+            raise SettingError(f"the checkpoint's Lookahead state has {len(state)} tensors, the model {len(self.slow)}")
         torch._foreach_copy_(self.slow, [t.to(s.device) for t, s in zip(state, self.slow)])

@@ -30,7 +30,8 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
             val_epochs = [r["epoch"] for r in validated]
             loss_axis.plot(val_epochs, [r["val_loss"] for r in validated], marker="o", label="validation")
             accuracy_axis.plot(val_epochs, [100 * r["val_top1"] for r in validated], marker="o", label="top-1")
-            accuracy_axis.plot(val_epochs, [100 * r["val_top5"] for r in validated], marker="o", label="top-5")
+            if all("val_top5" in r for r in validated):  # only recorded with more than 5 classes
+                accuracy_axis.plot(val_epochs, [100 * r["val_top5"] for r in validated], marker="o", label="top-5")
             accuracy_axis.legend()
         loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
         accuracy_axis.set(xlabel="epoch", ylabel="%", title="validation accuracy")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+from visionzoo.errors import SettingError
 
 __all__ = ["TrainSettings", "RECIPES", "resolve_settings", "model_style"]
 
@@ -131,7 +132,7 @@ _DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_size: int | None = None) -> TrainSettings:
     """Fill every None from the recipe for this model's style; returns a new object."""
     if settings.recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {settings.recipe!r}; choose one of {', '.join(RECIPES)}")
+        raise SettingError(f"unknown recipe {settings.recipe!r}; choose one of {', '.join(RECIPES)}")
     style = model_style(model_name)
     key = (settings.recipe, "any") if settings.recipe == "linear-probe" else (settings.recipe, style)
     defaults = dict(_DEFAULTS[key])
@@ -157,30 +158,30 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         resolved.drop_rate = 0.0
     for name in ("epochs", "batch_size", "grad_accum", "val_every"):
         if getattr(resolved, name) < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
+            raise SettingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
     if not resolved.lr >= 0:  # also catches NaN; 0 trains nothing but BatchNorm statistics
-        raise ValueError(f"lr must be 0 or more, got {resolved.lr}")
+        raise SettingError(f"lr must be 0 or more, got {resolved.lr}")
     if not resolved.weight_decay >= 0:
-        raise ValueError(f"weight_decay must be 0 or more, got {resolved.weight_decay}")
+        raise SettingError(f"weight_decay must be 0 or more, got {resolved.weight_decay}")
     if not 0 <= resolved.momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {resolved.momentum}")
+        raise SettingError(f"momentum must be in [0, 1), got {resolved.momentum}")
     if resolved.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
+        raise SettingError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
     if resolved.tta_shift < 0:
-        raise ValueError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
+        raise SettingError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
     if resolved.schedule not in ("cosine", "linear"):
-        raise ValueError(f"unknown schedule {resolved.schedule!r}; choose cosine or linear")
+        raise SettingError(f"unknown schedule {resolved.schedule!r}; choose cosine or linear")
     if not 0 <= resolved.warmup_start_ratio <= 1:
-        raise ValueError(f"warmup_start_ratio must be in [0, 1], got {resolved.warmup_start_ratio}")
+        raise SettingError(f"warmup_start_ratio must be in [0, 1], got {resolved.warmup_start_ratio}")
     if resolved.norm_lr_scale <= 0:
-        raise ValueError(f"norm_lr_scale must be positive, got {resolved.norm_lr_scale}")
+        raise SettingError(f"norm_lr_scale must be positive, got {resolved.norm_lr_scale}")
     if resolved.lookahead < 0 or not 0 <= resolved.lookahead_decay < 1:
-        raise ValueError(f"lookahead must be 0 (off) or a number of steps, and lookahead_decay in [0, 1); got "
+        raise SettingError(f"lookahead must be 0 (off) or a number of steps, and lookahead_decay in [0, 1); got "
                          f"{resolved.lookahead} and {resolved.lookahead_decay}")
     if resolved.crop_padding is not None and resolved.crop_padding < 0:
-        raise ValueError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
+        raise SettingError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
     if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
+        raise SettingError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
     if resolved.class_balance not in ("none", "weights", "sampler"):
-        raise ValueError(f"unknown class balance {resolved.class_balance!r}; choose none, weights or sampler")
+        raise SettingError(f"unknown class balance {resolved.class_balance!r}; choose none, weights or sampler")
     return resolved

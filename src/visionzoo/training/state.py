@@ -21,6 +21,7 @@ import torch.nn as nn
 import visionzoo
 from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule
 from visionzoo.training.settings import TrainSettings
+from visionzoo.errors import SettingError
 
 __all__ = ["RunState", "new_run_state", "ExponentialMovingAverage", "rng_state", "set_rng_state"]
 
@@ -129,7 +130,7 @@ class RunState:
         self.history = state["history"]
         self.bad_files.update(state.get("bad_files", {}))
         if state["classes"] != self.classes:
-            raise ValueError(f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
+            raise SettingError(f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
                              f"{state['classes'][:5]}...; resume with the same data")
         set_rng_state(state["rng"])
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]

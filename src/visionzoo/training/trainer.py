@@ -50,7 +50,7 @@ from visionzoo.data.datasets import Skipped
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer
-from visionzoo.evaluate import classification_metrics, predict_logits
+from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
 from visionzoo.training.after import TrainedRun, after_training_steps
@@ -61,6 +61,7 @@ from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
 from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
+from visionzoo.errors import SettingError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -160,7 +161,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
     unknown = set(settings) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         names = ", ".join(sorted(f.name for f in dataclasses.fields(TrainSettings)))
-        raise ValueError(f"unknown training setting(s) {sorted(unknown)}; settings are: {names}")
+        raise SettingError(f"unknown training setting(s) {sorted(unknown)}; settings are: {names}")
     resume_state = None
     if resume is not None:
         run_dir = Path(resume)
@@ -170,7 +171,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
         saved = json.loads(config_path.read_text())
         model_or_name = model_or_name if isinstance(model_or_name, nn.Module) else saved["model"]
         if data is None and saved.get("data_in_memory"):
-            raise ValueError(f"{run_dir} was trained on data given in memory ({saved['data']}); pass the same "
+            raise SettingError(f"{run_dir} was trained on data given in memory ({saved['data']}); pass the same "
                              f"data again to resume: visionzoo.train(model, data, resume={str(run_dir)!r})")
         data = data if data is not None else saved["data"]
         pretrained = saved.get("pretrained") or False
@@ -179,7 +180,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
         resume_state = load_checkpoint(run_dir / "checkpoint")
     else:
         if model_or_name is None or data is None:
-            raise ValueError("train needs a model and data (or resume=RUN_DIR)")
+            raise SettingError("train needs a model and data (or resume=RUN_DIR)")
         requested = TrainSettings(**settings)
         run_dir = None
     started = _start_distributed()
@@ -215,7 +216,7 @@ class _Trainer:
         self.classes = self.splits.classes
         self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size)
         if s.batch_size % (self.world * s.grad_accum):
-            raise ValueError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
+            raise SettingError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
                              f"= {self.world} x {s.grad_accum}")
         self.micro_batch = s.batch_size // (self.world * s.grad_accum)
 
@@ -506,16 +507,18 @@ class _Trainer:
                       "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
             if metrics is not None:
                 record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
-                              val_top5=round(metrics["top5"], 6), val_ece=round(metrics["ece"], 6))
+                              **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
+                              val_ece=round(metrics["ece"], 6))
             improved = self.best.update(state, epoch, metrics)
             state.history.append(record)
             line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  "
-                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  top-5 {record['val_top5']:.2%}  "
+                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
+                       + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else "")
                        if metrics is not None else "")
                     + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
             columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
             if self.data.val is not None:
-                columns += ["val_loss", "val_top1", "val_top5", "val_ece"]
+                columns += ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []), "val_ece"]
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.weights.adapt import WeightsMismatchError, fit_state_dict
 from visionzoo.weights.catalog import (
     UnknownWeightError,
@@ -85,14 +86,14 @@ def _entry_source(entry: WeightEntry) -> _Source:
     elif entry.url:
         path = url_download(entry.url)
     else:  # pragma: no cover - the catalog test checks every entry has a location
-        raise ValueError(f"weight '{entry.name}' names no location")
+        raise SettingError(f"weight '{entry.name}' names no location")
     return _Source(path, f"'{entry.name}'", entry.name, entry.as_dict())
 
 
 def _hub_source(spec: str) -> _Source:
     repo, _, revision = spec[len("hf-hub:"):].partition("@")
     if repo.count("/") != 1:
-        raise ValueError(f"hf-hub weights are named 'hf-hub:org/repo[@revision]', got {spec!r}")
+        raise SettingError(f"hf-hub weights are named 'hf-hub:org/repo[@revision]', got {spec!r}")
     path = hub_download(repo, ["model.safetensors", "pytorch_model.bin"], revision or None)
     entry = None
     try:
@@ -144,7 +145,7 @@ def read_folder_config(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+        raise SettingError(f"{config_path} is not valid JSON: {error}") from None
 
 
 def _resolve(name: str, pretrained: bool | str | os.PathLike) -> _Source:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from visionzoo.data.sources import cache_root
+from visionzoo.errors import SettingError, UsageError
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "NonFiniteWeightsError", "WeightsNotAvailableError",
            "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
@@ -28,15 +29,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dict_ema", "model_ema")
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+class UnsafeCheckpointError(UsageError, pickle.UnpicklingError, ValueError):
     """A pickle-based checkpoint holding objects other than tensors; it was not unpickled."""
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(SettingError):
     """A checkpoint with NaN or infinite values."""
 
 
-class WeightsNotAvailableError(FileNotFoundError):
+class WeightsNotAvailableError(UsageError, FileNotFoundError):
     """Weights that are neither in the local cache nor downloadable (offline or missing)."""
 
 
@@ -55,7 +56,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         return load_file(str(path), device="cpu")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{path}: unknown weight file type {path.suffix!r}; expected one of "
+        raise SettingError(f"{path}: unknown weight file type {path.suffix!r}; expected one of "
                          f"{', '.join(WEIGHT_SUFFIXES)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -108,10 +109,10 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
             obj = inner
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
+        raise SettingError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+        raise SettingError(f"{path} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
     if all(k.startswith("module.") for k in tensors):  # saved from DataParallel / DistributedDataParallel
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors

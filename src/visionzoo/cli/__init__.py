@@ -1,0 +1,77 @@
+"""The `visionzoo` command: assembles the commands, each defined beside its handler.
+
+    catalog.py   list, info               predict.py   predict
+    export.py    export                   features.py  embed, probe, zero-shot
+    choose.py    benchmark, advise, evolution
+    serve.py     serve                    visionzoo.training.command: train, eval
+
+Each command module has `add_parsers(subparsers)`, and handlers `cmd_*(args) -> exit code`
+that parse arguments and call library functions, nothing more. Model arguments go through
+`visionzoo.resolve` (one `--pretrained` syntax, one resolver). Errors a user can fix
+(`visionzoo.errors.UsageError` and a missing or unreadable path) are one line on stderr with
+exit code 2; anything else is a bug and prints its traceback and how to report it. Nothing
+here imports PyTorch until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from rich.markup import escape
+
+import visionzoo
+from visionzoo.cli import catalog, choose, export, features, predict, serve
+from visionzoo.cli.common import err_console
+from visionzoo.errors import UsageError
+
+__all__ = ["build_parser", "main", "USER_ERRORS"]
+
+# What a user can fix, printed as one line: the project's usage errors, and the OS's word on a
+# path the user gave (missing, a folder where a file was meant, no permission).
+USER_ERRORS = (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+REPORT_LINE = ("this is a bug in visionzoo; please report it with the command you ran and the traceback above "
+               "at the project's issue tracker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from visionzoo.training import command as training_command
+
+    parser = argparse.ArgumentParser(
+        prog="visionzoo",
+        description="Image classification architectures: list, inspect, train, evaluate, deploy.",
+    )
+    parser.add_argument("--version", action="version", version=f"visionzoo {visionzoo.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    catalog.add_parsers(commands)
+    predict.add_parsers(commands)
+    export.add_parsers(commands)
+    features.add_parsers(commands)
+    choose.add_parsers(commands)
+    training_command.add_commands(commands)  # train, eval
+    serve.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except USER_ERRORS as error:
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(f"visionzoo {visionzoo.__version__}: {REPORT_LINE}", file=sys.stderr)
+        return 1

@@ -1,0 +1,7 @@
+"""`python -m visionzoo.cli`: the same as the `visionzoo` command."""
+
+import sys
+
+from visionzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,182 @@
+"""`visionzoo benchmark`, `advise` and `evolution`: measuring models here and choosing among them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+import visionzoo
+from visionzoo.cli.common import console, err_console
+
+__all__ = ["add_parsers", "cmd_benchmark", "cmd_advise", "cmd_evolution"]
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8,64, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return values
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from visionzoo.benchmark import BenchmarkSettings, benchmark_model, environment
+
+    names = [visionzoo.model_info(name)["name"] for name in args.models]  # unknown names fail before any timing
+    settings = BenchmarkSettings(device=args.device, batch_sizes=args.batch_sizes, img_size=args.img_size,
+                                 precision=args.precision, backend=args.backend, train=args.train,
+                                 threads=args.threads, vs_timm=args.vs_timm)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(names))
+        for name in names:
+            progress.update(task, description=f"benchmarking {name}")
+            results.append(benchmark_model(name, settings, use_cache=not args.no_cache))
+            progress.advance(task)
+    env = environment(settings)
+    rows = [r.as_dict() for r in results]
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({"environment": env, "settings": asdict(settings), "results": rows}, indent=2))
+        return 0
+    if args.csv:
+        _write_benchmark_csv(args.csv, rows, settings.batch_sizes)
+    console.print(" ".join(f"{k}={v}" for k, v in env.items()), highlight=False)
+    console.print(f"settings: batch sizes {list(settings.batch_sizes)}, {settings.precision}, {settings.backend}"
+                  + (", train" if settings.train else ""), highlight=False)
+    table = Table()
+    for column in ["model", "params (M)", "GMACs", "size", "p50 ms", "p90 ms", "p99 ms",
+                   *[f"img/s @{b}" for b in settings.batch_sizes], "peak MB"]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    if settings.train:
+        table.add_column("train img/s", justify="right")
+    if settings.vs_timm:
+        table.add_column("ours/timm time", justify="right")
+    for r in results:
+        lat = r.latency_ms or {}
+        row = [r.name + (" (cached)" if r.cached else ""), f"{r.params / 1e6:.1f}", f"{r.gmacs:.2f}", str(r.img_size),
+               *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("p50", "p90", "p99")),
+               *(f"{r.throughput[b]:.1f}" for b in settings.batch_sizes),
+               f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"]
+        if settings.train:
+            row.append(f"{r.train_throughput:.1f}" if r.train_throughput else "-")
+        if settings.vs_timm:
+            ratios = r.timm["ratio_ours_over_timm"]
+            row.append(" ".join(f"{k.replace('time_', '')}={v:.2f}" for k, v in ratios.items() if k != "latency_p50"))
+        table.add_row(*row)
+    console.print(table)
+    return 0
+
+
+def _write_benchmark_csv(path: str, rows: list[dict], batch_sizes: tuple[int, ...]) -> None:
+    import csv
+
+    columns = ["name", "params", "gmacs", "img_size", "p50_ms", "p90_ms", "p99_ms",
+               *[f"throughput_b{b}" for b in batch_sizes], "peak_memory_mb", "train_throughput", "ratio_ours_over_timm"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for r in rows:
+            lat = r["latency_ms"] or {}
+            writer.writerow([r["name"], r["params"], r["gmacs"], r["img_size"], lat.get("p50"), lat.get("p90"),
+                             lat.get("p99"), *[r["throughput"].get(str(b)) for b in batch_sizes],
+                             r["peak_memory_mb"], r["train_throughput"],
+                             json.dumps(r["timm"]["ratio_ours_over_timm"]) if r.get("timm") else ""])
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from visionzoo.advise import advise, plot_advice
+
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("measuring candidates", total=None)
+        advice = advise(args.target, latency_ms=args.latency_ms, max_params_m=args.max_params,
+                        max_memory_mb=args.max_memory_mb, images_per_class=args.images_per_class,
+                        min_top1=args.min_top1, measure=args.measure, top=args.top,
+                        progress=lambda name: progress.update(task, description=f"measuring {name}"))
+    if args.plot:
+        plot_advice(advice, args.plot)
+    if args.json:
+        print(json.dumps(advice.as_dict(), indent=2))
+        return 0 if advice.picks else 1
+    console.print(f"target: {advice.target}; constraints: {advice.constraints or 'none'}", highlight=False)
+    console.print(f"latency: {advice.method}", highlight=False)
+    if not advice.picks:
+        err_console.print(advice.message, highlight=False)
+        return 1
+    for i, pick in enumerate(advice.picks, 1):
+        console.print(f"[bold]{i}. {pick['name']}[/bold] ({pick['weights']})", highlight=False)
+        console.print(f"   why: {pick['why']}", highlight=False)
+        console.print(f"   run: {pick['command']}", highlight=False)
+    console.print(f"adaptation: {advice.picks[0]['recipe_why']}", highlight=False)
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_evolution(args: argparse.Namespace) -> int:
+    from visionzoo.advise import candidates, plot_evolution
+
+    if args.plot:
+        plot_evolution(args.plot)
+        console.print(f"plot written to {args.plot}")
+        return 0
+    table = Table(title="ImageNet top-1 by year")
+    for column in ["year", "model", "family", "top-1", "GMACs", "params (M)"]:
+        table.add_column(column)
+    for c in sorted(candidates(), key=lambda c: (c.year, c.top1)):
+        table.add_row(str(c.year), c.name, c.family, f"{c.top1:.1f}", f"{c.gmacs:.2f}", f"{c.params / 1e6:.1f}")
+    console.print(table)
+    return 0
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser("benchmark", help="measure models on this machine",
+                            description="Latency, throughput, peak memory (and training speed) measured here.")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8), metavar="1,8,64")
+    p.add_argument("--img-size", type=int, metavar="S")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--backend", choices=["eager", "compile"], default="eager")
+    p.add_argument("--train", action="store_true", help="also measure training-step throughput")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's default)")
+    p.add_argument("--vs-timm", action="store_true", help="measure timm's model of the same name, interleaved")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = commands.add_parser("advise", help="recommend architectures for a deployment and data budget",
+                            description="A ranked shortlist of architectures that meet every constraint, "
+                                        "with the training command to run.")
+    p.add_argument("--target", choices=["edge", "cpu", "gpu"], default="cpu")
+    p.add_argument("--latency-ms", type=float, metavar="X")
+    p.add_argument("--max-params", type=float, metavar="M", help="millions of parameters")
+    p.add_argument("--max-memory-mb", type=float, metavar="M")
+    p.add_argument("--images-per-class", type=int, metavar="N")
+    p.add_argument("--min-top1", type=float, metavar="A", help="published ImageNet top-1, percent")
+    p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure latency here (default) or estimate it from GMACs")
+    p.add_argument("--top", type=int, default=5, metavar="K")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG: top-1 against latency, Pareto frontier, picks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_advise)
+
+    p = commands.add_parser("evolution", help="the field's progress: top-1 against GMACs by year",
+                            description="ImageNet top-1 against GMACs for the catalogued weights, by year.")
+    p.add_argument("--plot", metavar="FILE", help="write the figure as PNG")
+    p.set_defaults(func=cmd_evolution)

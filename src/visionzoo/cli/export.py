@@ -1,0 +1,69 @@
+"""`visionzoo export`: a model to ONNX (optionally int8) or TorchScript, verified against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from visionzoo.cli.common import add_pretrained_argument, console
+
+__all__ = ["add_parsers", "cmd_export"]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from visionzoo.export import export_model
+    from visionzoo.resolve import resolve_model
+
+    model = resolve_model(args.model, args.pretrained)
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out) if args.out else Path(Path(args.model).stem if Path(args.model).exists() else args.model + suffix)
+    if out.suffix == "":
+        out = out.with_suffix(suffix)
+    report = export_model(model, out, format=args.format, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
+                          opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8,
+                          int8_scheme=args.int8_scheme, calib_dir=args.calib,
+                          calib_count=args.calib_count, eval_dir=args.eval_data, verify=args.verify)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    console.print(f"exported {report.model} to {report.path} ({args.format})")
+    if report.verified is not None:
+        console.print(f"verified against eager PyTorch: max |difference| = {report.max_relative_difference:.2e} "
+                      "x max |reference| (limit 1e-4)")
+    if report.int8_path:
+        console.print(f"int8 model: {report.int8_path} ({report.int8_scheme})")
+    if report.top1_fp32 is not None:
+        line = f"top-1 on {args.eval_data}: fp32 {100 * report.top1_fp32:.2f}%"
+        if report.top1_int8 is not None:
+            line += f", int8 {100 * report.top1_int8:.2f}% (drop {100 * (report.top1_fp32 - report.top1_int8):.2f} points)"
+        console.print(line)
+    return 0
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser("export", help="export a model to ONNX or TorchScript, verified",
+                            description="Export a model to ONNX or TorchScript and verify it computes the same function.")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered model name or saved model path")
+    add_pretrained_argument(p)
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", metavar="FILE", help="output file (default: MODEL.onnx or MODEL.pt)")
+    p.add_argument("--img-size", type=int, metavar="S", help="input size (default: the model's)")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="dynamic batch dimension (default: on)")
+    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"], default="auto",
+                   help="PyTorch's ONNX exporter: auto tries the fast tracing one, then torch.export's (default)")
+    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the preceding conv/linear layers")
+    p.add_argument("--int8", action="store_true", help="also write an int8 model (post-training quantisation)")
+    p.add_argument("--int8-scheme", choices=["auto", "static", "dynamic"], default="auto",
+                   help="static: calibrated activations (CNNs); dynamic: int8 matrix products, activations "
+                        "quantised at run time (transformers); auto picks by where the multiply-adds are (default)")
+    p.add_argument("--calib", metavar="DIR", help="folder of calibration images for static --int8 (also used to verify)")
+    p.add_argument("--calib-count", type=int, default=64, metavar="N", help="calibration images to use (default: 64)")
+    p.add_argument("--eval-data", metavar="DIR", help="class-per-folder images: report top-1 of fp32 (and int8)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare the export with eager PyTorch (default: on)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_export)

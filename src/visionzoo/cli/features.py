@@ -1,0 +1,149 @@
+"""`visionzoo embed`, `probe` and `zero-shot`: what foundation features do without training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from visionzoo.cli.common import add_pretrained_argument, console, err_console, warn
+from visionzoo.errors import UsageError
+
+__all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_zero_shot"]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from visionzoo.embeddings import build_backbone, embed_folder
+    from visionzoo.resolve import parse_pretrained
+
+    spec = {"spec": args.model, "pretrained": parse_pretrained(args.pretrained) or False, "overrides": {}}
+    model = build_backbone(spec, allow_random=True)
+    if not spec["pretrained"] and not Path(args.model).exists():
+        warn(f"'{args.model}' has random weights (no --pretrained); its embeddings only test the mechanics")
+    result = embed_folder(model, args.data, args.out, batch_size=args.batch_size, patch_tokens=args.patch_tokens,
+                          workers=args.workers, device=args.device, model_spec=spec, progress=not args.json)
+    skipped = getattr(result, "skipped", [])
+    dim = int(result.embeddings.shape[-1]) if len(result) else 0
+    summary = {"out": str(args.out), "images": len(result), "dim": dim, "classes": len(result.classes),
+               "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    console.print(f"wrote {summary['images']} embeddings of dimension {summary['dim']} "
+                  f"({summary['classes']} classes) to {args.out}")
+    for path, reason in skipped:
+        err_console.print(f"skipped {path}: {reason}", highlight=False)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from visionzoo.embeddings import load_embeddings
+    from visionzoo.probe import run_probe, save_probe_model
+
+    train = load_embeddings(args.features)
+    val = load_embeddings(args.val) if args.val else None
+    if args.save_model and args.method != "linear":
+        raise UsageError("--save-model needs --method linear (a k-NN probe is not a layer)")
+    result = run_probe(train, val, args.method, seed=args.seed)
+    saved = str(save_probe_model(result, train, args.save_model)) if args.save_model else None
+    if args.json:
+        print(json.dumps({**result.as_dict(), "saved_model": saved}, indent=2))
+        return 0
+    chosen = ", ".join(f"{k}={v:g}" for k, v in result.chosen.items())
+    console.print(f"{result.method} probe: top-1 {100 * result.top1:.2f}% on {result.num_eval} images "
+                  f"({result.evaluated_on}); {chosen} chosen on held-out training embeddings")
+    if len(result.classes) <= 20:
+        table = Table(title="confusion matrix (rows: true class, columns: predicted)")
+        table.add_column("")
+        for name in result.classes:
+            table.add_column(name[:12], justify="right")
+        for name, row in zip(result.classes, result.confusion.tolist()):
+            table.add_row(name, *(str(v) for v in row))
+        console.print(table)
+    else:
+        pairs = [(int(result.confusion[i, j]), result.classes[i], result.classes[j])
+                 for i in range(len(result.classes)) for j in range(len(result.classes)) if i != j]
+        console.print("most confused (true -> predicted): " + ", ".join(
+            f"{t} -> {p} ({n})" for n, t, p in sorted(pairs, reverse=True)[:10] if n))
+    if saved:
+        console.print(f"saved the probe as a model: {saved}")
+    return 0
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from visionzoo.factory import create_clip, zero_shot_classifier
+    from visionzoo.predict import classify_images
+    from visionzoo.resolve import parse_pretrained
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if len(labels) < 2:
+        raise UsageError(f"--labels needs at least two comma-separated class names, got {args.labels!r}")
+    missing = [image for image in args.images if not Path(image).is_file()]
+    if missing:
+        raise UsageError(f"no such image file: {missing[0]}")
+    pretrained = parse_pretrained(args.pretrained)
+    if pretrained is False:
+        warn("--pretrained none: random weights, the answers are meaningless")
+    clip = create_clip(args.model, pretrained=pretrained)
+    classifier = zero_shot_classifier(clip, labels, templates=args.template or None)
+    results = classify_images(classifier, args.images, top_k=min(args.top_k, len(labels)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    table = Table(title=f"zero-shot with {args.model}")
+    table.add_column("image")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for row in results:
+        best = row["top"][0]
+        others = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in row["top"][1:])
+        shown = f"{100 * best['probability']:.1f}%" + (f" ({others})" if others else "")
+        table.add_row(row["image"], best["label"], shown)
+    console.print(table)
+    return 0
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser("embed", help="cache a model's embeddings of a folder of images",
+                            description="Embed every image of a class-per-folder tree (pooled features, optionally "
+                                        "patch tokens) into one safetensors file with paths and labels. Resumable: "
+                                        "a rerun skips images already done.")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered model name or saved model folder")
+    p.add_argument("--data", required=True, metavar="DIR", help="class-per-folder images: DIR/CLASS/IMAGE")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    add_pretrained_argument(p, when_absent="none, random weights")
+    p.add_argument("--patch-tokens", action="store_true", help="also store the patch tokens (N, L, D)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_embed)
+
+    p = commands.add_parser("probe", help="k-NN or linear probe on cached embeddings",
+                            description="Fit a k-NN (cosine) or linear (logistic regression) probe on embeddings from "
+                                        "`visionzoo embed`; k or the L2 strength is chosen on held-out training "
+                                        "embeddings. Reports top-1 and a confusion matrix.")
+    p.add_argument("--features", required=True, metavar="FILE", help="training embeddings (.safetensors)")
+    p.add_argument("--val", metavar="FILE", help="validation embeddings (default: hold out 20%% of --features)")
+    p.add_argument("--method", choices=["knn", "linear"], default="knn")
+    p.add_argument("--save-model", metavar="DIR", help="save the linear probe as a model folder (backbone + head)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out splits")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_probe)
+
+    p = commands.add_parser("zero-shot", help="classify images by label names with CLIP",
+                            description="Zero-shot classification: CLIP compares each image with prompts made from "
+                                        "the labels (averaged over the 80 ImageNet templates unless --template).")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'cat,dog,car'")
+    p.add_argument("--model", default="ViT-B-32", help="CLIP model: ViT-B-32, ViT-B-16, ViT-L-14 (or -quickgelu)")
+    add_pretrained_argument(p, default="default", when_absent="default; none is for testing only")
+    p.add_argument("--template", action="append", metavar="T", help="prompt template with {} for the label; repeatable")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels to show per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_zero_shot)

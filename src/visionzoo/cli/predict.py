@@ -1,0 +1,49 @@
+"""`visionzoo predict`: each image's top-k classes. An `.onnx` model runs without PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from visionzoo.cli.common import add_pretrained_argument, err_console
+from visionzoo.errors import UsageError
+
+__all__ = ["add_parsers", "cmd_predict"]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from visionzoo.resolve import resolve_model
+    from visionzoo.results import expand_image_paths, format_table
+
+    paths = expand_image_paths(args.images)
+    if not paths:
+        raise UsageError("no images given")
+    model = resolve_model(args.model, args.pretrained, allow_onnx=True)
+    if args.model.endswith(".onnx"):  # the torch-free path: numpy, Pillow and onnxruntime only
+        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size)
+    else:
+        from visionzoo.predict import predict_images
+
+        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(results))
+    failed = [r["path"] for r in results if "error" in r]
+    if failed:
+        err_console.print(f"[red]error:[/red] {len(failed)} of {len(results)} images could not be read: "
+                          f"{', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser("predict", help="classify images with a pretrained or saved model",
+                            description="Print each image's top-k classes with probabilities.")
+    p.add_argument("model", metavar="MODEL", help="registered model name, saved model folder, or exported .onnx file")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
+    add_pretrained_argument(p)
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to show per image (default: 5)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"}')
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,40 @@
+"""`visionzoo serve`: the HTTP API and web page of `visionzoo.serve` (needs the [serve] extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+from visionzoo.cli.common import add_pretrained_argument, console, warn
+
+__all__ = ["add_parsers", "cmd_serve"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from visionzoo.errors import require_extra
+
+    uvicorn = require_extra("uvicorn", "serve", "visionzoo serve")
+    from visionzoo.serve import ServeSettings, create_app, load_classifier
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"serving on {args.host}, reachable from other machines")
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_upload_mb=args.max_upload_mb, queue=args.queue)
+    classifier = load_classifier(args.model, args.pretrained, threads=args.threads)
+    console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
+    uvicorn.run(create_app(classifier, settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser("serve", help="an HTTP API and a web page for a model",
+                            description="Serve a model over HTTP with dynamic batching, and a page to try it.")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered name, saved model, or .onnx file")
+    add_pretrained_argument(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch the model runs (default: 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch (default: 5)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
+    p.add_argument("--queue", type=int, default=256, help="requests waiting before 503 (default: 256)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
+    p.set_defaults(func=cmd_serve)
