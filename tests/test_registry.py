@@ -4,7 +4,16 @@ import pytest
 import torch
 
 import visionzoo
-from visionzoo.registry import ModelCard, UnknownModelError, get_card, register_model
+from visionzoo import registry
+from visionzoo.registry import (
+    RECIPE_STYLES,
+    ModelCard,
+    UnknownModelError,
+    VariantExtras,
+    get_card,
+    register_family,
+    register_model,
+)
 
 
 def test_unknown_name_suggests_close_names():
@@ -29,6 +38,79 @@ def test_reference_must_name_library():
     bad = ModelCard(**{**card.__dict__, "name": "brand_new_model", "reference": "resnet18"})
     with pytest.raises(ValueError, match="library:name"):
         register_model(bad)
+
+
+def test_every_family_file_ends_with_one_variants_table():
+    """Each module of visionzoo.models has `VARIANTS: dict[str, Config]` of one frozen config
+    class, and its entries are exactly the cards registered: the configs themselves, not copies."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    from visionzoo import models
+
+    seen = []
+    for module_info in pkgutil.iter_modules(models.__path__):
+        module = importlib.import_module(f"visionzoo.models.{module_info.name}")
+        variants = module.VARIANTS
+        assert isinstance(variants, dict) and variants, module_info.name
+        (config_type,) = {type(config) for config in variants.values()}
+        assert dataclasses.is_dataclass(config_type) and config_type.__dataclass_params__.frozen
+        for name, config in variants.items():
+            assert get_card(name).config is config, name
+        seen += variants
+    assert sorted(seen) == sorted(visionzoo.list_models())
+
+
+VIT_STYLE_FAMILIES = {"vit", "deit", "dinov2", "clip", "eva02", "swin", "maxvit", "efficientvit_mit",
+                      "efficientvit_msra"}
+
+
+def test_every_card_names_its_recipe_style():
+    for name in visionzoo.list_models():
+        card = get_card(name)
+        assert card.recipe_style in RECIPE_STYLES, name
+        expected = ("vit" if card.family in VIT_STYLE_FAMILIES
+                    else "convnext" if card.family == "convnext" else "convnet")
+        assert card.recipe_style == expected, (name, card.family)
+    assert visionzoo.model_info("resnet18")["recipe_style"] == "convnet"
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Register into a copy of the registry, so that test families do not outlive the test."""
+    registry._load_families()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_register_family_fills_family_facts_and_applies_extras(scratch_registry):
+    small, wide = get_card("resnet18").config, get_card("wide_resnet50_2").config
+    builder = get_card("resnet18").builder
+    cards = register_family(
+        {"test_net_a": small, "test_net_b": wide}, family="test_net", paper="A", year=2001, builder=builder,
+        recipe_style="convnet", reference_library="torchvision",
+        extras={"test_net_b": VariantExtras(paper="B", year=2002, num_classes=0, input_size=(3, 160, 160))})
+    a, b = cards
+    assert (a.name, a.family, a.paper, a.year, a.num_classes, a.input_size, a.reference, a.defaults) == (
+        "test_net_a", "test_net", "A", 2001, 1000, (3, 224, 224), "torchvision:test_net_a", {})
+    assert (b.family, b.paper, b.year, b.num_classes, b.input_size) == ("test_net", "B", 2002, 0, (3, 160, 160))
+    assert b.config is wide and get_card("test_net_b") is b
+    # a config that fixes its input size gives the card that size
+    from visionzoo.models.vit import VisionTransformer, VisionTransformerConfig
+
+    vit = register_family({"test_vit_96": VisionTransformerConfig(img_size=96)}, family="test_vit", paper="V",
+                          year=2003, builder=VisionTransformer, recipe_style="vit")
+    assert vit[0].input_size == (3, 96, 96) and vit[0].reference == "timm:test_vit_96"
+
+
+def test_register_family_refuses_stray_extras_and_unknown_styles(scratch_registry):
+    config, builder = get_card("resnet18").config, get_card("resnet18").builder
+    with pytest.raises(ValueError, match="extras for 'test_net_c', which VARIANTS does not list"):
+        register_family({"test_net_a": config}, family="test_net", paper="A", year=2001, builder=builder,
+                        recipe_style="convnet", extras={"test_net_c": VariantExtras(year=2002)})
+    with pytest.raises(ValueError, match="unknown recipe_style 'transformer'; choose one of vit, convnext, convnet"):
+        register_family({"test_net_a": config}, family="test_net", paper="A", year=2001, builder=builder,
+                        recipe_style="transformer")
 
 
 def test_list_models_pattern_and_family():

@@ -417,6 +417,17 @@ def test_recipes_resolve_per_family():
         resolve_settings(TrainSettings(recipe="magic"), "resnet18")
 
 
+def test_recipe_style_comes_from_the_model_card():
+    from visionzoo.registry import get_card
+    from visionzoo.training.settings import model_style
+
+    assert {name: model_style(name) for name in visionzoo.list_models()} == {
+        name: get_card(name).recipe_style for name in visionzoo.list_models()}
+    assert model_style("efficientvit_m0") == "vit" and model_style("convnext_atto") == "convnext"
+    assert resolve_settings(TrainSettings(recipe="finetune"), "efficientvit_b0").optimizer == "adamw"
+    assert resolve_settings(TrainSettings(recipe="finetune"), "convnext_atto").layer_decay == 0.8
+
+
 def test_layer_decay_orders_depth_and_head_gets_full_lr():
     with torch.device("meta"):
         model = visionzoo.create_model("vit_base_patch16_224", num_classes=5)

@@ -1,14 +1,19 @@
 """The model registry: every architecture variant is registered here once, by name.
 
 A variant is a `ModelCard`: the builder that makes it, its config, and the facts a user
-wants before building it (family, paper, year, input size, the reference it matches).
-Parameter counts and GMACs are never typed in: `visionzoo.factory.model_info` measures them
-on the `meta` device. This module holds cards and their lookup only; building a model from a
-card is `visionzoo.factory.create_model`.
+wants before building it (family, paper, year, input size, the reference it matches, the
+training recipes that suit it). Parameter counts and GMACs are never typed in:
+`visionzoo.factory.model_info` measures them on the `meta` device. This module holds cards and
+their lookup only; building a model from a card is `visionzoo.factory.create_model`.
+
+Every family file in `visionzoo.models` ends the same way: a `VARIANTS: dict[str, Config]`
+table, then one `register_family` call that states the family's facts once and, through
+`VariantExtras`, only what a variant says differently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import importlib
@@ -16,7 +21,7 @@ import importlib.util
 import pkgutil
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch.nn as nn
 
@@ -24,12 +29,21 @@ from visionzoo.errors import SettingError, UnknownModelError
 
 __all__ = [
     "ModelCard",
+    "RECIPE_STYLES",
     "UnknownModelError",
+    "VariantExtras",
+    "register_family",
     "register_model",
     "get_card",
     "list_models",
     "list_families",
 ]
+
+
+# Which published training recipes suit a model (see `visionzoo.training.settings`):
+# AdamW with layer-wise lr decay for transformers and their hybrids, the ConvNeXt variant of it,
+# or SGD for the classic convolutional networks.
+RECIPE_STYLES = ("vit", "convnext", "convnet")
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class ModelCard:
     year: int
     builder: Callable[..., nn.Module]  # builder(config, **kwargs) -> nn.Module
     config: Any  # the family's frozen config dataclass instance for this variant
+    recipe_style: str  # one of RECIPE_STYLES
     input_size: tuple[int, int, int] = (3, 224, 224)
     num_classes: int = 1000
     reference: str = ""  # e.g. "timm:resnet50" or "torchvision:alexnet"
@@ -64,10 +79,32 @@ class ModelCard:
             "input_size": list(self.input_size),
             "num_classes": self.num_classes,
             "reference": self.reference,
+            "recipe_style": self.recipe_style,
         }
 
 
 _MODELS_PACKAGE = "visionzoo.models"
+
+
+@dataclass(frozen=True)
+class VariantExtras:
+    """What one variant says apart from its family, for `register_family`; None keeps the family's.
+
+    For example a DINOv2 backbone among the ViTs: `VariantExtras(family="dinov2", paper=...,
+    year=2023, num_classes=0)`, or a distilled DeiT: `VariantExtras(builder=VisionTransformerDistilled)`.
+    """
+
+    family: str | None = None
+    paper: str | None = None
+    year: int | None = None
+    builder: Callable[..., nn.Module] | None = None
+    recipe_style: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    num_classes: int | None = None  # 0: published as a backbone, without a classifier
+    reference: str | None = None  # 'library:name' where the reference model has another name
+    defaults: dict[str, Any] | None = None  # builder kwargs this variant sets
+
+
 _REGISTRY: dict[str, ModelCard] = {}
 _families_loaded = False
 
@@ -81,8 +118,51 @@ def register_model(card: ModelCard) -> ModelCard:
         )
     if ":" not in card.reference:
         raise SettingError(f"model '{card.name}': reference must read 'library:name', got {card.reference!r}")
+    if card.recipe_style not in RECIPE_STYLES:
+        raise SettingError(f"model '{card.name}': unknown recipe_style {card.recipe_style!r}; "
+                           f"choose one of {', '.join(RECIPE_STYLES)}")
     _REGISTRY[card.name] = card
     return card
+
+
+def register_family(
+    variants: Mapping[str, Any],
+    *,
+    family: str,
+    paper: str,
+    year: int,
+    builder: Callable[..., nn.Module],
+    recipe_style: str,
+    reference_library: str = "timm",
+    extras: Mapping[str, VariantExtras] | None = None,
+) -> list[ModelCard]:
+    """Register one card per entry of `variants` (name -> config) with the family's facts.
+
+    What a variant says differently comes from its `extras` entry. Unless an entry sets them:
+    the reference is the model of the same name in `reference_library`; the input size is the
+    config's `img_size` when it has one (a model whose position embeddings or attention windows
+    are built for one size), else 224; and the classifier has 1000 classes (ImageNet-1k).
+
+        register_family(VARIANTS, family="resnet", paper="Deep Residual Learning for Image Recognition",
+                        year=2015, builder=ResNet, recipe_style="convnet",
+                        extras={"resnext50_32x4d": VariantExtras(paper=..., year=2016)})
+    """
+    extras = dict(extras or {})
+    strays = sorted(set(extras) - set(variants))
+    if strays:
+        raise SettingError(f"family '{family}': extras for {', '.join(repr(s) for s in strays)}, "
+                           "which VARIANTS does not list")
+    cards = []
+    for name, config in variants.items():
+        size = getattr(config, "img_size", 224)
+        facts = dict(family=family, paper=paper, year=year, builder=builder, recipe_style=recipe_style,
+                     input_size=(3, size, size), num_classes=1000, reference=f"{reference_library}:{name}",
+                     defaults={})
+        extra = extras.get(name, VariantExtras())
+        facts.update({f.name: getattr(extra, f.name) for f in dataclasses.fields(extra)
+                      if getattr(extra, f.name) is not None})
+        cards.append(register_model(ModelCard(name=name, config=config, **facts)))
+    return cards
 
 
 def _load_families() -> None:

@@ -9,5 +9,9 @@ Every model here shares one interface:
 - constructor `Model(config, *, num_classes, in_chans, **options)` with no data-dependent work,
   so it builds under `with torch.device("meta"):`
 
+Each file ends the same way: `VARIANTS: dict[str, Config]` (name -> the family's frozen config),
+then one `visionzoo.registry.register_family` call stating the family's paper, year, builder and
+recipe style, with a `VariantExtras` for each variant that says something else.
+
 The registry imports every module here on its first query (`visionzoo.registry._load_families`).
 """

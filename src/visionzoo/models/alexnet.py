@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from visionzoo.features import FeatureInfo
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class AlexNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-register_model(ModelCard(
-    name="alexnet", family="alexnet",
-    paper="ImageNet Classification with Deep Convolutional Neural Networks", year=2012,
-    builder=AlexNet, config=AlexNetConfig(), reference="torchvision:alexnet"))
+# --- variants ------------------------------------------------------------------------------
+
+VARIANTS: dict[str, AlexNetConfig] = {"alexnet": AlexNetConfig()}
+
+register_family(VARIANTS, family="alexnet", paper="ImageNet Classification with Deep Convolutional Neural Networks",
+                year=2012, builder=AlexNet, recipe_style="convnet", reference_library="torchvision")

@@ -20,7 +20,7 @@ from visionzoo.layers.classifier import NormMlpClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 class ConvNeXtBlock(nn.Module):
@@ -166,6 +166,5 @@ VARIANTS: dict[str, ConvNeXtConfig] = {
     "convnext_xlarge": ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="convnext", paper="A ConvNet for the 2020s", year=2022,
-                             builder=ConvNeXt, config=_config, reference=f"timm:{_name}"))
+register_family(VARIANTS, family="convnext", paper="A ConvNet for the 2020s", year=2022, builder=ConvNeXt,
+                recipe_style="convnext")

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 from visionzoo.models.vit import VisionTransformer, VisionTransformerConfig
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 __all__ = ["VisionTransformerDistilled"]
 
@@ -86,20 +86,23 @@ class VisionTransformerDistilled(VisionTransformer):
 
 # --- variants ------------------------------------------------------------------------------
 
-_DEIT = ("Training data-efficient image transformers & distillation through attention", 2021)
 _TINY = VisionTransformerConfig(patch_size=16, embed_dim=192, depth=12, num_heads=3)
 _SMALL = VisionTransformerConfig(patch_size=16, embed_dim=384, depth=12, num_heads=6)
 _BASE = VisionTransformerConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12)
 
-VARIANTS: dict[str, tuple[VisionTransformerConfig, type[VisionTransformer]]] = {
-    "deit_tiny_patch16_224": (_TINY, VisionTransformer),
-    "deit_small_patch16_224": (_SMALL, VisionTransformer),
-    "deit_base_patch16_224": (_BASE, VisionTransformer),
-    "deit_tiny_distilled_patch16_224": (_TINY, VisionTransformerDistilled),
-    "deit_small_distilled_patch16_224": (_SMALL, VisionTransformerDistilled),
-    "deit_base_distilled_patch16_224": (_BASE, VisionTransformerDistilled),
+VARIANTS: dict[str, VisionTransformerConfig] = {
+    "deit_tiny_patch16_224": _TINY,
+    "deit_small_patch16_224": _SMALL,
+    "deit_base_patch16_224": _BASE,
+    "deit_tiny_distilled_patch16_224": _TINY,
+    "deit_small_distilled_patch16_224": _SMALL,
+    "deit_base_distilled_patch16_224": _BASE,
 }
 
-for _name, (_config, _builder) in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="deit", paper=_DEIT[0], year=_DEIT[1], builder=_builder,
-                             config=_config, input_size=(3, 224, 224), reference=f"timm:{_name}"))
+_DISTILLED = VariantExtras(builder=VisionTransformerDistilled)
+
+register_family(
+    VARIANTS, family="deit", paper="Training data-efficient image transformers & distillation through attention",
+    year=2021, builder=VisionTransformer, recipe_style="vit",
+    extras={"deit_tiny_distilled_patch16_224": _DISTILLED, "deit_small_distilled_patch16_224": _DISTILLED,
+            "deit_base_distilled_patch16_224": _DISTILLED})

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.norm_act import BatchNormAct2d
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 class DenseLayer(nn.Module):
@@ -150,6 +150,5 @@ VARIANTS: dict[str, DenseNetConfig] = {
     "densenet201": DenseNetConfig(growth_rate=32, block_config=(6, 12, 48, 32)),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="densenet", paper="Densely Connected Convolutional Networks",
-                             year=2016, builder=DenseNet, config=_config, reference=f"timm:{_name}"))
+register_family(VARIANTS, family="densenet", paper="Densely Connected Convolutional Networks", year=2016,
+                builder=DenseNet, recipe_style="convnet")

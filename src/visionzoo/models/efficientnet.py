@@ -23,7 +23,7 @@ from visionzoo.layers.padding import PaddingMode, create_conv2d
 from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.layers.squeeze_excite import SqueezeExcite
 from visionzoo.layers.stage_table import BlockSpec, Stage, build_stages, init_weights_tf_style, round_channels
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 # Table 1 of the paper: EfficientNet-B0. "ds" is MBConv1 (no expanding 1x1 conv), "ir" MBConv6.
 # Every block has squeeze-excitation, a quarter of the block's input width.
@@ -112,7 +112,6 @@ class EfficientNet(nn.Module):
 
 # --- variants ------------------------------------------------------------------------------
 
-_PAPER = "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks"
 _TF = {"padding": "same", "bn_eps": 1e-3}
 _LITE = {"act_layer": nn.ReLU6, "squeeze_excite": False, "fixed_stem_head": True, "fixed_first_last_depth": True}
 
@@ -145,12 +144,17 @@ INPUT_SIZES: dict[str, int] = {
     "tf_efficientnet_lite3": 300, "tf_efficientnet_lite4": 380,
 }
 
-for _scale, (_width, _depth, _resolution, _dropout) in SCALES.items():
-    _lite = _scale.startswith("lite")
-    for _prefix, _padding in (("efficientnet", {}), ("tf_efficientnet", _TF)):
-        _name = f"{_prefix}_{_scale}"
-        _config = EfficientNetConfig(_width, _depth, _resolution, _dropout, **(_LITE if _lite else {}), **_padding)
-        _size = INPUT_SIZES[_name]
-        register_model(ModelCard(name=_name, family="efficientnet_lite" if _lite else "efficientnet", paper=_PAPER,
-                                 year=2020 if _lite else 2019, builder=EfficientNet, config=_config,
-                                 input_size=(3, _size, _size), reference=f"timm:{_name}"))
+# each scale in PyTorch padding (timm's own weights) and TensorFlow's (ported weights):
+# efficientnet_b0, tf_efficientnet_b0, efficientnet_b1, ...
+VARIANTS: dict[str, EfficientNetConfig] = {
+    f"{prefix}_{scale}": EfficientNetConfig(*SCALES[scale], **(_LITE if scale.startswith("lite") else {}), **padding)
+    for scale in SCALES for prefix, padding in (("efficientnet", {}), ("tf_efficientnet", _TF))
+}
+
+_LITE_CARD = dict(family="efficientnet_lite", year=2020)  # the paper's networks, released for mobile in 2020
+
+register_family(
+    VARIANTS, family="efficientnet", paper="EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+    year=2019, builder=EfficientNet, recipe_style="convnet",
+    extras={name: VariantExtras(input_size=(3, size, size), **(_LITE_CARD if "lite" in name else {}))
+            for name, size in INPUT_SIZES.items()})

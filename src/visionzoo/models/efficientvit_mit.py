@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 class ConvNormAct(nn.Module):
@@ -286,8 +286,6 @@ VARIANTS: dict[str, EfficientVitMitConfig] = {
     "efficientvit_b3": EfficientVitMitConfig((32, 64, 128, 256, 512), (1, 4, 6, 6, 9), 32, (2304, 2560)),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(
-        name=_name, family="efficientvit_mit",
-        paper="EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction", year=2023,
-        builder=EfficientVitMit, config=_config, reference=f"timm:{_name}"))
+register_family(VARIANTS, family="efficientvit_mit",
+                paper="EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction", year=2023,
+                builder=EfficientVitMit, recipe_style="vit")

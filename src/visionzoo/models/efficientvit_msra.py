@@ -24,7 +24,7 @@ from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 def conv_norm(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
@@ -361,8 +361,6 @@ VARIANTS: dict[str, EfficientVitMsraConfig] = {
     "efficientvit_m5": EfficientVitMsraConfig((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(
-        name=_name, family="efficientvit_msra",
-        paper="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention", year=2023,
-        builder=EfficientVitMsra, config=_config, reference=f"timm:{_name}"))
+register_family(VARIANTS, family="efficientvit_msra",
+                paper="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention", year=2023,
+                builder=EfficientVitMsra, recipe_style="vit")

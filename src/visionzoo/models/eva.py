@@ -28,7 +28,7 @@ from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import GluMlp, SwiGLU
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pool import make_classifier
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -241,27 +241,28 @@ class Eva02(nn.Module):
 
 # --- variants ------------------------------------------------------------------------------
 
-_PAPER = ("EVA-02: A Visual Representation for Neon Genesis", 2023)
-
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 _BASE = dict(embed_dim=768, depth=12, num_heads=12, qkv_fused=False, sub_ln=True)
 _LARGE = dict(embed_dim=1024, depth=24, num_heads=16, qkv_fused=False, sub_ln=True)
 
-# name: (config, num_classes). The 224 px models are the masked-image-modelling pretrained
-# backbones, published without a classifier; the others are ImageNet-1k fine-tunes.
-VARIANTS: dict[str, tuple[Eva02Config, int]] = {
-    "eva02_tiny_patch14_224": (Eva02Config(**_TINY, img_size=224), 0),
-    "eva02_small_patch14_224": (Eva02Config(**_SMALL, img_size=224), 0),
-    "eva02_base_patch14_224": (Eva02Config(**_BASE, img_size=224), 0),
-    "eva02_large_patch14_224": (Eva02Config(**_LARGE, img_size=224), 0),
-    "eva02_tiny_patch14_336": (Eva02Config(**_TINY, img_size=336), 1000),
-    "eva02_small_patch14_336": (Eva02Config(**_SMALL, img_size=336), 1000),
-    "eva02_base_patch14_448": (Eva02Config(**_BASE, img_size=448), 1000),
-    "eva02_large_patch14_448": (Eva02Config(**_LARGE, img_size=448), 1000),
+VARIANTS: dict[str, Eva02Config] = {
+    "eva02_tiny_patch14_224": Eva02Config(**_TINY, img_size=224),
+    "eva02_small_patch14_224": Eva02Config(**_SMALL, img_size=224),
+    "eva02_base_patch14_224": Eva02Config(**_BASE, img_size=224),
+    "eva02_large_patch14_224": Eva02Config(**_LARGE, img_size=224),
+    "eva02_tiny_patch14_336": Eva02Config(**_TINY, img_size=336),
+    "eva02_small_patch14_336": Eva02Config(**_SMALL, img_size=336),
+    "eva02_base_patch14_448": Eva02Config(**_BASE, img_size=448),
+    "eva02_large_patch14_448": Eva02Config(**_LARGE, img_size=448),
 }
 
-for _name, (_config, _num_classes) in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="eva02", paper=_PAPER[0], year=_PAPER[1], builder=Eva02,
-                             config=_config, input_size=(3, _config.img_size, _config.img_size),
-                             num_classes=_num_classes, reference=f"timm:{_name}"))
+# The 224 px models are the masked-image-modelling pretrained backbones, published without a
+# classifier; the others are ImageNet-1k fine-tunes.
+_BACKBONE = VariantExtras(num_classes=0)
+
+register_family(
+    VARIANTS, family="eva02", paper="EVA-02: A Visual Representation for Neon Genesis", year=2023, builder=Eva02,
+    recipe_style="vit",
+    extras={"eva02_tiny_patch14_224": _BACKBONE, "eva02_small_patch14_224": _BACKBONE,
+            "eva02_base_patch14_224": _BACKBONE, "eva02_large_patch14_224": _BACKBONE})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 BN_EPS = 1e-3
 
@@ -202,5 +202,9 @@ class GoogLeNet(nn.Module):
         return logits
 
 
-register_model(ModelCard(name="googlenet", family="googlenet", paper="Going Deeper with Convolutions", year=2014,
-                         builder=GoogLeNet, config=GoogLeNetConfig(), reference="torchvision:googlenet"))
+# --- variants ------------------------------------------------------------------------------
+
+VARIANTS: dict[str, GoogLeNetConfig] = {"googlenet": GoogLeNetConfig()}
+
+register_family(VARIANTS, family="googlenet", paper="Going Deeper with Convolutions", year=2014, builder=GoogLeNet,
+                recipe_style="convnet", reference_library="torchvision")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 BN_EPS = 1e-3
 
@@ -256,7 +256,10 @@ class InceptionV3(nn.Module):
         return self.forward_head(self._forward_from_aux(x))
 
 
-register_model(ModelCard(
-    name="inception_v3", family="inception_v3",
-    paper="Rethinking the Inception Architecture for Computer Vision", year=2015,
-    builder=InceptionV3, config=InceptionV3Config(), input_size=(3, 299, 299), reference="timm:inception_v3"))
+# --- variants ------------------------------------------------------------------------------
+
+VARIANTS: dict[str, InceptionV3Config] = {"inception_v3": InceptionV3Config()}
+
+register_family(VARIANTS, family="inception_v3", paper="Rethinking the Inception Architecture for Computer Vision",
+                year=2015, builder=InceptionV3, recipe_style="convnet",
+                extras={"inception_v3": VariantExtras(input_size=(3, 299, 299))})

@@ -28,7 +28,7 @@ from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.layers.norm_act import BatchNormAct2d
 from visionzoo.layers.padding import create_conv2d, same_padding_amount
 from visionzoo.layers.pos_embed_rel import RelPosBiasTf
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 BN_EPS = 1e-3  # TF batch norm epsilon
 LN_EPS = 1e-5  # TF layer norm epsilon
@@ -325,7 +325,5 @@ VARIANTS: dict[str, MaxVitConfig] = {
                                         head_hidden_size=1024),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="maxvit", paper="MaxViT: Multi-Axis Vision Transformer", year=2022,
-                             builder=MaxVit, config=_config, input_size=(3, _config.img_size, _config.img_size),
-                             reference=f"timm:{_name}"))
+register_family(VARIANTS, family="maxvit", paper="MaxViT: Multi-Axis Vision Transformer", year=2022, builder=MaxVit,
+                recipe_style="vit")

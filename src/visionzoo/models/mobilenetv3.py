@@ -21,7 +21,7 @@ from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.layers.squeeze_excite import SqueezeExcite
 from visionzoo.layers.stage_table import (BlockSpec, Stage, build_stages, init_weights_tf_style, make_divisible,
                                           round_channels)
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 _RELU = nn.ReLU  # rows without it use the network's hard-swish
 
@@ -126,6 +126,5 @@ VARIANTS: dict[str, MobileNetV3Config] = {
     "mobilenetv3_large_100": MobileNetV3Config(LARGE_STAGES, 1.00, 1280),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="mobilenetv3", paper="Searching for MobileNetV3", year=2019,
-                             builder=MobileNetV3, config=_config, reference=f"timm:{_name}"))
+register_family(VARIANTS, family="mobilenetv3", paper="Searching for MobileNetV3", year=2019, builder=MobileNetV3,
+                recipe_style="convnet")

@@ -19,7 +19,7 @@ import torch.nn as nn
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 
 class BasicBlock(nn.Module):
@@ -171,22 +171,24 @@ class ResNet(nn.Module):
 
 # --- variants ------------------------------------------------------------------------------
 
-_RESNET = ("Deep Residual Learning for Image Recognition", 2015)
-_RESNEXT = ("Aggregated Residual Transformations for Deep Neural Networks", 2016)
-_WIDE = ("Wide Residual Networks", 2016)
-
-VARIANTS: dict[str, tuple[ResNetConfig, tuple[str, int]]] = {
-    "resnet18": (ResNetConfig("basic", (2, 2, 2, 2)), _RESNET),
-    "resnet34": (ResNetConfig("basic", (3, 4, 6, 3)), _RESNET),
-    "resnet50": (ResNetConfig("bottleneck", (3, 4, 6, 3)), _RESNET),
-    "resnet101": (ResNetConfig("bottleneck", (3, 4, 23, 3)), _RESNET),
-    "resnet152": (ResNetConfig("bottleneck", (3, 8, 36, 3)), _RESNET),
-    "resnext50_32x4d": (ResNetConfig("bottleneck", (3, 4, 6, 3), cardinality=32, base_width=4), _RESNEXT),
-    "resnext101_32x8d": (ResNetConfig("bottleneck", (3, 4, 23, 3), cardinality=32, base_width=8), _RESNEXT),
-    "wide_resnet50_2": (ResNetConfig("bottleneck", (3, 4, 6, 3), base_width=128), _WIDE),
-    "wide_resnet101_2": (ResNetConfig("bottleneck", (3, 4, 23, 3), base_width=128), _WIDE),
+VARIANTS: dict[str, ResNetConfig] = {
+    "resnet18": ResNetConfig("basic", (2, 2, 2, 2)),
+    "resnet34": ResNetConfig("basic", (3, 4, 6, 3)),
+    "resnet50": ResNetConfig("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ResNetConfig("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ResNetConfig("bottleneck", (3, 8, 36, 3)),
+    "resnext50_32x4d": ResNetConfig("bottleneck", (3, 4, 6, 3), cardinality=32, base_width=4),
+    "resnext101_32x8d": ResNetConfig("bottleneck", (3, 4, 23, 3), cardinality=32, base_width=8),
+    "wide_resnet50_2": ResNetConfig("bottleneck", (3, 4, 6, 3), base_width=128),
+    "wide_resnet101_2": ResNetConfig("bottleneck", (3, 4, 23, 3), base_width=128),
 }
 
-for _name, (_config, (_paper, _year)) in VARIANTS.items():
-    register_model(ModelCard(name=_name, family="resnet", paper=_paper, year=_year, builder=ResNet,
-                             config=_config, reference=f"timm:{_name}"))
+# ResNeXt and Wide ResNet are ResNets with other widths, from their own papers.
+_RESNEXT = VariantExtras(paper="Aggregated Residual Transformations for Deep Neural Networks", year=2016)
+_WIDE = VariantExtras(paper="Wide Residual Networks", year=2016)
+
+register_family(
+    VARIANTS, family="resnet", paper="Deep Residual Learning for Image Recognition", year=2015, builder=ResNet,
+    recipe_style="convnet",
+    extras={"resnext50_32x4d": _RESNEXT, "resnext101_32x8d": _RESNEXT,
+            "wide_resnet50_2": _WIDE, "wide_resnet101_2": _WIDE})

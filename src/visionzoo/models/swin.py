@@ -23,7 +23,7 @@ from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed_rel import relative_position_index
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 
 def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
@@ -300,9 +300,6 @@ VARIANTS: dict[str, SwinConfig] = {
     "swin_base_patch4_window12_384": SwinConfig(128, (2, 2, 18, 2), (4, 8, 16, 32), window_size=12, img_size=384),
 }
 
-for _name, _config in VARIANTS.items():
-    register_model(ModelCard(
-        name=_name, family="swin",
-        paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", year=2021,
-        builder=SwinTransformer, config=_config, input_size=(3, _config.img_size, _config.img_size),
-        reference=f"timm:{_name}"))
+register_family(VARIANTS, family="swin",
+                paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", year=2021,
+                builder=SwinTransformer, recipe_style="vit")

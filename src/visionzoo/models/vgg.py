@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.classifier import ClassifierHead
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import register_family
 
 MAX_POOL = "M"
 
@@ -129,10 +129,11 @@ LAYERS: dict[str, tuple[int | str, ...]] = {  # the paper's configurations A, B,
     "vgg19": (64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M),
 }
 
-for _depth, _layers in LAYERS.items():
-    for _batch_norm in (False, True):
-        _name = f"{_depth}_bn" if _batch_norm else _depth
-        register_model(ModelCard(
-            name=_name, family="vgg",
-            paper="Very Deep Convolutional Networks for Large-Scale Image Recognition", year=2014,
-            builder=VGG, config=VGGConfig(_layers, batch_norm=_batch_norm), reference=f"timm:{_name}"))
+# each configuration without and with BatchNorm: vgg11, vgg11_bn, vgg13, ...
+VARIANTS: dict[str, VGGConfig] = {
+    f"{depth}_bn" if batch_norm else depth: VGGConfig(layers, batch_norm=batch_norm)
+    for depth, layers in LAYERS.items() for batch_norm in (False, True)
+}
+
+register_family(VARIANTS, family="vgg", paper="Very Deep Convolutional Networks for Large-Scale Image Recognition",
+                year=2014, builder=VGG, recipe_style="convnet")

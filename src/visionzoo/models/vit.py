@@ -15,7 +15,7 @@ Variations carried as config fields rather than subclasses:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
@@ -30,7 +30,7 @@ from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import GluMlp, Mlp, QuickGELU
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
-from visionzoo.registry import ModelCard, register_model
+from visionzoo.registry import VariantExtras, register_family
 
 __all__ = ["Block", "VisionTransformer", "VisionTransformerConfig"]
 
@@ -216,10 +216,6 @@ class VisionTransformer(nn.Module):
 
 # --- variants ------------------------------------------------------------------------------
 
-_VIT = ("An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", 2020)
-_DINOV2 = ("DINOv2: Learning Robust Visual Features without Supervision", 2023)
-_CLIP = ("Learning Transferable Visual Models From Natural Language Supervision", 2021)
-
 _C = VisionTransformerConfig
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
@@ -232,34 +228,55 @@ _REG4 = dict(reg_tokens=4, no_embed_class=True)
 _CLIP_ARGS = dict(pre_norm=True, norm_eps=1e-5)
 _QUICK = dict(act="quick_gelu")
 
-# name: (config, family, paper, num_classes)
-VARIANTS: dict[str, tuple[VisionTransformerConfig, str, tuple[str, int], int]] = {
-    "vit_tiny_patch16_224": (_C(patch_size=16, **_TINY), "vit", _VIT, 1000),
-    "vit_small_patch16_224": (_C(patch_size=16, **_SMALL), "vit", _VIT, 1000),
-    "vit_base_patch16_224": (_C(patch_size=16, **_BASE), "vit", _VIT, 1000),
-    "vit_base_patch32_224": (_C(patch_size=32, **_BASE), "vit", _VIT, 1000),
-    "vit_large_patch16_224": (_C(patch_size=16, **_LARGE), "vit", _VIT, 1000),
-    "vit_base_patch16_384": (_C(img_size=384, patch_size=16, **_BASE), "vit", _VIT, 1000),
-    # DINOv2 checkpoints are backbones: no classifier by default
-    "vit_small_patch14_dinov2": (_C(**_DINOV2_ARGS, **_SMALL), "dinov2", _DINOV2, 0),
-    "vit_base_patch14_dinov2": (_C(**_DINOV2_ARGS, **_BASE), "dinov2", _DINOV2, 0),
-    "vit_large_patch14_dinov2": (_C(**_DINOV2_ARGS, **_LARGE), "dinov2", _DINOV2, 0),
-    "vit_giant_patch14_dinov2": (_C(**_DINOV2_ARGS, **_GIANT_DINOV2), "dinov2", _DINOV2, 0),
-    "vit_small_patch14_reg4_dinov2": (_C(**_DINOV2_ARGS, **_REG4, **_SMALL), "dinov2", _DINOV2, 0),
-    "vit_base_patch14_reg4_dinov2": (_C(**_DINOV2_ARGS, **_REG4, **_BASE), "dinov2", _DINOV2, 0),
-    "vit_large_patch14_reg4_dinov2": (_C(**_DINOV2_ARGS, **_REG4, **_LARGE), "dinov2", _DINOV2, 0),
-    "vit_giant_patch14_reg4_dinov2": (_C(**_DINOV2_ARGS, **_REG4, **_GIANT_DINOV2), "dinov2", _DINOV2, 0),
-    # CLIP image towers fine-tuned on ImageNet-1k keep a 1000-class head; the OpenAI-style (QuickGELU)
-    # ones keep the `head` as CLIP's image projection into the joint embedding (512 or 768 wide).
-    "vit_base_patch32_clip_224": (_C(patch_size=32, **_CLIP_ARGS, **_BASE), "clip", _CLIP, 1000),
-    "vit_base_patch16_clip_224": (_C(patch_size=16, **_CLIP_ARGS, **_BASE), "clip", _CLIP, 1000),
-    "vit_large_patch14_clip_224": (_C(patch_size=14, **_CLIP_ARGS, **_LARGE), "clip", _CLIP, 1000),
-    "vit_base_patch32_clip_quickgelu_224": (_C(patch_size=32, **_CLIP_ARGS, **_QUICK, **_BASE), "clip", _CLIP, 512),
-    "vit_base_patch16_clip_quickgelu_224": (_C(patch_size=16, **_CLIP_ARGS, **_QUICK, **_BASE), "clip", _CLIP, 512),
-    "vit_large_patch14_clip_quickgelu_224": (_C(patch_size=14, **_CLIP_ARGS, **_QUICK, **_LARGE), "clip", _CLIP, 768),
+VARIANTS: dict[str, VisionTransformerConfig] = {
+    "vit_tiny_patch16_224": _C(patch_size=16, **_TINY),
+    "vit_small_patch16_224": _C(patch_size=16, **_SMALL),
+    "vit_base_patch16_224": _C(patch_size=16, **_BASE),
+    "vit_base_patch32_224": _C(patch_size=32, **_BASE),
+    "vit_large_patch16_224": _C(patch_size=16, **_LARGE),
+    "vit_base_patch16_384": _C(img_size=384, patch_size=16, **_BASE),
+    "vit_small_patch14_dinov2": _C(**_DINOV2_ARGS, **_SMALL),
+    "vit_base_patch14_dinov2": _C(**_DINOV2_ARGS, **_BASE),
+    "vit_large_patch14_dinov2": _C(**_DINOV2_ARGS, **_LARGE),
+    "vit_giant_patch14_dinov2": _C(**_DINOV2_ARGS, **_GIANT_DINOV2),
+    "vit_small_patch14_reg4_dinov2": _C(**_DINOV2_ARGS, **_REG4, **_SMALL),
+    "vit_base_patch14_reg4_dinov2": _C(**_DINOV2_ARGS, **_REG4, **_BASE),
+    "vit_large_patch14_reg4_dinov2": _C(**_DINOV2_ARGS, **_REG4, **_LARGE),
+    "vit_giant_patch14_reg4_dinov2": _C(**_DINOV2_ARGS, **_REG4, **_GIANT_DINOV2),
+    "vit_base_patch32_clip_224": _C(patch_size=32, **_CLIP_ARGS, **_BASE),
+    "vit_base_patch16_clip_224": _C(patch_size=16, **_CLIP_ARGS, **_BASE),
+    "vit_large_patch14_clip_224": _C(patch_size=14, **_CLIP_ARGS, **_LARGE),
+    "vit_base_patch32_clip_quickgelu_224": _C(patch_size=32, **_CLIP_ARGS, **_QUICK, **_BASE),
+    "vit_base_patch16_clip_quickgelu_224": _C(patch_size=16, **_CLIP_ARGS, **_QUICK, **_BASE),
+    "vit_large_patch14_clip_quickgelu_224": _C(patch_size=14, **_CLIP_ARGS, **_QUICK, **_LARGE),
 }
 
-for _name, (_config, _family, (_paper, _year), _num_classes) in VARIANTS.items():
-    register_model(ModelCard(name=_name, family=_family, paper=_paper, year=_year, builder=VisionTransformer,
-                             config=_config, input_size=(3, _config.img_size, _config.img_size),
-                             num_classes=_num_classes, reference=f"timm:{_name}"))
+# DINOv2 checkpoints are backbones: no classifier by default.
+_DINOV2 = VariantExtras(family="dinov2", paper="DINOv2: Learning Robust Visual Features without Supervision",
+                        year=2023, num_classes=0)
+# CLIP image towers fine-tuned on ImageNet-1k keep a 1000-class head; the OpenAI-style (QuickGELU)
+# ones keep the `head` as CLIP's image projection into the joint embedding (512 or 768 wide).
+_CLIP = VariantExtras(family="clip", paper="Learning Transferable Visual Models From Natural Language Supervision",
+                      year=2021)
+_CLIP_512 = replace(_CLIP, num_classes=512)
+_CLIP_768 = replace(_CLIP, num_classes=768)
+
+register_family(
+    VARIANTS, family="vit", paper="An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+    year=2020, builder=VisionTransformer, recipe_style="vit",
+    extras={
+        "vit_small_patch14_dinov2": _DINOV2,
+        "vit_base_patch14_dinov2": _DINOV2,
+        "vit_large_patch14_dinov2": _DINOV2,
+        "vit_giant_patch14_dinov2": _DINOV2,
+        "vit_small_patch14_reg4_dinov2": _DINOV2,
+        "vit_base_patch14_reg4_dinov2": _DINOV2,
+        "vit_large_patch14_reg4_dinov2": _DINOV2,
+        "vit_giant_patch14_reg4_dinov2": _DINOV2,
+        "vit_base_patch32_clip_224": _CLIP,
+        "vit_base_patch16_clip_224": _CLIP,
+        "vit_large_patch14_clip_224": _CLIP,
+        "vit_base_patch32_clip_quickgelu_224": _CLIP_512,
+        "vit_base_patch16_clip_quickgelu_224": _CLIP_512,
+        "vit_large_patch14_clip_quickgelu_224": _CLIP_768,
+    })

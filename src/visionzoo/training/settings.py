@@ -1,12 +1,13 @@
 """Training settings and the recipes that fill them in.
 
-A recipe (`scratch`, `finetune`, `linear-probe`) gives defaults per model style, following
-the published recipes:
+A recipe (`scratch`, `finetune`, `linear-probe`) gives defaults per model style (each model
+card's `recipe_style`, stated by its family in `visionzoo.models`), following the published
+recipes:
 
-- ViT-style (ViT, DeiT, BEiT, EVA, Swin, ...): AdamW, linear warm-up then cosine decay,
-  weight decay 0.05, drop path 0.1; fine-tuning adds layer-wise lr decay 0.65 as in
-  BEiT / MAE fine-tuning (each block's lr is `layer_decay` times the next one's, so the
-  new head trains at the full rate and the patch embedding at the smallest).
+- ViT-style (ViT, DeiT, DINOv2, CLIP, EVA-02, Swin, MaxViT, EfficientViT): AdamW, linear
+  warm-up then cosine decay, weight decay 0.05, drop path 0.1; fine-tuning adds layer-wise
+  lr decay 0.65 as in BEiT / MAE fine-tuning (each block's lr is `layer_decay` times the
+  next one's, so the new head trains at the full rate and the patch embedding at the smallest).
 - ConvNeXt: the same with layer decay 0.8 (ConvNeXt fine-tuning).
 - Convolutional networks (ResNet, VGG, ...): SGD with Nesterov momentum and cosine decay;
   fine-tuning uses a 10x lower lr for the pretrained backbone than for the new head.
@@ -26,9 +27,6 @@ from visionzoo.errors import SettingError
 __all__ = ["TrainSettings", "RECIPES", "resolve_settings", "model_style"]
 
 RECIPES = ("scratch", "finetune", "linear-probe")
-
-_VIT_FAMILIES = {"vit", "deit", "deit3", "beit", "eva", "eva02", "cait", "swin", "swinv2", "dinov2", "xcit", "mvit",
-                 "maxvit", "coat", "pit", "tnt", "crossvit", "levit", "clip", "siglip", "vit_hybrid", "flexivit", "hiera"}
 
 
 @dataclass
@@ -95,17 +93,12 @@ class TrainSettings:
 
 
 def model_style(name: str | None) -> str:
-    """'vit', 'convnext' or 'convnet': which family of recipes a model follows."""
+    """'vit', 'convnext' or 'convnet': which family of recipes a model follows (its card's `recipe_style`)."""
     if not name:
         return "convnet"
     from visionzoo.registry import get_card
 
-    family = get_card(name).family.lower()
-    if family in _VIT_FAMILIES or family.startswith(("vit", "deit", "swin", "eva")):
-        return "vit"
-    if family.startswith("convnext"):
-        return "convnext"
-    return "convnet"
+    return get_card(name).recipe_style
 
 
 _DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
