@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "with_spec": "visionzoo.factory",
     "ModelSpec": "visionzoo.factory",
     "train": "visionzoo.training.trainer",
+    "audit": "visionzoo.audit",
+    "explain": "visionzoo.explain",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -147,11 +147,14 @@ def _concat(parts: list[Embeddings], classes: list[str], model: dict, data_confi
 
 
 @torch.no_grad()
-def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_size: int = 64,
-                 patch_tokens: bool = False, shard_size: int = 512, workers: int = 0,
+def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[str]], out: str | Path, *,
+                 batch_size: int = 64, patch_tokens: bool = False, shard_size: int = 512, workers: int = 0,
                  device: str | torch.device = "cpu", model_spec: dict[str, Any] | None = None,
-                 progress: bool = True, max_images: int | None = None) -> Embeddings:
-    """Embed every image of the class-per-folder tree `data` and write them to `out`.
+                 progress: bool = True, max_images: int | None = None,
+                 data_config: dict[str, Any] | None = None) -> Embeddings:
+    """Embed every image of the class-per-folder tree `data` (or of `(samples, class names)`,
+    as `visionzoo audit` gives) and write them to `out`. `data_config` replaces the model's
+    preprocessing (e.g. a smaller input size).
 
     Resumable: images already in `out` or in its `out.partial/` shards are skipped. `model_spec`
     (e.g. {"spec": "resnet50", "pretrained": "default"}) is recorded so that a probe can be saved
@@ -162,8 +165,8 @@ def embed_folder(model: nn.Module, data: str | Path, out: str | Path, *, batch_s
 
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    samples, classes = scan_folder(data)
-    data_config = model_data_config(model)
+    samples, classes = data if isinstance(data, tuple) else scan_folder(data)
+    data_config = data_config or model_data_config(model)
     made = find_spec(model)
     spec = dict(model_spec or {"spec": made.name if made else None})
 

@@ -4,6 +4,7 @@
     export.py    export                   features.py  embed, probe, zero-shot
     choose.py    benchmark, advise, evolution
     serve.py     serve                    visionzoo.training.command: train, eval
+    audit.py     audit, explain
 
 Each command module has `add_parsers(subparsers)`, and handlers `cmd_*(args) -> exit code`
 that parse arguments and call library functions, nothing more. Model arguments go through
@@ -22,7 +23,7 @@ from typing import Callable
 from rich.markup import escape
 
 import visionzoo
-from visionzoo.cli import catalog, choose, export, features, predict, serve
+from visionzoo.cli import audit, catalog, choose, export, features, predict, serve
 from visionzoo.cli.common import err_console
 from visionzoo.errors import UsageError
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     choose.add_parsers(commands)
     training_command.add_commands(commands)  # train, eval
     serve.add_parsers(commands)
+    audit.add_parsers(commands)  # audit, explain
     return parser
 
 

@@ -67,6 +67,7 @@ class Classifier:
         self.run = run
         self.class_names = class_names
         self.card = card
+        self.explainer: Callable[[Any], dict[str, Any]] | None = None  # image -> heat map (PyTorch models only)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -119,7 +120,11 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
             logits = model(torch.from_numpy(batch))
         return logits.float().softmax(-1).numpy()
 
-    return Classifier(card["architecture"], prepare, run, card["classes"], card)
+    classifier = Classifier(card["architecture"], prepare, run, card["classes"], card)
+    from visionzoo.explain import serving_explainer
+
+    classifier.explainer = serving_explainer(model, transform, config, names)  # for POST /v1/explain
+    return classifier
 
 
 class QueueFull(Exception):
@@ -337,6 +342,30 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         results = await asyncio.gather(*(one(name, data) for name, data in images))
         return {"results": list(results), "model": classifier.name,
                 "latency_ms": round((time.perf_counter() - start) * 1e3, 3)}
+
+    @app.post("/v1/explain")
+    async def explain(request: Request):
+        """The Grad-CAM heat map of the top class over the image: JSON with a base64 PNG, or ?format=png."""
+        start = time.perf_counter()
+        if classifier.explainer is None:
+            raise ApiError(501, f"{classifier.name} cannot be explained here: /v1/explain needs the gradients of a "
+                                "PyTorch model of a visionzoo family, and grad-cam (pip install 'visionzoo[audit]')")
+        images = await images_from(request)
+        if len(images) != 1:
+            raise ApiError(422, f"/v1/explain takes one image, got {len(images)}")
+        name, data = images[0]
+        prepare(name, data)  # the same checks and errors as /v1/classify
+        image = decode_image(data, path=name)
+        result = await asyncio.get_running_loop().run_in_executor(None, classifier.explainer, image)
+        if request.query_params.get("format") == "png":
+            from fastapi.responses import Response
+
+            return Response(result["png"], media_type="image/png")
+        import base64
+
+        return {"index": result["index"], "label": result["label"], "prob": result["prob"], "method": "gradcam",
+                "heatmap": "data:image/png;base64," + base64.b64encode(result["png"]).decode(),
+                "model": classifier.name, "latency_ms": round((time.perf_counter() - start) * 1e3, 3)}
 
     @app.get("/v1/model")
     async def model_card():

@@ -139,6 +139,8 @@ def add_commands(commands) -> None:
     p.add_argument("--cache-size", type=int, help="side of cached images (default: image size / crop pct)")
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every file first and write bad_files.txt")
+    p.add_argument("--exclude", metavar="FILE", help="leave out the files listed: a CSV with a path column "
+                   "(e.g. audit/label_issues.csv from `visionzoo audit`) or one path a line")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N optimizer steps")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     p.add_argument("--tta-shift", type=int, metavar="PIXELS",

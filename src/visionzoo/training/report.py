@@ -14,7 +14,7 @@ __all__ = ["write_plots"]
 
 
 def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[str, Any] | None,
-                classes: list[str], val_set, data_config: dict[str, Any], worst: int = 16) -> None:
+                classes: list[str], val_set, data_config: dict[str, Any], worst: int = 16, model=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,6 +65,7 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
                         f"({probabilities[position, predicted]:.0%})")
     if not tiles:
         return
+    tiles = _with_heat_maps(model, tiles, mean, std)
     # One image axis holding a mosaic, captions as text: a fraction of the time of one axis per image.
     columns = min(4, len(tiles))
     rows = -(-len(tiles) // columns)
@@ -83,3 +84,19 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (3.3 * rows + 0.4))
     figure.savefig(run_dir / "worst_mistakes.png", dpi=100)
     plt.close(figure)
+
+
+def _with_heat_maps(model, tiles: list[np.ndarray], mean: torch.Tensor, std: torch.Tensor) -> list[np.ndarray]:
+    """The tiles overlaid with the Grad-CAM of their predicted class (visionzoo.explain), when the
+    model's family declares where to look; the plain tiles otherwise (one batch: cheap)."""
+    if model is None:
+        return tiles
+    try:
+        from visionzoo.explain import cam_maps, overlay
+
+        batch = (torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() - mean) / std
+        device = next(model.parameters()).device
+        maps, _ = cam_maps(model.eval(), batch.to(device))
+    except (ImportError, ValueError, KeyError, RuntimeError):  # no grad-cam, a model of one's own, odd shapes
+        return tiles
+    return [overlay(tile, cam, alpha=0.35) for tile, cam in zip(tiles, maps)]

@@ -86,6 +86,7 @@ class TrainSettings:
     progress: bool = True
     device: str | None = None
     freeze_backbone: bool | None = None
+    exclude: str | None = None  # a list of files to leave out (e.g. audit/label_issues.csv); see data/exclude.py
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -213,6 +213,10 @@ class _Trainer:
 
         self.splits = data if isinstance(data, DataSplits) else resolve_data(data, val_fraction=requested.val_fraction,
                                                                              seed=requested.seed)
+        if requested.exclude:  # `visionzoo train --exclude audit/label_issues.csv`
+            from visionzoo.data.exclude import exclude_files
+
+            self.splits, _ = exclude_files(self.splits, requested.exclude)
         self.classes = self.splits.classes
         self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size)
         if s.batch_size % (self.world * s.grad_accum):
@@ -551,7 +555,8 @@ class _Trainer:
             best = self.best.best_val
             if best is None and state.best_metric is not None:  # resumed after the best epoch: evaluate again
                 best = self._validate()
-            write_plots(self.run_dir, state.history, best, self.classes, self.data.val_set, self.data_config)
+            write_plots(self.run_dir, state.history, best, self.classes, self.data.val_set, self.data_config,
+                        model=exported)
         summary = {"best_val_top1": state.best_metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                    "epochs": len(state.history), "history": state.history,
                    "bad_files": len(state.bad_files)}
