@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError, require_extra
 
-__all__ = ["explain", "explain_images", "cam_maps", "target_layer", "CAM_TARGETS", "METHODS", "overlay", "overlay_png"]
+__all__ = ["CAM_TARGETS", "METHODS", "cam_maps", "explain", "explain_images", "overlay", "overlay_png", "target_layer"]
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 

@@ -47,7 +47,7 @@ from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree, _unpack, resolve_data
 from visionzoo.errors import DataError, SettingError, require_extra
 
-__all__ = ["audit", "AuditSettings", "FINDINGS"]
+__all__ = ["FINDINGS", "AuditSettings", "audit"]
 
 SPLIT_FOLDERS = ("train", "val", "validation", "valid", "test")  # in this order: a leak's `path` is the later split
 FINDINGS = ("leaks", "label_issues", "duplicates", "outliers", "bad_files", "class_counts")
@@ -317,7 +317,7 @@ def _duplicates_and_leaks(files: _Files, pairs: list[dict[str, Any]]) -> tuple[l
                          "split": files.split_names[files.splits[j]],
                          "duplicate_split": files.split_names[files.splits[i]], "similarity": pair["similarity"],
                          "hash_distance": pair["hash_distance"], "kind": pair["kind"]}
-    ranked = lambda found: sorted(found.values(), key=lambda r: (-r["similarity"], r["path"]))  # noqa: E731
+    ranked = lambda found: sorted(found.values(), key=lambda r: (-r["similarity"], r["path"]))
     return ranked(leaks), ranked(duplicates)
 
 

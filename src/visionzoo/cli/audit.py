@@ -14,7 +14,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from visionzoo.audit import audit
-
     from visionzoo.resolve import parse_pretrained
 
     pretrained = parse_pretrained(args.pretrained)

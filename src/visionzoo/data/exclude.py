@@ -19,7 +19,7 @@ import numpy as np
 from visionzoo.data.sources import DataSplits, FileSamples
 from visionzoo.errors import DataError
 
-__all__ = ["read_path_list", "exclude_files"]
+__all__ = ["exclude_files", "read_path_list"]
 
 
 def _normal(path: str, base: Path) -> str:
