@@ -317,7 +317,9 @@ def _duplicates_and_leaks(files: _Files, pairs: list[dict[str, Any]]) -> tuple[l
                          "split": files.split_names[files.splits[j]],
                          "duplicate_split": files.split_names[files.splits[i]], "similarity": pair["similarity"],
                          "hash_distance": pair["hash_distance"], "kind": pair["kind"]}
-    ranked = lambda found: sorted(found.values(), key=lambda r: (-r["similarity"], r["path"]))
+    def ranked(found: dict[int, dict]) -> list[dict]:
+        return sorted(found.values(), key=lambda r: (-r["similarity"], r["path"]))
+
     return ranked(leaks), ranked(duplicates)
 
 
