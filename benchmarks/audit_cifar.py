@@ -128,8 +128,7 @@ def backbone_folder(run: Path) -> Path:
     weights = sorted((run / "checkpoint").glob("model-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))[-1]
     model = visionzoo.create_model(config["model"], num_classes=len(config["classes"]))
     model.load_state_dict(load_file(weights))
-    model.class_names = config["classes"]
-    model.pretrained_cfg = config["data_config"]
+    visionzoo.with_spec(model, class_names=config["classes"], data_config=config["data_config"])
     visionzoo.save_model(model, run / "interrupted")
     print(f"backbone: {config['model']} from {weights.name} of the interrupted run {run}", flush=True)
     return run / "interrupted"

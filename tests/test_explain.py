@@ -136,9 +136,9 @@ def test_explain_cli_writes_overlays_for_a_run_folder(tmp_path, one_thread, caps
     from visionzoo.cli import main
 
     model = visionzoo.create_model("resnet18", num_classes=3)
-    model.class_names = ["circle", "square", "star"]
-    model.pretrained_cfg = {"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3, "std": (0.25,) * 3,
-                            "interpolation": "bilinear"}
+    visionzoo.with_spec(model, class_names=["circle", "square", "star"],
+                        data_config={"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3,
+                                     "std": (0.25,) * 3, "interpolation": "bilinear"})
     visionzoo.save_model(model, tmp_path / "run" / "best")
     picture = tmp_path / "photo.png"
     y, x = np.mgrid[0:80, 0:80]
@@ -171,9 +171,9 @@ def test_serve_explain_returns_the_top_class_heat_map(one_thread):
     from visionzoo.serve import Classifier, load_classifier
 
     model = visionzoo.create_model("resnet18", num_classes=3).eval()
-    model.class_names = ["a", "b", "c"]
-    model.pretrained_cfg = {"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3, "std": (0.25,) * 3,
-                            "interpolation": "bilinear"}
+    visionzoo.with_spec(model, class_names=["a", "b", "c"],
+                        data_config={"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3,
+                                     "std": (0.25,) * 3, "interpolation": "bilinear"})
     classifier = load_classifier(model)
     gradient = np.zeros((64, 64, 3), np.uint8)
     gradient[16:40, 8:30] = 230

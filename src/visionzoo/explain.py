@@ -72,7 +72,9 @@ CAM_TARGETS: dict[str, CamTarget] = {
 
 
 def _family(model: nn.Module) -> str:
-    name = getattr(model, "visionzoo_name", None)
+    from visionzoo.factory import registered_name
+
+    name = registered_name(model)
     if not name:
         raise SettingError(f"explain needs a visionzoo model to know where to look; {type(model).__name__} is not "
                          "one (pass target_layer= and reshape= for a model of your own)")
@@ -250,9 +252,8 @@ def explain(model: Any, images: Sequence[str | os.PathLike], *, method: str = "g
     {path, error}.
     """
     from visionzoo.data.decode import ImageDecodeError, decode_image
-    from visionzoo.preprocess import data_config, transforms
+    from visionzoo.factory import class_names, data_config, transforms
     from visionzoo.results import expand_image_paths
-    from visionzoo.weights import class_names
 
     _cam_class(method)  # an unknown method or a missing package fails before any loading
     paths = expand_image_paths(images)

@@ -170,7 +170,9 @@ def _backbone(model: Any, pretrained: Any) -> tuple[torch.nn.Module, dict[str, A
     from visionzoo.embeddings import build_backbone
 
     if isinstance(model, torch.nn.Module):
-        return model, {"spec": getattr(model, "visionzoo_name", None) or type(model).__name__, "pretrained": "given"}
+        from visionzoo.factory import model_name
+
+        return model, {"spec": model_name(model), "pretrained": "given"}
     name = str(model or DEFAULT_MODEL)
     if Path(name).exists():
         spec = {"spec": str(Path(name).resolve()), "pretrained": False, "overrides": {}}
@@ -371,9 +373,9 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
 
     torch.manual_seed(settings.seed)  # random weights (--pretrained none) are then the same in every audit
     backbone, spec = _backbone(model, pretrained)
-    from visionzoo.data.transforms import model_data_config
+    from visionzoo.factory import data_config as model_data_config
 
-    data_config = dict(getattr(backbone, "visionzoo_data_config", None) or model_data_config(backbone))
+    data_config = dict(model_data_config(backbone))
     size = int(data_config["input_size"][-1])
     if image_size is None and len(good):
         median_side = float(np.median(sizes[good].min(1)))
