@@ -107,7 +107,7 @@ def test_sanity_check_cam_changes_when_the_trained_weights_are_randomised(one_th
     model = visionzoo.create_model("resnet18", num_classes=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
-    for step in range(25):
+    for _ in range(25):
         batch = torch.randint(0, len(images), (32,))
         loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
         optimizer.zero_grad()
@@ -166,8 +166,8 @@ def test_serve_explain_returns_the_top_class_heat_map(one_thread):
     import io
 
     from PIL import Image
-    from test_serve import Server, png_bytes
 
+    from test_serve import Server, png_bytes
     from visionzoo.serve import Classifier, load_classifier
 
     model = visionzoo.create_model("resnet18", num_classes=3).eval()
