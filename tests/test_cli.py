@@ -100,7 +100,7 @@ def test_every_model_command_takes_the_same_pretrained_argument():
     subparsers = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     takes = {name for name, parser in subparsers.choices.items()
              if any("--pretrained" in a.option_strings and PRETRAINED_HELP in (a.help or "") for a in parser._actions)}
-    assert takes == {"predict", "export", "embed", "zero-shot", "train", "eval", "serve"}
+    assert takes == {"predict", "export", "embed", "zero-shot", "train", "eval", "serve", "audit", "explain"}
 
 
 def test_resolve_model_names_folders_and_files(tmp_path):
