@@ -32,13 +32,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from visionzoo.errors import DataError, SettingError
 
-__all__ = ["BakeoffCandidate", "BakeoffResult", "bakeoff", "COMMERCIAL_LICENSES", "plot_bakeoff"]
+__all__ = ["COMMERCIAL_LICENSES", "BakeoffCandidate", "BakeoffResult", "bakeoff", "plot_bakeoff"]
 
 COMMERCIAL_LICENSES = frozenset({"apache-2.0", "mit", "bsd-3-clause", "bsd-2-clause", "cc-by-4.0"})
 STATE_FILE = "bakeoff-state.json"
@@ -117,7 +118,14 @@ def _weights_identity(weights: str) -> str:
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
