@@ -120,15 +120,18 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
     console.print(f"target: {result.target}; constraints: {result.constraints or 'none'}; data: "
                   f"{result.data['train']} train, {result.data['val']} val, {len(result.data['classes'])} classes",
                   highlight=False)
-    table = Table()
-    for column in ["model", "weights", "probe top-1", "fine-tuned top-1", "latency (ms)", "engine", "params (M)",
-                   "size (MB)", "status"]:
+    table = Table(title="top-1 on your validation images; latency measured here")
+    for column in ["model", "weights", "probe", "fine-tuned", "ms", "engine", "params M", "MB", "status"]:
         table.add_column(column, justify="left" if column in ("model", "weights", "engine", "status") else "right")
     for c in result.candidates:
         table.add_row(c.name, Path(c.weights).name, _percent(c.probe_top1), _percent(c.finetune_top1),
                       f"{c.latency_ms:.2f}" if c.latency_ms is not None else "-", c.engine or "-",
-                      f"{c.params / 1e6:.2f}", f"{c.size_mb:.1f}" if c.size_mb is not None else "-", c.status)
+                      f"{c.params / 1e6:.2f}", f"{c.size_mb:.1f}" if c.size_mb is not None else "-",
+                      c.status.split(":")[0].split(" (")[0])
     console.print(table)
+    for c in result.candidates:
+        if c.status not in ("probed", "fine-tuned") and not c.status.startswith("winner"):
+            console.print(f"{c.name}: {c.status}", highlight=False, markup=False)
     if not result.winner:
         err_console.print(result.message, highlight=False, markup=False)
         return 1
