@@ -17,6 +17,7 @@ import sys
 import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+
 from visionzoo.errors import SettingError
 
 __all__ = ["Candidate", "Constraints", "Advice", "advise", "candidates", "pareto_front", "plot_advice",

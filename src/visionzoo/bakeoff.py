@@ -159,7 +159,7 @@ class _State:
 
 def _pool(weights: dict[str, str] | None, commercial: bool) -> tuple[list[BakeoffCandidate], list[BakeoffCandidate]]:
     """(usable, dropped by licence) candidates with their static facts."""
-    from visionzoo.complexity import model_complexity
+    from visionzoo.factory import model_complexity
     from visionzoo.registry import get_card, list_models
     from visionzoo.weights.catalog import default_weight, list_weights
 
@@ -310,7 +310,7 @@ def _selection(val, limit: int, seed: int = 0):
 
 
 def _model_data_config(model, image_size: int | None) -> dict[str, Any]:
-    from visionzoo.data.transforms import model_data_config
+    from visionzoo.factory import data_config as model_data_config
 
     config = dict(model_data_config(model))
     if image_size:
