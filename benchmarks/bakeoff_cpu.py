@@ -86,6 +86,9 @@ def main() -> None:
                         help="test images per class (the issue's protocol: 1000; fewer on a loaded machine)")
     parser.add_argument("--work", help="folder for data and runs (default: a temporary folder)")
     parser.add_argument("--arms", nargs="+", default=["bakeoff", "exhaustive"])
+    parser.add_argument("--image-size", type=int, help="train, embed and measure every model at this side "
+                                                         "(default: each model's own; smaller on a loaded machine)")
+    parser.add_argument("--epochs", type=int, help="epochs of every fine-tune in both arms (default: the recipe's)")
     args = parser.parse_args()
     transfer = _transfer_benchmark()
     work = Path(args.work or tempfile.mkdtemp(prefix="bakeoff_cpu-"))
@@ -101,13 +104,18 @@ def main() -> None:
     from visionzoo.bakeoff import _recipe
 
     recipe = _recipe()
-    results: dict = {"recipe": recipe, "val_per_class": args.val_per_class}
+    results: dict = {"recipe": recipe, "val_per_class": args.val_per_class, "image_size": args.image_size,
+                     "epochs": args.epochs}
+    print(f"recipe {recipe}; {args.val_per_class} validation images per class; image size "
+          f"{args.image_size or 'each model its own'}; epochs {args.epochs or 'the recipe'}", flush=True)
 
     if "bakeoff" in args.arms:
         command = cli + ["advise", "--data", str(data), "--target", "cpu", "--candidates", "3",
                          "--out", str(work / "bakeoff"), "--json"]
         for name, file in weights.items():
             command += ["--weights", f"{name}={file}"]
+        command += ["--image-size", str(args.image_size)] if args.image_size else []
+        command += ["--finetune-epochs", str(args.epochs)] if args.epochs else []
         wall, stdout = timed(command, env, work / "bakeoff.log")
         shape = json.loads(stdout)
         results["bakeoff"] = {"wall_s": wall, **shape}
@@ -120,10 +128,12 @@ def main() -> None:
 
     if "exhaustive" in args.arms:
         rows, total = {}, 0.0
+        same = (["--image-size", str(args.image_size)] if args.image_size else []) + (
+            ["--epochs", str(args.epochs)] if args.epochs else [])
         for name, file in weights.items():
             out = work / f"exhaustive-{name}"
             wall, _ = timed(cli + ["train", "--model", name, "--pretrained", file, "--data", str(data), "--recipe",
-                                   recipe, "--out", str(out), "--no-progress"], env, work / f"exhaustive-{name}.log")
+                                   recipe, "--out", str(out), "--no-progress", *same], env, work / f"exhaustive-{name}.log")
             summary = json.loads((out / "summary.json").read_text())
             rows[name] = {"top1": summary["best_val_top1"], "wall_s": wall}
             total += wall
