@@ -160,3 +160,16 @@ def test_spread_takes_families_before_sizes():
     assert order[:2] == ["a2", "b2"] and sorted(order) == sorted(c.name for c in pool)
     assert order[2:4] == ["a1", "b1"] and order[4:] == ["a3", "b3"]
 
+
+
+def test_visionzoo_advise_is_callable_whether_or_not_the_module_was_imported():
+    import importlib
+
+    from visionzoo.errors import SettingError
+
+    module = importlib.import_module("visionzoo.advise")
+    for advise in (visionzoo.advise, module):  # the name may be bound to the function or to the module
+        with pytest.raises(SettingError, match="target must be one of"):
+            advise("tpu")
+        with pytest.raises(SettingError, match="apply only with data="):
+            advise("cpu", candidates=3)
