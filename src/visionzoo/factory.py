@@ -34,6 +34,7 @@ from visionzoo.errors import SettingError
 from visionzoo.features import FeatureExtractor
 from visionzoo.preprocess import resolve_data_config, transforms_for
 from visionzoo.registry import ModelCard, get_card, list_models
+from visionzoo.weights.lora import read_adapter, write_adapter
 from visionzoo.weights import (
     CONFIG_FILE,
     SAVED_MODEL_FORMAT,
@@ -383,8 +384,6 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     if folder.exists() and not folder.is_dir():
         raise SettingError(f"{folder} is a file; save_model writes a directory")
     folder.mkdir(parents=True, exist_ok=True)
-    # clone: tied or shared tensors are stored separately, as safetensors requires
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     preprocessing = _jsonable(data_config(model))
     zero_shot = isinstance(model, clip_models.ZeroShotClassifier)  # a registered image tower plus class embeddings
     config = {
@@ -402,8 +401,15 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
         "head": _jsonable(spec.head),
         "adapter": _jsonable(spec.adapter),
     }
-    for file_name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})),
-                             (CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))):
+    files = [(CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))]
+    if spec.adapter is not None:  # LoRA: only the adapter and the head, and what rebuilds the base
+        config["adapter"] = _jsonable(write_adapter(model, folder, spec.adapter))
+        (folder / WEIGHTS_FILE).unlink(missing_ok=True)
+    else:
+        # clone: tied or shared tensors are stored separately, as safetensors requires
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        files.insert(0, (WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})))
+    for file_name, write in files:
         partial = folder / (file_name + ".partial")
         write(partial)
         os.replace(partial, folder / file_name)
@@ -424,7 +430,15 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         model = _load_zero_shot(folder, config, kwargs)
     else:
         kwargs.setdefault("num_classes", config["num_classes"])
-        model = create_model(config["architecture"], pretrained=str(folder), **kwargs)
+        facts = config.get("adapter")
+        if facts:  # the base from its weights (or the base file saved beside), then the adapter
+            base_weights = None if facts.get("base_file") else facts.get("base_weights")
+            model = read_adapter(create_model(config["architecture"], pretrained=base_weights or False, **kwargs),
+                                 folder, facts)
+            names = config.get("class_names")
+            with_spec(model, class_names=tuple(names) if names else None)
+        else:
+            model = create_model(config["architecture"], pretrained=str(folder), **kwargs)
     saved_data = config.get("preprocessing") or config.get("pretrained_cfg")
     with_spec(model, data_config=resolve_data_config(spec_of(model).data_config, saved_data),
               weights=config.get("weights") or str(folder), head=config.get("head"), adapter=config.get("adapter"))

@@ -7,6 +7,7 @@ batch sizes, and optionally quantise to int8 and measure top-1 before and after.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from visionzoo.export.onnx import (
     verify_torchscript,
 )
 from visionzoo.export.quantize import quantization_kind, quantize_int8
-from visionzoo.factory import model_name
+from visionzoo.factory import model_name, with_spec
+from visionzoo.weights.lora import is_lora, merge_lora
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
            "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
@@ -44,6 +46,7 @@ class ExportReport:
     top1_fp32: float | None = None
     top1_int8: float | None = None
     int8_scheme: str | None = None  # 'int8-static-qdq' or 'int8-dynamic', read back from the file
+    merged_adapter: bool = False  # a LoRA adapter was merged first; `checks` compare with the unmerged model
 
     def as_dict(self) -> dict[str, Any]:
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
@@ -108,17 +111,18 @@ def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> floa
 
 
 def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: bool, *, real, batch_sizes,
-                         **options: Any) -> ExportResult:
+                         reference: nn.Module | None = None, **options: Any) -> ExportResult:
     """Export with `exporter`; 'auto' tries PyTorch's tracing exporter (fast), then, if it fails or its
-    file does not compute the model's function, the torch.export-based one. Each attempt is verified."""
+    file does not compute the model's function, the torch.export-based one. Each attempt is verified
+    (against `reference` when given: a LoRA model before its adapter was merged)."""
     attempts = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     failures = []
     for attempt in attempts:
         try:
             result = export_onnx(model, out, exporter=attempt, **options)
             if verify:
-                result = verify_onnx(result, model, img_size=options.get("img_size"), real_images=real,
-                                     batch_sizes=batch_sizes)
+                result = verify_onnx(result, model if reference is None else reference,
+                                     img_size=options.get("img_size"), real_images=real, batch_sizes=batch_sizes)
             return result
         except Exception as error:  # the exporters raise many types; each failure is reported below
             failures.append(f"{attempt} exporter: {str(error).splitlines()[0][:500]}")
@@ -135,6 +139,12 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     out = Path(out)
     name = model_name(model)
     model = model.eval()
+    # A LoRA model is exported with its adapter merged into the base weights, and the file is
+    # verified against the unmerged model: the merge is checked with everything else.
+    unmerged = None
+    if is_lora(model):
+        unmerged, model = model, merge_lora(copy.deepcopy(model)).eval()
+        with_spec(model, adapter=None)
     calib_dir = Path(calib_dir) if calib_dir else None
     if int8 and format != "onnx":
         raise SettingError("--int8 needs --format onnx")
@@ -152,13 +162,15 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
     if format == "onnx":
         result = _export_onnx_checked(model, out, exporter, verify, img_size=img_size, dynamic_batch=dynamic_batch,
-                                      opset=opset, real=real, batch_sizes=batch_sizes)
+                                      opset=opset, real=real, batch_sizes=batch_sizes, reference=unmerged)
     else:
         result = export_torchscript(model, out, img_size=img_size)
         if verify:
-            result = verify_torchscript(result, model, img_size=img_size, real_images=real, batch_sizes=batch_sizes)
+            result = verify_torchscript(result, model if unmerged is None else unmerged, img_size=img_size,
+                                        real_images=real, batch_sizes=batch_sizes)
     report = ExportReport(model=name, path=result.path, format=format, verified=result.verified if verify else None,
-                          max_relative_difference=result.max_relative_difference, checks=result.checks or [])
+                          max_relative_difference=result.max_relative_difference, checks=result.checks or [],
+                          merged_adapter=unmerged is not None)
     if int8:
         report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
         calibration = _image_files(calib_dir, calib_count) if calib_dir is not None else None

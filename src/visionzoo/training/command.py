@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     """Add `train` and `eval` to the CLI's subcommand parsers."""
     from visionzoo.data.presets import PRESETS
-    from visionzoo.training.settings import RECIPES
+    from visionzoo.training.settings import ADAPT_METHODS, RECIPES
 
     p = commands.add_parser(
         "train", help="train or fine-tune a classifier on a folder, CSV, archive or builtin:shapes",
@@ -146,6 +146,23 @@ def add_commands(commands) -> None:
     p.add_argument("--tta-shift", type=int, metavar="PIXELS",
                    help="validation also averages views shifted by this many pixels (small images: 1)")
     p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs and after the last (default 1)")
+    p.add_argument("--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
+    p.add_argument("--adapt", choices=ADAPT_METHODS,
+                   help="what trains: full (default), lora (peft, per-family targets; the head in full), freeze "
+                        "(the stem and first --freeze-stages N stages, default half) or lp-ft (linear probe, then full)")
+    p.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA scale numerator (default 2 x rank)")
+    p.add_argument("--lora-mlp", action=argparse.BooleanOptionalAction, default=None,
+                   help="LoRA on the MLP layers too, not only attention")
+    p.add_argument("--lp-epochs", type=int, metavar="N", help="lp-ft: epochs of linear probing (default a quarter)")
+    p.add_argument("--teacher", metavar="RUN_DIR_OR_MODEL",
+                   help="distil from this run folder, saved model or registered model (default weights)")
+    p.add_argument("--distill", choices=["soft", "hard"], help="soft: KL at a temperature plus CE (default); hard: DeiT's")
+    p.add_argument("--distill-alpha", type=float, metavar="A", help="weight of the teacher's term (default 0.5)")
+    p.add_argument("--distill-temperature", type=float, metavar="T", help="soft distillation temperature (default 4)")
+    p.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse the teacher's logits for views seen before (seeded crop/none augmentation; README)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")

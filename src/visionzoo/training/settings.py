@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from visionzoo.errors import SettingError
 
-__all__ = ["TrainSettings", "RECIPES", "resolve_settings", "model_style"]
+__all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "model_style"]
 
 RECIPES = ("scratch", "finetune", "linear-probe")
+ADAPT_METHODS = ("full", "lora", "freeze", "lp-ft")  # see training.adapt
 
 
 @dataclass
@@ -87,7 +88,20 @@ class TrainSettings:
     device: str | None = None
     freeze_backbone: bool | None = None
     exclude: str | None = None  # a list of files to leave out (e.g. audit/label_issues.csv); see data/exclude.py
+    freeze_stages: int | None = None  # freeze the stem and the first N stages (see training.freeze)
     extra: dict[str, Any] = field(default_factory=dict)
+    # How much of the network trains (training.adapt): full | lora | freeze | lp-ft; None: full
+    adapt: str | None = None
+    lora_rank: int = 8
+    lora_alpha: float | None = None  # None: 2 x rank
+    lora_mlp: bool = False  # LoRA on the MLP layers too, not only attention
+    lp_epochs: int | None = None  # lp-ft: epochs of linear probing first; None: a quarter of the run
+    # Distillation (training.distill): a run folder or model name (with its default weights)
+    teacher: str | None = None
+    distill: str = "soft"  # soft: KL at the temperature plus CE (Hinton et al.); hard: DeiT's hard labels
+    distill_alpha: float = 0.5  # weight of the distillation term; CE gets 1 - alpha
+    distill_temperature: float = 4.0
+    teacher_cache: bool = False  # reuse the teacher's logits for a view of an image already seen
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,6 +190,22 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         raise SettingError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
     if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise SettingError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
+    if resolved.adapt is None:
+        resolved.adapt = "full"
+    if resolved.adapt not in ADAPT_METHODS:
+        raise SettingError(f"unknown adapt method {resolved.adapt!r}; choose one of {', '.join(ADAPT_METHODS)}")
+    if resolved.lora_rank < 1 or (resolved.lora_alpha is not None and not resolved.lora_alpha > 0):
+        raise SettingError(f"lora_rank must be at least 1 and lora_alpha positive, got {resolved.lora_rank} and "
+                         f"{resolved.lora_alpha}")
+    if resolved.adapt == "lp-ft" and resolved.lp_epochs is not None and not 1 <= resolved.lp_epochs < resolved.epochs:
+        raise SettingError(f"lp_epochs must be between 1 and epochs - 1 ({resolved.epochs - 1}), got {resolved.lp_epochs}")
+    if resolved.distill not in ("soft", "hard"):
+        raise SettingError(f"unknown distillation {resolved.distill!r}; choose soft or hard")
+    if not 0 <= resolved.distill_alpha <= 1 or not resolved.distill_temperature > 0:
+        raise SettingError(f"distill_alpha must be in [0, 1] and distill_temperature positive, got "
+                         f"{resolved.distill_alpha} and {resolved.distill_temperature}")
+    if resolved.teacher_cache and (resolved.mixup or resolved.cutmix):
+        raise SettingError("teacher_cache cannot reuse logits of mixed images (mixup / cutmix); turn one of them off")
     if resolved.class_balance not in ("none", "weights", "sampler"):
         raise SettingError(f"unknown class balance {resolved.class_balance!r}; choose none, weights or sampler")
     return resolved

@@ -53,8 +53,10 @@ from visionzoo.data.transforms import batch_mixer
 from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
+from visionzoo.training.adapt import adapter_facts, apply_adaptation, parameter_counts
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
+from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
 from visionzoo.training.losses import build_loss
 from visionzoo.training.model import build_model
@@ -62,6 +64,7 @@ from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
 from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
 from visionzoo.errors import SettingError
+from visionzoo.weights.lora import ADAPTER_FILE
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -240,6 +243,8 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
         model, self.head_names = build_model(model_or_name, len(self.classes), s, pretrained)
+        self.adaptation = apply_adaptation(model, s, self.head_names, base_weights=pretrained or None)
+        self.head_names = self.adaptation.head_names
         self.data_config = model_data_config(model)
         self.image_size = s.image_size or int(self.data_config["input_size"][-1])
         self.data_config = {**self.data_config, "input_size": (3, self.image_size, self.image_size)}
@@ -261,6 +266,8 @@ class _Trainer:
         self.checkpoints = CheckpointHook(self.run_dir / "checkpoint", s.checkpoint_every, enabled=self.is_main)
         self.best = BestModelTracker(s.early_stopping)
         self.phases: PhaseTimer = NO_TIMING  # extension point: a measuring timer collects per-phase times
+        self.teacher = None
+        self.train_seconds, self.train_steps = 0.0, 0
 
     # --- data ---
 
@@ -318,6 +325,7 @@ class _Trainer:
                 continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            keys = self.teacher.keys(images) if self.teacher is not None and self.teacher.cache is not None else None
             if self.data.normalize is not None:
                 images = self.data.normalize(images)
             if s.channels_last:
@@ -325,6 +333,8 @@ class _Trainer:
             targets = labels
             if self.mixer is not None:
                 images, targets = self.mixer(images, labels)
+            if self.teacher is not None:
+                targets = DistillTargets(targets, self.teacher.logits(images, keys))
             yield images, targets
 
     # --- the loop ---
@@ -334,6 +344,10 @@ class _Trainer:
         try:
             bad_files = self._prepare_data()
             self.loss_fn = build_loss(s, self.data.train_samples.labels, len(self.classes), self.device)
+            if s.teacher:
+                self.teacher = load_teacher(s.teacher, num_classes=len(self.classes), classes=self.classes,
+                                            device=self.device, student_config=self.data_config, cache=s.teacher_cache)
+                self.loss_fn = distillation_loss(self.loss_fn, s)
             self.state: RunState = new_run_state(self.model, s, classes=self.classes, head_names=self.head_names,
                                                  steps_per_epoch=self.steps_per_epoch, device=self.device,
                                                  autocast_dtype=self.autocast_dtype, ema=self.ema)
@@ -391,7 +405,8 @@ class _Trainer:
                 f"{len(self.data.train_set)} train / {len(self.data.val_set) if self.data.val_set else 0} val images, "
                 f"{len(self.classes)} classes, {s.recipe} recipe ({s.optimizer}, lr {s.lr:.3g}, "
                 f"{s.epochs} epochs of batch {s.batch_size}, {self.image_size}px, augment {s.augment}), "
-                f"{self.world} process(es) on {self.device.type}")
+                f"{self.world} process(es) on {self.device.type}; {self.adaptation.describe(self.model)}"
+                + (f"; distilling from {self.teacher.description} ({s.distill})" if self.teacher is not None else ""))
 
     def _write_config(self) -> None:
         config = {
@@ -416,6 +431,7 @@ class _Trainer:
         self.ddp.train()
         if s.freeze_backbone:
             self.model.eval()  # frozen BatchNorm statistics stay frozen
+        self.adaptation.start_epoch(self.model, epoch)
         self.logger.start_epoch(epoch, s.epochs, self.batches_per_epoch, batches_done)
         started, seen, images_seen = time.perf_counter(), 0, 0
         # The loss is summed on the device and read back (a host-device sync) only at log steps,
@@ -449,6 +465,8 @@ class _Trainer:
                 self.checkpoints.save(state)
         self.epoch_train_loss = self._checked_loss(loss_sum, images_seen, epoch, checked_step)
         self.epoch_speed = seen / max(time.perf_counter() - started, 1e-9)
+        self.train_seconds += time.perf_counter() - started
+        self.train_steps += math.ceil((micro - batches_done) / s.grad_accum)
 
     def _checked_loss(self, loss_sum: torch.Tensor, count: int, epoch: int, checked_step: int) -> float:
         """The epoch's mean training loss so far, read back from the device; raises NonFiniteLossError
@@ -559,15 +577,41 @@ class _Trainer:
                         model=exported)
         summary = {"best_val_top1": state.best_metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                    "epochs": len(state.history), "history": state.history,
-                   "bad_files": len(state.bad_files)}
+                   "bad_files": len(state.bad_files), **self._cost_summary()}
+        self.logger.print(f"adapt {summary['adapt']}: {summary['trainable_params']:,} of {summary['total_params']:,} "
+                          f"parameters trained, peak memory {summary['peak_memory_mb']:.0f} MB, "
+                          f"{summary['step_time_s']:.3f} s per step"
+                          + (f", adapter and head {summary['adapter_bytes'] / 1e6:.2f} MB" if "adapter_bytes" in summary else ""))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def _cost_summary(self) -> dict[str, Any]:
+        """What the run cost: trainable parameters, peak memory (the process's peak RSS on a CPU, peak
+        allocated memory on a GPU), mean seconds per optimizer step (this process's steps), and the
+        saved adapter's size and the teacher's cache use when they apply."""
+        import resource
+
+        trainable, total = parameter_counts(self.model)
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+        summary = {"adapt": self.adaptation.method, "trainable_params": trainable, "total_params": total,
+                   "peak_memory_mb": round(peak, 1),
+                   "step_time_s": round(self.train_seconds / max(self.train_steps, 1), 4)}
+        adapter = self.run_dir / "best" / ADAPTER_FILE
+        if adapter.exists():
+            summary["adapter_bytes"] = adapter.stat().st_size
+        if self.teacher is not None:
+            summary["distill"] = {"method": self.settings.distill, **self.teacher.stats()}
+        return summary
 
     def _after_training(self, steps) -> None:
         """Run `after.after_training_steps` on the best model, loaded back from best/, and its validation."""
         best_dir = self.run_dir / "best"
         # best/'s weights in a copy of the trained module: any nn.Module, registered or the user's own
         model = copy.deepcopy(self.ema.module if self.ema is not None else self.model).eval()
-        model.load_state_dict(load_file(best_dir / "model.safetensors"))
+        adapted = adapter_facts(model) is not None  # best/ holds only the adapter and the head
+        model.load_state_dict(load_file(best_dir / (ADAPTER_FILE if adapted else "model.safetensors")), strict=not adapted)
         # The best epoch's validation, when this process ran it, is of exactly the exported weights.
         validation = self.best.best_val if self.best.best_val is not None else self._validate(model)
         run = TrainedRun(run_dir=self.run_dir, best_dir=best_dir, model=model, validation=validation,

@@ -1,0 +1,161 @@
+"""How much of a network a run trains: `--adapt full|lora|freeze|lp-ft`.
+
+- `full`: every parameter (the default).
+- `lora`: low-rank updates of the family's attention (and, with `lora_mlp`, MLP) layers, through
+  peft (`visionzoo.weights.lora`); the base weights are frozen, the new head trains in full
+  (Hu et al., 2021). The modules are chosen here per family (`LORA_TARGETS`), so a user never
+  names `qkv` or `head`. A run's `best/` and `last/` then hold only the adapter and the head, plus
+  the base model's name and weights (the spec's `adapter` facts); `load_model` rebuilds it and
+  `export` merges it first.
+- `freeze`: the stem and the first N stages frozen (`--freeze-stages N`, default half the
+  stages), through `training.freeze.freeze_stages`.
+- `lp-ft`: a linear probe, then full fine-tuning (Kumar et al., 2022, "Fine-Tuning can Distort
+  Pretrained Features and Underperform Out-of-Distribution"): for the first `lp_epochs` epochs
+  (default a quarter of the run, at least one) only the head trains, with the backbone in eval
+  mode; then every parameter trains. The optimizer holds every parameter from the start (a frozen
+  one has no gradient, so SGD and AdamW skip it), so the phases need no second optimizer and a
+  resumed run is in the same phase at the same epoch.
+
+The trainer calls `apply_adaptation` on the model `model.build_model` made (before moving and
+wrapping it) and `Adaptation.start_epoch` after `model.train()` each epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch.nn as nn
+
+from visionzoo.errors import SettingError
+from visionzoo.factory import find_spec, registered_name, spec_of, with_spec
+from visionzoo.registry import get_card
+from visionzoo.training.settings import TrainSettings
+from visionzoo.weights.lora import add_lora
+
+__all__ = ["LORA_TARGETS", "Adaptation", "apply_adaptation", "lora_targets", "parameter_counts"]
+
+# Module-name patterns (peft's full-match regexes) of each family's LoRA targets:
+# (attention: qkv and output projection, MLP or None). ConvNeXt has no attention: its targets are
+# the pointwise (1x1) convolutions / linears of each block's MLP, the bulk of its weights.
+# EfficientViT (MIT and MSRA) are left out: their attention is a few small grouped convolutions,
+# where a low-rank update saves little; the convolutional families have no declared targets.
+_VIT_ATTENTION = r"blocks\.\d+\.attn\.(qkv|proj)"
+_VIT_MLP = r"blocks\.\d+\.mlp\.(fc1|fc2)"
+LORA_TARGETS: dict[str, tuple[str, str | None]] = {
+    "vit": (_VIT_ATTENTION, _VIT_MLP),
+    "deit": (_VIT_ATTENTION, _VIT_MLP),
+    "dinov2": (_VIT_ATTENTION, _VIT_MLP),
+    "clip": (_VIT_ATTENTION, _VIT_MLP),
+    "eva02": (r"blocks\.\d+\.attn\.(q_proj|k_proj|v_proj|proj)", r"blocks\.\d+\.mlp\.(fc1_g|fc1_x|fc2)"),
+    "swin": (r"layers\.\d+\.blocks\.\d+\.attn\.(qkv|proj)", r"layers\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)"),
+    "maxvit": (r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.attn\.(qkv|proj)",
+               r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.mlp\.(fc1|fc2)"),
+    "convnext": (r"stages\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)", None),
+}
+
+
+def lora_targets(family: str, mlp: bool = False) -> str:
+    """The module-name regex of `family`'s LoRA targets (with the MLP when `mlp`)."""
+    if family not in LORA_TARGETS:
+        raise SettingError(f"--adapt lora has no target modules declared for the family '{family}'; families with "
+                         f"LoRA targets: {', '.join(sorted(LORA_TARGETS))}. Use --adapt freeze or full")
+    attention, mlp_pattern = LORA_TARGETS[family]
+    return f"({attention}|{mlp_pattern})" if mlp and mlp_pattern else attention
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Adaptation:
+    """What `apply_adaptation` did, and what it does each epoch."""
+
+    method: str
+    head_names: set[str]  # the head's parameter names after adaptation (the optimizer's head group)
+    frozen_modules: list[str] = field(default_factory=list)  # kept in eval mode every epoch
+    lp_epochs: int = 0  # lp-ft: epochs of linear probing before full fine-tuning
+    facts: dict[str, Any] | None = None  # the spec's adapter facts (lora)
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+        """After `model.train()`: frozen parts back in eval mode; lp-ft switches phase."""
+        if self.method == "lp-ft":
+            probing = epoch < self.lp_epochs
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(not probing or name in self.head_names)
+            if probing:  # the backbone's BatchNorm statistics and dropout as in a linear probe
+                heads = {name.rsplit(".", 1)[0] for name in self.head_names}
+                model.eval()
+                for name, module in model.named_modules():
+                    if name in heads:
+                        module.train()
+        elif self.method == "lora":
+            # the base is frozen: its BatchNorm statistics must not move either (they are not saved)
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        if self.frozen_modules:
+            from visionzoo.training.freeze import set_frozen_eval
+
+            set_frozen_eval(model, self.frozen_modules)
+
+    def describe(self, model: nn.Module) -> str:
+        trainable, total = parameter_counts(model)
+        what = {"full": "every parameter", "lora": "LoRA", "freeze": f"{len(self.frozen_modules)} modules frozen",
+                "lp-ft": f"linear probe for {self.lp_epochs} epoch(s), then every parameter"}[self.method]
+        return f"adapt {self.method} ({what}): {trainable:,} of {total:,} parameters trainable"
+
+
+def _head_modules(model: nn.Module, head_names: set[str]) -> list[str]:
+    modules = sorted({name.rsplit(".", 1)[0] for name in head_names})
+    # distilled DeiT's second classifier reads the distillation token: it is new too
+    if isinstance(getattr(model, "head_dist", None), nn.Linear) and "head_dist" not in modules:
+        modules.append("head_dist")
+    return modules
+
+
+def apply_adaptation(model: nn.Module, settings: TrainSettings, head_names: set[str], *,
+                     base_weights: bool | str | None = None) -> Adaptation:
+    """Adapt `model` in place for `settings.adapt`; `head_names` are its new head's parameters and
+    `base_weights` the weights it was built from (recorded in the LoRA facts)."""
+    method = settings.adapt or "full"
+    if method == "full":
+        return Adaptation("full", head_names)
+    if method == "freeze":
+        from visionzoo.training.freeze import freeze_stages, stage_prefixes
+
+        count = settings.freeze_stages if settings.freeze_stages is not None else len(stage_prefixes(model)) // 2
+        return Adaptation("freeze", head_names, frozen_modules=freeze_stages(model, count))
+    if method == "lp-ft":
+        if not head_names:
+            raise SettingError("--adapt lp-ft needs a classifier to probe; this model's head was not found")
+        lp_epochs = settings.lp_epochs if settings.lp_epochs is not None else max(1, settings.epochs // 4)
+        return Adaptation("lp-ft", head_names, lp_epochs=lp_epochs)
+    if method != "lora":
+        raise SettingError(f"unknown adapt method {method!r}; choose full, lora, freeze or lp-ft")
+    name = registered_name(model)
+    if name is None:
+        raise SettingError("--adapt lora needs a registered model (its family declares the target modules)")
+    if base_weights is True:
+        base_weights = spec_of(model).weights  # the default weights, by name
+
+    family = get_card(name).family
+    if isinstance(base_weights, str) and Path(base_weights).exists():
+        base_weights = str(Path(base_weights).resolve())  # load_model may run elsewhere
+    facts = {"method": "lora", "rank": settings.lora_rank, "alpha": settings.lora_alpha or 2 * settings.lora_rank,
+             "dropout": 0.0, "targets": lora_targets(family, settings.lora_mlp),
+             "head": _head_modules(model, head_names), "base": name, "base_weights": base_weights}
+    add_lora(model, facts)
+    with_spec(model, adapter=facts)
+    lora_head = {n for n, p in model.named_parameters() if p.requires_grad and "modules_to_save." in n}
+    return Adaptation("lora", lora_head, facts=facts)
+
+
+def adapter_facts(model: nn.Module) -> Mapping[str, Any] | None:
+    """The model's adapter facts (its spec's `adapter`), None for a model without an adapter."""
+    spec = find_spec(model)
+    return spec.adapter if spec is not None else None
