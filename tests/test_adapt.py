@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from visionzoo.registry import get_card, list_models
 from visionzoo.training.adapt import LORA_TARGETS, Adaptation, lora_targets, parameter_counts
 from visionzoo.training.distill import DistillTargets, Teacher, distillation_loss
 from visionzoo.training.settings import TrainSettings
-from visionzoo.weights.lora import ADAPTER_FILE, BASE_FILE, add_lora, adapter_state_dict
+from visionzoo.weights.lora import ADAPTER_FILE, BASE_FILE, adapter_state_dict, add_lora
 
 SHAPES = "builtin:shapes?size=16&train=48&val=16"
 QUIET = dict(workers=0, plots=False, tensorboard=False, progress=False)
