@@ -16,6 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
+from visionzoo.factory import ModelSpec, with_spec
 from visionzoo.registry import get_card, list_models
 from visionzoo.training.adapt import LORA_TARGETS, Adaptation, lora_targets, parameter_counts
 from visionzoo.training.distill import DistillTargets, Teacher, distillation_loss
@@ -61,7 +62,7 @@ def test_saved_adapter_round_trips_and_the_merged_export_verifies(tmp_path, one_
     base_dir = visionzoo.save_model(_tiny_vit(), tmp_path / "base")
     model = visionzoo.load_model(base_dir)
     add_lora(model, _lora_facts(base_weights=str(base_dir)))
-    model.visionzoo_adapter = _lora_facts(base_weights=str(base_dir))
+    with_spec(model, adapter=_lora_facts(base_weights=str(base_dir)))
     with torch.no_grad():  # a trained adapter: B is zero at initialisation
         for name, parameter in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
@@ -105,7 +106,7 @@ def test_random_base_is_saved_with_the_adapter(tmp_path, one_thread):
     torch.manual_seed(1)
     model = _tiny_vit()
     add_lora(model, _lora_facts(base_weights=None))
-    model.visionzoo_adapter = _lora_facts(base_weights=None)
+    with_spec(model, adapter=_lora_facts(base_weights=None))
     saved = visionzoo.save_model(model, tmp_path / "adapted")
     assert (saved / BASE_FILE).exists()
     x = torch.randn(2, 3, 32, 32)
@@ -181,7 +182,7 @@ def test_distillation_losses():
 def test_teacher_cache_serves_views_seen_before():
     config = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "input_size": (3, 8, 8)}
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
-    net.pretrained_cfg = config
+    with_spec(net, ModelSpec("net", {}, config, None, None))
     teacher = Teacher(net, "net", device=torch.device("cpu"), student_config=config, cache=True)
     raw = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
     images = (raw.float() / 255 - 0.5) / 0.25
