@@ -34,7 +34,6 @@ from visionzoo.errors import SettingError
 from visionzoo.features import FeatureExtractor
 from visionzoo.preprocess import resolve_data_config, transforms_for
 from visionzoo.registry import ModelCard, get_card, list_models
-from visionzoo.weights.lora import read_adapter, write_adapter
 from visionzoo.weights import (
     CONFIG_FILE,
     SAVED_MODEL_FORMAT,
@@ -45,6 +44,7 @@ from visionzoo.weights import (
     load_pretrained,
     read_folder_config,
 )
+from visionzoo.weights.lora import read_adapter, write_adapter
 
 __all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
            "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "data_config", "transforms",

@@ -50,6 +50,7 @@ from visionzoo.data.datasets import Skipped
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer
+from visionzoo.errors import SettingError
 from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
@@ -63,7 +64,6 @@ from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
 from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
-from visionzoo.errors import SettingError
 from visionzoo.weights.lora import ADAPTER_FILE
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
