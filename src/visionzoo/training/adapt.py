@@ -22,7 +22,7 @@ wrapping it) and `Adaptation.start_epoch` after `model.train()` each epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +31,7 @@ import torch.nn as nn
 from visionzoo.errors import SettingError
 from visionzoo.factory import find_spec, registered_name, spec_of, with_spec
 from visionzoo.registry import get_card
+from visionzoo.training.freeze import freeze_stages, set_frozen_eval, stage_prefixes
 from visionzoo.training.settings import TrainSettings
 from visionzoo.weights.lora import add_lora
 
@@ -77,7 +78,7 @@ class Adaptation:
 
     method: str
     head_names: set[str]  # the head's parameter names after adaptation (the optimizer's head group)
-    frozen_modules: list[str] = field(default_factory=list)  # kept in eval mode every epoch
+    frozen: int = 0  # parameters frozen by `freeze` (their modules are kept in eval mode every epoch)
     lp_epochs: int = 0  # lp-ft: epochs of linear probing before full fine-tuning
     facts: dict[str, Any] | None = None  # the spec's adapter facts (lora)
 
@@ -93,19 +94,13 @@ class Adaptation:
                 for name, module in model.named_modules():
                     if name in heads:
                         module.train()
-        elif self.method == "lora":
-            # the base is frozen: its BatchNorm statistics must not move either (they are not saved)
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        if self.frozen_modules:
-            from visionzoo.training.freeze import set_frozen_eval
-
-            set_frozen_eval(model, self.frozen_modules)
+        elif self.method in ("lora", "freeze"):
+            # frozen layers keep their BatchNorm statistics (LoRA's base: they are not saved either)
+            set_frozen_eval(model)
 
     def describe(self, model: nn.Module) -> str:
         trainable, total = parameter_counts(model)
-        what = {"full": "every parameter", "lora": "LoRA", "freeze": f"{len(self.frozen_modules)} modules frozen",
+        what = {"full": "every parameter", "lora": "LoRA", "freeze": f"{self.frozen:,} parameters frozen",
                 "lp-ft": f"linear probe for {self.lp_epochs} epoch(s), then every parameter"}[self.method]
         return f"adapt {self.method} ({what}): {trainable:,} of {total:,} parameters trainable"
 
@@ -126,10 +121,9 @@ def apply_adaptation(model: nn.Module, settings: TrainSettings, head_names: set[
     if method == "full":
         return Adaptation("full", head_names)
     if method == "freeze":
-        from visionzoo.training.freeze import freeze_stages, stage_prefixes
-
         count = settings.freeze_stages if settings.freeze_stages is not None else len(stage_prefixes(model)) // 2
-        return Adaptation("freeze", head_names, frozen_modules=freeze_stages(model, count))
+        frozen = freeze_stages(model, count)
+        return Adaptation("freeze", head_names, frozen=sum(p.numel() for n, p in model.named_parameters() if n in frozen))
     if method == "lp-ft":
         if not head_names:
             raise SettingError("--adapt lp-ft needs a classifier to probe; this model's head was not found")

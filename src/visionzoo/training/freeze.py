@@ -10,8 +10,8 @@ as the stem.
 
 Frozen parameters stop needing gradients, so backward never runs through the frozen prefix
 (the cheap part of fine-tuning on a CPU), and frozen BatchNorm layers keep their running
-statistics: `set_frozen_eval(model, names)` puts them back in eval mode after each
-`model.train()`. Fine-tuning only the later stages of a pretrained network is the
+statistics: `set_frozen_eval(model)` puts every module whose parameters are all frozen back in
+eval mode after each `model.train()`. Fine-tuning only the later stages of a pretrained network is the
 "freeze the early layers" practice of transfer learning (Yosinski et al., 2014, "How
 transferable are features in deep neural networks?": early features are general).
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["stage_prefixes", "freeze_stages", "set_frozen_eval"]
+from visionzoo.errors import SettingError
+
+__all__ = ["freeze_stages", "set_frozen_eval", "stage_prefixes"]
 
 
 def _is_stem_level(module_name: str, reduction: int) -> bool:
@@ -36,17 +38,16 @@ def stage_prefixes(model: nn.Module) -> list[str]:
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
         return [f"blocks.{index}" for index in range(len(blocks))]
     name = getattr(model, "visionzoo_name", type(model).__name__)
-    raise ValueError(f"model '{name}' declares no stages (feature_info) and has no `blocks`; "
+    raise SettingError(f"model '{name}' declares no stages (feature_info) and has no `blocks`; "
                      "--freeze-stages needs one of them")
 
 
-def freeze_stages(model: nn.Module, count: int) -> list[str]:
-    """Freeze the stem and the first `count` stages (0: the stem only); returns the frozen modules'
-    names (those that hold parameters), for `set_frozen_eval`."""
+def freeze_stages(model: nn.Module, count: int) -> set[str]:
+    """Freeze the stem and the first `count` stages (0: the stem only); returns the frozen parameters' names."""
     stages = stage_prefixes(model)
     if not 0 <= count <= len(stages):
         name = getattr(model, "visionzoo_name", type(model).__name__)
-        raise ValueError(f"freeze_stages must be between 0 (the stem only) and {len(stages)} for '{name}' "
+        raise SettingError(f"freeze_stages must be between 0 (the stem only) and {len(stages)} for '{name}' "
                          f"(its stages: {', '.join(stages)}), got {count}")
     # The frozen prefix ends with the last parameter of the last frozen stage (or before the first stage).
     names = [name for name, _ in model.named_parameters()]
@@ -61,19 +62,13 @@ def freeze_stages(model: nn.Module, count: int) -> list[str]:
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)
-    modules = []
-    for module_name, module in model.named_modules():
-        own = [f"{module_name}.{p}" if module_name else p for p, _ in module.named_parameters(recurse=False)]
-        if own and all(p in frozen for p in own):
-            modules.append(module_name)
-    return modules
+    return frozen
 
 
-def set_frozen_eval(model: nn.Module, module_names: list[str]) -> None:
-    """Frozen normalisation layers (and dropout inside frozen stages) in eval mode: call after `model.train()`."""
-    if not module_names:
-        return
-    wanted = set(module_names)
-    for name, module in model.named_modules():
-        if name in wanted:
+def set_frozen_eval(model: nn.Module) -> None:
+    """Modules whose parameters are all frozen (normalisation layers above all: their running
+    statistics) in eval mode; call after `model.train()`."""
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
             module.eval()
