@@ -44,7 +44,7 @@ from visionzoo.weights import (
     load_pretrained,
     read_folder_config,
 )
-from visionzoo.weights.lora import read_adapter, write_adapter
+from visionzoo.weights.lora import ADAPTER_FILE, is_lora, read_adapter, write_adapter
 
 __all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
            "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "data_config", "transforms",
@@ -402,7 +402,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
         "adapter": _jsonable(spec.adapter),
     }
     files = [(CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))]
-    if spec.adapter is not None:  # LoRA: only the adapter and the head, and what rebuilds the base
+    if spec.adapter is not None and is_lora(model):  # only the adapter and the head, and what rebuilds the base
         config["adapter"] = _jsonable(write_adapter(model, folder, spec.adapter))
         (folder / WEIGHTS_FILE).unlink(missing_ok=True)
     else:
@@ -431,7 +431,7 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     else:
         kwargs.setdefault("num_classes", config["num_classes"])
         facts = config.get("adapter")
-        if facts:  # the base from its weights (or the base file saved beside), then the adapter
+        if facts and facts.get("file") == ADAPTER_FILE:  # the base from its weights (or its file), then the adapter
             base_weights = None if facts.get("base_file") else facts.get("base_weights")
             model = read_adapter(create_model(config["architecture"], pretrained=base_weights or False, **kwargs),
                                  folder, facts)

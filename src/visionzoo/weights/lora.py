@@ -106,7 +106,7 @@ def write_adapter(model: nn.Module, folder, facts: Mapping[str, Any]) -> dict[st
     folder = Path(folder)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
     save_file(tensors, str(folder / ADAPTER_FILE), metadata={"format": "pt"})
-    facts = dict(facts)
+    facts = {**facts, "file": ADAPTER_FILE}
     if facts.get("base_weights") is None:  # a random base cannot be rebuilt from a name: keep it
         base = {_plain_base_name(k): v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
                 if k not in tensors and ".modules_to_save." not in k}
