@@ -138,7 +138,9 @@ def _verification_inputs(model: nn.Module, img_size: int | None, real_images: li
     return inputs
 
 
-def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]]) -> ExportResult:
+def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]], *,
+           tolerance: float | None = None) -> ExportResult:
+    tolerance = TOLERANCE if tolerance is None else tolerance
     checks, worst = [], 0.0
     for label, x in inputs:
         with torch.no_grad():
@@ -148,10 +150,10 @@ def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, 
         checks.append({"input": label, "max_relative_difference": difference})
         worst = max(worst, difference)
     result.checks, result.max_relative_difference = checks, worst
-    result.verified = worst <= TOLERANCE
+    result.verified = worst <= tolerance
     if not result.verified:
         raise RuntimeError(f"exported {result.format} model {result.path} does not match PyTorch: max |difference| = "
-                           f"{worst:.2e} x max |reference| (allowed {TOLERANCE:g}); details: {checks}")
+                           f"{worst:.2e} x max |reference| (allowed {tolerance:g}); details: {checks}")
     return result
 
 

@@ -78,24 +78,29 @@ class Classifier:
         return str(index)
 
 
-def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None) -> Classifier:
+def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None,
+                    runtime: str | None = None) -> Classifier:
     """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
-    a saved model folder, an nn.Module, or an exported .onnx file (see `visionzoo.resolve`)."""
-    from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    a saved model folder, an nn.Module, or an exported .onnx or OpenVINO .xml file (see `visionzoo.resolve`;
+    an exported file runs without PyTorch, by `runtime`: onnxruntime, openvino or openvino-bf16, by default
+    the file's own: onnxruntime for .onnx, OpenVINO for .xml)."""
+    from visionzoo.onnx_predict import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
     from visionzoo.resolve import resolve_model
 
-    if threads and not (isinstance(spec, str) and spec.endswith(".onnx")):
+    if threads and not (isinstance(spec, str) and spec.endswith(EXPORTED_SUFFIXES)):
         import torch
 
         torch.set_num_threads(threads)
-    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads)
-    if isinstance(model, OnnxClassifier):
-        onnx_model = model
-        card = {"architecture": onnx_model.name, "weights": str(spec), "format": "onnx",
-                "preprocessing": onnx_model.preprocessing, "num_classes": len(onnx_model.class_names or []),
-                "classes": onnx_model.class_names}
-        return Classifier(onnx_model.name, lambda image: preprocess_image(image, onnx_model.preprocessing),
-                          onnx_model.predict_arrays, onnx_model.class_names, card)
+    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads, runtime=runtime)
+    if isinstance(model, ExportedClassifier):
+        exported = model
+        card = {"architecture": exported.name, "weights": str(spec),
+                "format": "onnx" if str(spec).endswith(".onnx") else "openvino",
+                "runtime": "onnxruntime" if isinstance(exported, OnnxClassifier) else f"openvino-{exported.precision}",
+                "preprocessing": exported.preprocessing, "num_classes": len(exported.class_names or []),
+                "classes": exported.class_names}
+        return Classifier(exported.name, lambda image: preprocess_image(image, exported.preprocessing),
+                          exported.predict_arrays, exported.class_names, card)
 
     import torch
 
