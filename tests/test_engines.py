@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_export import TORCH_BLOCKER, _small_model, _write_class_folders
 
 import visionzoo
+from test_export import TORCH_BLOCKER, _small_model, _write_class_folders
 
 pytest.importorskip("openvino")
 

@@ -73,7 +73,7 @@ class Artifacts:
         self._files: dict[str, Path] = {}
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> "Artifacts":
+    def from_file(cls, path: str | Path, **options: Any) -> Artifacts:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"exported model {path} does not exist")

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
-from visionzoo.results import error_record, prediction_record
 from visionzoo.errors import SettingError, require_extra
+from visionzoo.results import error_record, prediction_record
 
 __all__ = ["ExportedClassifier", "OnnxClassifier", "open_exported", "onnx_metadata", "preprocess_image", "RUNTIMES"]
 
