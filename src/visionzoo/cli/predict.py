@@ -20,11 +20,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("no images given")
     model = resolve_model(args.model, args.pretrained, allow_onnx=True)
     if args.model.endswith(".onnx"):  # the torch-free path: numpy, Pillow and onnxruntime only
-        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size)
+        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     else:
         from visionzoo.predict import predict_images
 
-        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
+        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -45,5 +45,8 @@ def add_parsers(commands) -> None:
     add_pretrained_argument(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to show per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
-    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"}')
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"} '
+                   '(multi-label models add "labels"; models with an unknown rule add "unknown")')
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_predict)
