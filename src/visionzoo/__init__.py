@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "train": "visionzoo.training.trainer",
     "audit": "visionzoo.audit",
     "explain": "visionzoo.explain",
+    "advise": "visionzoo.advise",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

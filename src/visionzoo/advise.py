@@ -13,8 +13,11 @@ The judgement encoded here is the field's standing advice, made concrete with nu
 from __future__ import annotations
 
 import math
+import sys
+import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+
 from visionzoo.errors import SettingError
 
 __all__ = ["Candidate", "Constraints", "Advice", "advise", "candidates", "pareto_front", "plot_advice",
@@ -197,13 +200,24 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
            max_memory_mb: float | None = None, images_per_class: int | None = None, min_top1: float | None = None,
            measure: bool = True, top: int = 5, max_measured: int = 24,
            progress: Callable[[str], None] | None = None,
-           measure_fn: Callable[[Candidate, str], None] | None = None) -> Advice:
+           measure_fn: Callable[[Candidate, str], None] | None = None, data: str | None = None,
+           **bakeoff_options: Any):
     """A ranked shortlist of architectures for `target` that meets every constraint given.
 
     With `measure=True`, latency is measured with the benchmark code for the candidates that
     could plausibly fit (at most `max_measured`, best published top-1 first; the rest are never
     recommended unmeasured). With `measure=False` it is estimated from GMACs and a calibration.
+
+    With `data` (a folder, CSV, archive or builtin:shapes), it runs the bake-off on those images
+    instead and returns a `visionzoo.bakeoff.BakeoffResult`; `bakeoff_options` are
+    `visionzoo.bakeoff.bakeoff`'s (weights, commercial, candidates, finetune_top, budget_min, out, ...).
     """
+    if data is not None:
+        from visionzoo.bakeoff import bakeoff
+
+        return bakeoff(data, target=target, latency_ms=latency_ms, max_params_m=max_params_m, **bakeoff_options)
+    if bakeoff_options:
+        raise SettingError(f"{', '.join(sorted(bakeoff_options))} apply only with data=... (the bake-off)")
     if target not in TARGETS:
         raise SettingError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     calibrate = True  # estimates are GMACs scaled by two models measured on the target
@@ -350,3 +364,14 @@ def plot_evolution(path: str) -> str:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class _CallableModule(types.ModuleType):
+    """`visionzoo.advise(...)` is this module's `advise`: importing the submodule binds the name
+    `visionzoo.advise` to the module, so the module itself answers the call."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return advise(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

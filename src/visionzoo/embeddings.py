@@ -15,6 +15,7 @@ The file holds tensors `embeddings` (N, D) float32, `labels` (N,) int64 and, wit
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ from visionzoo.factory import find_spec
 from visionzoo.resolve import resolve_model
 from visionzoo.training.checkpoint import atomic_write, jsonable
 
-__all__ = ["Embeddings", "embed_folder", "load_embeddings", "save_embeddings", "pooled_and_tokens", "build_backbone"]
+__all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
+           "pooled_and_tokens", "build_backbone"]
 
 FORMAT = "visionzoo-embeddings/1"
 
@@ -230,4 +232,76 @@ def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[st
         if len(result):
             save_embeddings(result, out)
         shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+# --- a cache keyed by contents -----------------------------------------------------------------
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def samples_digest(samples) -> str:
+    """What a set of samples holds, by contents: each file's bytes (or the decoded array) with its
+    label, in order. Renaming or moving the files keeps the digest; editing one image changes it."""
+    import hashlib
+
+    from visionzoo.data.sources import FileSamples
+
+    digest = hashlib.sha256()
+    if isinstance(samples, FileSamples):
+        for path, label in zip(samples.paths, samples.labels.tolist()):
+            stat = os.stat(path)
+            memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+            if memo not in _FILE_DIGESTS:
+                with open(path, "rb") as handle:
+                    _FILE_DIGESTS[memo] = hashlib.sha256(handle.read()).hexdigest()
+            digest.update(f"{_FILE_DIGESTS[memo]}:{label};".encode())
+    else:
+        digest.update(np.ascontiguousarray(samples.images).tobytes())
+        digest.update(np.asarray(samples.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def embed_samples(model: nn.Module, samples, classes: list[str], cache_dir: str | Path, *,
+                  identity: dict[str, Any], data_config: dict[str, Any], batch_size: int = 64,
+                  device: str | torch.device = "cpu", on_batch: Any = None) -> Embeddings:
+    """Pooled features of `samples` (files or arrays), cached in `cache_dir` under a key made of the
+    samples' contents, `identity` (the model and a digest of its weights) and the preprocessing.
+
+    A second call with the same images, model and weights reads the file and runs no model; the
+    result's `embedded` says how many images were embedded by this call. `on_batch(n)` is called
+    as images are done (for a progress bar).
+    """
+    import hashlib
+
+    key = hashlib.sha256(json.dumps({"samples": samples_digest(samples), "classes": list(classes),
+                                     "identity": identity, "data_config": jsonable(data_config)},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{identity.get('model', 'model')}-{key}.safetensors"
+    if path.is_file():
+        result = load_embeddings(path)
+        result.embedded = 0  # type: ignore[attr-defined]
+        if on_batch:
+            on_batch(len(result))
+        return result
+    model = model.to(device).eval()
+    dataset = ImageDataset(samples, eval_transform(data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping)
+    pooled_parts, label_parts, names = [], [], []
+    for images, labels, indices, bad in loader:
+        if len(indices):
+            pooled, _ = pooled_and_tokens(model, images.to(device))
+            pooled_parts.append(pooled.float().cpu())
+            label_parts.append(labels)
+            names.extend(dataset.name(i) for i in indices.tolist())
+        if on_batch:
+            on_batch(len(indices) + len(bad))
+    if not names:
+        raise DataError(f"none of the {len(samples)} images could be read")
+    result = Embeddings(torch.cat(pooled_parts), torch.cat(label_parts).long(), names, list(classes),
+                        model=dict(identity), data_config=dict(data_config))
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    save_embeddings(result, path)
+    result.embedded = len(names)  # type: ignore[attr-defined]
     return result

@@ -148,8 +148,16 @@ def _split_overrides(card: ModelCard, overrides: dict[str, Any]) -> tuple[Any, d
 
 
 def _layer_names(name: str) -> tuple[tuple[str, ...], str | None]:
-    """Classifier and first-conv names of an architecture, from its default catalog entry."""
+    """Classifier and first-conv names of an architecture, from its default catalog entry, or, for a
+    variant without published weights (efficientnet_lite1: a local file only), from a variant of the
+    same family that has them: one family's variants share their module names."""
     entry = default_weight(name)
+    if entry is None:
+        from visionzoo.weights.catalog import list_weights
+
+        registered, family = set(list_models()), get_card(name).family
+        entry = next((e for e in list_weights() if e.default and e.classifier and e.architecture in registered
+                      and get_card(e.architecture).family == family), None)
     return (entry.classifier, entry.first_conv) if entry is not None else ((), None)
 
 

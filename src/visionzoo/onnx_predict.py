@@ -3,9 +3,11 @@
 This module imports only numpy, Pillow and onnxruntime (and visionzoo's own torch-free image
 decoder), so an edge device can run it with no PyTorch installed; `open_exported` also opens
 files for OpenVINO (`visionzoo.openvino_predict`, equally torch-free). Preprocessing and class
-names come from the metadata `visionzoo export` embedded in the file; the result format is
-the PyTorch predictor's: per image `{"path", "predictions": [{"index", "label", "prob"}]}`,
-or `{"path", "error"}` for an image that cannot be read.
+names come from the metadata `visionzoo export` embedded in the file, and so do a trained model's
+head facts (`visionzoo.head`: temperature, multi-label thresholds, OOD rule), applied to the
+graph's logits as the PyTorch predictor applies them; the result format is the PyTorch
+predictor's: per image `{"path", "predictions": [{"index", "label", "prob"}]}` (plus `"labels"`
+or `"unknown"`; see `visionzoo.outputs`), or `{"path", "error"}` for an image that cannot be read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from PIL import Image
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.errors import SettingError, require_extra
-from visionzoo.results import error_record, prediction_record
+from visionzoo.outputs import probabilities, result_record
+from visionzoo.results import error_record
 
 __all__ = ["ExportedClassifier", "OnnxClassifier", "open_exported", "onnx_metadata", "preprocess_image", "RUNTIMES"]
 
@@ -69,6 +72,7 @@ class ExportedClassifier:
     name: str
     preprocessing: dict[str, Any]
     class_names: list[str] | None
+    head: dict[str, Any] | None = None  # temperature, thresholds, OOD rule (metadata `visionzoo.head`)
     max_batch: int = 32
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -80,23 +84,32 @@ class ExportedClassifier:
             return self.class_names[index]
         return str(index)
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, num_classes) for a preprocessed float32 batch (N, C, H, W)."""
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's raw logits (N, num_classes) for a preprocessed float32 batch (N, C, H, W)."""
         outputs = []
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
             outputs.append(self.logits(chunk))
-        return _softmax(np.concatenate(outputs).astype(np.float32))
+        return np.concatenate(outputs).astype(np.float32)
 
-    def predict_files(self, paths: list[str | Path], *, topk: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
-        """One result per path, in order; unreadable images get `{"path", "error"}`, the rest predictions."""
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, num_classes) for a preprocessed float32 batch (N, C, H, W), with the head's
+        temperature (sigmoid for a multi-label model)."""
+        logits = self.predict_logits(batch)
+        return _softmax(logits) if self.head is None else probabilities(logits, self.head)
+
+    def predict_files(self, paths: list[str | Path], *, topk: int = 5, batch_size: int = 16,
+                      reject: bool = True) -> list[dict[str, Any]]:
+        """One result per path, in order; unreadable images get `{"path", "error"}`, the rest predictions.
+        `reject=False` leaves out the head's unknown rule."""
         results: list[dict[str, Any]] = [{} for _ in paths]
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
-            probs = self.predict_arrays(np.stack([array for _, array in pending]))
-            for (index, _), row in zip(pending, probs):
-                results[index] = prediction_record(str(paths[index]), row, self.class_names, topk)
+            logits = self.predict_logits(np.stack([array for _, array in pending]))
+            for (index, _), row in zip(pending, logits):
+                results[index] = result_record(str(paths[index]), row, self.class_names, topk, self.head,
+                                               reject=reject)
             pending.clear()
 
         for index, path in enumerate(paths):
@@ -151,6 +164,7 @@ class OnnxClassifier(ExportedClassifier):
         self.name = metadata.get("visionzoo.model", path.stem)
         self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
         self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
+        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
         self.input_name = self.session.get_inputs()[0].name
         fixed_batch = self.session.get_inputs()[0].shape[0]
         self.max_batch = fixed_batch if isinstance(fixed_batch, int) else 32

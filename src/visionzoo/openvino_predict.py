@@ -110,6 +110,7 @@ class OpenVinoClassifier(ExportedClassifier):
         self.name = metadata.get("visionzoo.model", path.stem)
         self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
         self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
+        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
         self.quantization = metadata.get("visionzoo.quantization")
         self.precision = precision or metadata.get("visionzoo.precision", "fp32")
         self.compiled = openvino_core().compile_model(model, "CPU", compile_config(self.precision, threads, hint))

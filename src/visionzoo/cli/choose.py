@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.table import Table
 
@@ -138,8 +139,63 @@ def _write_benchmark_csv(path: str, rows: list[dict], batch_sizes: tuple[int, ..
                              json.dumps(r["timm"]["ratio_ours_over_timm"]) if r.get("timm") else ""])
 
 
+def _name_equals_file(text: str) -> tuple[str, str]:
+    name, sep, file = text.partition("=")
+    if not sep or not name.strip() or not file.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. efficientnet_lite0=lite0.pth), got {text!r}")
+    return name.strip(), file.strip()
+
+
+def cmd_bakeoff(args: argparse.Namespace) -> int:
+    from visionzoo.bakeoff import bakeoff
+
+    result = bakeoff(args.data, target=args.target, latency_ms=args.latency_ms, max_params_m=args.max_params,
+                     commercial=args.commercial, weights=dict(args.weights) if args.weights else None,
+                     candidates=args.candidates, finetune_top=args.finetune_top, budget_min=args.budget_min,
+                     out=args.out, plot=args.plot, devices=args.devices.split(",") if args.devices else None,
+                     image_size=args.image_size, progress=not args.json,
+                     finetune_settings={"epochs": args.finetune_epochs} if args.finetune_epochs else None)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        if result.message:
+            err_console.print(result.message, highlight=False, markup=False)
+        return 0 if result.winner else 1
+    console.print(f"target: {result.target}; constraints: {result.constraints or 'none'}; data: "
+                  f"{result.data['train']} train, {result.data['val']} val, {len(result.data['classes'])} classes",
+                  highlight=False)
+    table = Table(title="top-1 on your validation images; latency measured here")
+    for column in ["model", "weights", "probe", "fine-tuned", "ms", "engine", "params M", "MB", "status"]:
+        table.add_column(column, justify="left" if column in ("model", "weights", "engine", "status") else "right")
+    for c in result.candidates:
+        table.add_row(c.name, Path(c.weights).name, _percent(c.probe_top1), _percent(c.finetune_top1),
+                      f"{c.latency_ms:.2f}" if c.latency_ms is not None else "-", c.engine or "-",
+                      f"{c.params / 1e6:.2f}", f"{c.size_mb:.1f}" if c.size_mb is not None else "-",
+                      c.status.split(":")[0].split(" (")[0])
+    console.print(table)
+    for c in result.candidates:
+        if c.status not in ("probed", "fine-tuned") and not c.status.startswith("winner"):
+            console.print(f"{c.name}: {c.status}", highlight=False, markup=False)
+    if not result.winner:
+        err_console.print(result.message, highlight=False, markup=False)
+        return 1
+    w = result.winner
+    console.print(f"[bold]winner: {w['name']}[/bold] top-1 {_percent(w['top1'])}, {w['latency_ms']:.2f} ms in "
+                  f"{w['engine']}; run {w['run_dir']}; export {w['export']}", highlight=False)
+    for what, command in result.commands.items():
+        console.print(f"{what}: {command}", highlight=False, markup=False)
+    console.print(f"plot written to {result.plot}; state and table in {result.out}", highlight=False)
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.1f}%" if value is not None else "-"
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     from rich.progress import Progress
+
+    if args.data:
+        return cmd_bakeoff(args)
 
     from visionzoo.advise import advise, plot_advice
 
@@ -220,6 +276,18 @@ def add_parsers(commands) -> None:
     p.add_argument("--measure", action=argparse.BooleanOptionalAction, default=True,
                    help="measure latency here (default) or estimate it from GMACs")
     p.add_argument("--top", type=int, default=5, metavar="K")
+    bake = p.add_argument_group("the bake-off on your images (with --data)")
+    bake.add_argument("--data", metavar="DIR_OR_CSV", help="your images: choose by measuring on them")
+    bake.add_argument("--commercial", action="store_true", help="only weights whose licence allows commercial use")
+    bake.add_argument("--weights", type=_name_equals_file, action="append", metavar="NAME=FILE",
+                      help="restrict the candidates to these models with these local weight files (repeatable)")
+    bake.add_argument("--candidates", type=int, default=8, metavar="N", help="at most N candidates (default 8)")
+    bake.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best probes")
+    bake.add_argument("--budget-min", type=float, metavar="M", help="minutes for all the fine-tunes together")
+    bake.add_argument("--finetune-epochs", type=int, metavar="E", help="epochs per fine-tune (default: the recipe's)")
+    bake.add_argument("--image-size", type=int, metavar="S", help="train, embed and measure at this side")
+    bake.add_argument("--out", metavar="DIR", help="bake-off folder; rerun with the same one to resume")
+    bake.add_argument("--devices", metavar="D1,D2", help="fine-tune in parallel, one process per device")
     p.add_argument("--plot", metavar="FILE", help="write a PNG: top-1 against latency, Pareto frontier, picks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_advise)

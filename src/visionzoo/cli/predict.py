@@ -20,11 +20,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("no images given")
     model = resolve_model(args.model, args.pretrained, allow_onnx=True, runtime=args.runtime)
     if args.model.endswith((".onnx", ".xml")):  # the torch-free path: numpy, Pillow and onnxruntime or OpenVINO
-        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size)
+        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     else:
         from visionzoo.predict import predict_images
 
-        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
+        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -48,5 +48,8 @@ def add_parsers(commands) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16"],
                    help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml)")
-    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"}')
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"} '
+                   '(multi-label models add "labels"; models with an unknown rule add "unknown")')
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_predict)

@@ -18,7 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"serving on {args.host}, reachable from other machines")
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_upload_mb=args.max_upload_mb, queue=args.queue)
+                             max_upload_mb=args.max_upload_mb, queue=args.queue, reject=args.reject)
     classifier = load_classifier(args.model, args.pretrained, threads=args.threads, runtime=args.runtime)
     console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
     uvicorn.run(create_app(classifier, settings), host=args.host, port=args.port, log_level="warning")
@@ -39,4 +39,6 @@ def add_parsers(commands) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16"],
                    help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml)")
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_serve)

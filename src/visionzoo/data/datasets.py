@@ -81,7 +81,10 @@ class ImageDataset(Dataset):
                 finally:
                     if saved is not None:
                         generator.set_state(saved)
-        return image, int(self.samples.labels[index]), index
+        label = self.samples.labels[index]
+        if np.ndim(label):  # multi-label: the image's multi-hot row, as floats for the loss
+            return image, torch.as_tensor(np.asarray(label), dtype=torch.float32), index
+        return image, int(label), index
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Skipped]]:
@@ -91,7 +94,10 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([item[0] for item in good])
-    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    if isinstance(good[0][1], torch.Tensor):  # multi-hot rows of multi-label data
+        labels = torch.stack([item[1] for item in good])
+    else:
+        labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     return images, labels, indices, skipped
 
@@ -231,7 +237,8 @@ class ResidentBatches:
                  padding: int = 0, device: torch.device | str = "cpu"):
         images = torch.from_numpy(np.array(samples.images))  # a writable copy (the cache is a read-only memmap)
         self.images = images.to(device).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
-        self.labels = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long).to(device)
+        labels = np.asarray(samples.labels)
+        self.labels = torch.as_tensor(labels, dtype=torch.long if labels.ndim == 1 else torch.float32).to(device)
         self.batch_size = batch_size
         self.sampler = sampler
         self.padding = padding

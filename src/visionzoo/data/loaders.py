@@ -152,7 +152,12 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         val_set = ImageDataset(val, eval_transform(data_config, image_size)) if has_val else None
     weights = None
     if balanced:
-        weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
+        if np.ndim(train.labels) == 2:  # multi-label: per label (see data.multilabel)
+            from visionzoo.data.multilabel import balanced_sample_weights
+
+            weights = balanced_sample_weights(train.labels)
+        else:
+            weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
     if alternate_flip and not fast_input:
         raise SettingError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
                          f"evaluation; this run uses augment={augment!r}")

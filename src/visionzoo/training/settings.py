@@ -87,6 +87,14 @@ class TrainSettings:
     device: str | None = None
     freeze_backbone: bool | None = None
     exclude: str | None = None  # a list of files to leave out (e.g. audit/label_issues.csv); see data/exclude.py
+    # What the head means (issue 21): multi-label training, calibration and unknowns, fitted after training.
+    task: str | None = None  # multiclass | multilabel; None: as the data says
+    loss: str | None = None  # multilabel: bce (default) | asl; multiclass: cross-entropy always
+    threshold: float | None = None  # multilabel: one threshold for every class instead of F1-tuned ones
+    calibrate: bool = True  # fit temperature scaling on validation after training
+    reject: bool = True  # fit an OOD score threshold on validation ("unknown" below it)
+    ood_score: str = "energy"  # energy | msp; see visionzoo.calibration
+    ood_keep: float = 0.95  # share of in-distribution validation images the OOD threshold keeps
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -50,13 +50,16 @@ from visionzoo.data.datasets import Skipped
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer
-from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
+from visionzoo.evaluate import predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
+from visionzoo.multilabel import plot_per_class_ap
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
-from visionzoo.training.losses import build_loss
+from visionzoo.training.heads import fit_run_head, head_task, validation_metrics
+from visionzoo.training.losses import LabelVectorMixer, build_loss
+from visionzoo.calibration import with_head
 from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
@@ -73,7 +76,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainResult:
     run_dir: Path
-    best_metric: float | None  # best validation top-1 (0..1)
+    best_metric: float | None  # best validation top-1 (0..1); mAP for multi-label runs
     best_epoch: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
@@ -212,13 +215,14 @@ class _Trainer:
         self.data_spec = data.description if self.data_in_memory else data
 
         self.splits = data if isinstance(data, DataSplits) else resolve_data(data, val_fraction=requested.val_fraction,
-                                                                             seed=requested.seed)
+                                                                             seed=requested.seed, task=requested.task)
         if requested.exclude:  # `visionzoo train --exclude audit/label_issues.csv`
             from visionzoo.data.exclude import exclude_files
 
             self.splits, _ = exclude_files(self.splits, requested.exclude)
         self.classes = self.splits.classes
         self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size)
+        self.task = head_task(self.splits, requested, s)  # multiclass | multilabel; checks the head settings
         if s.batch_size % (self.world * s.grad_accum):
             raise SettingError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
                              f"= {self.world} x {s.grad_accum}")
@@ -256,10 +260,11 @@ class _Trainer:
         self.forward_model = torch.compile(self.ddp) if s.compile else self.ddp
 
         self.autocast_dtype = _autocast_dtype(s.precision, self.device)
-        self.mixer = batch_mixer(len(self.classes), s.mixup, s.cutmix)
+        self.mixer = (LabelVectorMixer(s.mixup, s.cutmix) or None) if self.task == "multilabel" \
+            else batch_mixer(len(self.classes), s.mixup, s.cutmix)
         self.logger = RunLogger(self.run_dir, self.is_main, s)
         self.checkpoints = CheckpointHook(self.run_dir / "checkpoint", s.checkpoint_every, enabled=self.is_main)
-        self.best = BestModelTracker(s.early_stopping)
+        self.best = BestModelTracker(s.early_stopping, key="mAP" if self.task == "multilabel" else "top1")
         self.phases: PhaseTimer = NO_TIMING  # extension point: a measuring timer collects per-phase times
 
     # --- data ---
@@ -378,7 +383,8 @@ class _Trainer:
             if self.is_main:
                 best = f"{state.best_metric:.2%} (epoch {state.best_epoch + 1})" if state.best_metric is not None else "n/a"
                 self.logger.close()
-                print(f"run folder: {self.run_dir}  best val top-1: {best}", flush=True)  # stdout, for scripts
+                metric = "mAP" if self.task == "multilabel" else "top-1"
+                print(f"run folder: {self.run_dir}  best val {metric}: {best}", flush=True)  # stdout, for scripts
             return result
         finally:
             self.logger.close()
@@ -488,7 +494,7 @@ class _Trainer:
             self.state.bad_files.setdefault(item.path, item.reason)
         if len(labels) == 0:
             return None
-        metrics = classification_metrics(logits, labels, self.classes)
+        metrics = validation_metrics(logits, labels, self.classes, self.task)
         metrics["_logits"], metrics["_labels"], metrics["_indices"] = logits, labels, indices
         return metrics
 
@@ -509,20 +515,33 @@ class _Trainer:
                 metrics = None if skip_validation else self._validate()
             record = {"epoch": epoch + 1, "step": state.global_step, "train_loss": round(self.epoch_train_loss, 6),
                       "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
+            multilabel = self.task == "multilabel"
             if metrics is not None:
-                record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
-                              **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
-                              val_ece=round(metrics["ece"], 6))
+                self.last_val = metrics
+                if multilabel:
+                    record.update(val_loss=round(metrics["loss"], 6), val_map=round(metrics["mAP"], 6),
+                                  val_micro_f1=round(metrics["micro_f1"], 6), val_macro_f1=round(metrics["macro_f1"], 6))
+                else:
+                    record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
+                                  **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
+                                  val_ece=round(metrics["ece"], 6))
             improved = self.best.update(state, epoch, metrics)
             state.history.append(record)
-            line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  "
-                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
-                       + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else "")
-                       if metrics is not None else "")
+            if metrics is None:
+                shown = ""
+            elif multilabel:
+                shown = (f"val loss {record['val_loss']:.4f}  val mAP {record['val_map']:.2%}  "
+                         f"micro F1 {record['val_micro_f1']:.2%}  ")
+            else:
+                shown = (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
+                         + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else ""))
+            line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  " + shown
                     + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
             columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
             if self.data.val is not None:
-                columns += ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []), "val_ece"]
+                columns += (["val_loss", "val_map", "val_micro_f1", "val_macro_f1"] if multilabel else
+                            ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []),
+                             "val_ece"])
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):
@@ -532,7 +551,8 @@ class _Trainer:
             self._write_bad_files(state.bad_files)
             if self.best.should_stop(state):
                 unit = "epochs" if s.val_every == 1 else f"validations (one every {s.val_every} epochs)"
-                self.logger.print(f"early stopping: val top-1 has not improved for {state.stale_epochs} {unit}")
+                metric = "mAP" if self.task == "multilabel" else "top-1"
+                self.logger.print(f"early stopping: val {metric} has not improved for {state.stale_epochs} {unit}")
                 stop = True
         if self.world > 1:
             flag = torch.tensor(float(stop), device=self.device)
@@ -543,13 +563,22 @@ class _Trainer:
     def _finish(self) -> None:
         state = self.state
         exported = self.ema.module if self.ema is not None else self.model
+        # last/ carries the head facts fitted on its own (the last) validation; best/ gets its own from
+        # the after-training step (heads.fit_head_step).
+        last_val = getattr(self, "last_val", None)
+        with_head(exported, fit_run_head(last_val, self.task, self.settings) if last_val is not None
+                       else {"task": self.task})
         export_model(exported, self.run_dir / "last", class_names=self.classes, data_config=self.data_config)
         if not (self.run_dir / "best").exists():
             export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
         steps = after_training_steps(self.settings)
         if steps:
             self._after_training(steps)
-        if self.settings.plots:
+        if self.task == "multilabel":
+            if self.settings.plots and self.best.best_val is not None:
+                plot_per_class_ap(self.best.best_val["per_class"], self.run_dir / "per_class_ap.png",
+                                  f"validation, mAP {self.best.best_val['mAP']:.2%}")
+        elif self.settings.plots:
             from visionzoo.training.report import write_plots
 
             best = self.best.best_val
