@@ -22,7 +22,7 @@ from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.timing import plan_threads
 from visionzoo.training.transfer import init_new_head_
 
-QUIET = dict(workers=0, plots=False, tensorboard=False, progress=False)
+QUIET = {"workers": 0, "plots": False, "tensorboard": False, "progress": False}
 
 
 class Small(torch.nn.Module):

@@ -20,16 +20,16 @@ on the device), so no epoch decodes a JPEG again.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torchvision.transforms import v2
 
 from visionzoo.data.datasets import Skipped, cache_pixels
 from visionzoo.data.sources import FileSamples, Samples
 
-__all__ = ["CachePlan", "plan_cache", "cache_photos", "memory_budget", "uint8_train_transform", "uint8_eval_view",
-           "min_crop_scale"]
+__all__ = ["CachePlan", "cache_photos", "memory_budget", "min_crop_scale", "plan_cache", "uint8_eval_view",
+           "uint8_train_transform"]
 
 MAX_IN_MEMORY_BYTES = 4 << 30
 
@@ -61,7 +61,7 @@ def _largest_short_side(samples: FileSamples, limit: int) -> int:
         try:
             with Image.open(path) as image:
                 largest = max(largest, min(image.size))
-        except Exception:  # noqa: BLE001 - a bad file is reported by the decoding pass
+        except Exception:  # noqa: BLE001, S112 - a bad file is reported by the decoding pass
             continue
         if largest >= limit:
             return limit
@@ -79,7 +79,7 @@ class CachePlan:
 
 def plan_cache(train: Samples, val: Samples | None, image_size: int, crop_pct: float, preset: str,
                cache_size: int | None = None) -> CachePlan:
-    eval_resize = int(math.floor(image_size / crop_pct))
+    eval_resize = math.floor(image_size / crop_pct)
     wanted = cache_size or max(eval_resize, math.ceil(image_size / math.sqrt(min_crop_scale(preset))))
     train_side = wanted
     if isinstance(train, FileSamples) and cache_size is None and len(train):

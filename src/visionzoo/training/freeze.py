@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 
-__all__ = ["stage_prefixes", "freeze_stages", "set_frozen_eval"]
+__all__ = ["freeze_stages", "set_frozen_eval", "stage_prefixes"]
 
 
 def _is_stem_level(module_name: str, reduction: int) -> bool:

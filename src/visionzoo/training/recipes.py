@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SizeRule", "SIZE_RULES", "size_rule", "transfer_plan", "TRANSFER_RECIPES"]
+__all__ = ["SIZE_RULES", "TRANSFER_RECIPES", "SizeRule", "size_rule", "transfer_plan"]
 
 TRANSFER_RECIPES = ("finetune", "auto")
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from visionzoo.training.step import PhaseTimer
 
-__all__ = ["MeasuringTimer", "PHASES", "plan_threads", "available_cores"]
+__all__ = ["PHASES", "MeasuringTimer", "available_cores", "plan_threads"]
 
 PHASES = ("cache", "probe", "data", "forward_backward", "optimizer", "validation")
 
