@@ -207,3 +207,18 @@ def test_freeze_stages_leaves_frozen_weights_and_statistics_unchanged(tmp_path, 
     assert frozen and all(torch.equal(after[k], before[k]) for k in frozen if k in after)
     assert "bn1.running_mean" in frozen  # BatchNorm statistics of frozen stages stay too
     assert not torch.equal(after["layer2.0.conv1.weight"], before["layer2.0.conv1.weight"])
+
+
+def test_the_transfer_settings_come_from_the_command_line():
+    from visionzoo.cli import build_parser
+    from visionzoo.training.command import _settings_from_args
+
+    args = build_parser().parse_args(["train", "--model", "resnet18", "--data", "photos", "--recipe", "auto",
+                                      "--freeze-stages", "1", "--no-probe-init", "--head-init-std", "0.01",
+                                      "--warmup-steps", "5", "--no-cache"])
+    settings = _settings_from_args(args)
+    assert (settings["recipe"], settings["freeze_stages"], settings["probe_init"], settings["head_init_std"],
+            settings["warmup_steps"], settings["cache"]) == ("auto", 1, False, 0.01, 5, False)
+    resolved = resolve_settings(TrainSettings(**settings), "resnet18", pretrained=True, num_train=100)
+    assert resolved.sources["freeze_stages"] == "user" and resolved.warmup_steps == 5 and not resolved.cache
+    assert resolve_settings(TrainSettings(freeze_stages=-1), "resnet18").freeze_stages is None
