@@ -90,10 +90,10 @@ def test_reset_classifier_by_the_trainer_gives_a_transfer_head(tmp_path, one_thr
     assert torch.count_nonzero(load_file(tmp_path / "run" / "last" / "model.safetensors")["fc.weight"]) == 0
 
 
-def test_auto_is_the_default_with_weights_and_its_head_starts_from_a_linear_probe(tmp_path, one_thread):
+def test_auto_is_the_default_with_weights_and_probe_init_starts_the_head_from_a_linear_probe(tmp_path, one_thread):
     data, weights = _photos(tmp_path / "photos", train=8), _random_weights(tmp_path)
     result = visionzoo.train("resnet18", data, pretrained=str(weights), out=tmp_path / "auto", epochs=1, lr=0.0,
-                             image_size=32, **QUIET)
+                             image_size=32, probe_init=True, **QUIET)
     config = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert config["resolved"]["recipe"] == "auto" and "--pretrained" in config["settings_source"]["recipe"]
     assert config["new_head"] == {"init": "linear probe (LP-FT)"}
@@ -101,6 +101,8 @@ def test_auto_is_the_default_with_weights_and_its_head_starts_from_a_linear_prob
     head = load_file(tmp_path / "auto" / "last" / "model.safetensors")["fc.weight"]
     assert torch.count_nonzero(head) > 0
     assert result.best_metric == 1.0  # the probe alone separates the two colours (lr 0: nothing else trained)
+    auto = resolve_settings(TrainSettings(), "resnet18", pretrained=True, num_train=100)
+    assert auto.recipe == "auto" and auto.head_init_std == 0 and not auto.probe_init and auto.freeze_stages == 2
     scratch = resolve_settings(TrainSettings(), "resnet18")
     assert scratch.recipe == "scratch" and scratch.head_init_std is None and not scratch.cache
 

@@ -121,7 +121,7 @@ def add_commands(commands) -> None:
                    "or builtin:shapes")
     p.add_argument("--pretrained", metavar="W", help=f"start from {PRETRAINED_HELP} (default: none, from scratch)")
     p.add_argument("--recipe", choices=RECIPES, help="scratch (default without --pretrained), auto (default with it: "
-                   "settings from the data size, LP-FT head), finetune or linear-probe")
+                   "settings from the data size), finetune or linear-probe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-DATA-TIME)")
@@ -136,7 +136,7 @@ def add_commands(commands) -> None:
     p.add_argument("--head-init-std", type=float, metavar="STD",
                    help="a new classifier's weights ~ N(0, STD), 0 for zeros (transfer default: 0)")
     p.add_argument("--probe-init", action=argparse.BooleanOptionalAction, default=None,
-                   help="start a new head from a linear probe on the training embeddings (LP-FT; auto's default)")
+                   help="start a new head from a linear probe on the training embeddings (LP-FT's first phase)")
     p.add_argument("--warmup-start-ratio", type=float, help="the warm-up starts at lr x this (default 0)")
     p.add_argument("--schedule", choices=["cosine", "linear"], help="lr decay after warm-up (default cosine)")
     p.add_argument("--min-lr-ratio", type=float, help="the decay ends at lr x this (default 0)")

@@ -22,10 +22,10 @@ What the published small-data practice says, and what we take from it:
   of the head: `head_lr_scale` 10) and the warm-up-then-cosine shape counted in steps.
 - LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
   Out-of-Distribution"): a linear probe first, then full fine-tuning from the probed head, so
-  the randomly initialised head does not distort the pretrained features early on. `auto`
-  does the probe phase as `--probe-init`: a logistic regression fitted by L-BFGS on the
+  the randomly initialised head does not distort the pretrained features early on.
+  `--probe-init` does the probe phase: a logistic regression fitted by L-BFGS on the
   embeddings of the training images (one forward pass, far cheaper than fastai's frozen
-  epoch), whose weights start the head.
+  epoch), whose weights start the head. It is not `auto`'s default: see settings._AUTO.
 
 Memory: the batch size is what holds the memory of a CPU fine-tune (activations grow with it;
 EfficientNet-Lite0 at batch 64 and 224 px holds about 5 GB), so small sets take small batches,

@@ -50,7 +50,7 @@ def _pooled(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def probe_init_head_(model: nn.Module, head_names: set[str], loader, num_classes: int, *, device: torch.device,
-                     normalize: nn.Module | None = None, weight_decay: float = 1e-3, max_iter: int = 100,
+                     normalize: nn.Module | None = None, weight_decay: float = 1e-1, max_iter: int = 100,
                      autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """LP-FT's first phase: embed the training images once (eval mode, evaluation view), fit a
     multinomial logistic regression on the standardised embeddings (`probe.fit_logistic_regression`,
