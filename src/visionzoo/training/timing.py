@@ -52,7 +52,7 @@ class MeasuringTimer(PhaseTimer):
         return "time: " + ", ".join(f"{name.replace('_', '/')} {seconds:.1f} s" for name, seconds in shown)
 
     def summary(self) -> dict[str, float]:
-        return {name: round(seconds, 2) for name, seconds in self.totals.items()}
+        return {name: round(seconds, 4) for name, seconds in self.totals.items()}
 
 
 def available_cores() -> int:
