@@ -120,7 +120,8 @@ def add_commands(commands) -> None:
                    "'|' between labels, or 0/1 class columns), a folder with labels.csv, .tar/.tar.gz of a tree, "
                    "or builtin:shapes")
     p.add_argument("--pretrained", metavar="W", help=f"start from {PRETRAINED_HELP} (default: none, from scratch)")
-    p.add_argument("--recipe", choices=RECIPES, help="scratch (default), finetune or linear-probe")
+    p.add_argument("--recipe", choices=RECIPES, help="scratch (default without --pretrained), auto (default with it: "
+                   "settings from the data size), finetune or linear-probe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-DATA-TIME)")
@@ -129,6 +130,13 @@ def add_commands(commands) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--warmup-steps", type=int, help="warm-up in optimizer steps (overrides --warmup-epochs)")
+    p.add_argument("--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
+    p.add_argument("--head-init-std", type=float, metavar="STD",
+                   help="a new classifier's weights ~ N(0, STD), 0 for zeros (transfer default: 0)")
+    p.add_argument("--probe-init", action=argparse.BooleanOptionalAction, default=None,
+                   help="start a new head from a linear probe on the training embeddings (LP-FT's first phase)")
     p.add_argument("--warmup-start-ratio", type=float, help="the warm-up starts at lr x this (default 0)")
     p.add_argument("--schedule", choices=["cosine", "linear"], help="lr decay after warm-up (default cosine)")
     p.add_argument("--min-lr-ratio", type=float, help="the decay ends at lr x this (default 0)")
@@ -163,7 +171,8 @@ def add_commands(commands) -> None:
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--val-fraction", type=float, help="held out when the data has no val/ folder (default 0.1)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode once into a memory-mapped uint8 cache")
+                   help="decode once into a uint8 cache (in memory when it fits, else memory-mapped; "
+                        "default: on for transfer recipes)")
     p.add_argument("--cache-size", type=int, help="side of cached images (default: image size / crop pct)")
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every file first and write bad_files.txt")
