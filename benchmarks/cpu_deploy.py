@@ -1,34 +1,45 @@
-"""CPU deployment speed: timm eager fp32 against our ONNX fp32 and our ONNX int8, side by side.
+"""CPU deployment speed of every engine against timm eager fp32, side by side, and the top-1 cost of
+the reduced-precision engines on CIFAR-10.
 
-For each model, at batch 1 and 8: timm's eager model, our export run by onnxruntime (fp32), and
-our int8 export (the scheme `visionzoo export --int8` picks: static QDQ for convolutional
-networks, dynamic for matrix-product-heavy ones), each engine with its default thread-pool
-settings, timed in alternating blocks (see `interleaved`); medians reported with the ratio to
-timm eager and the geometric mean over models.
+For each model, at batch 1 and 8: timm's eager model and each of visionzoo's engines
+(`visionzoo.engines`: eager, compile, onnxruntime-fp32, onnxruntime-int8, openvino-fp32,
+openvino-bf16, openvino-int8), all running our model with timm's (random) weights, each with its
+runtime's default thread-pool settings, timed in alternating blocks (`visionzoo.benchmark.time_in_blocks`);
+medians reported with the ratio to timm eager, and the geometric mean over models per engine.
+Targets at batch 1 (issue 24): best float-class engine (fp32, or bf16) <= 0.33x, best int8 <= 0.20x.
 
-With --cifar-model (a model saved by `visionzoo train` on the shared CIFAR-10) and --cifar-data
-(its test/ folder) it also reports top-1 of the fp32 and int8 exports, and the drop in points.
+Accuracy: with --cifar-model (a model saved by `visionzoo train` on the shared CIFAR-10) or
+--cifar-train NAME (trained here first by `benchmarks/int8_cifar.py`'s recipe), the top-1 of each
+reduced-precision engine on CIFAR-10 test images against the fp32 model's, with the accuracy
+rule of `--engine auto` (bf16: >= 99.5% top-1 agreement; int8: <= 1 point drop).
 
-    python benchmarks/cpu_deploy.py [--models resnet50,...] [--seconds 3] [--threads 2]
+    python benchmarks/cpu_deploy.py [--models resnet50,...] [--engines all] [--seconds 3] [--threads 2]
+    python benchmarks/cpu_deploy.py --models none --cifar-train resnet18 --cifar-epochs 3
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import visionzoo
-from visionzoo.export import export_model, onnx_top1
-from visionzoo.export.quantize import quantization_kind, quantize_int8
+from visionzoo.benchmark import time_in_blocks
+from visionzoo.engines import (
+    ENGINES,
+    Artifacts,
+    create_engine,
+    evaluate_engines,
+    labelled_images,
+)
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "vit_small_patch16_224"]
+FLOAT_TARGET, INT8_TARGET = 0.33, 0.20
 
 
 def calibration_folder(root: Path, count: int = 32) -> Path:
@@ -50,102 +61,138 @@ def calibration_folder(root: Path, count: int = 32) -> Path:
     return folder
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
+def interleaved(fns: dict[str, callable], seconds: float) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed in alternating blocks."""
+    import statistics
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # default spinning, as deployed
+    return {name: statistics.median(times) for name, times in time_in_blocks(fns, seconds).items()}
 
 
-def interleaved(fns: dict[str, callable], seconds: float, min_repeats: int = 10, block: int = 4,
-                pause: float = 0.05) -> dict[str, float]:
-    """Median milliseconds per call of each function, timed in alternating blocks.
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
-    Each engine runs as deployed, with its own thread pool's defaults (onnxruntime's and
-    OpenMP's workers spin a while after a run). So that one engine's spinning threads never
-    take the cores from the next, each block starts after a short pause and one untimed call;
-    blocks alternate, so slow drifts of the machine reach every engine alike.
-    """
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times = {name: [] for name in fns}
-    begin = time.perf_counter()
-    while len(times[next(iter(fns))]) < min_repeats or time.perf_counter() - begin < seconds:
-        for name, fn in fns.items():
-            time.sleep(pause)
-            fn()
-            for _ in range(block):
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+
+def speed(args, engine_names: list[str], batch_sizes: list[int], tmp: Path) -> None:
+    import timm
+
+    calib = sorted(calibration_folder(tmp, args.calib_count).glob("*.png"))  # speed only: a few images do
+    ratios: dict[tuple[str, int], dict[str, float]] = {}  # (engine, batch) -> model -> ratio to timm
+    for name in args.models.split(","):
+        reference = timm.create_model(name, pretrained=False).eval()
+        ours = visionzoo.create_model(name).eval()
+        ours.load_state_dict(reference.state_dict())
+        artifacts = Artifacts(ours, calibration=calib, folder=tmp / name)
+        engines = []
+        for engine_name in engine_names:
+            engine = create_engine(engine_name, artifacts, threads=args.threads)
+            reason = engine.unavailable()
+            if reason:
+                print(f"{name}: {engine_name} skipped: {reason}", flush=True)
+                continue
+            engine.load()
+            engines.append(engine)
+        size = visionzoo.model_info(name)["input_size"][1]
+        for batch in batch_sizes:
+            x = torch.randn(batch, 3, size, size)
+            xn = x.numpy()
+
+            def timm_eager():
+                with torch.inference_mode():
+                    reference(x)
+
+            medians = interleaved({"timm": timm_eager, **{e.name: (lambda e=e: e.run(xn)) for e in engines}},
+                                  args.seconds)
+            cells = []
+            for engine in engines:
+                ratio = medians[engine.name] / medians["timm"]
+                ratios.setdefault((engine.name, batch), {})[name] = ratio
+                cells.append(f"{engine.name} {medians[engine.name]:.2f} ({ratio:.2f}x)")
+            print(f"{name:22s} b{batch}: timm eager {medians['timm']:.2f} ms | " + " | ".join(cells), flush=True)
+    models = args.models.split(",")
+    for batch in batch_sizes:
+        print(f"geometric mean over {len(models)} models, engine / timm eager, batch {batch}:")
+        for engine_name in engine_names:
+            values = ratios.get((engine_name, batch), {})
+            if len(values) == len(models):
+                print(f"  {engine_name:18s} {geometric_mean(list(values.values())):.3f}")
+        for label, precisions, target in (("float-class (fp32, bf16)", ("fp32", "bf16"), FLOAT_TARGET),
+                                          ("int8", ("int8",), INT8_TARGET)):
+            kinds = [e for e in engine_names if ENGINES[e].precision in precisions
+                     and len(ratios.get((e, batch), {})) == len(models)]
+            if not kinds:
+                continue
+            best_engine = min(kinds, key=lambda e: geometric_mean(list(ratios[(e, batch)].values())))
+            single = geometric_mean(list(ratios[(best_engine, batch)].values()))
+            per_model = geometric_mean([min(ratios[(e, batch)][m] for e in kinds) for m in models])
+            verdict = f" (target <= {target:.2f}: {'met' if per_model <= target else 'MISSED'})" if batch == 1 else ""
+            print(f"  best {label}: one engine for all ({best_engine}) {single:.3f}; "
+                  f"best per model {per_model:.3f}{verdict}")
+
+
+def accuracy(args, tmp: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from int8_cifar import ARCHIVE, cifar_folders, train_cifar_model
+
+    splits, train_dir, test_dir = cifar_folders(args.cifar_data or str(ARCHIVE))
+    if args.cifar_train_count:  # a quick run on a fixed subset (the shared machine's budget)
+        from cifar10_cpu import subset_splits
+
+        subset_splits(splits, args.cifar_train_count, min(1000, len(splits.val)))
+    if args.cifar_model:
+        model, what = visionzoo.load_model(args.cifar_model).eval(), args.cifar_model
+    else:
+        model, minutes = train_cifar_model(args.cifar_train, splits, args.cifar_epochs)
+        what = (f"{args.cifar_train} trained {args.cifar_epochs} epochs on {len(splits.train)} images here "
+                f"({minutes:.1f} min)")
+    calibration = labelled_images(train_dir, None, 256)[0]  # never the test images
+    artifacts = Artifacts(model, img_size=32, calibration=calibration, folder=tmp / "cifar")
+    engines = [create_engine(n, artifacts, threads=args.threads) for n in
+               ("eager", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8", "openvino-bf16", "openvino-int8")]
+    engines = [e for e in engines if not e.unavailable()]
+    for engine in engines:
+        engine.load()
+    from visionzoo.factory import class_names
+
+    files, labels = labelled_images(test_dir, class_names(model), args.cifar_limit)
+    figures = evaluate_engines(engines, files, labels, artifacts.preprocessing)
+    print(f"CIFAR-10, {what}; {len(files)} test images, calibration on 256 training images:")
+    for engine in engines:
+        f = figures[engine.name]
+        rule = "" if engine.precision == "fp32" else f"  rule: {'pass' if f['passed'] else 'FAIL'}"
+        print(f"  {engine.name:18s} top-1 {100 * f['top1']:.2f}%  agreement with {f['reference']} "
+              f"{100 * f['agreement']:.2f}%  drop {100 * f['drop']:.2f} points{rule}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, or 'none' (accuracy only)")
+    parser.add_argument("--engines", default="all", help=f"comma-separated from {', '.join(ENGINES)}, or all")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model and batch size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--cifar-model", help="saved model fine-tuned on CIFAR-10, for the int8 accuracy check")
-    parser.add_argument("--cifar-data", help="CIFAR-10 test folder (class-per-folder)")
+    parser.add_argument("--calib-count", type=int, default=8,
+                        help="synthetic calibration images for the int8 engines' speed runs (onnxruntime's "
+                             "percentile calibration holds every activation of every image in memory)")
+    parser.add_argument("--cifar-model", help="saved model fine-tuned on CIFAR-10, for the accuracy check")
+    parser.add_argument("--cifar-train", metavar="NAME", help="train NAME on CIFAR-10 here first (int8_cifar.py)")
+    parser.add_argument("--cifar-epochs", type=int, default=3)
+    parser.add_argument("--cifar-train-count", type=int, help="train on this many training images only")
+    parser.add_argument("--cifar-data", help="CIFAR-10 archive or folder (default: ../shared/data/cifar10-jpg.tar.gz)")
     parser.add_argument("--cifar-limit", type=int, default=2000, help="test images for the accuracy check")
-    parser.add_argument("--cifar-calib", help="calibration images (default: the train/ folder beside --cifar-data)")
     args = parser.parse_args()
 
     import timm
 
     torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"torch {torch.__version__}, timm {timm.__version__}, threads {args.threads}")
-    ratios = {(kind, b): [] for kind in ("fp32", "int8") for b in batch_sizes}
+    engine_names = list(ENGINES) if args.engines == "all" else args.engines.split(",")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, threads {args.threads}, engines {engine_names}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        calib = calibration_folder(tmp)
-        for name in args.models.split(","):
-            reference = timm.create_model(name, pretrained=False).eval()
-            ours = visionzoo.create_model(name).eval()
-            ours.load_state_dict(reference.state_dict())
-            report = export_model(ours, tmp / f"{name}.onnx", verify=True, calib_dir=calib)
-            int8_path = quantize_int8(report.path, tmp / f"{name}.int8.onnx", sorted(calib.glob("*.png")))
-            scheme = quantization_kind(int8_path)
-            fp32, int8 = session(report.path, args.threads), session(int8_path, args.threads)
-            size = visionzoo.model_info(name)["input_size"][1]
-            for batch in batch_sizes:
-                x = torch.randn(batch, 3, size, size)
-                xn = x.numpy()
-
-                def timm_eager():
-                    with torch.inference_mode():
-                        reference(x)
-
-                medians = interleaved({
-                    "timm": timm_eager,
-                    "fp32": lambda: fp32.run(None, {"input": xn}),
-                    "int8": lambda: int8.run(None, {"input": xn}),
-                }, args.seconds)
-                r32, r8 = medians["fp32"] / medians["timm"], medians["int8"] / medians["timm"]
-                ratios[("fp32", batch)].append(r32)
-                ratios[("int8", batch)].append(r8)
-                print(f"{name:24s} b{batch}: timm eager {medians['timm']:8.2f} ms | onnx fp32 {medians['fp32']:8.2f} ms "
-                      f"({r32:.2f}x) | onnx int8 {medians['int8']:8.2f} ms ({r8:.2f}x, {scheme})   "
-                      f"[export verified: {report.max_relative_difference:.1e}]", flush=True)
-        for (kind, batch), values in ratios.items():
-            geo = math.exp(sum(math.log(v) for v in values) / len(values))
-            print(f"geometric mean, {kind} / timm eager, batch {batch}: {geo:.3f}")
-
-        if args.cifar_model and args.cifar_data:
-            model = visionzoo.load_model(args.cifar_model).eval()
-            data = Path(args.cifar_data)
-            calib = Path(args.cifar_calib) if args.cifar_calib else data.parent / "train"  # never the test images
-            report = export_model(model, tmp / "cifar.onnx", int8=True, calib_dir=calib, calib_count=256,
-                                  eval_dir=data, eval_limit=args.cifar_limit)
-            print(f"CIFAR-10 ({args.cifar_limit} test images): fp32 top-1 {100 * report.top1_fp32:.2f}%, "
-                  f"int8 top-1 {100 * report.top1_int8:.2f}%, "
-                  f"drop {100 * (report.top1_fp32 - report.top1_int8):.2f} points")
+        if args.models != "none":
+            speed(args, engine_names, batch_sizes, tmp)
+        if args.cifar_model or args.cifar_train:
+            accuracy(args, tmp)
 
 
 if __name__ == "__main__":

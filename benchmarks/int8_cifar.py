@@ -31,28 +31,43 @@ MODELS = {
 }
 
 
+def train_cifar_model(name: str, splits, epochs: int):
+    """`name` trained from scratch on the CIFAR-10 splits (32 px, this script's recipe); returns
+    (model in fp32 eval mode, minutes taken). `cpu_deploy.py --cifar-train` reuses it."""
+    overrides, recipe = MODELS[name]
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=len(splits.classes), **overrides)
+    visionzoo.with_spec(model, class_names=splits.classes)
+    started = time.perf_counter()
+    visionzoo.train(model, splits, epochs=epochs, batch_size=256, image_size=32, augment="crop", cache=True,
+                    cache_size=32, precision="bf16", channels_last=True, progress=False, plots=False,
+                    tensorboard=False, out=tempfile.mkdtemp(prefix="vz-int8-"), **recipe)
+    trained = (time.perf_counter() - started) / 60
+    return model.float().eval().to(memory_format=torch.contiguous_format), trained
+
+
+def cifar_folders(data: str):
+    """(splits, train folder, test folder) of the CIFAR-10 archive or folder `data`."""
+    splits = resolve_data(data)
+    return splits, Path(splits.train.paths[0]).parents[1], Path(splits.val.paths[0]).parents[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ARCHIVE))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--save", metavar="DIR", help="also save each trained model as DIR/NAME (visionzoo.save_model)")
     args = parser.parse_args()
-    splits = resolve_data(args.data)
-    train_dir, test_dir = Path(splits.train.paths[0]).parents[1], Path(splits.val.paths[0]).parents[1]
+    splits, train_dir, test_dir = cifar_folders(args.data)
     for name in args.models.split(","):
-        overrides, recipe = MODELS[name]
-        torch.manual_seed(0)
-        model = visionzoo.create_model(name, num_classes=len(splits.classes), **overrides)
-        visionzoo.with_spec(model, class_names=splits.classes)
-        started = time.perf_counter()
-        visionzoo.train(model, splits, epochs=args.epochs, batch_size=256, image_size=32, augment="crop", cache=True,
-                        cache_size=32, precision="bf16", channels_last=True, progress=False, plots=False,
-                        tensorboard=False, out=tempfile.mkdtemp(prefix="vz-int8-"), **recipe)
-        trained = time.perf_counter() - started
-        model = model.float().eval().to(memory_format=torch.contiguous_format)
+        model, trained = train_cifar_model(name, splits, args.epochs)
+        if args.save:
+            visionzoo.save_model(model, Path(args.save) / name)
+        overrides = MODELS[name][0]
         report = export_model(model, Path(tempfile.mkdtemp()) / f"{name}.onnx", img_size=32, int8=True,
                               calib_dir=train_dir, calib_count=256, eval_dir=test_dir)
-        print(f"RESULT {name}{overrides or ''}: {report.int8_scheme}, trained {args.epochs} epochs in {trained / 60:.1f} min; "
+        print(f"RESULT {name}{overrides or ''}: {report.int8_scheme}, trained {args.epochs} epochs in {trained:.1f} min; "
               f"test top-1 fp32 {100 * report.top1_fp32:.2f}%, int8 {100 * report.top1_int8:.2f}%, "
               f"drop {100 * (report.top1_fp32 - report.top1_int8):.2f} points (target <= 1)", flush=True)
 

@@ -52,12 +52,29 @@ def _randomise_batchnorm(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", smallest_per_family())
 def test_every_family_exports_to_onnx_and_verifies(name, tmp_path):
+    """ONNX against eager PyTorch within 1e-4 of the largest output; then the same file as OpenVINO IR,
+    run by OpenVINO, in fp32 within the same tolerance and in bf16 (where this CPU has it) within
+    BF16_TOLERANCE (5e-2), on the same inputs."""
     from visionzoo.export import export_model
 
     model, size = _small_model(name)
     report = export_model(model, tmp_path / f"{name}.onnx", img_size=size)
     assert report.verified and report.max_relative_difference <= 1e-4
     assert {c["input"] for c in report.checks} == {"random x1", "real x1", "random x3", "real x3"}
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    from visionzoo.export.onnx import ExportResult
+    from visionzoo.export.openvino import BF16_TOLERANCE, ir_from_onnx, verify_openvino
+    from visionzoo.openvino_predict import bf16_supported
+
+    ir = ExportResult(ir_from_onnx(report.path, tmp_path / f"{name}.xml"), "openvino")
+    fp32 = verify_openvino(ir, model, img_size=size)
+    assert fp32.verified and fp32.max_relative_difference <= 1e-4, fp32.checks
+    if bf16_supported():
+        bf16 = verify_openvino(ir, model, img_size=size, precision="bf16", batch_sizes=(2,))
+        assert 1e-6 < bf16.max_relative_difference <= BF16_TOLERANCE, bf16.checks  # really bf16, and close
 
 
 def test_onnx_metadata_and_dynamic_batch(tmp_path):

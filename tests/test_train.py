@@ -91,18 +91,43 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "last" / "model.safetensors")
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+def _photo_folder(root: Path, train: int = 24, val: int = 4) -> Path:
+    """JPEGs larger than the training size, in two classes: the decoded-uint8 cache's input."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.random((30, 40, 3)) * 200).astype(np.uint8)
+                pixels[..., label] += 55
+                Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("source", ["shapes", "photo-cache"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, source):
+    """Both input paths: arrays in memory (crop preset), and JPEG files decoded once into the
+    uint8 cache and augmented there by RandomResizedCrop + flip (the transfer recipes' path)."""
     script = _script(tmp_path)
-    _run(script, {**COMMON, "out": str(tmp_path / "whole")})
+    settings, steps_per_epoch = dict(COMMON), 12  # 96 images / batch 8
+    if source == "photo-cache":
+        settings.update(data=str(_photo_folder(tmp_path / "photos")), num_classes=2, recipe="finetune",
+                        augment="light", image_size=16, cache=True, epochs=2, batch_size=8)
+        steps_per_epoch = 6  # 48 images / batch 8
+    _run(script, {**settings, "out": str(tmp_path / "whole")})
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(script),
-                                json.dumps({**COMMON, "out": str(killed), "checkpoint_every": 3})],
+                                json.dumps({**settings, "out": str(killed), "checkpoint_every": 3})],
                                env=_env(VISIONZOO_TEST_STEP_SLEEP="0.15"), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     pointer = killed / "checkpoint" / "latest.json"
     deadline = time.time() + 240
-    # 96 images / batch 8 = 12 steps per epoch: step 3, 6 or 9 is mid-epoch 1; kill there.
+    # step 3 is mid-epoch 1 (and 9 mid-epoch 2 of the shapes run); kill there.
     while time.time() < deadline:
         if pointer.exists() and json.loads(pointer.read_text())["step"] >= 3:
             break
@@ -111,12 +136,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = json.loads(pointer.read_text())["step"]
-    assert step % 12 != 0, "the kill should land mid-epoch"
+    assert step % steps_per_epoch != 0, "the kill should land mid-epoch"
     assert not (killed / "last").exists()
     _, state = load_checkpoint(killed / "checkpoint")
-    assert 0 < state["batches_done"] < 12
+    assert 0 < state["batches_done"] < steps_per_epoch
 
-    _run(script, {"resume": str(killed)})
+    _run(script, {"resume": str(killed), "num_classes": settings.get("num_classes", 10)})
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
     assert whole.keys() == resumed.keys()
     for key in whole:

@@ -32,7 +32,7 @@ from visionzoo.complexity import count_gmacs, count_params
 from visionzoo.factory import cache_dir, code_fingerprint, create_model, model_complexity
 from visionzoo.registry import get_card
 
-__all__ = ["BenchmarkSettings", "benchmark_model", "benchmark_models", "environment", "percentile"]
+__all__ = ["BenchmarkSettings", "benchmark_model", "benchmark_models", "environment", "percentile", "time_in_blocks"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,33 @@ def _repeat_interleaved(fns: list[Callable[[], Any]], settings: BenchmarkSetting
         elapsed = time.perf_counter() - begin
         if count >= settings.max_repeats or (count >= settings.min_repeats and elapsed >= settings.min_seconds):
             return samples
+
+
+def time_in_blocks(fns: dict[str, Callable[[], Any]], seconds: float, min_repeats: int = 10, block: int = 4,
+                   pause: float = 0.05, warmup: int = 3) -> dict[str, list[float]]:
+    """Milliseconds per call of each function, timed in alternating blocks (for deployment engines).
+
+    Each engine runs as deployed, with its own thread pool's defaults (onnxruntime's, OpenVINO's
+    and OpenMP's workers spin a while after a run). So that one engine's spinning threads never
+    take the cores from the next, each block starts after a short pause and one untimed call;
+    blocks alternate, so slow drifts of the machine reach every engine alike.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    first = next(iter(fns))
+    begin = time.perf_counter()
+    while len(times[first]) < min_repeats or time.perf_counter() - begin < seconds:
+        for name, fn in fns.items():
+            if pause:
+                time.sleep(pause)
+            fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 # --- memory -------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import torch.nn as nn
 from visionzoo.data.datasets import ImageDataset, collate_skipping, crop_shifted
 from visionzoo.data.sources import resolve_data
 from visionzoo.data.transforms import eval_transform
-from visionzoo.errors import SettingError
+from visionzoo.calibration import head_of
+from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import find_spec
 from visionzoo.resolve import resolve_model
@@ -173,13 +174,22 @@ def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | No
 
 def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str | None = None,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
-             tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+             tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None,
+             ood: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
-    `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`)."""
+    `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`).
+
+    Multi-label models and data (see `visionzoo.multilabel`) give mAP, per-class AP / F1 at the saved
+    thresholds, micro / macro F1 and exact match instead of top-k, and per_class_ap.png. Every result has
+    `calibration` (ECE and NLL before and after the saved temperature; reliability.png). `ood`, a folder
+    of images of none of the classes, adds `ood`: AUROC and FPR at 95% TPR of the OOD scores."""
     import json
 
     model, model_classes, data_config = _resolve_model(model_or_path, pretrained)
-    splits = resolve_data(data, split="eval")
+    head = head_of(model) or {}
+    splits = resolve_data(data, split="eval", task="multilabel" if head.get("task") == "multilabel" else None)
+    if head.get("task", splits.task) != splits.task:
+        raise DataError(f"the model is {head.get('task')} but {splits.description} is {splits.task} data")
     if model_classes:
         missing = [c for c in splits.classes if c not in model_classes]
         if missing:
@@ -198,16 +208,81 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     logits, labels, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip, tta_shift=tta_shift)
-    if remap is not None:
+    task = splits.task
+    if remap is not None and task == "multilabel":  # the data's columns moved to the model's class order
+        moved = torch.zeros(len(labels), len(class_names), dtype=labels.dtype)
+        moved[:, remap] = labels
+        labels = moved
+    elif remap is not None:
         labels = remap[labels]
-    result = classification_metrics(logits, labels, class_names)
+    from visionzoo.calibration import calibration_report, plot_reliability
+
+    temperature = float(head.get("temperature") or 1.0)
+    if task == "multilabel":
+        from visionzoo.multilabel import multilabel_metrics, plot_per_class_ap
+        from visionzoo.outputs import probabilities
+
+        result = multilabel_metrics(probabilities(logits.numpy(), {**head, "task": task}), labels.numpy(), head.get("thresholds"),
+                                    class_names)
+    else:
+        result = classification_metrics(logits, labels, class_names)
+    result["task"] = task
+    result["calibration"] = calibration_report(logits, labels, temperature, task)
+    if ood is not None:
+        result["ood"] = _ood_report(model, ood, logits, head, data_config, image_size, batch_size, workers, device,
+                                    tta_flip, tta_shift)
     result["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     result["data"] = splits.description
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plot_confusion_matrix(result["confusion_matrix"], class_names, out / "confusion_matrix.png",
-                              f"top-1 {result['top1']:.2%}")
-        result["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+        if task == "multilabel":
+            plot_per_class_ap(result["per_class"], out / "per_class_ap.png", f"mAP {result['mAP']:.2%}")
+            result["per_class_ap_png"] = str(out / "per_class_ap.png")
+        else:
+            plot_confusion_matrix(result["confusion_matrix"], class_names, out / "confusion_matrix.png",
+                                  f"top-1 {result['top1']:.2%}")
+            result["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+        plot_reliability(logits, labels, temperature, out / "reliability.png", task=task)
+        result["reliability_png"] = str(out / "reliability.png")
     return result
+
+
+def _ood_report(model, folder, in_logits, head, data_config, image_size, batch_size, workers, device,
+                tta_flip, tta_shift) -> dict[str, Any]:
+    """AUROC and FPR@95%TPR of the in-distribution evaluation images against the images in `folder`."""
+    import numpy as np
+
+    from visionzoo.calibration import DEFAULT_OOD_SCORE, summarise_ood
+    from visionzoo.data.datasets import ImageDataset, collate_skipping
+    from visionzoo.data.sources import FileSamples
+    from visionzoo.data.transforms import eval_transform
+    from visionzoo.outputs import ood_score, task_of
+    from visionzoo.results import expand_image_paths
+
+    if task_of(head) == "multilabel":
+        raise SettingError("--ood applies to single-label models (a multi-label model answers 'no label' when no "
+                         "class passes its threshold)")
+    if not Path(folder).is_dir():
+        raise DataError(f"--ood {folder} is not a folder of images")
+    paths = expand_image_paths([folder])
+    if not paths:
+        raise DataError(f"--ood {folder} holds no images (.jpg, .png, ...)")
+    dataset = ImageDataset(FileSamples(paths, np.zeros(len(paths), dtype=np.int64)), eval_transform(data_config, image_size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    out_logits, _, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip, tta_shift=tta_shift)
+    if len(out_logits) == 0:
+        raise DataError(f"none of the {len(paths)} images in {folder} could be read")
+    temperature = float(head.get("temperature") or 1.0)
+    rule = head.get("ood") or {}
+    chosen = rule.get("score", DEFAULT_OOD_SCORE)
+    scores = summarise_ood(in_logits, out_logits, temperature)
+    report = {"score": chosen, "images": len(out_logits), "skipped": len(skipped), **scores[chosen], "scores": scores}
+    if rule:
+        threshold = float(rule["threshold"])
+        report["threshold"] = threshold
+        report["rejected"] = float((ood_score(out_logits.numpy(), chosen, temperature) < threshold).mean())
+        report["rejected_in_distribution"] = float((ood_score(in_logits.numpy(), chosen, temperature) < threshold).mean())
+    return report

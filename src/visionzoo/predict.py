@@ -6,6 +6,9 @@
 Each result is `{"path", "predictions": [{"index", "label", "prob"}]}`, or `{"path", "error"}`
 for a file that cannot be read (the others are still predicted). `prediction_record` builds
 one result from class probabilities, so other back ends (ONNX) format theirs the same way.
+A model trained by visionzoo applies its head facts (`visionzoo.outputs.result_record`): the
+saved temperature; `"unknown": true` below its OOD threshold (unless `reject=False`); for
+multi-label models sigmoid probabilities and `"labels"`, the classes over their thresholds.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from visionzoo.calibration import head_of
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import SettingError
 from visionzoo.factory import class_names, data_config, transforms
+from visionzoo.outputs import result_record
 from visionzoo.resolve import resolve_model
 from visionzoo.results import error_record, expand_image_paths, format_table, prediction_record
 
@@ -35,22 +40,23 @@ def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | st
 
 @torch.inference_mode()
 def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, batch_size: int = 16,
-                   labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                   labels: Sequence[str] | None = None, reject: bool = True) -> list[dict[str, Any]]:
     """Results for `paths` in order; unreadable files give error records."""
     if topk < 1:
         raise SettingError(f"topk must be at least 1, got {topk}")
     transform = transforms(model)
     labels = labels if labels is not None else class_names(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    head = head_of(model)
     results: list[dict[str, Any] | None] = [None] * len(paths)
     batch, where = [], []
 
     def flush() -> None:
         if not batch:
             return
-        probs = model(torch.stack(batch).to(device)).float().softmax(dim=-1).cpu()
-        for row, index in zip(probs, where):
-            results[index] = prediction_record(paths[index], row, labels, topk)
+        logits = model(torch.stack(batch).to(device)).float().cpu().numpy()
+        for row, index in zip(logits, where):
+            results[index] = result_record(paths[index], row, labels, topk, head, reject=reject)
         batch.clear()
         where.clear()
 
@@ -72,12 +78,13 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
 
 
 def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.PathLike], *, topk: int = 5,
-            pretrained: bool | str | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
+            pretrained: bool | str | None = None, batch_size: int = 16, reject: bool = True) -> list[dict[str, Any]]:
     """Top-k predictions for image files, folders and globs (see the module docstring)."""
     paths = expand_image_paths(images)
     if not paths:
         raise SettingError("no images given")
-    return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size)
+    return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size,
+                          reject=reject)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """What a model argument means, the same for every command, `predict` and `serve`.
 
     MODEL        a registered name (`resnet50`), a folder written by `save_model` (a run folder
-                 means its `best/`), or, where the caller allows it, an exported `.onnx` file
+                 means its `best/`), or, where the caller allows it, an exported `.onnx` file or
+                 OpenVINO IR (`.xml`)
     --pretrained none | default | ARCH.TAG | PATH (a weight file) | hf-hub:ORG/REPO
 
 Import-light on purpose: `parse_pretrained` and the ONNX path never import torch, so the
@@ -38,12 +39,14 @@ def parse_pretrained(text: str | bool | None) -> bool | str | None:
 
 
 def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pretrained: bool = True,
-                  allow_onnx: bool = False, onnx_threads: int | None = None, **overrides: Any):
+                  allow_onnx: bool = False, onnx_threads: int | None = None, runtime: str | None = None,
+                  **overrides: Any):
     """The model `spec` names, in eval mode.
 
     `spec` is a module (returned as is), a saved-model folder (its own weights: `pretrained` must
-    not be given), a run folder (its best/), an `.onnx` file when `allow_onnx` (an `OnnxClassifier`,
-    without importing torch, run on `onnx_threads`), or a registered name built with `pretrained`
+    not be given), a run folder (its best/), an `.onnx` or OpenVINO `.xml` file when `allow_onnx` (an
+    `ExportedClassifier`, without importing torch, run on `onnx_threads` by `runtime`: onnxruntime,
+    openvino or openvino-bf16; default: onnxruntime for .onnx, OpenVINO for .xml), or a registered name built with `pretrained`
     (text as the CLI takes it, or a value for `create_model`; when None, `default_pretrained`
     decides) and the builder `overrides`.
     """
@@ -52,17 +55,19 @@ def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pr
     weights = parse_pretrained(pretrained)
     text = os.fspath(spec)
     path = Path(text)
-    if text.endswith(".onnx"):
+    if text.endswith((".onnx", ".xml")):
         if not allow_onnx:
-            raise SettingError(f"{text} is an exported ONNX model; this command needs a registered model name "
+            raise SettingError(f"{text} is an exported model; this command needs a registered model name "
                                "or a folder written by visionzoo.save_model")
         if weights is not None:
             raise SettingError(f"--pretrained does not apply to the exported model {text}; drop --pretrained")
         if not path.is_file():
-            raise FileNotFoundError(f"no such ONNX file: {text}")
-        from visionzoo.onnx_predict import OnnxClassifier
+            raise FileNotFoundError(f"no such {'ONNX' if text.endswith('.onnx') else 'OpenVINO IR'} file: {text}")
+        from visionzoo.onnx_predict import open_exported
 
-        return OnnxClassifier(text, threads=onnx_threads)
+        return open_exported(text, runtime, threads=onnx_threads)
+    if runtime is not None:
+        raise SettingError(f"--runtime applies to exported files (.onnx, .xml), not to {text}")
     if path.is_dir():
         if weights is not None:
             raise SettingError(f"{text} is a saved model that carries its own weights; drop --pretrained")

@@ -1,7 +1,7 @@
 """Prediction results, the same for every back end (PyTorch, ONNX, the server); no PyTorch here.
 
 Each result is `{"path", "predictions": [{"index", "label", "prob"}]}`, or `{"path", "error"}` for
-a file that cannot be read. This module imports only numpy, so the torch-free ONNX predictor uses it.
+a file that cannot be read; trained heads add `"unknown"` or `"labels"` (see `visionzoo.outputs`). This module imports only numpy, so the torch-free ONNX predictor uses it.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         if "error" in result:
             lines.append(f"  error: {result['error']}")
             continue
+        if result.get("unknown"):
+            lines.append("  unknown: unlike the images of every class the model knows (the ranks below are its guesses)")
+        if "labels" in result:
+            lines.append(f"  labels: {', '.join(result['labels']) if result['labels'] else '(none over its threshold)'}")
         for rank, p in enumerate(result["predictions"], 1):
             lines.append(f"  {rank:>2}  {p['prob'] * 100:6.2f}%  {p['label']} ({p['index']})")
     return "\n".join(lines)

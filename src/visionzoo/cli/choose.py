@@ -9,7 +9,8 @@ from pathlib import Path
 from rich.table import Table
 
 import visionzoo
-from visionzoo.cli.common import console, err_console
+from visionzoo.cli.common import console, err_console, print_engine_choice
+from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_benchmark", "cmd_advise", "cmd_evolution"]
 
@@ -30,6 +31,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from visionzoo.benchmark import BenchmarkSettings, benchmark_model, environment
 
     names = [visionzoo.model_info(name)["name"] for name in args.models]  # unknown names fail before any timing
+    if args.engine:
+        return _benchmark_engines(args, names)
     settings = BenchmarkSettings(device=args.device, batch_sizes=args.batch_sizes, img_size=args.img_size,
                                  precision=args.precision, backend=args.backend, train=args.train,
                                  threads=args.threads, vs_timm=args.vs_timm)
@@ -77,6 +80,46 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             row.append(" ".join(f"{k.replace('time_', '')}={v:.2f}" for k, v in ratios.items() if k != "latency_p50"))
         table.add_row(*row)
     console.print(table)
+    return 0
+
+
+def _benchmark_engines(args: argparse.Namespace, names: list[str]) -> int:
+    """`benchmark --engine NAME[,NAME]|all|auto`: latency percentiles and throughput per engine."""
+    from visionzoo.benchmark import BenchmarkSettings, environment
+    from visionzoo.engines import benchmark_engines
+
+    if args.device != "cpu" or args.precision != "fp32" or args.backend != "eager" or args.train or args.vs_timm:
+        raise UsageError("--engine measures CPU inference engines; drop --device, --precision, --backend, --train "
+                         "and --vs-timm (each engine has its own precision)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = [benchmark_engines(name, args.engine, batch_sizes=args.batch_sizes, img_size=args.img_size,
+                                 threads=args.threads, use_cache=not args.no_cache, eval_dir=args.eval_data)
+               for name in names]
+    env = environment(BenchmarkSettings(threads=args.threads))
+    if args.json:
+        print(json.dumps({"environment": env, "results": results}, indent=2))
+        return 0
+    console.print(" ".join(f"{k}={v}" for k, v in env.items()), highlight=False)
+    table = Table(title="inference engines (latency at batch 1; throughput at each batch size)")
+    for column in ["model", "engine", "precision", "p50 ms", "p90 ms", "p99 ms",
+                   *[f"img/s @{b}" for b in args.batch_sizes]]:
+        table.add_column(column, justify="left" if column in ("model", "engine", "precision") else "right")
+    for result in results:
+        for row in result["engines"]:
+            lat = row["latency_ms"]
+            table.add_row(result["model"], row["engine"] + (" *" if row["engine"] == result.get("chosen") else "")
+                          + (" (cached)" if row["cached"] else ""), row["precision"],
+                          *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("p50", "p90", "p99")),
+                          *(f"{row['throughput'][str(b)]:.1f}" for b in args.batch_sizes))
+    console.print(table)
+    for result in results:
+        for name, reason in result["skipped"].items():
+            console.print(f"{result['model']}: skipped {name}: {reason}", highlight=False)
+        if result.get("choice"):
+            print_engine_choice(result["choice"])
     return 0
 
 
@@ -210,6 +253,11 @@ def add_parsers(commands) -> None:
     p.add_argument("--train", action="store_true", help="also measure training-step throughput")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's default)")
     p.add_argument("--vs-timm", action="store_true", help="measure timm's model of the same name, interleaved")
+    p.add_argument("--engine", metavar="NAME|all|auto",
+                   help="measure inference engines instead: eager, compile, onnxruntime-fp32, onnxruntime-int8, "
+                        "openvino-fp32, openvino-bf16, openvino-int8 (comma-separated), all, or auto (also pick "
+                        "the fastest within the accuracy rule)")
+    p.add_argument("--eval-data", metavar="DIR", help="labelled images for --engine auto's accuracy rule")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, console
+from visionzoo.cli.common import add_pretrained_argument, console, print_engine_choice
+from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_export"]
 
@@ -17,10 +18,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from visionzoo.resolve import resolve_model
 
     model = resolve_model(args.model, args.pretrained)
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    if args.engine:
+        return _export_engine(args, model)
+    suffix = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}[args.format]
     out = Path(args.out) if args.out else Path(Path(args.model).stem if Path(args.model).exists() else args.model + suffix)
     if out.suffix == "":
         out = out.with_suffix(suffix)
+    elif args.format == "openvino" and out.suffix != ".xml":
+        raise UsageError(f"an OpenVINO IR is written as NAME.xml (with NAME.bin beside it), got --out {out}")
     report = export_model(model, out, format=args.format, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
                           opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8,
                           int8_scheme=args.int8_scheme, calib_dir=args.calib,
@@ -42,13 +47,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_engine(args: argparse.Namespace, model) -> int:
+    """`export --engine auto|NAME`: measure the engines here (auto), write the chosen engine's file."""
+    from pathlib import Path
+
+    from visionzoo.engines import EXPORTABLE, export_engine
+
+    if args.int8 or args.format != "onnx" or args.fold_bn:
+        raise UsageError("--engine decides the format and precision; drop --format, --int8 and --fold-bn")
+    if args.engine != "auto" and args.engine not in EXPORTABLE:
+        raise UsageError(f"--engine for export: auto or one of {', '.join(EXPORTABLE)}, got {args.engine!r}")
+    stem = Path(args.out) if args.out else Path(Path(args.model).stem if Path(args.model).exists() else args.model)
+    result = export_engine(model, stem.with_suffix(""), engine=args.engine, img_size=args.img_size,
+                           calib_dir=args.calib, calib_count=args.calib_count, eval_dir=args.eval_data,
+                           threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if result["choice"]:
+        print_engine_choice(result["choice"])
+    console.print(f"exported {result['model']} for {result['engine']} to {result['path']}", highlight=False)
+    return 0
+
+
 def add_parsers(commands) -> None:
-    p = commands.add_parser("export", help="export a model to ONNX or TorchScript, verified",
-                            description="Export a model to ONNX or TorchScript and verify it computes the same function.")
+    p = commands.add_parser("export", help="export a model to ONNX, OpenVINO IR or TorchScript, verified",
+                            description="Export a model to ONNX, OpenVINO IR or TorchScript and verify it computes "
+                                        "the same function.")
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered model name or saved model path")
     add_pretrained_argument(p)
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", metavar="FILE", help="output file (default: MODEL.onnx or MODEL.pt)")
+    p.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default="onnx",
+                   help="onnx (default), openvino (IR: MODEL.xml + MODEL.bin) or torchscript")
+    p.add_argument("--out", metavar="FILE", help="output file (default: MODEL.onnx, MODEL.xml or MODEL.pt)")
     p.add_argument("--img-size", type=int, metavar="S", help="input size (default: the model's)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic batch dimension (default: on)")
@@ -65,5 +95,10 @@ def add_parsers(commands) -> None:
     p.add_argument("--eval-data", metavar="DIR", help="class-per-folder images: report top-1 of fp32 (and int8)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="compare the export with eager PyTorch (default: on)")
+    p.add_argument("--engine", metavar="auto|NAME",
+                   help="auto: measure the inference engines here and export for the fastest within the accuracy "
+                        "rule (on --eval-data, else the --calib images); or an engine: onnxruntime-fp32, "
+                        "onnxruntime-int8, openvino-fp32, openvino-bf16, openvino-int8")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for --engine measurements")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_export)

@@ -1,4 +1,4 @@
-"""`visionzoo predict`: each image's top-k classes. An `.onnx` model runs without PyTorch."""
+"""`visionzoo predict`: each image's top-k classes. An `.onnx` or OpenVINO `.xml` model runs without PyTorch."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_image_paths(args.images)
     if not paths:
         raise UsageError("no images given")
-    model = resolve_model(args.model, args.pretrained, allow_onnx=True)
-    if args.model.endswith(".onnx"):  # the torch-free path: numpy, Pillow and onnxruntime only
-        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size)
+    model = resolve_model(args.model, args.pretrained, allow_onnx=True, runtime=args.runtime)
+    if args.model.endswith((".onnx", ".xml")):  # the torch-free path: numpy, Pillow and onnxruntime or OpenVINO
+        results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     else:
         from visionzoo.predict import predict_images
 
-        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size)
+        results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -40,10 +40,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_parsers(commands) -> None:
     p = commands.add_parser("predict", help="classify images with a pretrained or saved model",
                             description="Print each image's top-k classes with probabilities.")
-    p.add_argument("model", metavar="MODEL", help="registered model name, saved model folder, or exported .onnx file")
+    p.add_argument("model", metavar="MODEL",
+                   help="registered model name, saved model folder, or exported .onnx / OpenVINO .xml file")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     add_pretrained_argument(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to show per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
-    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"}')
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16"],
+                   help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml)")
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"path", "predictions"} / {"path", "error"} '
+                   '(multi-label models add "labels"; models with an unknown rule add "unknown")')
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_predict)

@@ -18,8 +18,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"serving on {args.host}, reachable from other machines")
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_upload_mb=args.max_upload_mb, queue=args.queue)
-    classifier = load_classifier(args.model, args.pretrained, threads=args.threads)
+                             max_upload_mb=args.max_upload_mb, queue=args.queue, reject=args.reject)
+    classifier = load_classifier(args.model, args.pretrained, threads=args.threads, runtime=args.runtime)
     console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
     uvicorn.run(create_app(classifier, settings), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parsers(commands) -> None:
     p = commands.add_parser("serve", help="an HTTP API and a web page for a model",
                             description="Serve a model over HTTP with dynamic batching, and a page to try it.")
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered name, saved model, or .onnx file")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered name, saved model, .onnx or .xml file")
     add_pretrained_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -37,4 +37,8 @@ def add_parsers(commands) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
     p.add_argument("--queue", type=int, default=256, help="requests waiting before 503 (default: 256)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16"],
+                   help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml)")
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_serve)

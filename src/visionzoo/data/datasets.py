@@ -81,7 +81,10 @@ class ImageDataset(Dataset):
                 finally:
                     if saved is not None:
                         generator.set_state(saved)
-        return image, int(self.samples.labels[index]), index
+        label = self.samples.labels[index]
+        if np.ndim(label):  # multi-label: the image's multi-hot row, as floats for the loss
+            return image, torch.as_tensor(np.asarray(label), dtype=torch.float32), index
+        return image, int(label), index
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Skipped]]:
@@ -91,7 +94,10 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([item[0] for item in good])
-    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    if isinstance(good[0][1], torch.Tensor):  # multi-hot rows of multi-label data
+        labels = torch.stack([item[1] for item in good])
+    else:
+        labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     return images, labels, indices, skipped
 
@@ -231,7 +237,8 @@ class ResidentBatches:
                  padding: int = 0, device: torch.device | str = "cpu"):
         images = torch.from_numpy(np.array(samples.images))  # a writable copy (the cache is a read-only memmap)
         self.images = images.to(device).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
-        self.labels = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long).to(device)
+        labels = np.asarray(samples.labels)
+        self.labels = torch.as_tensor(labels, dtype=torch.long if labels.ndim == 1 else torch.float32).to(device)
         self.batch_size = batch_size
         self.sampler = sampler
         self.padding = padding
@@ -316,30 +323,45 @@ def resize_short_center_crop(image, size: int) -> np.ndarray:
 
 
 class _CacheDecode(Dataset):
-    def __init__(self, paths: list[str], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[str], size: int, crop: int | None = None):
+        self.paths, self.size, self.crop = paths, size, crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return index, resize_short_center_crop(decode_image(self.paths[index]), self.size), None
+            array = resize_short_center_crop(decode_image(self.paths[index]), self.size)
         except ImageDecodeError as error:
             return index, None, Skipped(error.path, error.reason)
+        if self.crop is not None and self.crop < self.size:
+            top = (self.size - self.crop) // 2  # the centre crop of evaluation, done once
+            array = np.ascontiguousarray(array[top:top + self.crop, top:top + self.crop])
+        return index, array, None
 
 
-def cache_pixels(samples: Samples, size: int, *, workers: int = 0,
+def cache_pixels(samples: Samples, size: int, *, workers: int = 0, crop: int | None = None,
+                 in_memory: bool = False,
                  progress: Callable[[int], None] | None = None) -> tuple[ArraySamples, list[Skipped]]:
     """Decode `samples` once into a memory-mapped (N, size, size, 3) uint8 file in the cache folder.
 
     Later runs over the same files (same paths, sizes and mtimes) and size reopen the file
-    without decoding. Images are resized on the shorter side and centre-cropped square.
+    without decoding. Images are resized on the shorter side and centre-cropped square; with
+    `crop`, the centre `crop` x `crop` of that is kept (the evaluation view, cut once).
+    With `in_memory`, the pixels are decoded into an ordinary array instead (no file, nothing
+    reused across runs): for sets that fit in memory (`visionzoo.data.cache` decides).
     Bad files are left out and returned.
     """
     if isinstance(samples, ArraySamples):
         return samples, []
-    fingerprint = hashlib.sha1(str(size).encode())
+    side = size if crop is None else min(crop, size)
+    if in_memory:
+        images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
+        ok, bad = _decode_into(images, samples, size, crop, workers, progress)
+        keep = np.flatnonzero(ok)
+        images = images if len(keep) == len(samples) else images[keep]
+        return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
+    fingerprint = hashlib.sha1((str(size) if crop is None else f"{size}:crop{crop}").encode())
     for path in samples.paths:
         try:
             stat = os.stat(path)
@@ -348,7 +370,7 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0,
             fingerprint.update(f"{path}:missing\n".encode())
     fingerprint.update(samples.labels.tobytes())
     folder = cache_root() / "pixels"
-    stem = folder / f"{fingerprint.hexdigest()[:20]}-{size}px"
+    stem = folder / f"{fingerprint.hexdigest()[:20]}-{side}px"
     pixels, meta_path = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if pixels.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -361,24 +383,12 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0,
 
     folder.mkdir(parents=True, exist_ok=True)
     scratch = stem.with_name(f"{stem.name}.tmp{os.getpid()}.npy")
-    images = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(len(samples), size, size, 3))
-    ok = np.zeros(len(samples), dtype=bool)
-    bad: list[Skipped] = []
-    loader = torch.utils.data.DataLoader(_CacheDecode(samples.paths, size), batch_size=64, num_workers=workers,
-                                         collate_fn=list)
-    for batch in loader:
-        for index, array, skipped in batch:
-            if skipped is not None:
-                bad.append(skipped)
-            else:
-                images[index] = array
-                ok[index] = True
-        if progress:
-            progress(len(batch))
+    images = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
+    ok, bad = _decode_into(images, samples, size, crop, workers, progress)
     keep = np.flatnonzero(ok)
     if len(keep) < len(samples):  # compact: the cache holds good images only
         compact = np.lib.format.open_memmap(scratch.with_name(scratch.name + ".c.npy"), mode="w+", dtype=np.uint8,
-                                            shape=(len(keep), size, size, 3))
+                                            shape=(len(keep), side, side, 3))
         compact[:] = images[keep]
         del images
         os.replace(compact.filename, scratch)
@@ -391,3 +401,22 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0,
     tmp_meta.write_text(json.dumps({"kept": keep.tolist(), "bad": [[b.path, b.reason] for b in bad]}))
     os.replace(tmp_meta, meta_path)
     return ArraySamples(np.load(pixels, mmap_mode="r"), samples.labels[keep], [samples.paths[i] for i in keep]), bad
+
+
+def _decode_into(images: np.ndarray, samples: FileSamples, size: int, crop: int | None, workers: int,
+                 progress: Callable[[int], None] | None) -> tuple[np.ndarray, list[Skipped]]:
+    """Decode every file into its row of `images`; (which rows are good, the bad files)."""
+    ok = np.zeros(len(samples), dtype=bool)
+    bad: list[Skipped] = []
+    loader = torch.utils.data.DataLoader(_CacheDecode(samples.paths, size, crop), batch_size=16, num_workers=workers,
+                                         collate_fn=list)
+    for batch in loader:
+        for index, array, skipped in batch:
+            if skipped is not None:
+                bad.append(skipped)
+            else:
+                images[index] = array
+                ok[index] = True
+        if progress:
+            progress(len(batch))
+    return ok, bad

@@ -8,6 +8,10 @@
 - fast: for the `crop` and `none` presets with whole-image evaluation (crop_pct 1), uint8
   images are cropped and flipped per sample from the sampler's seed (`SeededCropFlip`) and
   normalised as a batch on the device (`Loaders.normalize`);
+- photos: arrays from the decoded-uint8 photo cache (`data.cache.cache_photos`, `photo_cache=True`)
+  are augmented as uint8 per sample (RandomResizedCrop and flip, `uint8_train_transform`), the
+  validation arrays already are the evaluation view, and both are normalised as a batch on the
+  device;
 - otherwise torchvision transforms per sample (`train_transform`, `eval_transform`).
 
 The three give the same batches where they overlap (the resident and fast paths are tested
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from visionzoo.data.cache import uint8_eval_view, uint8_train_transform
 from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSampler, Skipped, cache_pixels,
                                      collate_skipping, scan_files)
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples
@@ -121,7 +126,8 @@ class Loaders:
 def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str, Any], image_size: int,
                   batch_size: int, val_batch_size: int, augment: str, crop_padding_px: int | None = None,
                   alternate_flip: bool = False, balanced: bool = False, num_classes: int, workers: int | None = None,
-                  seed: int = 0, device: torch.device, rank: int = 0, world: int = 1) -> Loaders:
+                  seed: int = 0, device: torch.device, rank: int = 0, world: int = 1,
+                  photo_cache: bool = False) -> Loaders:
     """The loaders of one process (`rank` of `world`).
 
     Args:
@@ -133,26 +139,40 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         alternate_flip: mirror each image every other epoch (airbench); needs the fast path.
         balanced: draw training images in inverse proportion to their class's size.
         workers: loader processes; None: `default_workers(train)`.
+        photo_cache: `train` and `val` come from `data.cache.cache_photos` (uint8 arrays, the
+            validation ones at the evaluation view).
     """
     def fits(samples) -> bool:
         return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
                                                     samples.images.shape[1:3] == (image_size, image_size))
 
     has_val = val is not None and len(val) > 0
-    fast_input = (augment in ("crop", "none") and fits(train) and (val is None or fits(val))
+    fast_input = (not photo_cache and augment in ("crop", "none") and fits(train) and (val is None or fits(val))
                   and float(data_config.get("crop_pct", 0.875)) == 1.0)
     if fast_input:
         padding = crop_padding(image_size, crop_padding_px) if augment == "crop" else 0
         normalize = NormalizeInput(data_config["mean"], data_config["std"]).to(device)
         train_set = ImageDataset(train, SeededCropFlip(padding, image_size))
         val_set = ImageDataset(val, SeededCropFlip(0, image_size)) if has_val else None
+    elif photo_cache:  # uint8 in, uint8 out (float for the presets without a uint8 form), normalised on the device
+        normalize = NormalizeInput(data_config["mean"], data_config["std"]).to(device)
+        train_set = ImageDataset(train, uint8_train_transform(data_config, augment, image_size)
+                                 or train_transform(data_config, augment, image_size, crop_padding_px))
+        at_size = has_val and isinstance(val, ArraySamples) and val.images.shape[1:3] == (image_size, image_size)
+        view = None if at_size else uint8_eval_view(data_config, image_size, cache_size(image_size, data_config))
+        val_set = ImageDataset(val, view) if has_val else None
     else:
         normalize = None
         train_set = ImageDataset(train, train_transform(data_config, augment, image_size, crop_padding_px))
         val_set = ImageDataset(val, eval_transform(data_config, image_size)) if has_val else None
     weights = None
     if balanced:
-        weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
+        if np.ndim(train.labels) == 2:  # multi-label: per label (see data.multilabel)
+            from visionzoo.data.multilabel import balanced_sample_weights
+
+            weights = balanced_sample_weights(train.labels)
+        else:
+            weights = 1.0 / np.maximum(class_counts(train.labels, num_classes), 1)[train.labels]
     if alternate_flip and not fast_input:
         raise SettingError("alternate_flip works with the crop augmentation (augment='crop') and whole-image "
                          f"evaluation; this run uses augment={augment!r}")

@@ -12,7 +12,12 @@ Accepted specs:
                         with an optional third column `split` (train / val / test)
     FILE.tar[.gz|.tgz]  an archive holding such a tree; unpacked once into the cache folder
     builtin:shapes      procedurally generated shapes, 10 classes, no download;
-                        options as a query: builtin:shapes?size=32&train=2000&val=500&seed=0
+                        options as a query: builtin:shapes?size=32&train=2000&val=500&seed=0,
+                        classes=circle,ring,... (only these), task=multilabel (1-3 shapes each)
+
+Multi-label data (a CSV of `path,labels` with `|`-separated labels, a CSV of 0/1 class columns,
+a folder with a labels.csv; see `visionzoo.data.multilabel`) gives `DataSplits.task == "multilabel"`
+and (N, C) multi-hot labels.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from visionzoo.data.decode import is_image_file
-from visionzoo.errors import DataError
+from visionzoo.errors import DataError, SettingError
 
 __all__ = ["FileSamples", "ArraySamples", "DataSplits", "resolve_data", "cache_root", "stratified_split"]
 
@@ -76,6 +81,7 @@ class DataSplits:
     val: Samples | None
     description: str
     native_size: int | None = None  # side of the images when known without decoding (generated data)
+    task: str = "multiclass"  # or "multilabel": labels are (N, C) multi-hot
 
 
 def cache_root() -> Path:
@@ -101,19 +107,37 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
-def resolve_data(spec: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, split: str = "train") -> DataSplits:
+def resolve_data(spec: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, split: str = "train",
+                 task: str | None = None) -> DataSplits:
     """Interpret a `--data` value. `split="eval"` makes a tree without a validation folder count
-    wholly as validation data (for `visionzoo eval`) instead of being split."""
+    wholly as validation data (for `visionzoo eval`) instead of being split. `task` ("multiclass"
+    or "multilabel"; None: inferred from the data) reads single-label rows as multi-label too."""
+    if task not in (None, "multiclass", "multilabel"):
+        raise SettingError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
     text = str(spec)
     if text.startswith("builtin:"):
-        return _builtin(text)
+        splits = _builtin(text)
+        if task == "multilabel" and splits.task != "multilabel":
+            raise DataError(f"{text} is single-label; add task=multilabel to its query for multi-label shapes")
+        return splits
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data {text!r} does not exist; give a folder, a .csv, a .tar/.tar.gz or builtin:shapes")
+    if path.is_dir() and (path / "labels.csv").is_file():
+        return _multilabel_csv(path / "labels.csv", path, val_fraction, seed, split, task, f"folder {path}")
     if path.is_dir():
+        if task == "multilabel":
+            raise DataError(f"{path} is a class-per-folder tree (one label per image); multi-label data needs "
+                             f"{path / 'labels.csv'} or a CSV of path,labels")
         return _from_tree(path, val_fraction, seed, split)
     name = path.name.lower()
     if name.endswith(".csv"):
+        from visionzoo.data.multilabel import looks_multilabel
+
+        if task == "multilabel" or (task is None and looks_multilabel(path)):
+            return _multilabel_csv(path, path.parent, val_fraction, seed, split, task, f"csv {path}")
+        if task == "multiclass" and looks_multilabel(path):
+            raise DataError(f"{path} holds several labels per image (multi-label data); drop --task multiclass")
         return _from_csv(path, val_fraction, seed, split)
     if name.endswith((".tar", ".tar.gz", ".tgz")):
         return _from_tree(_unpack(path), val_fraction, seed, split, description=f"archive {path}")
@@ -210,6 +234,30 @@ def _from_csv(path: Path, val_fraction: float, seed: int, split: str) -> DataSpl
     return DataSplits(classes, everything.subset(train_part), everything.subset(val_part), f"csv {path}")
 
 
+def _multilabel_csv(path: Path, base: Path, val_fraction: float, seed: int, split: str, task: str | None,
+                    description: str) -> DataSplits:
+    from visionzoo.data.multilabel import iterative_split, read_multilabel_csv
+
+    if task == "multiclass":
+        raise DataError(f"{path} is multi-label data (several labels per image); drop --task multiclass")
+    paths, classes, labels, splits = read_multilabel_csv(path, base, force=task == "multilabel")
+
+    def samples(indices) -> FileSamples:
+        return FileSamples([paths[i] for i in indices], labels[indices])
+
+    if splits is not None:
+        train = samples([i for i, s in enumerate(splits) if s in ("", "train")])
+        val = samples([i for i, s in enumerate(splits) if s in VAL_FOLDER_NAMES])
+        return DataSplits(classes, train, val, description, task="multilabel")
+    everything = samples(range(len(paths)))
+    if split == "eval":
+        return DataSplits(classes, everything, everything, description, task="multilabel")
+    train_part, val_part = iterative_split(labels, val_fraction, seed)
+    return DataSplits(classes, everything.subset(train_part), everything.subset(val_part),
+                      f"{description} (iterative stratified split {1 - val_fraction:.0%}/{val_fraction:.0%}, seed {seed})",
+                      task="multilabel")
+
+
 def _unpack(archive: Path) -> Path:
     """Unpack once into the cache; the folder name carries the archive's size and mtime."""
     stat = archive.stat()
@@ -245,14 +293,40 @@ def _builtin(text: str) -> DataSplits:
     if name != "builtin:shapes":
         raise DataError(f"unknown built-in dataset {name!r}; available: builtin:shapes")
     options = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
-    unknown = set(options) - {"size", "train", "val", "seed"}
+    unknown = set(options) - {"size", "train", "val", "seed", "classes", "task"}
     if unknown:
-        raise DataError(f"builtin:shapes does not take {sorted(unknown)}; options: size, train, val, seed")
+        raise DataError(f"builtin:shapes does not take {sorted(unknown)}; options: size, train, val, seed, classes, task")
     size = int(options.get("size", 32))
     train_count, val_count, seed = int(options.get("train", 2000)), int(options.get("val", 500)), int(options.get("seed", 0))
+    task = options.get("task", "multiclass")
+    if task not in ("multiclass", "multilabel"):
+        raise DataError(f"builtin:shapes task must be multiclass or multilabel, got {task!r}")
+    description = f"builtin:shapes ({train_count} train, {val_count} val, {size}px, seed {seed}"
+    if task == "multilabel":
+        from visionzoo.data.multilabel import make_shape_sets
+
+        train = make_shape_sets(train_count, size=size, seed=seed)
+        val = make_shape_sets(val_count, size=size, seed=seed + 1_000_003)
+        return DataSplits(list(SHAPE_CLASSES), train, val, description + ", multi-label)", size, task="multilabel")
     train = make_shapes(train_count, size=size, seed=seed)
     val = make_shapes(val_count, size=size, seed=seed + 1_000_003)
-    return DataSplits(list(SHAPE_CLASSES), train, val, f"builtin:shapes ({train_count} train, {val_count} val, {size}px, seed {seed})", size)
+    classes = list(SHAPE_CLASSES)
+    if "classes" in options:  # a subset, e.g. to hold the other shapes out as unknowns
+        chosen = [name.strip() for name in options["classes"].split(",") if name.strip()]
+        wrong = [name for name in chosen if name not in SHAPE_CLASSES]
+        if wrong or not chosen:
+            raise DataError(f"builtin:shapes has no class {wrong or chosen}; classes: {', '.join(SHAPE_CLASSES)}")
+        keep = [SHAPE_CLASSES.index(name) for name in chosen]
+        remap = np.full(len(SHAPE_CLASSES), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+
+        def only(samples: ArraySamples) -> ArraySamples:
+            kept = samples.subset(np.flatnonzero(remap[samples.labels] >= 0))
+            return ArraySamples(kept.images, remap[kept.labels], kept.names)
+
+        train, val, classes = only(train), only(val), chosen
+        description += f", classes {','.join(chosen)}"
+    return DataSplits(classes, train, val, description + ")", size)
 
 
 def make_shapes(count: int, *, size: int = 64, seed: int = 0) -> ArraySamples:

@@ -1,8 +1,9 @@
-"""Deployment: export to ONNX or TorchScript, BN folding, int8 quantisation, and verification.
+"""Deployment: export to ONNX, OpenVINO IR or TorchScript, BN folding, int8 quantisation, and verification.
 
 `export_model` is what `visionzoo export` runs: build or load the model, optionally fold its
 batch norms, export, verify the file against eager PyTorch on random and real images at two
-batch sizes, and optionally quantise to int8 and measure top-1 before and after.
+batch sizes, and optionally quantise to int8 (onnxruntime's tools for ONNX, NNCF for OpenVINO)
+and measure top-1 before and after.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ from visionzoo.export.quantize import quantization_kind, quantize_int8
 from visionzoo.factory import model_name, with_spec
 from visionzoo.weights.lora import is_lora, merge_lora
 
-__all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "verify_onnx",
-           "verify_torchscript", "quantize_int8", "ExportReport", "onnx_top1"]
+__all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "export_openvino", "verify_onnx",
+           "verify_torchscript", "verify_openvino", "quantize_int8", "ExportReport", "onnx_top1", "classifier_top1",
+           "exported_top1", "FORMATS"]
+
+FORMATS = ("onnx", "openvino", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 
 
 @dataclass
@@ -45,7 +50,7 @@ class ExportReport:
     int8_path: Path | None = None
     top1_fp32: float | None = None
     top1_int8: float | None = None
-    int8_scheme: str | None = None  # 'int8-static-qdq' or 'int8-dynamic', read back from the file
+    int8_scheme: str | None = None  # 'int8-static-qdq', 'int8-dynamic' or 'int8-nncf[-transformer]', from the file
     merged_adapter: bool = False  # a LoRA adapter was merged first; `checks` compare with the unmerged model
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,7 +102,21 @@ def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> floa
     """Top-1 accuracy of an ONNX model on a class-per-folder tree whose folder names are its class names."""
     from visionzoo.onnx_predict import OnnxClassifier
 
-    classifier = OnnxClassifier(onnx_path)
+    return classifier_top1(OnnxClassifier(onnx_path), data_dir, limit)
+
+
+def exported_top1(path: Path, data_dir: Path, limit: int | None = None) -> float:
+    """Top-1 of an exported file (.onnx by onnxruntime, .xml by OpenVINO in fp32) on a class-per-folder tree."""
+    if Path(path).suffix == ".xml":
+        from visionzoo.openvino_predict import OpenVinoClassifier
+
+        return classifier_top1(OpenVinoClassifier(path, precision="fp32"), data_dir, limit)
+    return onnx_top1(path, data_dir, limit)
+
+
+def classifier_top1(classifier, data_dir: Path, limit: int | None = None) -> float:
+    """Top-1 of an `ExportedClassifier` on a class-per-folder tree whose folder names are its class names."""
+    data_dir = Path(data_dir)
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     names = classifier.class_names or classes
     missing = [c for c in classes if c not in names]
@@ -111,24 +130,35 @@ def onnx_top1(onnx_path: Path, data_dir: Path, limit: int | None = None) -> floa
 
 
 def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: bool, *, real, batch_sizes,
-                         reference: nn.Module | None = None, **options: Any) -> ExportResult:
+                         reference: nn.Module | None = None, target: str = "onnx", **options: Any) -> ExportResult:
     """Export with `exporter`; 'auto' tries PyTorch's tracing exporter (fast), then, if it fails or its
     file does not compute the model's function, the torch.export-based one. Each attempt is verified
-    (against `reference` when given: a LoRA model before its adapter was merged)."""
+    (an OpenVINO IR, made from the ONNX export, by OpenVINO in fp32; against `reference` when given:
+    a LoRA model before its adapter was merged)."""
+    if target == "openvino":
+        from visionzoo.export.openvino import export_openvino, verify_openvino
+        from visionzoo.openvino_predict import openvino_core
+
+        openvino_core()  # a missing OpenVINO is one clear line, not a failure per exporter
+        export, check = export_openvino, verify_openvino
+    else:
+        export, check = export_onnx, verify_onnx
     attempts = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     failures = []
     for attempt in attempts:
         try:
-            result = export_onnx(model, out, exporter=attempt, **options)
+            result = export(model, out, exporter=attempt, **options)
             if verify:
-                result = verify_onnx(result, model if reference is None else reference,
-                                     img_size=options.get("img_size"), real_images=real, batch_sizes=batch_sizes)
+                result = check(result, model if reference is None else reference, img_size=options.get("img_size"),
+                               real_images=real, batch_sizes=batch_sizes)
             return result
         except Exception as error:  # the exporters raise many types; each failure is reported below
             failures.append(f"{attempt} exporter: {str(error).splitlines()[0][:500]}")
     out.unlink(missing_ok=True)
-    raise RuntimeError(f"could not export {model_name(model)} to ONNX: "
-                       + "; ".join(failures))
+    if target == "openvino":
+        out.with_suffix(".bin").unlink(missing_ok=True)
+    raise RuntimeError(f"could not export {model_name(model)} to "
+                       f"{'OpenVINO IR' if target == 'openvino' else 'ONNX'}: " + "; ".join(failures))
 
 
 def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img_size: int | None = None,
@@ -146,23 +176,29 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
         unmerged, model = model, merge_lora(copy.deepcopy(model)).eval()
         with_spec(model, adapter=None)
     calib_dir = Path(calib_dir) if calib_dir else None
-    if int8 and format != "onnx":
-        raise SettingError("--int8 needs --format onnx")
-    if int8 and int8_scheme == "static" and calib_dir is None:
-        raise SettingError("static --int8 needs --calib DIR (a folder of calibration images)")
+    if format not in FORMATS:
+        raise SettingError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if int8 and format == "torchscript":
+        raise SettingError("--int8 needs --format onnx or --format openvino")
+    if int8 and (int8_scheme == "static" or format == "openvino") and calib_dir is None:
+        raise SettingError(f"{'OpenVINO' if format == 'openvino' else 'static'} --int8 needs --calib DIR "
+                           "(a folder of calibration images)")
     if fold_bn:
         channels, height, width = model_preprocessing(model, img_size)["input_size"]
         model = fold_batchnorm(model, torch.randn(1, channels, height, width))
-    if format not in ("onnx", "torchscript"):
-        raise SettingError(f"format must be 'onnx' or 'torchscript', got {format!r}")
-    if format == "onnx":  # before any work: one line naming the pip install when one is missing
+    if format in ("onnx", "openvino"):  # before any work: one line naming the pip install when one is missing
         for module in ("onnx", "onnxscript", "onnxruntime"):
             require_extra(module, "export", "ONNX export")
+    if format == "openvino":
+        from visionzoo.openvino_predict import openvino_core
+
+        openvino_core()
     real = _real_inputs(model, img_size, calib_dir) if verify else None
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
-    if format == "onnx":
+    if format in ("onnx", "openvino"):
         result = _export_onnx_checked(model, out, exporter, verify, img_size=img_size, dynamic_batch=dynamic_batch,
-                                      opset=opset, real=real, batch_sizes=batch_sizes, reference=unmerged)
+                                      opset=opset, real=real, batch_sizes=batch_sizes, reference=unmerged,
+                                      target=format)
     else:
         result = export_torchscript(model, out, img_size=img_size)
         if verify:
@@ -174,10 +210,17 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     if int8:
         report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
         calibration = _image_files(calib_dir, calib_count) if calib_dir is not None else None
-        quantize_int8(out, report.int8_path, calibration, scheme=int8_scheme)
-        report.int8_scheme = quantization_kind(report.int8_path)
-    if eval_dir is not None and format == "onnx":
-        report.top1_fp32 = onnx_top1(out, Path(eval_dir), eval_limit)
+        if format == "openvino":
+            from visionzoo.export.openvino import quantize_openvino_int8
+            from visionzoo.openvino_predict import ir_metadata, openvino_core
+
+            quantize_openvino_int8(out, report.int8_path, calibration)
+            report.int8_scheme = ir_metadata(openvino_core().read_model(str(report.int8_path)))["visionzoo.quantization"]
+        else:
+            quantize_int8(out, report.int8_path, calibration, scheme=int8_scheme)
+            report.int8_scheme = quantization_kind(report.int8_path)
+    if eval_dir is not None and format in ("onnx", "openvino"):
+        report.top1_fp32 = exported_top1(out, Path(eval_dir), eval_limit)
         if report.int8_path:
-            report.top1_int8 = onnx_top1(report.int8_path, Path(eval_dir), eval_limit)
+            report.top1_int8 = exported_top1(report.int8_path, Path(eval_dir), eval_limit)
     return report

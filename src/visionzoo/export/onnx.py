@@ -2,7 +2,9 @@
 
 The ONNX file carries everything a deployment needs to classify a photo without visionzoo's
 PyTorch side: metadata `visionzoo.preprocessing` (input size, crop fraction, interpolation,
-mean, std), `visionzoo.class_names` and `visionzoo.model`, read back by `visionzoo.onnx_predict`.
+mean, std), `visionzoo.class_names` and `visionzoo.model`, read back by `visionzoo.onnx_predict`;
+for a model trained by visionzoo also `visionzoo.head` (task, temperature, multi-label thresholds,
+OOD rule; see `visionzoo.outputs`), which the predictor applies to the graph's raw logits.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def model_class_names(model: nn.Module) -> list[str] | None:
     return names
 
 
+def _head(model: nn.Module) -> dict[str, Any] | None:
+    from visionzoo.calibration import head_of
+
+    return head_of(model)
+
+
 def _example_input(model: nn.Module, img_size: int | None, batch: int = 1) -> torch.Tensor:
     channels, height, width = model_preprocessing(model, img_size)["input_size"]
     return torch.randn(batch, channels, height, width)
@@ -94,6 +102,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | None = No
     class_names = model_class_names(model)
     if class_names is not None:
         metadata["visionzoo.class_names"] = json.dumps(class_names)
+    head = _head(model)
+    if head:
+        metadata["visionzoo.head"] = json.dumps(head)
     for key, value in metadata.items():
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -114,6 +125,7 @@ def export_torchscript(model: nn.Module, path: str | Path, *, img_size: int | No
         "model": model_name(model),
         "preprocessing": model_preprocessing(model, img_size),
         "class_names": model_class_names(model),
+        "head": _head(model),
     })}
     tmp = path.with_name(path.name + ".tmp")
     torch.jit.save(traced, str(tmp), _extra_files=extra)
@@ -138,7 +150,9 @@ def _verification_inputs(model: nn.Module, img_size: int | None, real_images: li
     return inputs
 
 
-def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]]) -> ExportResult:
+def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]], *,
+           tolerance: float | None = None) -> ExportResult:
+    tolerance = TOLERANCE if tolerance is None else tolerance
     checks, worst = [], 0.0
     for label, x in inputs:
         with torch.no_grad():
@@ -148,10 +162,10 @@ def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, 
         checks.append({"input": label, "max_relative_difference": difference})
         worst = max(worst, difference)
     result.checks, result.max_relative_difference = checks, worst
-    result.verified = worst <= TOLERANCE
+    result.verified = worst <= tolerance
     if not result.verified:
         raise RuntimeError(f"exported {result.format} model {result.path} does not match PyTorch: max |difference| = "
-                           f"{worst:.2e} x max |reference| (allowed {TOLERANCE:g}); details: {checks}")
+                           f"{worst:.2e} x max |reference| (allowed {tolerance:g}); details: {checks}")
     return result
 
 

@@ -11,6 +11,10 @@ before reading the reply, as urllib and requests do, get the 413 and not a conne
 415 not an image (by content, not declared type), 422 truncated image or decompression bomb,
 503 with Retry-After when the queue is full, 408 for a client that sends too slowly, 500 for
 an exception inside the model (the next request runs normally).
+
+A model trained by visionzoo answers by its head facts (`visionzoo.outputs`): calibrated
+probabilities, `"unknown": true` below its OOD threshold (`ServeSettings.reject`), and for a
+multi-label model `"labels"`, the classes over their thresholds.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class ServeSettings:
     # otherwise get a connection reset instead. Beyond it the connection is closed unread.
     max_discard_mb: float = 256.0
     max_topk: int = 100
+    reject: bool = True  # answer "unknown" below the model's OOD threshold, when it has one
 
     def __post_init__(self):
         if (self.max_batch < 1 or self.queue < 1 or self.max_wait_ms < 0 or self.max_upload_mb <= 0
@@ -57,17 +62,32 @@ class Classifier:
     """A model with its preprocessing: `prepare(image) -> array`, `__call__(batch) -> probabilities`.
 
     Built by `load_classifier` from a registered name, a saved model or an ONNX file; the two
-    halves are split so decoding runs per request while the model runs per batch.
+    halves are split so decoding runs per request while the model runs per batch. With
+    `returns_logits`, `run` gives raw logits and `head` (see `visionzoo.outputs`) says what they mean.
     """
 
     def __init__(self, name: str, prepare: Callable[[Any], np.ndarray], run: Callable[[np.ndarray], np.ndarray],
-                 class_names: list[str] | None, card: dict[str, Any]):
+                 class_names: list[str] | None, card: dict[str, Any], *, head: dict[str, Any] | None = None,
+                 returns_logits: bool = False):
         self.name = name
         self.prepare = prepare
         self.run = run
         self.class_names = class_names
         self.card = card
         self.explainer: Callable[[Any], dict[str, Any]] | None = None  # image -> heat map (PyTorch models only)
+        self.head = head
+        self.returns_logits = returns_logits
+
+    def answer(self, name: str, output: np.ndarray, topk: int, reject: bool = True) -> dict[str, Any]:
+        """`{"predictions": [...]}` for one image's model output, plus `"labels"` / `"unknown"` by the head."""
+        if self.returns_logits:
+            from visionzoo.outputs import result_record
+
+            record = result_record(name, output, self.class_names, topk, self.head, reject=reject)
+            record.pop("path")
+            return record
+        order = np.argsort(-output)[:topk]
+        return {"predictions": [{"index": int(i), "label": self.label(int(i)), "prob": float(output[i])} for i in order]}
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -78,27 +98,34 @@ class Classifier:
         return str(index)
 
 
-def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None) -> Classifier:
+def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None,
+                    runtime: str | None = None) -> Classifier:
     """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
-    a saved model folder, an nn.Module, or an exported .onnx file (see `visionzoo.resolve`)."""
-    from visionzoo.onnx_predict import OnnxClassifier, preprocess_image
+    a saved model folder, an nn.Module, or an exported .onnx or OpenVINO .xml file (see `visionzoo.resolve`;
+    an exported file runs without PyTorch, by `runtime`: onnxruntime, openvino or openvino-bf16, by default
+    the file's own: onnxruntime for .onnx, OpenVINO for .xml)."""
+    from visionzoo.onnx_predict import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
     from visionzoo.resolve import resolve_model
 
-    if threads and not (isinstance(spec, str) and spec.endswith(".onnx")):
+    if threads and not (isinstance(spec, str) and spec.endswith(EXPORTED_SUFFIXES)):
         import torch
 
         torch.set_num_threads(threads)
-    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads)
-    if isinstance(model, OnnxClassifier):
-        onnx_model = model
-        card = {"architecture": onnx_model.name, "weights": str(spec), "format": "onnx",
-                "preprocessing": onnx_model.preprocessing, "num_classes": len(onnx_model.class_names or []),
-                "classes": onnx_model.class_names}
-        return Classifier(onnx_model.name, lambda image: preprocess_image(image, onnx_model.preprocessing),
-                          onnx_model.predict_arrays, onnx_model.class_names, card)
+    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads, runtime=runtime)
+    if isinstance(model, ExportedClassifier):
+        exported = model
+        card = {"architecture": exported.name, "weights": str(spec),
+                "format": "onnx" if str(spec).endswith(".onnx") else "openvino",
+                "runtime": "onnxruntime" if isinstance(exported, OnnxClassifier) else f"openvino-{exported.precision}",
+                "preprocessing": exported.preprocessing, "num_classes": len(exported.class_names or []),
+                "classes": exported.class_names, "head": exported.head}
+        return Classifier(exported.name, lambda image: preprocess_image(image, exported.preprocessing),
+                          exported.predict_logits, exported.class_names, card, head=exported.head,
+                          returns_logits=True)
 
     import torch
 
+    from visionzoo.calibration import head_of
     from visionzoo.factory import class_names as model_class_names
     from visionzoo.factory import data_config, find_spec, model_name, transforms
     from visionzoo.predict import load_for_predict
@@ -110,7 +137,7 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     card = {"architecture": model_name(model),
             "weights": made.weights if made else None,
             "format": "pytorch", "preprocessing": config, "num_classes": getattr(model, "num_classes", None),
-            "classes": list(names) if names else None}
+            "classes": list(names) if names else None, "head": head_of(model)}
 
     def prepare(image) -> np.ndarray:
         return transform(image).numpy()
@@ -118,9 +145,10 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             logits = model(torch.from_numpy(batch))
-        return logits.float().softmax(-1).numpy()
+        return logits.float().numpy()
 
-    classifier = Classifier(card["architecture"], prepare, run, card["classes"], card)
+    classifier = Classifier(card["architecture"], prepare, run, card["classes"], card, head=card["head"],
+                            returns_logits=True)
     from visionzoo.explain import serving_explainer
 
     classifier.explainer = serving_explainer(model, transform, config, names)  # for POST /v1/explain
@@ -305,7 +333,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ApiError(422, f"topk must be an integer from 1 to {settings.max_topk}, got {raw!r}")
         return int(raw)
 
-    async def classify_one(name: str, data: bytes, topk: int) -> list[dict[str, Any]]:
+    async def classify_one(name: str, data: bytes, topk: int) -> dict[str, Any]:
         array = await asyncio.get_running_loop().run_in_executor(None, prepare, name, data)
         try:
             probs = await batcher.submit(array)
@@ -313,8 +341,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ApiError(503, "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
         except ModelError as error:
             raise ApiError(500, f"the model failed on this batch ({error}); the server is still running") from None
-        order = np.argsort(-probs)[:topk]
-        return [{"index": int(i), "label": classifier.label(int(i)), "prob": float(probs[i])} for i in order]
+        return classifier.answer(name, probs, topk, settings.reject)
 
     @app.post("/v1/classify")
     async def classify(request: Request):
@@ -323,8 +350,8 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
         images = await images_from(request)
         if len(images) != 1:
             raise ApiError(422, f"/v1/classify takes one image, got {len(images)}; use /v1/classify/batch")
-        predictions = await classify_one(*images[0], topk)
-        return {"predictions": predictions, "model": classifier.name,
+        answer = await classify_one(*images[0], topk)
+        return {**answer, "model": classifier.name,
                 "latency_ms": round((time.perf_counter() - start) * 1e3, 3)}
 
     @app.post("/v1/classify/batch")
@@ -335,7 +362,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
 
         async def one(name: str, data: bytes) -> dict[str, Any]:
             try:
-                return {"name": name, "predictions": await classify_one(name, data, topk)}
+                return {"name": name, **await classify_one(name, data, topk)}
             except ApiError as error:
                 return {"name": name, "error": error.message, "status": error.status}
 

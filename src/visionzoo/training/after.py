@@ -1,7 +1,8 @@
 """Steps run once training ends, on the best model and the validation data.
 
-Extension point: `after_training_steps(settings)` lists them, chosen from the settings (none
-today). Temperature scaling and per-class decision thresholds go here: each step is given a
+Extension point: `after_training_steps(settings)` lists them, chosen from the settings. Today:
+`heads.fit_head_step`, which fits temperature scaling, per-class decision thresholds (multi-label)
+and the unknown rule (single-label) and writes them into best/'s config.json. Each step is given a
 `TrainedRun` (the best model with its weights loaded back from `best/`, its validation logits
 and labels) and may write what it fits next to the model in `best/`. The trainer runs them on rank 0, after
 `best/` and `last/` are exported and before the plots and `summary.json`; with no steps,
@@ -40,5 +41,7 @@ AfterTrainingStep = Callable[[TrainedRun], None]
 
 def after_training_steps(settings: TrainSettings) -> list[AfterTrainingStep]:
     """The steps to run after training with `settings`, in order."""
-    steps: list[AfterTrainingStep] = []
+    from visionzoo.training.heads import fit_head_step
+
+    steps: list[AfterTrainingStep] = [fit_head_step]  # always: best/ at least records its task
     return steps

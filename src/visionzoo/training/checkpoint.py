@@ -159,6 +159,7 @@ def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_c
         "model_args": {},
         "data_config": jsonable(data_config),
         "visionzoo_version": visionzoo.__version__,
+        **({"head": jsonable(spec_of(model).head)} if spec_of(model).head else {}),
         **(extra or {}),
     }
     atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
@@ -181,7 +182,8 @@ def load_exported(path: Path) -> nn.Module:
                                    **config.get("model_args", {}))
     model.load_state_dict(load_file(path / "model.safetensors"))
     with_spec(model, class_names=config.get("class_names"),
-              data_config=resolve_data_config(spec_of(model).data_config, config.get("data_config")))
+              data_config=resolve_data_config(spec_of(model).data_config, config.get("data_config")),
+              head=config.get("head"))
     return model.eval()
 
 

@@ -58,25 +58,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = model_path / f"eval-{data_name}" if model_path.is_dir() else Path("runs") / f"eval-{args.model}-{data_name}"
     result = evaluate(args.model, args.data, pretrained=args.pretrained, batch_size=args.batch_size,
                       workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip,
-                      tta_shift=args.tta_shift, out=out)
+                      tta_shift=args.tta_shift, out=out, ood=args.ood)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
     console = Console()
-    top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
-    console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, {top5}"
-                  f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
-    table = Table(title="per class")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for name, row in result["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    if result["task"] == "multilabel":
+        console.print(f"{result['data']}: {result['count']} images, mAP {result['mAP']:.2%}, micro F1 "
+                      f"{result['micro_f1']:.4f}, macro F1 {result['macro_f1']:.4f}, precision {result['precision']:.4f}, "
+                      f"recall {result['recall']:.4f}, exact match {result['exact_match']:.2%}", highlight=False)
+        table = Table(title="per class (at the saved thresholds)")
+        for column in ("class", "AP", "threshold", "precision", "recall", "F1", "support"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, row in result["per_class"].items():
+            table.add_row(name, "-" if row["ap"] is None else f"{row['ap']:.3f}", f"{row['threshold']:.3f}",
+                          f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    else:
+        top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
+        console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, {top5}"
+                      f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
+        table = Table(title="per class")
+        for column in ("class", "precision", "recall", "F1", "support"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, row in result["per_class"].items():
+            table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                          str(row["support"]))
     console.print(table)
+    calibration = result["calibration"]
+    console.print(f"calibration: temperature {calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
+                  f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+                  f" (reliability diagram: {result.get('reliability_png', '-')})", highlight=False)
+    if result.get("ood"):
+        ood = result["ood"]
+        line = (f"unknowns ({ood['images']} images): {ood['score']} AUROC {ood['auroc']:.4f}, FPR at 95% TPR "
+                f"{ood['fpr95']:.4f}")
+        if "rejected" in ood:
+            line += (f"; the saved rule calls {ood['rejected']:.1%} of them and {ood['rejected_in_distribution']:.1%} "
+                     "of the evaluation images unknown")
+        console.print(line, highlight=False)
     if result.get("skipped"):
         console.print(f"{len(result['skipped'])} unreadable images skipped (first: {result['skipped'][0]['path']}: "
                       f"{result['skipped'][0]['reason']})")
     if result.get("confusion_matrix_png"):
         console.print(f"confusion matrix: {result['confusion_matrix_png']}")
+    if result.get("per_class_ap_png"):
+        console.print(f"per-class AP: {result['per_class_ap_png']}")
     return 0
 
 
@@ -90,9 +116,12 @@ def add_commands(commands) -> None:
         description="Train or fine-tune a classifier. Settings left out come from the recipe for the model's "
                     "family; the resolved settings are written to the run folder's config.json.")
     p.add_argument("--model", help="registered model name (see `visionzoo list`)")
-    p.add_argument("--data", help="class-per-folder tree, CSV of path,label, .tar/.tar.gz of a tree, or builtin:shapes")
+    p.add_argument("--data", help="class-per-folder tree, CSV of path,label (multi-label: path,labels with "
+                   "'|' between labels, or 0/1 class columns), a folder with labels.csv, .tar/.tar.gz of a tree, "
+                   "or builtin:shapes")
     p.add_argument("--pretrained", metavar="W", help=f"start from {PRETRAINED_HELP} (default: none, from scratch)")
-    p.add_argument("--recipe", choices=RECIPES, help="scratch (default), finetune or linear-probe")
+    p.add_argument("--recipe", choices=RECIPES, help="scratch (default without --pretrained), auto (default with it: "
+                   "settings from the data size), finetune or linear-probe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-DATA-TIME)")
@@ -101,6 +130,13 @@ def add_commands(commands) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--warmup-steps", type=int, help="warm-up in optimizer steps (overrides --warmup-epochs)")
+    p.add_argument("--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
+    p.add_argument("--head-init-std", type=float, metavar="STD",
+                   help="a new classifier's weights ~ N(0, STD), 0 for zeros (transfer default: 0)")
+    p.add_argument("--probe-init", action=argparse.BooleanOptionalAction, default=None,
+                   help="start a new head from a linear probe on the training embeddings (LP-FT's first phase)")
     p.add_argument("--warmup-start-ratio", type=float, help="the warm-up starts at lr x this (default 0)")
     p.add_argument("--schedule", choices=["cosine", "linear"], help="lr decay after warm-up (default cosine)")
     p.add_argument("--min-lr-ratio", type=float, help="the decay ends at lr x this (default 0)")
@@ -135,7 +171,8 @@ def add_commands(commands) -> None:
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--val-fraction", type=float, help="held out when the data has no val/ folder (default 0.1)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode once into a memory-mapped uint8 cache")
+                   help="decode once into a uint8 cache (in memory when it fits, else memory-mapped; "
+                        "default: on for transfer recipes)")
     p.add_argument("--cache-size", type=int, help="side of cached images (default: image size / crop pct)")
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every file first and write bad_files.txt")
@@ -146,8 +183,18 @@ def add_commands(commands) -> None:
     p.add_argument("--tta-shift", type=int, metavar="PIXELS",
                    help="validation also averages views shifted by this many pixels (small images: 1)")
     p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs and after the last (default 1)")
-    p.add_argument("--freeze-stages", type=int, metavar="N",
-                   help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
+    p.add_argument("--task", choices=["multiclass", "multilabel"],
+                   help="multilabel: several classes per image, sigmoid outputs (default: as the data says)")
+    p.add_argument("--loss", choices=["bce", "asl"], help="multi-label loss: bce (default) or asl (asymmetric loss)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="multi-label: one probability threshold for every class (default: tuned per class on val)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false", default=None,
+                   help="do not fit temperature scaling on validation after training")
+    p.add_argument("--no-reject", dest="reject", action="store_false", default=None,
+                   help="do not fit an 'unknown' threshold on validation after training")
+    p.add_argument("--ood-score", choices=["energy", "msp"], help="score of the unknown rule (default: energy)")
+    p.add_argument("--ood-keep", type=float, metavar="SHARE",
+                   help="share of in-distribution validation images the unknown rule keeps (default: 0.95)")
     p.add_argument("--adapt", choices=ADAPT_METHODS,
                    help="what trains: full (default), lora (peft, per-family targets; the head in full), freeze "
                         "(the stem and first --freeze-stages N stages, default half) or lp-ft (linear probe, then full)")
@@ -182,5 +229,8 @@ def add_commands(commands) -> None:
                    help="also average over views shifted by this many pixels (small images: 1)")
     p.add_argument("--out", metavar="DIR", help="where to write metrics.json and confusion_matrix.png "
                    "(default: MODEL_DIR/eval-DATA, or runs/eval-MODEL-DATA for a model name)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (keys top1, top5, per_class, ece, ...)")
+    p.add_argument("--ood", metavar="DIR", help="a folder of images of none of the classes: report AUROC and "
+                   "FPR at 95%% TPR of the unknown scores")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys task, top1, top5, per_class, ece, "
+                   "calibration, ...; multi-label: task, mAP, per_class with ap / f1 / threshold, micro_f1, macro_f1)")
     p.set_defaults(func=cmd_eval)

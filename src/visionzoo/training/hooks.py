@@ -50,8 +50,9 @@ class BestModelTracker:
     `best_val` holds the best validation's metrics (with logits) of this process's run, None after a
     resume until the run improves again."""
 
-    def __init__(self, patience: int | None):
+    def __init__(self, patience: int | None, key: str = "top1"):
         self.patience = patience
+        self.key = key  # the metric judged: top1, or mAP for multi-label runs
         self.best_val: dict[str, Any] | None = None
 
     def update(self, state: RunState, epoch: int, metrics: dict[str, Any] | None) -> bool:
@@ -59,8 +60,8 @@ class BestModelTracker:
         True when it is the best so far."""
         if metrics is None:
             return False
-        if state.best_metric is None or metrics["top1"] > state.best_metric:
-            state.best_metric, state.best_epoch, state.stale_epochs = metrics["top1"], epoch, 0
+        if state.best_metric is None or metrics[self.key] > state.best_metric:
+            state.best_metric, state.best_epoch, state.stale_epochs = metrics[self.key], epoch, 0
             self.best_val = metrics
             return True
         state.stale_epochs += 1

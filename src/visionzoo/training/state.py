@@ -145,7 +145,9 @@ def new_run_state(model: nn.Module, settings: TrainSettings, *, classes: list[st
     the trainer always made it: before DDP and compilation wrap the model)."""
     optimizer = build_optimizer(model, settings, head_names)
     total_steps = settings.epochs * steps_per_epoch
-    scheduler = build_schedule(optimizer, total_steps, int(round(settings.warmup_epochs * steps_per_epoch)),
+    warmup_steps = settings.warmup_steps if settings.warmup_steps is not None else \
+        int(round(settings.warmup_epochs * steps_per_epoch))  # the transfer recipes count it in steps
+    scheduler = build_schedule(optimizer, total_steps, warmup_steps,
                                settings.min_lr_ratio, settings.schedule, warmup_start_ratio=settings.warmup_start_ratio)
     lookahead = Lookahead(model, settings.lookahead, settings.lookahead_decay, total_steps) if settings.lookahead else None
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)

@@ -46,25 +46,32 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
-from visionzoo.data.datasets import Skipped
-from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, scan_splits
+from visionzoo.data.cache import cache_photos, plan_cache, uint8_eval_view
+from visionzoo.data.datasets import ImageDataset, Skipped, collate_skipping
+from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, default_workers, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
-from visionzoo.data.transforms import batch_mixer
-from visionzoo.errors import SettingError
-from visionzoo.evaluate import classification_metrics, predict_logits, reports_top_k
+from visionzoo.data.transforms import batch_mixer, eval_transform
+from visionzoo.evaluate import predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
+from visionzoo.multilabel import plot_per_class_ap
 from visionzoo.training.adapt import adapter_facts, apply_adaptation, parameter_counts
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
+from visionzoo.training.freeze import set_frozen_eval
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
-from visionzoo.training.losses import build_loss
+from visionzoo.training.heads import fit_run_head, head_task, validation_metrics
+from visionzoo.training.losses import LabelVectorMixer, build_loss
+from visionzoo.calibration import with_head
 from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
-from visionzoo.training.step import NO_TIMING, PhaseTimer, train_step
+from visionzoo.training.step import train_step
+from visionzoo.training.timing import MeasuringTimer, plan_threads
+from visionzoo.training.transfer import probe_init_head_
 from visionzoo.weights.lora import ADAPTER_FILE
+from visionzoo.errors import SettingError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -76,7 +83,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainResult:
     run_dir: Path
-    best_metric: float | None  # best validation top-1 (0..1)
+    best_metric: float | None  # best validation top-1 (0..1); mAP for multi-label runs
     best_epoch: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
@@ -215,13 +222,16 @@ class _Trainer:
         self.data_spec = data.description if self.data_in_memory else data
 
         self.splits = data if isinstance(data, DataSplits) else resolve_data(data, val_fraction=requested.val_fraction,
-                                                                             seed=requested.seed)
+                                                                             seed=requested.seed, task=requested.task)
         if requested.exclude:  # `visionzoo train --exclude audit/label_issues.csv`
             from visionzoo.data.exclude import exclude_files
 
             self.splits, _ = exclude_files(self.splits, requested.exclude)
         self.classes = self.splits.classes
-        self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size)
+        self.settings = s = resolve_settings(requested, self.model_name, native_size=self.splits.native_size,
+                                             pretrained=bool(pretrained), num_train=len(self.splits.train),
+                                             num_val=len(self.splits.val) if self.splits.val is not None else None)
+        self.task = head_task(self.splits, requested, s)  # multiclass | multilabel; checks the head settings
         if s.batch_size % (self.world * s.grad_accum):
             raise SettingError(f"batch size {s.batch_size} must be divisible by processes x grad_accum "
                              f"= {self.world} x {s.grad_accum}")
@@ -242,7 +252,7 @@ class _Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        model, self.head_names = build_model(model_or_name, len(self.classes), s, pretrained)
+        model, self.head_names, self.new_head = build_model(model_or_name, len(self.classes), s, pretrained)
         self.adaptation = apply_adaptation(model, s, self.head_names, base_weights=pretrained or None)
         self.head_names = self.adaptation.head_names
         self.data_config = model_data_config(model)
@@ -261,11 +271,14 @@ class _Trainer:
         self.forward_model = torch.compile(self.ddp) if s.compile else self.ddp
 
         self.autocast_dtype = _autocast_dtype(s.precision, self.device)
-        self.mixer = batch_mixer(len(self.classes), s.mixup, s.cutmix)
+        self.mixer = (LabelVectorMixer(s.mixup, s.cutmix) or None) if self.task == "multilabel" \
+            else batch_mixer(len(self.classes), s.mixup, s.cutmix)
         self.logger = RunLogger(self.run_dir, self.is_main, s)
         self.checkpoints = CheckpointHook(self.run_dir / "checkpoint", s.checkpoint_every, enabled=self.is_main)
-        self.best = BestModelTracker(s.early_stopping)
-        self.phases: PhaseTimer = NO_TIMING  # extension point: a measuring timer collects per-phase times
+        self.best = BestModelTracker(s.early_stopping, key="mAP" if self.task == "multilabel" else "top1")
+        self.phases = MeasuringTimer()  # data, forward/backward, optimizer, validation (and cache, probe)
+        self.cache_plan = None
+        self.probe_result: dict[str, float] | None = None
         self.teacher = None
         self.train_seconds, self.train_steps = 0.0, 0
 
@@ -282,17 +295,39 @@ class _Trainer:
                 bad_files.update((item.path, item.reason) for item in bad)
                 self.logger.print(f"scan: {len(samples) - len(bad)} of {len(samples)} {label} images decode, {len(bad)} bad")
             self._write_bad_files(bad_files)
-        if s.cache:
+        # Inference batches of 64 at 224 px hold about 1 GB in EfficientNet's widest early layers (on
+        # top of the model); 32 keeps a small fine-tune's peak memory under 2 GB.
+        self.val_batch = max(self.micro_batch * s.grad_accum, 32)
+        photo_cache = bool(s.cache) and s.augment != "crop"
+        if photo_cache:
+            # Large photos: decoded once at the size this run needs (room for RandomResizedCrop; the
+            # validation view cut once), augmented as uint8 arrays; in memory when they fit.
+            with self.phases.phase("cache"):
+                if self.world > 1 and self.rank != 0:
+                    dist.barrier()  # let rank 0 build a memory-mapped cache first
+                self.cache_plan = plan_cache(train_samples, val_samples, self.image_size,
+                                             float(self.data_config.get("crop_pct", 0.875)), s.augment, s.cache_size)
+                decoders = s.workers if s.workers is not None else default_workers(train_samples)
+                train_samples, val_samples, bad = cache_photos(train_samples, val_samples, self.cache_plan,
+                                                               workers=decoders)
+                if self.world > 1 and self.rank == 0:
+                    dist.barrier()
+            bad_files.update((item.path, item.reason) for item in bad)
+        elif s.cache:
             size = cache_size(self.image_size, self.data_config, s.cache_size)
             train_samples, val_samples, bad = cache_splits(train_samples, val_samples, size, rank=self.rank,
                                                            world=self.world)
             bad_files.update((item.path, item.reason) for item in bad)
         self.data = build_loaders(
             train_samples, val_samples, data_config=self.data_config, image_size=self.image_size,
-            batch_size=self.micro_batch, val_batch_size=max(self.micro_batch * s.grad_accum, 64), augment=s.augment,
+            batch_size=self.micro_batch, val_batch_size=self.val_batch, augment=s.augment,
             crop_padding_px=s.crop_padding, alternate_flip=s.alternate_flip, balanced=s.class_balance == "sampler",
             num_classes=len(self.classes), workers=s.workers, seed=s.seed, device=self.device, rank=self.rank,
-            world=self.world)
+            world=self.world, photo_cache=photo_cache)
+        # intra-op threads plus loader workers stay within the cores (restored when the run ends)
+        self.workers = s.workers if s.workers is not None else default_workers(train_samples)
+        self.threads = plan_threads(self.workers, torch.get_num_threads())
+        torch.set_num_threads(self.threads)
         self.batches_per_epoch = self.data.batches_per_epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / s.grad_accum)
         return bad_files
@@ -341,8 +376,11 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         s = self.settings
+        threads = torch.get_num_threads()
         try:
             bad_files = self._prepare_data()
+            if s.probe_init and self.new_head and self.resume_state is None:
+                self._probe_init()
             self.loss_fn = build_loss(s, self.data.train_samples.labels, len(self.classes), self.device)
             if s.teacher:
                 self.teacher = load_teacher(s.teacher, num_classes=len(self.classes), classes=self.classes,
@@ -392,12 +430,30 @@ class _Trainer:
             if self.is_main:
                 best = f"{state.best_metric:.2%} (epoch {state.best_epoch + 1})" if state.best_metric is not None else "n/a"
                 self.logger.close()
-                print(f"run folder: {self.run_dir}  best val top-1: {best}", flush=True)  # stdout, for scripts
+                metric = "mAP" if self.task == "multilabel" else "top-1"
+                print(f"run folder: {self.run_dir}  best val {metric}: {best}", flush=True)  # stdout, for scripts
             return result
         finally:
+            torch.set_num_threads(threads)
             self.logger.close()
             with contextlib.suppress(Exception):  # an error of its own was raised by flush() above
                 self.checkpoints.flush()
+
+    def _probe_init(self) -> None:
+        """LP-FT's probe phase: the new head starts from a logistic regression on the training embeddings
+        (evaluation view, one forward pass)."""
+        view = (uint8_eval_view(self.data_config, self.image_size, cache_size(self.image_size, self.data_config))
+                if self.data.normalize is not None else eval_transform(self.data_config, self.image_size))
+        loader = torch.utils.data.DataLoader(ImageDataset(self.data.train_samples, view), batch_size=self.val_batch,
+                                             num_workers=self.workers, collate_fn=collate_skipping)
+        with self.phases.phase("probe"):
+            self.probe_result = probe_init_head_(self.model, self.head_names, loader, len(self.classes),
+                                                 device=self.device, normalize=self.data.normalize,
+                                                 autocast_dtype=self.autocast_dtype)
+        if self.is_main:
+            self.logger.print(f"probe init (LP-FT): the new head starts from a linear probe on the "
+                              f"{len(self.data.train_samples)} training embeddings (train top-1 "
+                              f"{self.probe_result['probe_train_top1']:.2%}) in {self.phases.totals['probe']:.1f} s")
 
     def _describe(self) -> str:
         s = self.settings
@@ -416,7 +472,14 @@ class _Trainer:
             "pretrained": self.pretrained,
             "classes": self.classes,
             "requested": {k: v for k, v in dataclasses.asdict(self.requested).items()},
-            "resolved": self.settings.as_dict(),
+            "resolved": {k: v for k, v in self.settings.as_dict().items() if k != "sources"},
+            "settings_source": self.settings.sources,
+            "new_head": ({"init": "linear probe (LP-FT)" if self.settings.probe_init else
+                          ("zeros" if self.settings.head_init_std == 0 else f"normal(0, {self.settings.head_init_std})")}
+                         if self.new_head else None),
+            "frozen_parameters": sum(not p.requires_grad for p in self.model.parameters()),
+            "cache": dataclasses.asdict(self.cache_plan) if self.cache_plan is not None else None,
+            "threads": {"intra_op": self.threads, "loader_workers": self.workers},
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
             "world_size": self.world,
             "visionzoo_version": visionzoo.__version__,
@@ -431,7 +494,10 @@ class _Trainer:
         self.ddp.train()
         if s.freeze_backbone:
             self.model.eval()  # frozen BatchNorm statistics stay frozen
+        elif s.freeze_stages is not None:
+            set_frozen_eval(self.model)  # and those of frozen stages
         self.adaptation.start_epoch(self.model, epoch)
+        self.phases.start_epoch()
         self.logger.start_epoch(epoch, s.epochs, self.batches_per_epoch, batches_done)
         started, seen, images_seen = time.perf_counter(), 0, 0
         # The loss is summed on the device and read back (a host-device sync) only at log steps,
@@ -506,7 +572,7 @@ class _Trainer:
             self.state.bad_files.setdefault(item.path, item.reason)
         if len(labels) == 0:
             return None
-        metrics = classification_metrics(logits, labels, self.classes)
+        metrics = validation_metrics(logits, labels, self.classes, self.task)
         metrics["_logits"], metrics["_labels"], metrics["_indices"] = logits, labels, indices
         return metrics
 
@@ -527,20 +593,34 @@ class _Trainer:
                 metrics = None if skip_validation else self._validate()
             record = {"epoch": epoch + 1, "step": state.global_step, "train_loss": round(self.epoch_train_loss, 6),
                       "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
+            multilabel = self.task == "multilabel"
             if metrics is not None:
-                record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
-                              **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
-                              val_ece=round(metrics["ece"], 6))
+                self.last_val = metrics
+                if multilabel:
+                    record.update(val_loss=round(metrics["loss"], 6), val_map=round(metrics["mAP"], 6),
+                                  val_micro_f1=round(metrics["micro_f1"], 6), val_macro_f1=round(metrics["macro_f1"], 6))
+                else:
+                    record.update(val_loss=round(metrics["loss"], 6), val_top1=round(metrics["top1"], 6),
+                                  **({"val_top5": round(metrics["top5"], 6)} if "top5" in metrics else {}),
+                                  val_ece=round(metrics["ece"], 6))
             improved = self.best.update(state, epoch, metrics)
             state.history.append(record)
-            line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  "
-                    + (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
-                       + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else "")
-                       if metrics is not None else "")
-                    + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else ""))
+            if metrics is None:
+                shown = ""
+            elif multilabel:
+                shown = (f"val loss {record['val_loss']:.4f}  val mAP {record['val_map']:.2%}  "
+                         f"micro F1 {record['val_micro_f1']:.2%}  ")
+            else:
+                shown = (f"val loss {record['val_loss']:.4f}  val top-1 {record['val_top1']:.2%}  "
+                         + (f"top-5 {record['val_top5']:.2%}  " if "val_top5" in record else ""))
+            line = (f"epoch {epoch + 1}/{s.epochs}  train loss {record['train_loss']:.4f}  " + shown
+                    + f"{record['img_per_s']:.0f} img/s" + ("  *best*" if improved else "")
+                    + "  " + MeasuringTimer.line(self.phases.epoch))
             columns = ["epoch", "step", "train_loss", "lr", "img_per_s"]
             if self.data.val is not None:
-                columns += ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []), "val_ece"]
+                columns += (["val_loss", "val_map", "val_micro_f1", "val_macro_f1"] if multilabel else
+                            ["val_loss", "val_top1", *(["val_top5"] if reports_top_k(len(self.classes)) else []),
+                             "val_ece"])
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):
@@ -550,7 +630,8 @@ class _Trainer:
             self._write_bad_files(state.bad_files)
             if self.best.should_stop(state):
                 unit = "epochs" if s.val_every == 1 else f"validations (one every {s.val_every} epochs)"
-                self.logger.print(f"early stopping: val top-1 has not improved for {state.stale_epochs} {unit}")
+                metric = "mAP" if self.task == "multilabel" else "top-1"
+                self.logger.print(f"early stopping: val {metric} has not improved for {state.stale_epochs} {unit}")
                 stop = True
         if self.world > 1:
             flag = torch.tensor(float(stop), device=self.device)
@@ -561,13 +642,22 @@ class _Trainer:
     def _finish(self) -> None:
         state = self.state
         exported = self.ema.module if self.ema is not None else self.model
+        # last/ carries the head facts fitted on its own (the last) validation; best/ gets its own from
+        # the after-training step (heads.fit_head_step).
+        last_val = getattr(self, "last_val", None)
+        with_head(exported, fit_run_head(last_val, self.task, self.settings) if last_val is not None
+                       else {"task": self.task})
         export_model(exported, self.run_dir / "last", class_names=self.classes, data_config=self.data_config)
         if not (self.run_dir / "best").exists():
             export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
         steps = after_training_steps(self.settings)
         if steps:
             self._after_training(steps)
-        if self.settings.plots:
+        if self.task == "multilabel":
+            if self.settings.plots and self.best.best_val is not None:
+                plot_per_class_ap(self.best.best_val["per_class"], self.run_dir / "per_class_ap.png",
+                                  f"validation, mAP {self.best.best_val['mAP']:.2%}")
+        elif self.settings.plots:
             from visionzoo.training.report import write_plots
 
             best = self.best.best_val
@@ -577,12 +667,13 @@ class _Trainer:
                         model=exported)
         summary = {"best_val_top1": state.best_metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                    "epochs": len(state.history), "history": state.history,
-                   "bad_files": len(state.bad_files), **self._cost_summary()}
+                   "bad_files": len(state.bad_files), "time": self.phases.summary(), **self._cost_summary()}
         self.logger.print(f"adapt {summary['adapt']}: {summary['trainable_params']:,} of {summary['total_params']:,} "
                           f"parameters trained, peak memory {summary['peak_memory_mb']:.0f} MB, "
                           f"{summary['step_time_s']:.3f} s per step"
                           + (f", adapter and head {summary['adapter_bytes'] / 1e6:.2f} MB" if "adapter_bytes" in summary else ""))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.logger.print("run " + MeasuringTimer.line(self.phases.totals))
 
     def _cost_summary(self) -> dict[str, Any]:
         """What the run cost: trainable parameters, peak memory (the process's peak RSS on a CPU, peak

@@ -1,0 +1,100 @@
+"""Transfer recipes that know the data size: the rules behind `--recipe finetune` and `auto`.
+
+`auto` is the default when weights are given (`--pretrained`) and no recipe is named. Both
+transfer recipes set the batch size, the number of optimizer steps, the warm-up and the
+schedule from the number of training images; the schedule is counted in optimizer steps
+(warm-up and decay per step), with a floor of steps so that a tiny set still trains long
+enough. Each rule says where it comes from, and the run's config.json records, per
+setting, which rule chose it (`settings_source`).
+
+What the published small-data practice says, and what we take from it:
+
+- BiT-HyperRule (Kolesnikov et al., 2020, "Big Transfer (BiT): General Visual Representation
+  Learning"): the schedule length depends only on the dataset size (500 steps under 20k
+  images, 10k steps under 500k, 20k beyond), a short warm-up, step decay, a zero-initialised
+  head, and mixup only above 20k images. We take the size buckets, the floor of steps and
+  the zero head; BiT's batch of 512 is sized for TPU pods, so the step counts here are for
+  our smaller batches and a CPU's budget (see `SIZE_RULES`).
+- fastai's `fine_tune` (Howard & Gugger, 2020, "Fastai: A Layered API for Deep Learning"):
+  one epoch with the body frozen to train the new head, then everything unfrozen with
+  discriminative learning rates (the body at a fraction of the head's) and a one-cycle
+  schedule (warm-up, then cosine annealing). We take the discriminative rates (body at 1/10
+  of the head: `head_lr_scale` 10) and the warm-up-then-cosine shape counted in steps.
+- LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
+  Out-of-Distribution"): a linear probe first, then full fine-tuning from the probed head, so
+  the randomly initialised head does not distort the pretrained features early on.
+  `--probe-init` does the probe phase: a logistic regression fitted by L-BFGS on the
+  embeddings of the training images (one forward pass, far cheaper than fastai's frozen
+  epoch), whose weights start the head. It is not `auto`'s default: see settings._AUTO.
+
+Memory: the batch size is what holds the memory of a CPU fine-tune (activations grow with it;
+EfficientNet-Lite0 at batch 64 and 224 px holds about 5 GB), so small sets take small batches,
+which also gives them more steps per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["SIZE_RULES", "TRANSFER_RECIPES", "SizeRule", "size_rule", "transfer_plan"]
+
+TRANSFER_RECIPES = ("finetune", "auto")
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """Settings for training sets of up to `max_images` images."""
+
+    max_images: float
+    batch_size: int
+    min_steps: int  # the floor: fewer images than this many batches get more epochs
+    max_epochs: int  # a cap for tiny sets (more passes over 50 images only memorise them)
+    epochs: int  # passes over the data when the floor does not bind
+    bucket: str  # the BiT-HyperRule bucket it follows
+
+
+SIZE_RULES = (
+    SizeRule(1_000, 16, 100, 30, 5, "BiT small (<20k): short schedule"),
+    SizeRule(20_000, 32, 500, 20, 5, "BiT small (<20k): 500 steps"),
+    SizeRule(500_000, 64, 2_000, 10, 4, "BiT medium (<500k)"),
+    SizeRule(math.inf, 128, 5_000, 8, 3, "BiT large (>=500k)"),
+)
+
+
+def size_rule(num_train: int) -> SizeRule:
+    return next(rule for rule in SIZE_RULES if num_train <= rule.max_images)
+
+
+def transfer_plan(num_train: int, *, batch_size: int | None = None, epochs: int | None = None,
+                  warmup_steps: int | None = None) -> dict[str, tuple[object, str]]:
+    """Batch size, epochs and warm-up steps for `num_train` training images, each with the rule that chose it.
+
+    Values the user gave are kept (and said to be theirs). The total number of optimizer steps is
+    `epochs * ceil(num_train / batch_size)`: at least the bucket's `min_steps` (more epochs for
+    small sets, up to `max_epochs`), and the warm-up is 10% of those steps (BiT: a short linear
+    warm-up; fastai: one-cycle's rising part)."""
+    rule = size_rule(max(num_train, 1))
+    plan: dict[str, tuple[object, str]] = {}
+    bucket = f"data-size rule for <= {rule.max_images:g} images ({rule.bucket})"
+    batch = batch_size or min(rule.batch_size, _power_of_two_at_most(max(num_train, 1)))
+    plan["batch_size"] = (batch, "user" if batch_size else bucket)
+    steps_per_epoch = math.ceil(max(num_train, 1) / batch)
+    if epochs is None:
+        wanted = max(rule.epochs, math.ceil(rule.min_steps / steps_per_epoch))
+        chosen = min(wanted, rule.max_epochs)
+        why = (f"{bucket}: a floor of {rule.min_steps} optimizer steps at {steps_per_epoch} steps per epoch"
+               if wanted > rule.epochs else f"{bucket}: {rule.epochs} epochs")
+        if chosen < wanted:
+            why += f", capped at {rule.max_epochs} epochs"
+        plan["epochs"] = (chosen, why)
+    else:
+        plan["epochs"] = (epochs, "user")
+    total = int(plan["epochs"][0]) * steps_per_epoch
+    plan["warmup_steps"] = (warmup_steps, "user") if warmup_steps is not None else \
+        (max(1, round(0.1 * total)), "10% of the optimizer steps (BiT / fastai one-cycle warm-up)")
+    return plan
+
+
+def _power_of_two_at_most(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
