@@ -30,10 +30,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from visionzoo.data.sources import resolve_data
-
 from cifar10_cpu import ARCHIVE, subset_splits
 from cifar10_gpu import write_airbench_data
+from visionzoo.data.sources import resolve_data
 
 
 def cpu_net(make_net) -> nn.Module:

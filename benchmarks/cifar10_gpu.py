@@ -39,11 +39,9 @@ import numpy as np
 import torch
 
 import visionzoo
+from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, subset_splits, whitened_model
 from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
-
-from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, subset_splits, whitened_model
-
 
 # airbench94's recipe in visionzoo's settings (mean loss per batch, coupled weight decay): its lr 11.5 and
 # weight decay 0.0153 "per 1024 examples" at momentum 0.85 are lr 1.5 and weight decay 1.33e-3 here;

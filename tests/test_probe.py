@@ -148,8 +148,8 @@ def test_embed_and_probe_from_the_cli(tmp_path, backbone_folder, capsys):
     result = probe_again(features, None, "linear")
     model = load_exported(model_dir)
     assert model.num_classes == 2
-    from visionzoo.data.transforms import eval_transform
     from visionzoo.data import decode_image
+    from visionzoo.data.transforms import eval_transform
 
     transform = eval_transform({"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5] * 3,
                                 "std": [0.25] * 3, "crop_pct": 1.0})

@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
-from visionzoo.errors import SettingError
 
 from visionzoo import __version__
 from visionzoo.complexity import count_gmacs, count_params
+from visionzoo.errors import SettingError
 from visionzoo.factory import cache_dir, code_fingerprint, create_model, model_complexity
 from visionzoo.registry import get_card
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.calibration import head_of
 from visionzoo.data.datasets import ImageDataset, collate_skipping, crop_shifted
 from visionzoo.data.sources import resolve_data
 from visionzoo.data.transforms import eval_transform
-from visionzoo.calibration import head_of
 from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import find_spec

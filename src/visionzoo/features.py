@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
 from visionzoo.errors import SettingError
 
 

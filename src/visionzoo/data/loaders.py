@@ -32,8 +32,15 @@ import torch
 import torch.distributed as dist
 
 from visionzoo.data.cache import uint8_eval_view, uint8_train_transform
-from visionzoo.data.datasets import (ImageDataset, ResidentBatches, ResumableSampler, Skipped, cache_pixels,
-                                     collate_skipping, scan_files)
+from visionzoo.data.datasets import (
+    ImageDataset,
+    ResidentBatches,
+    ResumableSampler,
+    Skipped,
+    cache_pixels,
+    collate_skipping,
+    scan_files,
+)
 from visionzoo.data.sources import ArraySamples, FileSamples, Samples
 from visionzoo.data.transforms import NormalizeInput, SeededCropFlip, crop_padding, eval_transform, train_transform
 from visionzoo.errors import SettingError

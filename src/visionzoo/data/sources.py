@@ -51,7 +51,7 @@ class FileSamples:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: np.ndarray) -> "FileSamples":
+    def subset(self, indices: np.ndarray) -> FileSamples:
         return FileSamples([self.paths[i] for i in indices], self.labels[indices])
 
 
@@ -66,7 +66,7 @@ class ArraySamples:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: np.ndarray) -> "ArraySamples":
+    def subset(self, indices: np.ndarray) -> ArraySamples:
         names = [self.names[i] for i in indices] if self.names is not None else None
         return ArraySamples(self.images[indices], self.labels[indices], names)
 

@@ -17,8 +17,8 @@ import copy
 
 import torch
 import torch.nn as nn
-from visionzoo.errors import SettingError
 
+from visionzoo.errors import SettingError
 from visionzoo.factory import find_spec
 
 __all__ = ["fold_batchnorm"]

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from visionzoo.errors import SettingError
 
+from visionzoo.errors import SettingError
 from visionzoo.factory import class_names, data_config, model_name
 from visionzoo.weights import imagenet_class_names
 

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from visionzoo.errors import SettingError
 
 __all__ = ["quantize_int8", "calibration_batches", "int8_scheme", "multiply_adds_by_kind", "quantization_kind", "SCHEMES"]
@@ -86,8 +87,14 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
     'auto' (`int8_scheme` picks by where the model's multiply-adds are).
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if scheme not in SCHEMES:

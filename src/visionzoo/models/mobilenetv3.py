@@ -19,8 +19,14 @@ from visionzoo.layers.norm_act import BatchNormAct2d
 from visionzoo.layers.padding import create_conv2d
 from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.layers.squeeze_excite import SqueezeExcite
-from visionzoo.layers.stage_table import (BlockSpec, Stage, build_stages, init_weights_tf_style, make_divisible,
-                                          round_channels)
+from visionzoo.layers.stage_table import (
+    BlockSpec,
+    Stage,
+    build_stages,
+    init_weights_tf_style,
+    make_divisible,
+    round_channels,
+)
 from visionzoo.registry import register_family
 
 _RELU = nn.ReLU  # rows without it use the network's hard-swish

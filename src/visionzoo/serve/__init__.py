@@ -128,7 +128,6 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     from visionzoo.calibration import head_of
     from visionzoo.factory import class_names as model_class_names
     from visionzoo.factory import data_config, find_spec, model_name, transforms
-    from visionzoo.predict import load_for_predict
 
     transform = transforms(model, train=False)
     names = model_class_names(model)
@@ -207,7 +206,7 @@ class DynamicBatcher:
                 try:
                     items.append(self.queue.get_nowait() if remaining <= 0 else
                                  await asyncio.wait_for(self.queue.get(), remaining))
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
             live = [(array, future) for array, future in items if not future.cancelled()]
             if not live:
@@ -289,7 +288,7 @@ def create_app(classifier: Classifier, settings: ServeSettings = ServeSettings()
             raise ApiError(413, f"request body of {declared} bytes is over the {settings.max_upload_mb:g} MB limit")
         try:
             await asyncio.wait_for(consume(), settings.read_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if size > limit:
                 raise ApiError(413, f"request body is over the {settings.max_upload_mb:g} MB limit") from None
             raise ApiError(408, f"the request body did not arrive within {settings.read_timeout_s:g} s") from None

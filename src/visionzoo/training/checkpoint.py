@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
-from visionzoo.errors import SettingError
 
+from visionzoo.errors import SettingError
 from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
 from visionzoo.preprocess import resolve_data_config
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+
 from visionzoo.errors import SettingError
 from visionzoo.resolve import PRETRAINED_HELP, parse_pretrained
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 import visionzoo
+from visionzoo.errors import SettingError
 from visionzoo.factory import find_spec
 from visionzoo.training.freeze import freeze_stages
 from visionzoo.training.optim import head_parameter_names
 from visionzoo.training.settings import TrainSettings
 from visionzoo.training.transfer import init_new_head_
-from visionzoo.errors import SettingError
 
 __all__ = ["build_model"]
 

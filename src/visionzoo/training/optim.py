@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn as nn
+
 from visionzoo.errors import SettingError
 
 __all__ = ["head_parameter_names", "layer_ids", "norm_parameter_names", "build_optimizer", "build_schedule",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
 from visionzoo.errors import SettingError
 
 __all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "model_style"]

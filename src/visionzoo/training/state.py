@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 import visionzoo
+from visionzoo.errors import SettingError
 from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule
 from visionzoo.training.settings import TrainSettings
-from visionzoo.errors import SettingError
 
 __all__ = ["RunState", "new_run_state", "ExponentialMovingAverage", "rng_state", "set_rng_state"]
 

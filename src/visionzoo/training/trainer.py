@@ -46,11 +46,13 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
+from visionzoo.calibration import with_head
 from visionzoo.data.cache import cache_photos, plan_cache, uint8_eval_view
 from visionzoo.data.datasets import ImageDataset, Skipped, collate_skipping
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, default_workers, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer, eval_transform
+from visionzoo.errors import SettingError
 from visionzoo.evaluate import predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
@@ -60,10 +62,9 @@ from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
 from visionzoo.training.freeze import set_frozen_eval
-from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
 from visionzoo.training.heads import fit_run_head, head_task, validation_metrics
+from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
 from visionzoo.training.losses import LabelVectorMixer, build_loss
-from visionzoo.calibration import with_head
 from visionzoo.training.model import build_model
 from visionzoo.training.settings import TrainSettings, resolve_settings
 from visionzoo.training.state import ExponentialMovingAverage, RunState, new_run_state
@@ -71,7 +72,6 @@ from visionzoo.training.step import train_step
 from visionzoo.training.timing import MeasuringTimer, plan_threads
 from visionzoo.training.transfer import probe_init_head_
 from visionzoo.weights.lora import ADAPTER_FILE
-from visionzoo.errors import SettingError
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 

@@ -56,7 +56,7 @@ class WeightEntry:
     notes: tuple[str, ...] = field(default=())
 
     @classmethod
-    def from_dict(cls, name: str, data: dict[str, Any]) -> "WeightEntry":
+    def from_dict(cls, name: str, data: dict[str, Any]) -> WeightEntry:
         return cls(
             name=name, architecture=data["architecture"], tag=data["tag"], default=bool(data.get("default")),
             license=data.get("license", "unknown"), pretraining=data.get("pretraining", ""),
