@@ -559,9 +559,12 @@ def _export_winner(c: BakeoffCandidate, target: str, out: Path, calib_dir: str |
         command = f"visionzoo export {c.name} --pretrained {shlex.quote(c.weights)} --out {shlex.quote(str(path))}"
     if target == "gpu":
         int8 = False
-    export_model(model, path, int8=int8, calib_dir=calib_dir)
+    # Without a folder of images to calibrate on (built-in or CSV data), int8 is the dynamic scheme,
+    # which needs no calibration; with one, the scheme `export --int8` picks.
+    scheme = "auto" if calib_dir else "dynamic"
+    export_model(model, path, int8=int8, calib_dir=calib_dir, int8_scheme=scheme)
     if int8:
-        command += " --int8" + (f" --calib {shlex.quote(calib_dir)}" if calib_dir else "")
+        command += " --int8" + (f" --calib {shlex.quote(calib_dir)}" if calib_dir else " --int8-scheme dynamic")
         return str(path.with_name("model.int8.onnx")) if path.with_name("model.int8.onnx").exists() else str(path), command
     return str(path), command
 

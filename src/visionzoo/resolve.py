@@ -57,7 +57,7 @@ def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pr
     path = Path(text)
     if text.endswith((".onnx", ".xml")):
         if not allow_onnx:
-            raise SettingError(f"{text} is an exported model; this command needs a registered model name "
+            raise SettingError(f"{text} is an exported model (ONNX or OpenVINO IR); this command needs a registered model name "
                                "or a folder written by visionzoo.save_model")
         if weights is not None:
             raise SettingError(f"--pretrained does not apply to the exported model {text}; drop --pretrained")
