@@ -23,7 +23,6 @@ rank correlation between the probe scores and the exhaustively fine-tuned scores
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,19 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from transfer_cpu import prepare, weight_file  # the data subset and the weight files of issue 19
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("lite0", "lite1", "lite2")
-
-
-def _transfer_benchmark():
-    """benchmarks/transfer_cpu.py (the data subset and the weight files), here or in the issue-19 worktree."""
-    for path in (REPO / "benchmarks" / "transfer_cpu.py", REPO.parent / "wt-transfer" / "benchmarks" / "transfer_cpu.py"):
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("transfer_cpu", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    raise FileNotFoundError("benchmarks/transfer_cpu.py (issue 19) is needed for the data subset")
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -90,15 +80,14 @@ def main() -> None:
                                                          "(default: each model's own; smaller on a loaded machine)")
     parser.add_argument("--epochs", type=int, help="epochs of every fine-tune in both arms (default: the recipe's)")
     args = parser.parse_args()
-    transfer = _transfer_benchmark()
     work = Path(args.work or tempfile.mkdtemp(prefix="bakeoff_cpu-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(args.threads), "VISIONZOO_CACHE": str(work / "cache")}
     print(f"work folder {work}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start "
           "(other jobs share this machine)", flush=True)
-    data = transfer.prepare(work, 240, val_per_class=args.val_per_class)
-    weights = {f"efficientnet_{m}": transfer.weight_file(m) for m in MODELS}
+    data = prepare(work, 240, val_per_class=args.val_per_class)
+    weights = {f"efficientnet_{m}": weight_file(m) for m in MODELS}
     cli = [sys.executable, "-m", "visionzoo.cli"]
     sys.path.insert(0, str(REPO / "src"))
     from visionzoo.bakeoff import _recipe

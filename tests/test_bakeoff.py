@@ -31,10 +31,11 @@ def weight_files(tmp_path_factory) -> dict[str, str]:
     return files
 
 
-def _run(weight_files, out, **options):
+def _run(weight_files, out, target_override="cpu", **options):
     options.setdefault("finetune_top", 1)
-    return visionzoo.advise(data=DATA, target="cpu", weights=weight_files, out=out, image_size=32,
-                            finetune_settings={"epochs": 1}, progress=False, **options)
+    options.setdefault("finetune_settings", {"epochs": 1})
+    return visionzoo.advise(data=DATA, target=target_override, weights=weight_files, out=out, image_size=32,
+                            progress=False, **options)
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +130,61 @@ def test_resume_after_kill_9(weight_files, tmp_path):
 
 
 def test_two_fine_tunes_run_at_once_one_per_device(weight_files, tmp_path):
-    result = _run(weight_files, tmp_path / "out", finetune_top=2, devices=["cpu", "cpu"])
+    # enough epochs that each run outlasts the other's start-up (a 1-epoch run ends in under a second)
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, devices=["cpu", "cpu"],
+                  finetune_settings={"epochs": 8})
     spans = []
     for c in result.candidates:
-        assert c.status in ("fine-tuned", "winner (fine-tuned)"), c.status
+        assert c.status in ("fine-tuned", "winner (fine-tuned)") or "successive halving" in c.status, c.status
         started, validated = Path(c.run_dir) / "config.json", Path(c.run_dir) / "metrics_epochs.csv"
         spans.append((started.stat().st_mtime, validated.stat().st_mtime))
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a  # the two processes overlapped in time
+
+
+def test_the_budget_stops_the_running_fine_tune_and_skips_the_rest(weight_files, tmp_path):
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, budget_min=0.2 / 60,
+                  finetune_settings={"epochs": 50})
+    state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
+    finetunes = [entry["finetune"] for entry in state["candidates"].values()]
+    assert sorted(f["state"] for f in finetunes) == ["skipped", "stopped"]
+    assert all("--budget-min" in f["reason"] for f in finetunes)
+    assert state["finetune_seconds"] < 60  # 50 epochs were asked for; the budget ended them at once
+    assert result.winner is not None and all(c.probe_top1 is not None for c in result.candidates)
+
+
+def test_target_gpu_needs_a_gpu_and_measures_there(weight_files, tmp_path, monkeypatch):
+    from visionzoo.errors import SettingError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SettingError, match="target 'gpu' measures on a CUDA GPU and none is visible"):
+        _run(weight_files, tmp_path / "none", target_override="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU's latency, measured by a stand-in
+    calls = []
+
+    def measure(c, target, image_size):
+        calls.append((c.name, target))
+        return {"mobilenetv3_small_050": 2.0, "convnext_atto": 30.0}[c.name], "pytorch-eager-bf16"
+
+    result = visionzoo.advise(data=DATA, target="gpu", weights=weight_files, out=tmp_path / "gpu", image_size=32,
+                              finetune_top=0, latency_ms=10, progress=False, measure_fn=measure, devices=["cpu"])
+    assert sorted(calls) == [("convnext_atto", "gpu"), ("mobilenetv3_small_050", "gpu")]
+    assert result.target == "gpu" and result.winner["name"] == "mobilenetv3_small_050"
+    assert result.winner["engine"] == "pytorch-eager-bf16" and result.winner["export"].endswith(".onnx")
+    assert not Path(result.winner["export"]).name.endswith("int8.onnx")  # no int8 export for a GPU
+
+
+def test_commercial_keeps_only_weights_whose_licence_allows_it():
+    from visionzoo.bakeoff import COMMERCIAL_LICENSES, _pool
+    from visionzoo.weights.catalog import list_weights
+
+    every, none_dropped = _pool(None, commercial=False)
+    usable, dropped = _pool(None, commercial=True)
+    licences = {(e.architecture, e.name): e.license for e in list_weights()}
+    assert not none_dropped and usable and dropped
+    assert all(licences[(c.name, c.weights)] in COMMERCIAL_LICENSES for c in usable)
+    assert all(c.status.startswith("dropped: licence ") and "commercial" in c.status for c in dropped)
+    assert {c.name for c in usable} | {c.name for c in dropped} == {c.name for c in every}
 
 
 # --- the pure parts -----------------------------------------------------------------------------

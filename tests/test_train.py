@@ -108,6 +108,27 @@ def _photo_folder(root: Path, train: int = 24, val: int = 4) -> Path:
     return root
 
 
+def _kill_mid_epoch(script: Path, settings: dict, killed: Path, steps_per_epoch: int) -> Path:
+    """Run `script` with checkpoints every 3 steps, SIGKILL it once step 3 (mid-epoch) is on disk,
+    and return its run folder, ready to resume."""
+    process = subprocess.Popen([sys.executable, str(script),
+                                json.dumps({**settings, "out": str(killed), "checkpoint_every": 3})],
+                               env=_env(VISIONZOO_TEST_STEP_SLEEP="0.15"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    pointer = killed / "checkpoint" / "latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 3:
+            break
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads(pointer.read_text())["step"] % steps_per_epoch != 0, "the kill should land mid-epoch"
+    assert not (killed / "last").exists()
+    return killed
+
+
 @pytest.mark.parametrize("source", ["shapes", "photo-cache"])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, source):
     """Both input paths: arrays in memory (crop preset), and JPEG files decoded once into the
@@ -120,24 +141,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, sourc
         steps_per_epoch = 6  # 48 images / batch 8
     _run(script, {**settings, "out": str(tmp_path / "whole")})
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(script),
-                                json.dumps({**settings, "out": str(killed), "checkpoint_every": 3})],
-                               env=_env(VISIONZOO_TEST_STEP_SLEEP="0.15"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    pointer = killed / "checkpoint" / "latest.json"
-    deadline = time.time() + 240
-    # step 3 is mid-epoch 1 (and 9 mid-epoch 2 of the shapes run); kill there.
-    while time.time() < deadline:
-        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 3:
-            break
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    step = json.loads(pointer.read_text())["step"]
-    assert step % steps_per_epoch != 0, "the kill should land mid-epoch"
-    assert not (killed / "last").exists()
+    killed = _kill_mid_epoch(script, settings, tmp_path / "killed", steps_per_epoch)
     _, state = load_checkpoint(killed / "checkpoint")
     assert 0 < state["batches_done"] < steps_per_epoch
 

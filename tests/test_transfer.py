@@ -224,3 +224,35 @@ def test_the_transfer_settings_come_from_the_command_line():
     resolved = resolve_settings(TrainSettings(**settings), "resnet18", pretrained=True, num_train=100)
     assert resolved.sources["freeze_stages"] == "user" and resolved.warmup_steps == 5 and not resolved.cache
     assert resolve_settings(TrainSettings(freeze_stages=-1), "resnet18").freeze_stages is None
+
+
+def test_freeze_bn_keeps_the_running_statistics_and_trains_the_affine_weights(tmp_path, one_thread):
+    data = _photos(tmp_path / "photos", train=4, val=1)
+    torch.manual_seed(0)
+    model = visionzoo.create_model("resnet18", num_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    visionzoo.train(model, data, out=tmp_path / "run", recipe="finetune", epochs=1, batch_size=4, image_size=32,
+                    lr=0.1, freeze_bn=True, freeze_stages=-1, **QUIET)
+    after = load_file(tmp_path / "run" / "last" / "model.safetensors")
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(statistics) > 30 and all(torch.equal(after[k], before[k]) for k in statistics)
+    assert not torch.equal(after["layer4.1.bn2.weight"], before["layer4.1.bn2.weight"])  # affine weights train
+    # without it, training-mode BatchNorm updates its statistics
+    visionzoo.train(model, data, out=tmp_path / "plain", recipe="finetune", epochs=1, batch_size=4, image_size=32,
+                    lr=0.1, freeze_bn=False, freeze_stages=-1, **QUIET)
+    plain = load_file(tmp_path / "plain" / "last" / "model.safetensors")
+    assert not torch.equal(plain["layer4.1.bn2.running_mean"], after["layer4.1.bn2.running_mean"])
+
+
+def test_auto_transfer_of_a_convnet_freezes_batchnorm_and_runs_channels_last():
+    convnet = resolve_settings(TrainSettings(), "efficientnet_lite0", pretrained=True, num_train=300)
+    assert convnet.freeze_bn and convnet.channels_last and "channels-last" in convnet.sources["channels_last"]
+    assert convnet.sources["momentum"] == "default"  # a dataclass default, not the user's choice
+    vit = resolve_settings(TrainSettings(), "vit_tiny_patch16_224", pretrained=True, num_train=300)
+    assert not vit.freeze_bn and not vit.channels_last
+    scratch = resolve_settings(TrainSettings(), "resnet18", num_train=300)
+    assert scratch.recipe == "scratch" and not scratch.freeze_bn and not scratch.channels_last
+    given = resolve_settings(TrainSettings(channels_last=False, freeze_bn=False, momentum=0.8), "resnet18",
+                             pretrained=True, num_train=300)
+    assert not given.channels_last and not given.freeze_bn
+    assert given.sources["channels_last"] == given.sources["momentum"] == "user"

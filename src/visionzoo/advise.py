@@ -215,6 +215,8 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
     if data is not None:
         from visionzoo.bakeoff import bakeoff
 
+        if measure_fn is not None:  # the bake-off's (candidate, target, image_size) -> (ms, engine)
+            bakeoff_options["measure_fn"] = measure_fn
         return bakeoff(data, target=target, latency_ms=latency_ms, max_params_m=max_params_m, **bakeoff_options)
     if bakeoff_options:
         raise SettingError(f"{', '.join(sorted(bakeoff_options))} apply only with data=... (the bake-off)")

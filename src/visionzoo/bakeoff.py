@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from visionzoo.errors import DataError, SettingError
+from visionzoo.files import atomic_write_json
 
 __all__ = ["COMMERCIAL_LICENSES", "BakeoffCandidate", "BakeoffResult", "bakeoff", "plot_bakeoff"]
 
@@ -98,9 +99,7 @@ def _kill_point(name: str) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from visionzoo.training.checkpoint import atomic_write
-
-    atomic_write(path, json.dumps(data, indent=2).encode())
+    atomic_write_json(path, data)
 
 
 def _file_digest(path: str | Path) -> str:
@@ -805,7 +804,7 @@ def _finish(result: BakeoffResult, plot, out: Path) -> BakeoffResult:
 def _split_csv(path: Path, classes: list[str], parts) -> Path:
     """A CSV of path,label,split from (samples, split) pairs, for processes that take --data text."""
     from visionzoo.data.sources import FileSamples
-    from visionzoo.training.checkpoint import atomic_write
+    from visionzoo.files import atomic_write
 
     lines = ["path,label,split"]
     for samples, split in parts:

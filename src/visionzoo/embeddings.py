@@ -34,6 +34,7 @@ from visionzoo.errors import DataError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import find_spec
 from visionzoo.resolve import resolve_model
+from visionzoo.runtime import tune_allocator
 from visionzoo.training.checkpoint import atomic_write, jsonable
 
 __all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
@@ -163,6 +164,7 @@ def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[st
     as a model on the same backbone. `max_images` stops after that many new images (as an
     interruption would; used to test resuming).
     """
+    tune_allocator()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     out = Path(out)
@@ -273,6 +275,7 @@ def embed_samples(model: nn.Module, samples, classes: list[str], cache_dir: str 
     result's `embedded` says how many images were embedded by this call. `on_batch(n)` is called
     as images are done (for a progress bar).
     """
+    tune_allocator()
     import hashlib
 
     key = hashlib.sha256(json.dumps({"samples": samples_digest(samples), "classes": list(classes),

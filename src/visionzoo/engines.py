@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from visionzoo.errors import DataError, SettingError
+from visionzoo.files import atomic_write_json
 
 __all__ = ["Engine", "Artifacts", "ENGINES", "create_engine", "engine_names", "available_engines",
            "choose_engine", "EngineChoice", "EngineRow", "evaluate_engines", "passes_accuracy_rule",
@@ -623,10 +624,7 @@ def measure_engine_latency(model_or_export, engine: str, batch_size: int = 1, *,
               "throughput": batch_size * 1e3 / p50, "repeats": len(times),
               "threads": threads or torch.get_num_threads()}
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache_file)
+        atomic_write_json(cache_file, result, indent=None)
     except OSError:
         pass  # an unwritable cache costs a re-measurement, nothing else
     return {**result, "cached": False}

@@ -26,6 +26,7 @@ from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import find_spec
 from visionzoo.resolve import resolve_model
+from visionzoo.runtime import tune_allocator
 
 __all__ = ["classification_metrics", "expected_calibration_error", "predict_logits", "evaluate",
            "plot_confusion_matrix"]
@@ -183,6 +184,7 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     thresholds, micro / macro F1 and exact match instead of top-k, and per_class_ap.png. Every result has
     `calibration` (ECE and NLL before and after the saved temperature; reliability.png). `ood`, a folder
     of images of none of the classes, adds `ood`: AUROC and FPR at 95% TPR of the OOD scores."""
+    tune_allocator()
     import json
 
     model, model_classes, data_config = _resolve_model(model_or_path, pretrained)

@@ -32,6 +32,7 @@ from visionzoo import clip as clip_models
 from visionzoo.complexity import count_gmacs, count_params
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureExtractor
+from visionzoo.files import atomic_write_json
 from visionzoo.preprocess import resolve_data_config, transforms_for
 from visionzoo.registry import ModelCard, get_card, list_models
 from visionzoo.weights import (
@@ -338,10 +339,7 @@ def model_complexity(name: str) -> dict[str, float | int]:
         model = create_model(name)
     result = {"params": count_params(model), "gmacs": round(count_gmacs(model, card.input_size), 4)}
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache_file)
+        atomic_write_json(cache_file, result, indent=None)
     except OSError:
         pass  # a read-only home still gets correct, merely uncached, answers
     return result

@@ -433,9 +433,9 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
 
 def _write(report: dict[str, Any], out: Path) -> None:
     from visionzoo.audit.report import write_html
-    from visionzoo.training.checkpoint import atomic_write
+    from visionzoo.files import atomic_write, atomic_write_json
 
-    atomic_write(out / "audit.json", json.dumps(report, indent=2).encode())
+    atomic_write_json(out / "audit.json", report)
     for finding, fields in CSV_FIELDS.items():
         with open(out / f"{finding}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")

@@ -26,6 +26,7 @@ import visionzoo
 from visionzoo.cli import audit, catalog, choose, export, features, predict, serve
 from visionzoo.cli.common import err_console
 from visionzoo.errors import UsageError
+from visionzoo.runtime import tune_allocator
 
 __all__ = ["build_parser", "main", "USER_ERRORS"]
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    tune_allocator()
     try:
         return func(args)
     except USER_ERRORS as error:

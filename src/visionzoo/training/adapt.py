@@ -81,6 +81,7 @@ class Adaptation:
     frozen: int = 0  # parameters frozen by `freeze` (their modules are kept in eval mode every epoch)
     lp_epochs: int = 0  # lp-ft: epochs of linear probing before full fine-tuning
     facts: dict[str, Any] | None = None  # the spec's adapter facts (lora)
+    grad_checkpointing: bool = False  # blocks recompute their activations in the backward pass
 
     def start_epoch(self, model: nn.Module, epoch: int) -> None:
         """After `model.train()`: frozen parts back in eval mode; lp-ft switches phase."""
@@ -102,7 +103,8 @@ class Adaptation:
         trainable, total = parameter_counts(model)
         what = {"full": "every parameter", "lora": "LoRA", "freeze": f"{self.frozen:,} parameters frozen",
                 "lp-ft": f"linear probe for {self.lp_epochs} epoch(s), then every parameter"}[self.method]
-        return f"adapt {self.method} ({what}): {trainable:,} of {total:,} parameters trainable"
+        checkpointing = ", gradient checkpointing" if self.grad_checkpointing else ""
+        return f"adapt {self.method} ({what}): {trainable:,} of {total:,} parameters trainable{checkpointing}"
 
 
 def _head_modules(model: nn.Module, head_names: set[str]) -> list[str]:
@@ -116,7 +118,28 @@ def _head_modules(model: nn.Module, head_names: set[str]) -> list[str]:
 def apply_adaptation(model: nn.Module, settings: TrainSettings, head_names: set[str], *,
                      base_weights: bool | str | None = None) -> Adaptation:
     """Adapt `model` in place for `settings.adapt`; `head_names` are its new head's parameters and
-    `base_weights` the weights it was built from (recorded in the LoRA facts)."""
+    `base_weights` the weights it was built from (recorded in the LoRA facts).
+
+    Gradient checkpointing (`settings.grad_checkpointing`; None: on for `lora`) recomputes each
+    block's activations in the backward pass instead of keeping them. LoRA freezes the weights
+    but not the activations: the backward pass still runs through every block down to the first
+    adapted layer, so without checkpointing a ViT-B's activations at batch 16 hold most of the
+    memory and LoRA saves little of it (0.87x full fine-tuning's peak RSS, benchmarks/peft_cpu.py)."""
+    adaptation = _adapt(model, settings, head_names, base_weights)
+    wanted = settings.grad_checkpointing
+    if wanted is None:
+        wanted = adaptation.method == "lora" and hasattr(model, "set_grad_checkpointing")
+    if wanted:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise SettingError(f"--grad-checkpointing: {type(model).__name__} has no set_grad_checkpointing; "
+                               "the transformer and ConvNeXt families have it. Leave the flag off")
+        model.set_grad_checkpointing(True)
+        adaptation.grad_checkpointing = True
+    return adaptation
+
+
+def _adapt(model: nn.Module, settings: TrainSettings, head_names: set[str],
+           base_weights: bool | str | None) -> Adaptation:
     method = settings.adapt or "full"
     if method == "full":
         return Adaptation("full", head_names)

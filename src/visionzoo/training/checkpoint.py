@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,10 @@ from safetensors.torch import load_file, save
 
 from visionzoo.errors import SettingError
 from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
+from visionzoo.files import atomic_write
 from visionzoo.preprocess import resolve_data_config
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        pass
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

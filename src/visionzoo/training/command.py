@@ -136,6 +136,9 @@ def add_commands(commands) -> None:
                    help="freeze the stem and the first N stages (0: the stem only; -1: nothing)")
     p.add_argument("--head-init-std", type=float, metavar="STD",
                    help="a new classifier's weights ~ N(0, STD), 0 for zeros (transfer default: 0)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm layers keep their pretrained running statistics while their weights train "
+                        "(default: on in auto transfer runs of the convolutional families)")
     p.add_argument("--probe-init", action=argparse.BooleanOptionalAction, default=None,
                    help="start a new head from a linear probe on the training embeddings (LP-FT's first phase)")
     p.add_argument("--warmup-start-ratio", type=float, help="the warm-up starts at lr x this (default 0)")
@@ -203,6 +206,9 @@ def add_commands(commands) -> None:
     p.add_argument("--lora-alpha", type=float, metavar="A", help="LoRA scale numerator (default 2 x rank)")
     p.add_argument("--lora-mlp", action=argparse.BooleanOptionalAction, default=None,
                    help="LoRA on the MLP layers too, not only attention")
+    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each block's activations in the backward pass: less memory, about a third more "
+                        "compute (default: on under --adapt lora, for the families that support it)")
     p.add_argument("--lp-epochs", type=int, metavar="N", help="lp-ft: epochs of linear probing (default a quarter)")
     p.add_argument("--teacher", metavar="RUN_DIR_OR_MODEL",
                    help="distil from this run folder, saved model or registered model (default weights)")

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 
-__all__ = ["freeze_stages", "set_frozen_eval", "stage_prefixes"]
+__all__ = ["freeze_stages", "set_batchnorm_eval", "set_frozen_eval", "stage_prefixes"]
 
 
 def _is_stem_level(module_name: str, reduction: int) -> bool:
@@ -71,4 +71,14 @@ def set_frozen_eval(model: nn.Module) -> None:
     for module in model.modules():
         own = list(module.parameters(recurse=False))
         if own and not any(p.requires_grad for p in own):
+            module.eval()
+
+
+def set_batchnorm_eval(model: nn.Module) -> None:
+    """Every BatchNorm layer in eval mode (`--freeze-bn`; call after `model.train()`): it normalises with
+    its pretrained running statistics and keeps them, while its affine weight and bias still train.
+    Small fine-tuning batches give noisy batch statistics, and a head fitted on evaluation-mode
+    features (LP-FT's probe) then sees the features it was fitted on."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()

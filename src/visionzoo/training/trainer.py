@@ -57,11 +57,12 @@ from visionzoo.evaluate import predict_logits, reports_top_k
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
 from visionzoo.multilabel import plot_per_class_ap
+from visionzoo.runtime import tune_allocator
 from visionzoo.training.adapt import adapter_facts, apply_adaptation, parameter_counts
 from visionzoo.training.after import TrainedRun, after_training_steps
 from visionzoo.training.checkpoint import export_model, load_checkpoint
 from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
-from visionzoo.training.freeze import set_frozen_eval
+from visionzoo.training.freeze import set_batchnorm_eval, set_frozen_eval
 from visionzoo.training.heads import fit_run_head, head_task, validation_metrics
 from visionzoo.training.hooks import BestModelTracker, CheckpointHook, RunLogger
 from visionzoo.training.losses import LabelVectorMixer, build_loss
@@ -193,6 +194,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
             raise SettingError("train needs a model and data (or resume=RUN_DIR)")
         requested = TrainSettings(**settings)
         run_dir = None
+    tune_allocator()
     started = _start_distributed()
     succeeded = False
     try:
@@ -497,6 +499,8 @@ class _Trainer:
         elif s.freeze_stages is not None:
             set_frozen_eval(self.model)  # and those of frozen stages
         self.adaptation.start_epoch(self.model, epoch)
+        if s.freeze_bn:
+            set_batchnorm_eval(self.model)
         self.phases.start_epoch()
         self.logger.start_epoch(epoch, s.epochs, self.batches_per_epoch, batches_done)
         started, seen, images_seen = time.perf_counter(), 0, 0
@@ -687,7 +691,7 @@ class _Trainer:
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
         summary = {"adapt": self.adaptation.method, "trainable_params": trainable, "total_params": total,
-                   "peak_memory_mb": round(peak, 1),
+                   "grad_checkpointing": self.adaptation.grad_checkpointing, "peak_memory_mb": round(peak, 1),
                    "step_time_s": round(self.train_seconds / max(self.train_steps, 1), 4)}
         adapter = self.run_dir / "best" / ADAPTER_FILE
         if adapter.exists():
