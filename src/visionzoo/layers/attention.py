@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
+
 
 class Attention(nn.Module):
     """Multi-head self-attention over a token sequence (N, L, C), computed by
@@ -22,7 +24,7 @@ class Attention(nn.Module):
         super().__init__()
         if head_dim is None:
             if dim % num_heads != 0:
-                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; "
+                raise SettingError(f"dim {dim} is not divisible by num_heads {num_heads}; "
                                  "pick a head count that divides it or pass head_dim")
             head_dim = dim // num_heads
         self.num_heads = num_heads

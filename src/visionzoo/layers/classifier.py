@@ -12,6 +12,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.layers.pool import make_classifier
 
 
@@ -22,7 +23,7 @@ class ClassifierHead(nn.Module):
                  input_fmt: Literal["NCHW", "NHWC"] = "NCHW"):
         super().__init__()
         if input_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"input_fmt must be 'NCHW' or 'NHWC', got {input_fmt!r}")
+            raise SettingError(f"input_fmt must be 'NCHW' or 'NHWC', got {input_fmt!r}")
         self.spatial_dims = (2, 3) if input_fmt == "NCHW" else (1, 2)
         self.in_features = self.num_features = in_features
         self.drop = nn.Dropout(drop_rate)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
+
 
 class Mlp(nn.Module):
     """Linear -> activation -> (norm) -> linear, as in ViT, Swin, ConvNeXt and MLP-Mixer.
@@ -46,7 +48,7 @@ class GluMlp(nn.Module):
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         if hidden_features % 2:
-            raise ValueError(f"GluMlp hidden_features must be even (gate and value halves), got {hidden_features}")
+            raise SettingError(f"GluMlp hidden_features must be even (gate and value halves), got {hidden_features}")
         self.gate_last = gate_last
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
+
 PaddingMode = Literal["", "same"]  # "" pads symmetrically (PyTorch); "same" pads as TensorFlow does
 
 
@@ -53,7 +55,7 @@ def create_conv2d(in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 
     is a plain `nn.Conv2d`, so only the strided ones pay for padding at run time.
     """
     if padding not in ("", "same"):
-        raise ValueError(f"padding must be '' (symmetric) or 'same' (TensorFlow), got {padding!r}")
+        raise SettingError(f"padding must be '' (symmetric) or 'same' (TensorFlow), got {padding!r}")
     symmetric = (stride - 1 + dilation * (kernel_size - 1)) // 2
     if padding == "same" and not (stride == 1 and dilation * (kernel_size - 1) % 2 == 0):
         return Conv2dSame(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias)

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
+
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
@@ -32,13 +34,13 @@ class PatchEmbed(nn.Module):
                  strict_img_size: bool = True):
         super().__init__()
         if output_fmt not in ("NLC", "NHWC", "NCHW"):
-            raise ValueError(f"output_fmt must be 'NLC', 'NHWC' or 'NCHW', got {output_fmt!r}")
+            raise SettingError(f"output_fmt must be 'NLC', 'NHWC' or 'NCHW', got {output_fmt!r}")
         self.patch_size = _pair(patch_size)
         self.img_size = _pair(img_size) if img_size is not None else None
         if self.img_size is not None:
             for size, patch in zip(self.img_size, self.patch_size):
                 if size < patch:
-                    raise ValueError(f"img_size {self.img_size} is smaller than patch_size {self.patch_size}")
+                    raise SettingError(f"img_size {self.img_size} is smaller than patch_size {self.patch_size}")
             self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
             self.num_patches = self.grid_size[0] * self.grid_size[1]
         else:
@@ -51,11 +53,11 @@ class PatchEmbed(nn.Module):
     def _check_size(self, height: int, width: int) -> None:
         if self.strict_img_size and self.img_size is not None:
             if (height, width) != self.img_size:
-                raise ValueError(f"input size {height}x{width} does not match the model's img_size "
+                raise SettingError(f"input size {height}x{width} does not match the model's img_size "
                                  f"{self.img_size[0]}x{self.img_size[1]}; build the model with img_size="
                                  f"{height if height == width else (height, width)} or dynamic_img_size=True")
         elif height % self.patch_size[0] or width % self.patch_size[1]:
-            raise ValueError(f"input size {height}x{width} is not divisible by the patch size "
+            raise SettingError(f"input size {height}x{width} is not divisible by the patch size "
                              f"{self.patch_size[0]}x{self.patch_size[1]}; resize or crop the input")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
+
 
 class GlobalPool(nn.Module):
     """Global average (or max) pooling of an (N, C, H, W) map to (N, C)."""
@@ -12,7 +14,7 @@ class GlobalPool(nn.Module):
     def __init__(self, pool_type: str = "avg"):
         super().__init__()
         if pool_type not in ("avg", "max"):
-            raise ValueError(f"pool_type must be 'avg' or 'max', got {pool_type!r}")
+            raise SettingError(f"pool_type must be 'avg' or 'max', got {pool_type!r}")
         self.pool_type = pool_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -24,5 +26,5 @@ class GlobalPool(nn.Module):
 def make_classifier(num_features: int, num_classes: int) -> nn.Module:
     """A linear classifier, or the identity when `num_classes` is 0 (pooled features out)."""
     if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        raise SettingError(f"num_classes must be >= 0, got {num_classes}")
     return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()

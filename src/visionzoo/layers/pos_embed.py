@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
+
 
 def resample_abs_pos_embed(posemb: torch.Tensor, new_size: tuple[int, int] | list[int],
                            old_size: tuple[int, int] | list[int] | None = None, num_prefix_tokens: int = 1,
@@ -27,12 +29,12 @@ def resample_abs_pos_embed(posemb: torch.Tensor, new_size: tuple[int, int] | lis
     if old_size is None:
         side = math.isqrt(num_pos_tokens - num_prefix_tokens)
         if side * side != num_pos_tokens - num_prefix_tokens:
-            raise ValueError(f"position embedding of {num_pos_tokens} tokens with {num_prefix_tokens} prefix "
+            raise SettingError(f"position embedding of {num_pos_tokens} tokens with {num_prefix_tokens} prefix "
                              "tokens is not a square grid; pass old_size=(height, width)")
         old_size = (side, side)
     old_size = (int(old_size[0]), int(old_size[1]))
     if old_size[0] * old_size[1] + num_prefix_tokens != num_pos_tokens:
-        raise ValueError(f"old_size {old_size} with {num_prefix_tokens} prefix tokens does not match a position "
+        raise SettingError(f"old_size {old_size} with {num_prefix_tokens} prefix tokens does not match a position "
                          f"embedding of {num_pos_tokens} tokens")
     if new_size == old_size:
         return posemb

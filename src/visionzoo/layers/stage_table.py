@@ -21,6 +21,7 @@ from typing import Callable, Literal
 
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.inverted_residual import ConvBlock, DepthwiseSeparableConv, InvertedResidual, NormActLayer
 from visionzoo.layers.padding import PaddingMode
@@ -126,7 +127,7 @@ def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: 
             elif spec.block == "conv":
                 block = ConvBlock(in_chs, out_chs, spec.kernel, stride, act, norm_act, padding)
             else:
-                raise ValueError(f"unknown block type {spec.block!r} in stage {stage_index}; "
+                raise SettingError(f"unknown block type {spec.block!r} in stage {stage_index}; "
                                  "use 'ds', 'ir' or 'conv'")
             reduction *= stride
             blocks.append(block)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.registry import register_family
 
@@ -37,7 +38,7 @@ class AlexNet(nn.Module):
                  drop_rate: float = 0.5):
         super().__init__()
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         self.config = config
         self.num_classes = num_classes
         c1, c2, c3, c4, c5 = config.widths
@@ -80,7 +81,7 @@ class AlexNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         self.classifier[6] = self._make_fc(self.num_features, num_classes)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 from visionzoo.models.vit import VisionTransformer, VisionTransformerConfig
 from visionzoo.registry import VariantExtras, register_family
@@ -33,10 +34,10 @@ class VisionTransformerDistilled(VisionTransformer):
                  proj_drop_rate: float = 0.0, pos_drop_rate: float = 0.0, global_pool: str = "token",
                  dynamic_img_size: bool = False):
         if global_pool != "token":
-            raise ValueError(f"distilled DeiT pools the class and distillation tokens; global_pool must be "
+            raise SettingError(f"distilled DeiT pools the class and distillation tokens; global_pool must be "
                              f"'token', got {global_pool!r}")
         if config.no_embed_class or config.reg_tokens or not config.class_token:
-            raise ValueError("distilled DeiT needs a class token, no register tokens and embedded prefix tokens")
+            raise SettingError("distilled DeiT needs a class token, no register tokens and embedded prefix tokens")
         super().__init__(config, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                          drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate,
                          proj_drop_rate=proj_drop_rate, pos_drop_rate=pos_drop_rate, global_pool=global_pool,
@@ -54,7 +55,7 @@ class VisionTransformerDistilled(VisionTransformer):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, "token"):
-            raise ValueError(f"distilled DeiT supports global_pool='token' only, got {global_pool!r}")
+            raise SettingError(f"distilled DeiT supports global_pool='token' only, got {global_pool!r}")
         super().reset_classifier(num_classes)
         device = self.pos_embed.device
         self.head_dist = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool
@@ -209,7 +210,7 @@ class ClassifierHead(nn.Module):
 
     def _make_fc(self, num_classes: int) -> nn.Module:
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
@@ -143,7 +144,7 @@ class CascadedGroupAttention(nn.Module):
                  resolution: int = 14, kernels: tuple[int, ...] = (5, 5, 5, 5)):
         super().__init__()
         if len(kernels) < num_heads:
-            raise ValueError(f"kernels {kernels} gives {len(kernels)} query kernel sizes for {num_heads} heads; "
+            raise SettingError(f"kernels {kernels} gives {len(kernels)} query kernel sizes for {num_heads} heads; "
                              "give one kernel size per head")
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -191,7 +192,7 @@ class LocalWindowAttention(nn.Module):
                  resolution: int = 14, window_resolution: int = 7, kernels: tuple[int, ...] = (5, 5, 5, 5)):
         super().__init__()
         if window_resolution < 1:
-            raise ValueError(f"window_resolution must be positive, got {window_resolution}")
+            raise SettingError(f"window_resolution must be positive, got {window_resolution}")
         self.resolution = resolution
         self.window_resolution = window_resolution
         self.attn = CascadedGroupAttention(dim, key_dim, num_heads, attn_ratio,
@@ -252,7 +253,7 @@ class EfficientVitStage(nn.Module):
             ]))
         else:
             if in_dim != out_dim:
-                raise ValueError(f"a stage without subsampling keeps its width, got {in_dim} -> {out_dim}")
+                raise SettingError(f"a stage without subsampling keeps its width, got {in_dim} -> {out_dim}")
             self.resolution = resolution
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*(
@@ -300,9 +301,9 @@ class EfficientVitMsra(nn.Module):
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         if config.img_size < PatchEmbedding.patch_size:
-            raise ValueError(f"img_size must be at least {PatchEmbedding.patch_size} (the stem's stride), "
+            raise SettingError(f"img_size must be at least {PatchEmbedding.patch_size} (the stem's stride), "
                              f"got {config.img_size}")
         self.config = config
         self.num_classes = num_classes
@@ -335,7 +336,7 @@ class EfficientVitMsra(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         self.head = self._make_head(num_classes)
 

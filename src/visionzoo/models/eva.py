@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import GluMlp, SwiGLU
@@ -52,7 +53,7 @@ class RotaryEmbedding2d(nn.Module):
     def __init__(self, head_dim: int, ref_grid: tuple[int, int] = (16, 16), temperature: float = 10000.0):
         super().__init__()
         if head_dim % 4:
-            raise ValueError(f"rotary embedding needs head_dim divisible by 4, got {head_dim}")
+            raise SettingError(f"rotary embedding needs head_dim divisible by 4, got {head_dim}")
         self.head_dim = head_dim
         self.ref_grid = ref_grid
         self.temperature = temperature
@@ -95,7 +96,7 @@ class EvaAttention(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise SettingError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.num_prefix_tokens = num_prefix_tokens

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.pool import GlobalPool, make_classifier
@@ -108,7 +109,7 @@ class GoogLeNet(nn.Module):
                  transform_input: bool = False, global_pool: str = "avg"):
         super().__init__()
         if transform_input and in_chans != 3:
-            raise ValueError(f"transform_input=True re-normalises RGB input; it needs in_chans=3, got {in_chans}")
+            raise SettingError(f"transform_input=True re-normalises RGB input; it needs in_chans=3, got {in_chans}")
         self.config = config
         self.num_classes = num_classes
         self.aux_logits = aux_logits

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import NormMlpClassifierHead
@@ -141,7 +142,7 @@ class AttentionCl(nn.Module):
                  proj_drop: float = 0.0):
         super().__init__()
         if dim % dim_head:
-            raise ValueError(f"dim {dim} is not divisible by the head width {dim_head}")
+            raise SettingError(f"dim {dim} is not divisible by the head width {dim_head}")
         self.num_heads = dim // dim_head
         self.dim_head = dim_head
         self.qkv = nn.Linear(dim, dim * 3)
@@ -169,7 +170,7 @@ class PartitionAttentionCl(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if partition_type not in ("block", "grid"):
-            raise ValueError(f"partition_type must be 'block' or 'grid', got {partition_type!r}")
+            raise SettingError(f"partition_type must be 'block' or 'grid', got {partition_type!r}")
         self.partition_block = partition_type == "block"
         self.partition_size = partition_size
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
@@ -257,7 +258,7 @@ class MaxVit(nn.Module):
                  proj_drop_rate: float = 0.0):
         super().__init__()
         if config.img_size % PARTITION_RATIO or config.img_size <= 0:
-            raise ValueError(f"MaxViT needs img_size to be a positive multiple of {PARTITION_RATIO} (the window "
+            raise SettingError(f"MaxViT needs img_size to be a positive multiple of {PARTITION_RATIO} (the window "
                              f"is img_size / {PARTITION_RATIO}), got {config.img_size}; try "
                              f"{max(PARTITION_RATIO, round(config.img_size / PARTITION_RATIO) * PARTITION_RATIO)}")
         self.config = config
@@ -303,7 +304,7 @@ class MaxVit(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.config.img_size, self.config.img_size):
-            raise ValueError(f"input size {x.shape[-2]}x{x.shape[-1]} does not match img_size {self.config.img_size}; "
+            raise SettingError(f"input size {x.shape[-2]}x{x.shape[-1]} does not match img_size {self.config.img_size}; "
                              f"build the model with img_size={x.shape[-1]} (a multiple of {PARTITION_RATIO})")
         x = self.stem(x)
         return self.stages(x)  # (N, num_features, H/32, W/32)

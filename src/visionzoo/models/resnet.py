@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool, make_classifier
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
                  cardinality: int = 1, base_width: int = 64, drop_path: float = 0.0):
         super().__init__()
         if cardinality != 1 or base_width != 64:
-            raise ValueError("BasicBlock supports only cardinality=1 and base_width=64")
+            raise SettingError("BasicBlock supports only cardinality=1 and base_width=64")
         self.conv1 = nn.Conv2d(in_chs, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.act1 = nn.ReLU(inplace=True)

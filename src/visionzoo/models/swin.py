@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import ClassifierHead
@@ -75,7 +76,7 @@ class WindowAttention(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise SettingError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.window_size = window_size
         win_h, win_w = window_size
@@ -233,9 +234,9 @@ class SwinTransformer(nn.Module):
         # drop_path_rate defaults to 0.1 as in the reference (the paper's Swin-T setting).
         super().__init__()
         if len(config.depths) != len(config.num_heads):
-            raise ValueError(f"depths {config.depths} and num_heads {config.num_heads} must have one entry per stage")
+            raise SettingError(f"depths {config.depths} and num_heads {config.num_heads} must have one entry per stage")
         if config.img_size < config.patch_size:
-            raise ValueError(f"img_size {config.img_size} is smaller than patch_size {config.patch_size}")
+            raise SettingError(f"img_size {config.img_size} is smaller than patch_size {config.patch_size}")
         self.config = config
         self.num_classes = num_classes
         num_stages = len(config.depths)

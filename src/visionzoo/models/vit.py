@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from visionzoo.errors import SettingError
 from visionzoo.layers.attention import Attention
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
@@ -101,7 +102,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self._check_global_pool(global_pool, config.class_token)
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         self.config = config
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -144,9 +145,9 @@ class VisionTransformer(nn.Module):
     @staticmethod
     def _check_global_pool(global_pool: str, class_token: bool) -> None:
         if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            raise SettingError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs a class token; this config has none, use global_pool='avg'")
+            raise SettingError("global_pool='token' needs a class token; this config has none, use global_pool='avg'")
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -161,7 +162,7 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise SettingError(f"num_classes must be >= 0, got {num_classes}")
         if global_pool is not None:
             self._check_global_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool  # the norm stays where it was built (`norm` or `fc_norm`)
