@@ -110,6 +110,8 @@ def main() -> None:
         results["bakeoff"] = {"wall_s": wall, **shape}
         print(f"bake-off: winner {shape['winner']['name']} top-1 {shape['winner']['top1']:.2%}, wall {wall:.1f} s "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        stages = json.loads((work / "bakeoff" / "bakeoff.json").read_text()).get("seconds", {})
+        print("bake-off stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()), flush=True)
         for c in shape["candidates"]:
             tuned = f"{c['finetune_top1']:.2%}" if c["finetune_top1"] is not None else "-"
             print(f"  {c['name']:20s} probe {c['probe_top1']:.2%}  fine-tuned {tuned:>7s}  "

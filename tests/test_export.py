@@ -184,13 +184,16 @@ def _fit_colour_classifier(data, classes, size):
     return model.eval()
 
 
-def test_int8_quantisation_reports_top1_before_and_after(tmp_path):
+def test_int8_quantisation_reports_top1_before_and_after(tmp_path, capsys):
     from visionzoo.export import export_model
 
     data = _write_class_folders(tmp_path / "data")
     model = _fit_colour_classifier(data, ["blue", "red"], size=32)
+    capsys.readouterr()
     report = export_model(model, tmp_path / "m.onnx", img_size=32, int8=True, calib_dir=data, calib_count=8,
                           eval_dir=data)
+    printed = capsys.readouterr()
+    assert "histogram" not in printed.out and "histogram" in printed.err  # stdout stays ours (--json)
     assert report.int8_path.exists() and report.int8_path.stat().st_size < report.path.stat().st_size
     assert report.int8_scheme == "int8-static-qdq"
     assert report.top1_fp32 == 1.0

@@ -184,6 +184,9 @@ def test_multilabel_run_saves_tuned_thresholds_and_temperature(trained_run):
     resolved = json.loads((trained_run.run_dir / "config.json").read_text())["resolved"]
     assert resolved["loss"] == "asl" and resolved["label_smoothing"] == 0.0
     assert "val_map" in (trained_run.run_dir / "metrics_epochs.csv").read_text().splitlines()[0]
+    summary = json.loads((trained_run.run_dir / "summary.json").read_text())
+    assert summary["best_metric"] == "val_map" and "best_val_top1" not in summary  # mAP chose best/, named so
+    assert summary["best_val_map"] == pytest.approx(trained_run.best_metric)
 
 
 def test_eval_json_reports_multilabel_keys_at_the_saved_thresholds(trained_run, tmp_path, capsys):

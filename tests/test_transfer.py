@@ -256,3 +256,13 @@ def test_auto_transfer_of_a_convnet_freezes_batchnorm_and_runs_channels_last():
                              pretrained=True, num_train=300)
     assert not given.channels_last and not given.freeze_bn
     assert given.sources["channels_last"] == given.sources["momentum"] == "user"
+
+
+def test_auto_picks_lora_for_a_big_transformer_on_a_small_set_and_says_so():
+    big = resolve_settings(TrainSettings(), "vit_base_patch16_224", pretrained=True, num_train=300)
+    assert big.adapt == "lora" and "M-parameter vit backbone on 300 images" in big.sources["adapt"]
+    assert resolve_settings(TrainSettings(), "vit_small_patch16_224", pretrained=True, num_train=300).adapt == "full"
+    assert resolve_settings(TrainSettings(), "vit_base_patch16_224", pretrained=True, num_train=50_000).adapt == "full"
+    assert resolve_settings(TrainSettings(), "resnet152", pretrained=True, num_train=300).adapt == "full"  # no targets
+    given = resolve_settings(TrainSettings(adapt="full"), "vit_base_patch16_224", pretrained=True, num_train=300)
+    assert given.adapt == "full" and given.sources["adapt"] == "user"

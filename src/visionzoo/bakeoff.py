@@ -252,11 +252,15 @@ def _measure_latency(c: BakeoffCandidate, target: str, image_size: int | None) -
         if image_size:
             settings = type(settings)(**{**asdict(settings), "img_size": image_size})
         return benchmark_model(c.name, settings).latency_ms["p50"], "pytorch-eager"
+    from visionzoo.engines import artifacts_for
+
     best: tuple[float, str] | None = None
     failures = []
+    shared = artifacts_for(c.name, image_size)  # one ONNX export for both engines (files are made on first use)
     for engine in ("onnxruntime-fp32", "onnxruntime-int8"):
         try:
-            figures = measure_engine_latency(c.name, engine, 1, threads=threads, img_size=image_size, seconds=0.5)
+            figures = measure_engine_latency(c.name, engine, 1, threads=threads, img_size=image_size, seconds=0.5,
+                                             artifacts=shared)
         except Exception as error:  # one engine failing (an op int8 lacks) costs that engine only
             failures.append(f"{engine}: {str(error).splitlines()[0][:200]}")
             continue
@@ -433,7 +437,10 @@ def _fine_tune(finalists: list[BakeoffCandidate], state: _State, data: str, out:
                progress: Callable[[str, int, int], None]) -> None:
     """Run the finalists' fine-tunes, one process per device, halving at the rungs, within the budget."""
     used = float(state.data.get("finetune_seconds", 0.0))
-    queue = [c for c in finalists if state.get(c.name).get("finetune", {}).get("state") not in ("done", "stopped")]
+    # Cheapest first: a run that starts while no other has reached its rungs cannot be stopped by
+    # them, so the one that goes unchallenged should be the one that costs least.
+    queue = sorted((c for c in finalists if state.get(c.name).get("finetune", {}).get("state") not in ("done", "stopped")),
+                   key=lambda c: (c.params, c.latency_ms or 0.0))
     running: dict[str, tuple[subprocess.Popen, str]] = {}
     free = list(devices)
     curves = {c.name: _val_curve(Path(state.get(c.name)["finetune"]["run_dir"]))
@@ -797,7 +804,8 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
 
 def _finish(result: BakeoffResult, plot, out: Path) -> BakeoffResult:
     result.plot = plot_bakeoff(result, plot or out / "pareto.png")
-    _write_json(out / "bakeoff.json", {**result.as_dict(), "message": result.message, "commands": result.commands})
+    _write_json(out / "bakeoff.json", {**result.as_dict(), "message": result.message, "commands": result.commands,
+                                       "seconds": result.seconds})
     return result
 
 

@@ -608,7 +608,7 @@ def measure_engine_latency(model_or_export, engine: str, batch_size: int = 1, *,
         except (OSError, ValueError):
             pass
     if artifacts is None:
-        artifacts = _artifacts_for(model_or_export, img_size)
+        artifacts = artifacts_for(model_or_export, img_size)
     runner = create_engine(engine, artifacts, threads=threads)
     reason = runner.unavailable()
     if reason:
@@ -630,7 +630,8 @@ def measure_engine_latency(model_or_export, engine: str, batch_size: int = 1, *,
     return {**result, "cached": False}
 
 
-def _artifacts_for(model_or_export, img_size: int | None) -> Artifacts:
+def artifacts_for(model_or_export, img_size: int | None = None) -> Artifacts:
+    """`Artifacts` for a registered name (random weights), a model, an `Artifacts` or an exported file."""
     if isinstance(model_or_export, Artifacts):
         return model_or_export
     if isinstance(model_or_export, nn.Module):
@@ -722,7 +723,7 @@ def benchmark_engines(model: str | nn.Module, engines: str = "all", *, batch_siz
     engine. `engines`: comma-separated names, 'all' (every engine that runs here), or 'auto' (all but
     compile, and `choose_engine`'s pick with its accuracy figures; with random weights and no
     `eval_dir` those figures only exercise the rule)."""
-    artifacts = _artifacts_for(model, img_size)
+    artifacts = artifacts_for(model, img_size)
     if engines in ("all", "auto"):
         runners, skipped = available_engines(artifacts, threads=threads, exclude=("compile",) if engines == "auto" else ())
     else:

@@ -17,7 +17,9 @@ Two schemes, chosen per model by where its multiply-adds are (`int8_scheme`):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -132,9 +134,12 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
 
         def run(method: str) -> None:
             extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
-            quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=methods[method], extra_options=extra)
+            # onnxruntime's calibrators print their progress on stdout: keep stdout for our output
+            # (`--json` there is one JSON document), and show the progress on stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                                 calibrate_method=methods[method], extra_options=extra)
 
         try:
             run(calibration_method)

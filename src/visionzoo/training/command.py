@@ -39,7 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 3
     if args.json:
-        print(json.dumps({"run_dir": str(result.run_dir), "best_val_top1": result.best_metric,
+        summary = json.loads((result.run_dir / "summary.json").read_text()) if (
+            result.run_dir / "summary.json").exists() else {}
+        metric = summary.get("best_metric", "val_top1")
+        print(json.dumps({"run_dir": str(result.run_dir), f"best_{metric}": result.best_metric, "best_metric": metric,
                           "history": result.history, "interrupted": result.interrupted}))
     return 130 if result.interrupted else 0
 

@@ -669,7 +669,9 @@ class _Trainer:
                 best = self._validate()
             write_plots(self.run_dir, state.history, best, self.classes, self.data.val_set, self.data_config,
                         model=exported)
-        summary = {"best_val_top1": state.best_metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
+        # the metric that chose best/: top-1, or mAP for multi-label runs (whose top-1 is not defined)
+        metric = "val_map" if self.task == "multilabel" else "val_top1"
+        summary = {f"best_{metric}": state.best_metric, "best_metric": metric, "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                    "epochs": len(state.history), "history": state.history,
                    "bad_files": len(state.bad_files), "time": self.phases.summary(), **self._cost_summary()}
         self.logger.print(f"adapt {summary['adapt']}: {summary['trainable_params']:,} of {summary['total_params']:,} "
