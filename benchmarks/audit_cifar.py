@@ -178,7 +178,8 @@ def main() -> None:
     print(f"audit_cifar: {args.audited} train images ({len(planted['flips'])} labels flipped), {args.val_images} + {LEAKS} "
           f"val images ({LEAKS} leaked from train: JPEG quality 70, 33x33), {args.threads} threads; "
           "the CPU was shared with other jobs", flush=True)
-    for label, model_args in (("trained resnet18 (32px)", ["--model", str(backbone)]),
+    trained_label = "trained resnet18 (32px)" if not args.backbone else f"trained backbone {args.backbone}"
+    for label, model_args in ((trained_label, ["--model", str(backbone)]),
                               ("random-init resnet18 (32px), the floor",
                                ["--model", "resnet18", "--pretrained", "none", "--image-size", "32"])):
         if label.split()[0].split("-")[0] not in arms:

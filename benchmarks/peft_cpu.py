@@ -102,7 +102,7 @@ def accuracy_table(threads: int, epochs: int, val_per_class: int) -> None:
     weights = weight_file("lite0")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO / "src")}
     with tempfile.TemporaryDirectory() as temp:
-        data = prepare(Path(temp), val_per_class=val_per_class)
+        data = prepare(Path(temp), 224, val_per_class=val_per_class)
         print(f"accuracy: efficientnet_lite0 from its ImageNet weights on 5 CIFAR classes (60 train / "
               f"{val_per_class} test per class, 224 px), {epochs} epochs of batch 16, {threads} threads", flush=True)
         for method in ("full", "freeze", "lp-ft"):

@@ -188,3 +188,20 @@ def test_train_exclude_trains_without_the_listed_files(audited, tmp_path, one_th
     assert f"{len(issues)} files excluded by {out / 'label_issues.csv'}" in printed
     assert f"{63 - in_train} train / {19 - (len(issues) - in_train)} val images" in printed
     assert json.loads((run / "config.json").read_text())["requested"]["exclude"] == str(out / "label_issues.csv")
+
+
+def test_weights_embed_at_their_own_size_and_random_weights_at_the_images(tmp_path):
+    """Pretrained (or trained) weights see what they were trained on: small images are upsampled
+    for them; random weights embed small images at about their own size."""
+    planted = tmp_path / "data"
+    make_planted(planted)
+    model = visionzoo.create_model("mobilenetv3_small_050", num_classes=3)
+    from visionzoo.factory import data_config
+
+    visionzoo.with_spec(model, data_config={**data_config(model), "input_size": (3, 96, 96)},
+                        class_names=list(COLOURS))
+    folder = visionzoo.save_model(model, tmp_path / "trained")
+    trained = visionzoo.audit(planted, model=str(folder), out=None, progress=False)
+    random = visionzoo.audit(planted, model="mobilenetv3_small_050", pretrained=False, out=None, progress=False)
+    assert trained["summary"]["image_size"] == 96  # the model's, though the images are 40 px
+    assert random["summary"]["image_size"] == 64  # the images' median side, rounded up to a multiple of 32

@@ -174,17 +174,29 @@ def test_target_gpu_needs_a_gpu_and_measures_there(weight_files, tmp_path, monke
     assert not Path(result.winner["export"]).name.endswith("int8.onnx")  # no int8 export for a GPU
 
 
-def test_commercial_keeps_only_weights_whose_licence_allows_it():
-    from visionzoo.bakeoff import COMMERCIAL_LICENSES, _pool
-    from visionzoo.weights.catalog import list_weights
+def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
+    import dataclasses
+    import importlib
 
+    from visionzoo.bakeoff import _pool
+
+    catalog = importlib.import_module("visionzoo.weights.catalog")  # the module (a function shares its name)
+
+    real = {e.architecture: e for e in catalog.list_weights() if e.default and e.num_classes == 1000 and e.imagenet
+            and e.imagenet.get("top1") is not None and e.architecture in ("resnet18", "resnet50")}
+    # resnet18: a better non-commercial entry beside its default; resnet50: non-commercial weights only
+    entries = [real["resnet18"],
+               dataclasses.replace(real["resnet18"], name="resnet18.nc_better", default=True, license="cc-by-nc-4.0",
+                                   imagenet={**real["resnet18"].imagenet, "top1": 99.0}),
+               dataclasses.replace(real["resnet50"], license="cc-by-nc-4.0")]
+    monkeypatch.setattr(catalog, "list_weights", lambda: entries)
     every, none_dropped = _pool(None, commercial=False)
+    assert not none_dropped and {(c.name, c.weights) for c in every} == {("resnet18", "resnet18.nc_better"),
+                                                                      ("resnet50", real["resnet50"].name)}
     usable, dropped = _pool(None, commercial=True)
-    licences = {(e.architecture, e.name): e.license for e in list_weights()}
-    assert not none_dropped and usable and dropped
-    assert all(licences[(c.name, c.weights)] in COMMERCIAL_LICENSES for c in usable)
-    assert all(c.status.startswith("dropped: licence ") and "commercial" in c.status for c in dropped)
-    assert {c.name for c in usable} | {c.name for c in dropped} == {c.name for c in every}
+    assert [(c.name, c.weights) for c in usable] == [("resnet18", real["resnet18"].name)]
+    assert [c.name for c in dropped] == ["resnet50"]
+    assert dropped[0].status == "dropped: licence cc-by-nc-4.0 does not allow commercial use"
 
 
 # --- the pure parts -----------------------------------------------------------------------------

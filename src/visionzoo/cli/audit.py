@@ -68,7 +68,7 @@ def add_parsers(commands) -> None:
     add_pretrained_argument(p, when_absent="the default weights of a registered name")
     p.add_argument("--out", default="audit", metavar="DIR", help="report folder (default: audit)")
     p.add_argument("--image-size", type=int, metavar="S",
-                   help="embedding input size (default: the model's, at most the images' median side)")
+                   help="embedding input size (default: the model's; random weights: at most the images' median side)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the linear probes (default: 5)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes (default: 0)")
