@@ -27,10 +27,11 @@ import os
 import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from trainer_overhead import extract_slice  # the per-class slice of the archive, bytes as they are
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -38,21 +39,8 @@ ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 def prepare(root: Path, train_per_class: int, test_per_class: int) -> Path:
     """train/<class>/ and val/<class>/ JPEG files copied from the archive (no re-encoding)."""
-    target = root / "cifar10-subset"
-    counts: dict[tuple[str, str], int] = {}
-    with tarfile.open(ARCHIVE) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 4:
-                continue
-            _, split, label, name = parts
-            if counts.get((split, label), 0) >= (train_per_class if split == "train" else test_per_class):
-                continue
-            counts[(split, label)] = counts.get((split, label), 0) + 1
-            destination = target / ("train" if split == "train" else "val") / label / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(tar.extractfile(member).read())
-    return target
+    extract_slice(ARCHIVE, root / "cifar10-subset", train_per_class, test_per_class)
+    return root / "cifar10-subset"
 
 
 RUN = """

@@ -350,11 +350,11 @@ def create_engine(name: str, artifacts: Artifacts, *, threads: int | None = None
     return ENGINES[name](artifacts, threads=threads)
 
 
-def available_engines(artifacts: Artifacts, *, threads: int | None = None,
-                      exclude: Sequence[str] = ()) -> tuple[list[Engine], dict[str, str]]:
-    """The engines that can run here for `artifacts`, and for the others why not."""
+def available_engines(artifacts: Artifacts, *, threads: int | None = None, exclude: Sequence[str] = (),
+                      names: Sequence[str] | None = None) -> tuple[list[Engine], dict[str, str]]:
+    """The engines (`names`, default all) that can run here for `artifacts`, and for the others why not."""
     engines, skipped = [], {}
-    for name in ENGINES:
+    for name in (ENGINES if names is None else names):
         if name in exclude:
             continue
         engine = create_engine(name, artifacts, threads=threads)
@@ -727,14 +727,8 @@ def benchmark_engines(model: str | nn.Module, engines: str = "all", *, batch_siz
     if engines in ("all", "auto"):
         runners, skipped = available_engines(artifacts, threads=threads, exclude=("compile",) if engines == "auto" else ())
     else:
-        runners, skipped = [], {}
-        for name in [n.strip() for n in engines.split(",") if n.strip()]:
-            runner = create_engine(name, artifacts, threads=threads)
-            reason = runner.unavailable()
-            if reason:
-                skipped[name] = reason
-            else:
-                runners.append(runner)
+        runners, skipped = available_engines(artifacts, threads=threads,
+                                             names=[n.strip() for n in engines.split(",") if n.strip()])
     rows = []
     for runner in runners:
         figures = {b: measure_engine_latency(model, runner.name, b, threads=threads, img_size=img_size, seconds=seconds,
