@@ -22,6 +22,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
+from visionzoo.errors import UsageError
 from visionzoo.training.checkpoint import load_checkpoint, load_exported
 from visionzoo.training.optim import Lookahead, build_optimizer, build_schedule, head_parameter_names, layer_ids
 from visionzoo.training.settings import TrainSettings, resolve_settings
@@ -513,3 +514,66 @@ def test_device_resident_batches_train_exactly_like_the_data_loader(tmp_path, on
     assert len(made) == 2
     for key in resident:
         torch.testing.assert_close(resident[key], loader[key], rtol=0, atol=0, msg=key)
+
+
+class _WritesMarker:
+    """An object whose unpickling runs `open(marker, 'w')`: what a hostile run folder would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_runs_code_from_a_run_folder(tmp_path, one_thread):
+    """A colleague's run folder whose training state is a pickle that would create a marker file:
+    `--resume` refuses it with one line naming the file, and the marker is never made. A state saved
+    the current way holds JSON and safetensors only."""
+    result = visionzoo.train(_InterruptAt(4), SHAPES, out=tmp_path / "run", epochs=1, batch_size=16, workers=0,
+                             progress=False, plots=False, tensorboard=False)
+    assert result.interrupted
+    checkpoint = tmp_path / "run" / "checkpoint"
+    step = json.loads((checkpoint / "latest.json").read_text())["step"]
+    assert {path.name for path in checkpoint.iterdir()} == {
+        "latest.json", f"model-{step}.safetensors", f"state-{step}.safetensors", f"state-{step}.json"}
+    json.loads((checkpoint / f"state-{step}.json").read_text())  # plain JSON
+
+    marker = tmp_path / "pwned"
+    (checkpoint / f"state-{step}.json").unlink()
+    torch.save({"epoch": 0, "payload": _WritesMarker(marker)}, checkpoint / f"state-{step}.pt")
+    with pytest.raises(UsageError, match=rf"state-{step}\.pt .*could run code"):
+        visionzoo.train(TinyNet(), None, resume=tmp_path / "run", progress=False)
+    assert not marker.exists()
+
+    cli = subprocess.run([sys.executable, "-m", "visionzoo.cli", "train", "--resume", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode != 0 and not marker.exists()
+    assert f"state-{step}.pt" in cli.stderr and "Traceback" not in cli.stderr and "bug in visionzoo" not in cli.stderr
+
+
+def test_checkpoint_state_round_trips_every_value_kind(tmp_path):
+    """Ints as dict keys (an optimizer's state), tuples (Python's RNG state), NumPy arrays (NumPy's),
+    non-finite floats and nested tensors come back equal and of the same types."""
+    import random
+
+    import numpy as np
+
+    from visionzoo.training.checkpoint import save_checkpoint
+
+    state = {"optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 2)}},
+                           "param_groups": [{"lr": 0.1, "params": [0]}]},
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state()},
+             "best_metric": float("nan"), "low": float("-inf"), "none": None, "flag": True, "history": [{"a": 1.5}]}
+    save_checkpoint(tmp_path, 7, {"w": torch.ones(2)}, state)
+    weights, loaded = load_checkpoint(tmp_path)
+    assert torch.equal(weights["w"], torch.ones(2))
+    assert loaded["rng"]["python"] == state["rng"]["python"]
+    assert isinstance(loaded["rng"]["numpy"], tuple) and np.array_equal(loaded["rng"]["numpy"][1], state["rng"]["numpy"][1])
+    assert loaded["rng"]["numpy"][1].dtype == np.uint32
+    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
+    assert loaded["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    assert np.isnan(loaded["best_metric"]) and loaded["low"] == float("-inf") and loaded["flag"] is True
+    assert loaded["history"] == [{"a": 1.5}]
+    np.random.set_state(loaded["rng"]["numpy"])
+    random.setstate(loaded["rng"]["python"])

@@ -1,8 +1,10 @@
 """Checkpoints that always load: atomic writes, weights in safetensors, the rest in one state file.
 
-A run's `checkpoint/` folder holds pairs `model-<step>.safetensors` + `state-<step>.pt`
-(optimizer, scheduler, scaler, EMA, position, RNG states, best metric, history, settings)
-and `latest.json` naming the newest complete pair. Every file is written to a temporary
+A run's `checkpoint/` folder holds, per step, `model-<step>.safetensors` and the rest of the
+training state (optimizer, scheduler, scaler, EMA, position, RNG states, best metric, history,
+settings) as `state-<step>.json` with its tensors in `state-<step>.safetensors`, and
+`latest.json` naming the newest complete set. Nothing in a checkpoint is a pickle: a run folder
+from someone else cannot run code when it is resumed (JSON and safetensors hold data only). Every file is written to a temporary
 name, fsynced and renamed, and `latest.json` is replaced only after its pair is on disk, so
 a crash at any moment leaves the previous checkpoint loadable. Older pairs are removed after
 the pointer moves. The trainer hands checkpoints to a `CheckpointWriter`, which copies the state
@@ -15,17 +17,20 @@ user's own module is written here in the same layout: `model.safetensors` + `con
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import threading
 from pathlib import Path
+import re
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from visionzoo.errors import SettingError
+from visionzoo.errors import SettingError, UsageError
 from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
 from visionzoo.files import atomic_write
 from visionzoo.preprocess import resolve_data_config
@@ -45,15 +50,71 @@ def save_checkpoint(folder: Path, step: int, model_state: dict[str, torch.Tensor
 def _write_checkpoint(folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """`save_checkpoint` for weights already copied to contiguous CPU tensors (`_tensors`)."""
     folder = Path(folder)
+    state_tensors: dict[str, torch.Tensor] = {}
+    document = _encode(state, state_tensors)
     atomic_write(folder / f"model-{step}.safetensors", save(weights))
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(folder / f"state-{step}.pt", buffer.getvalue())
+    atomic_write(folder / f"state-{step}.safetensors", save(_tensors(state_tensors)))
+    atomic_write(folder / f"state-{step}.json", json.dumps(document).encode())
     atomic_write(folder / "latest.json", json.dumps({"step": step}).encode())
-    for old in folder.glob("*-*.*"):
-        stem = old.name.split(".")[0]
-        if stem.rsplit("-", 1)[-1].isdigit() and int(stem.rsplit("-", 1)[-1]) != step:
+    for old in folder.iterdir():
+        match = _CHECKPOINT_FILE.fullmatch(old.name)
+        if match and int(match.group(1)) != step:
             old.unlink(missing_ok=True)
+
+
+# The only files a checkpoint folder's clean-up removes: those `_write_checkpoint` writes (and the
+# pickled `state-<step>.pt` of checkpoints written before version 0.2).
+_CHECKPOINT_FILE = re.compile(r"(?:model|state)-(\d+)\.(?:safetensors|json|pt)")
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` as JSON data: tensors and NumPy arrays go to `tensors` under a numbered key and are
+    referenced by it; tuples, dicts with keys other than strings and non-finite floats are tagged,
+    so that `_decode` gives back exactly the same Python values (an optimizer's state is keyed by
+    int, Python's RNG state is a tuple)."""
+    if isinstance(value, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = value
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        key = str(len(tensors))
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
+        return {"__ndarray__": key}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, (np.integer, np.floating)):
+        return {"__numpy_scalar__": value.dtype.str, "value": value.item()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v, tensors) for k, v in value.items()}
+        return {"__items__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    raise TypeError(f"a training state holds a {type(value).__name__}, which a checkpoint cannot store as data")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__ndarray__" in value:
+        return tensors[value["__ndarray__"]].numpy()
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__numpy_scalar__" in value:
+        return np.dtype(value["__numpy_scalar__"]).type(value["value"])
+    if "__tuple__" in value:
+        return tuple(_decode(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["__items__"]}
+    return {k: _decode(v, tensors) for k, v in value.items()}
 
 
 def _snapshot(value: Any) -> Any:
@@ -107,14 +168,45 @@ class CheckpointWriter:
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The newest complete checkpoint in `folder`: (model weights, training state). Loading runs no
+    code from the folder: JSON and safetensors only, and a pickled state of an older version is
+    opened with `torch.load(weights_only=True)` and NumPy's array types allowed, nothing else."""
     folder = Path(folder)
     pointer = folder / "latest.json"
     if not pointer.exists():
         raise FileNotFoundError(f"no checkpoint in {folder} (latest.json is missing); nothing to resume")
-    step = json.loads(pointer.read_text())["step"]
-    weights = load_file(folder / f"model-{step}.safetensors")
-    state = torch.load(folder / f"state-{step}.pt", map_location="cpu", weights_only=False)
-    return weights, state
+    try:
+        step = int(json.loads(pointer.read_text())["step"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{pointer} is not a checkpoint pointer ({error}); the run cannot be resumed") from error
+    weights = _load_tensors(folder / f"model-{step}.safetensors")
+    document = folder / f"state-{step}.json"
+    if document.exists():
+        tensors = _load_tensors(folder / f"state-{step}.safetensors")
+        try:
+            return weights, _decode(json.loads(document.read_text()), tensors)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{document} is not a visionzoo training state ({error}); "
+                             "the run cannot be resumed from it") from error
+    legacy = folder / f"state-{step}.pt"
+    if not legacy.exists():
+        raise UsageError(f"{folder} has model-{step}.safetensors but no state-{step}.json; the run cannot be resumed")
+    numpy_types = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
+    try:
+        with torch.serialization.safe_globals(numpy_types):
+            return weights, torch.load(legacy, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle's refusal of any other global, or a damaged file
+        raise UsageError(f"{legacy} holds more than tensors and plain data, so it is not opened (it could run "
+                         f"code); resume only checkpoints written by visionzoo. ({str(error).splitlines()[0]})") from error
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing; the checkpoint is incomplete and the run cannot be resumed") from None
+    except Exception as error:  # safetensors raises its own errors for a bad header or a truncated file
+        raise UsageError(f"{path} is not a readable safetensors file ({error}); the run cannot be resumed") from error
 
 
 def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_config: dict[str, Any],
