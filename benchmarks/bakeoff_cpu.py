@@ -90,7 +90,7 @@ def main() -> None:
     weights = {f"efficientnet_{m}": weight_file(m) for m in MODELS}
     cli = [sys.executable, "-m", "visionzoo.cli"]
     sys.path.insert(0, str(REPO / "src"))
-    from visionzoo.bakeoff import _recipe
+    from visionzoo.choose.bakeoff import _recipe
 
     recipe = _recipe()
     results: dict = {"recipe": recipe, "val_per_class": args.val_per_class, "image_size": args.image_size,

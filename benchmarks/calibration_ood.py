@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 import visionzoo
-from visionzoo.calibration import DEFAULT_OOD_SCORE, auroc, calibration_report, fpr_at_tpr, head_of, knn_score
 from visionzoo.data.sources import ArraySamples, DataSplits, resolve_data
 from visionzoo.factory import data_config
-from visionzoo.outputs import ood_score
+from visionzoo.heads import ood_score
+from visionzoo.metrics.calibration import DEFAULT_OOD_SCORE, auroc, calibration_report, fpr_at_tpr, head_of, knn_score
 
 ARCHIVE = Path(os.environ.get("VISIONZOO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
     / "cifar10-jpg.tar.gz"

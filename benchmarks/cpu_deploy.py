@@ -2,9 +2,9 @@
 the reduced-precision engines on CIFAR-10.
 
 For each model, at batch 1 and 8: timm's eager model and each of visionzoo's engines
-(`visionzoo.engines`: eager, compile, onnxruntime-fp32, onnxruntime-int8, openvino-fp32,
+(`visionzoo.deploy.engines`: eager, compile, onnxruntime-fp32, onnxruntime-int8, openvino-fp32,
 openvino-bf16, openvino-int8), all running our model with timm's (random) weights, each with its
-runtime's default thread-pool settings, timed in alternating blocks (`visionzoo.benchmark.time_in_blocks`);
+runtime's default thread-pool settings, timed in alternating blocks (`visionzoo.measure.time_in_blocks`);
 medians reported with the ratio to timm eager, and the geometric mean over models per engine.
 Targets at batch 1 (issue 24): best float-class engine (fp32, or bf16) <= 0.33x, best int8 <= 0.20x.
 
@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 import visionzoo
-from visionzoo.benchmark import time_in_blocks
-from visionzoo.engines import (
+from visionzoo.deploy.engines import (
     ENGINES,
     Artifacts,
     create_engine,
     evaluate_engines,
     labelled_images,
 )
+from visionzoo.measure import time_in_blocks
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "vit_small_patch16_224"]
 FLOAT_TARGET, INT8_TARGET = 0.33, 0.20

@@ -23,7 +23,7 @@ import argparse
 import torch
 
 import visionzoo
-from visionzoo.complexity import METADATA_OPERATORS, compute_operators, count_operators
+from visionzoo.measure import METADATA_OPERATORS, compute_operators, count_operators
 
 MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny", "efficientnet_b0", "mobilenetv3_large_100",
           "vit_small_patch16_224", "swin_tiny_patch4_window7_224", "efficientvit_b0", "efficientvit_m0",

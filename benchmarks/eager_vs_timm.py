@@ -1,6 +1,6 @@
 """Our eager latency over timm's, on this CPU (target: at most 1.0 for each model).
 
-Same weights, same input; the two models run in interleaved repetitions (visionzoo.benchmark with
+Same weights, same input; the two models run in interleaved repetitions (visionzoo.choose.benchmark with
 vs_timm=True) and the ratio of medians is printed per model and batch size.
 
     python benchmarks/eager_vs_timm.py [--models ...] [--batch-sizes 1,8] [--seconds 3]
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from visionzoo.benchmark import BenchmarkSettings, benchmark_model, environment
+from visionzoo.choose.benchmark import BenchmarkSettings, benchmark_model, environment
 
 MODELS = ["resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "vit_small_patch16_224",
           "swin_tiny_patch4_window7_224"]

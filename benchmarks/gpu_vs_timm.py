@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from visionzoo.benchmark import BenchmarkSettings, benchmark_model, environment
+from visionzoo.choose.benchmark import BenchmarkSettings, benchmark_model, environment
 
 MODELS = ["resnet50", "vit_base_patch16_224", "convnext_tiny"]
 # (model, backend) -> (inference, training) images/s on an H200, from the issue

@@ -22,7 +22,7 @@ import torch
 
 import visionzoo
 from visionzoo.data.sources import resolve_data
-from visionzoo.export import export_model
+from visionzoo.deploy.export import export_model
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 MODELS = {

@@ -30,11 +30,11 @@ import torch.nn as nn
 from PIL import Image
 
 import visionzoo
-from visionzoo.calibration import head_of
 from visionzoo.data.sources import ArraySamples, DataSplits, resolve_data
 from visionzoo.factory import data_config
-from visionzoo.multilabel import multilabel_metrics, tune_thresholds
-from visionzoo.outputs import probabilities
+from visionzoo.heads import probabilities
+from visionzoo.metrics.calibration import head_of
+from visionzoo.metrics.multilabel import multilabel_metrics, tune_thresholds
 
 ARCHIVE = Path(os.environ.get("VISIONZOO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
     / "cifar10-jpg.tar.gz"

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from visionzoo.embeddings import Embeddings
-from visionzoo.probe import run_probe
+from visionzoo.embed.embeddings import Embeddings
+from visionzoo.embed.probe import run_probe
 
 
 def main() -> None:

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The tests mirror the package in subfolders; the shared helpers (harness, small_inputs, this file) stay here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_DATA = Path(os.environ.get("VISIONZOO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from visionzoo.cli import main
-from visionzoo.evaluate import classification_metrics, expected_calibration_error
+from visionzoo.metrics.classification import classification_metrics, expected_calibration_error
 
 
 def test_metrics_match_hand_computed_values():
@@ -74,7 +74,7 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys, one_thread):
 def test_tta_views_are_weighted_as_documented():
     """Half the weight on the image and its mirror, half on both views shifted by 1 pixel towards the
     top left and the bottom right, reflect-padded; checked against views built with F.pad."""
-    from visionzoo.evaluate import tta_logits
+    from visionzoo.evaluation import tta_logits
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 4))

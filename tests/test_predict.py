@@ -1,4 +1,4 @@
-"""`visionzoo predict` and visionzoo.predict: real EfficientNet-Lite0 weights, files/folders/globs, errors."""
+"""`visionzoo predict` and visionzoo.prediction: real EfficientNet-Lite0 weights, files/folders/globs, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from PIL import Image
 
 import visionzoo
 from visionzoo.cli import main
-from visionzoo.predict import expand_image_paths, format_table, prediction_record
+from visionzoo.data.samples import expand_image_paths
+from visionzoo.heads import format_table, prediction_record
 
 
 @pytest.fixture(autouse=True)

@@ -157,7 +157,7 @@ def test_features_only_reports_channels_and_strides():
 
 
 def test_count_operators_counts_kernels_and_leaves_the_model_as_it_was():
-    from visionzoo.complexity import compute_operators, count_operators
+    from visionzoo.measure import compute_operators, count_operators
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -4,8 +4,18 @@
     model = visionzoo.create_model("resnet50", num_classes=10)
     visionzoo.list_models("convnext_*")
 
+The package in layers, each importing only from those below it (pyproject.toml's import contract):
+
+    shells      cli/, serve/
+    workflows   choose/ (advice, benchmark, bakeoff/), training/, diagnose/ (explanation, data_audit/),
+                embed/ (embeddings, probe), evaluation, prediction, resolve
+    deploy      deploy/ (export/, engines/, runtimes/: the torch-free predictors), metrics/
+    factory     create_model, model_info, save_model / load_model, ModelSpec
+    model code  models/ (one file per family), clip, weights/, data/
+    base        registry, layers/, features, heads, measure, errors, files, runtime
+
 The public names below are imported lazily, on first use: `import visionzoo` itself pulls in
-no PyTorch, so the torch-free ONNX predictor (visionzoo.deploy) runs where torch is absent.
+no PyTorch, so the torch-free predictors (visionzoo.deploy.runtimes) run where torch is absent.
 To export a new public name, add one line to `_EXPORTS`: name -> the module that defines it.
 """
 
@@ -31,9 +41,9 @@ _EXPORTS: dict[str, str] = {
     "with_spec": "visionzoo.factory",
     "ModelSpec": "visionzoo.factory",
     "train": "visionzoo.training.trainer",
-    "audit": "visionzoo.audit",
-    "explain": "visionzoo.explain",
-    "advise": "visionzoo.advise",
+    "audit": "visionzoo.diagnose.data_audit",
+    "explain": "visionzoo.diagnose.explanation",
+    "advise": "visionzoo.choose.advice",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

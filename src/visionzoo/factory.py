@@ -8,7 +8,7 @@ Every model made here carries one frozen `ModelSpec` (architecture, overrides, p
 classes, weights, head, adapter), set once and read through `spec_of`; `with_spec` derives a
 changed spec (a trained model's classes, say). The layers below never see the spec: the
 registry gives cards, `visionzoo.weights` gets the shapes and layer names it needs as
-arguments, `visionzoo.preprocess` and `visionzoo.data.transforms` take data-config dicts.
+arguments, `visionzoo.data.config` and `visionzoo.data.transforms` take data-config dicts.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from visionzoo import clip as clip_models
-from visionzoo.complexity import count_gmacs, count_params
+from visionzoo.data.config import resolve_data_config, transforms_for
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureExtractor
-from visionzoo.files import atomic_write_json
-from visionzoo.preprocess import resolve_data_config, transforms_for
+from visionzoo.files import atomic_write, atomic_write_json, jsonable
+from visionzoo.measure import count_gmacs, count_params
 from visionzoo.registry import ModelCard, get_card, list_models
 from visionzoo.weights import (
     CONFIG_FILE,
@@ -47,7 +47,7 @@ from visionzoo.weights import (
 )
 from visionzoo.weights.lora import ADAPTER_FILE, is_lora, read_adapter, write_adapter
 
-__all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
+__all__ = ["size_overrides", "ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
            "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "data_config", "transforms",
            "class_names", "save_model", "load_model"]
 
@@ -75,7 +75,7 @@ class ModelSpec:
                 object.__setattr__(self, field, dict(getattr(self, field)))
 
     def as_json(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self), strict=True)
 
 
 _SPEC = "visionzoo_spec"  # the one attribute visionzoo sets on a model
@@ -353,16 +353,6 @@ def model_info(name: str) -> dict[str, Any]:
 # --- saving and loading trained models ------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    raise SettingError(f"cannot save override value {value!r} ({type(value).__name__}) in config.json")
-
-
 def _in_chans(model: nn.Module, name: str) -> int:
     _, first_conv = _layer_names(name)
     state = model.state_dict()
@@ -371,37 +361,49 @@ def _in_chans(model: nn.Module, name: str) -> int:
     return int(next(v.shape[1] for v in state.values() if v.ndim == 4))
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+               data_config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write `model` to the directory `path`: `model.safetensors` and `config.json` (architecture,
     overrides, num_classes, in_chans, class names, preprocessing, and the rest of its spec). Files are
-    replaced atomically."""
+    replaced atomically. `class_names` and `data_config` are recorded in the model's spec first (what
+    a trained model carries, as weights do).
+
+    A model the registry cannot rebuild (a user's own nn.Module) is written as its weights and facts
+    (`architecture: null`, with `extra`): evaluation code can read them, `load_model` cannot rebuild it."""
+    if class_names is not None or data_config is not None:
+        spec = find_spec(model) or ModelSpec(type(model).__name__, {}, {}, None, None)
+        with_spec(model, spec, **({"class_names": tuple(class_names)} if class_names is not None else {}),
+                  **({"data_config": resolve_data_config(spec.data_config, jsonable(dict(data_config)))}
+                     if data_config is not None else {}))
     spec = find_spec(model)
     if spec is None:
         raise SettingError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
+    if not registered_name(model):
+        return _save_unregistered(model, Path(path), extra)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise SettingError(f"{folder} is a file; save_model writes a directory")
     folder.mkdir(parents=True, exist_ok=True)
-    preprocessing = _jsonable(data_config(model))
+    preprocessing = jsonable(data_config(model), strict=True)
     zero_shot = isinstance(model, clip_models.ZeroShotClassifier)  # a registered image tower plus class embeddings
     config = {
         "format": SAVED_MODEL_FORMAT,
         "format_version": 1,
         "architecture": spec.name,
         **({"kind": "zero_shot", "tower_outputs": int(model.visual.num_classes)} if zero_shot else {}),
-        "overrides": _jsonable(spec.overrides),
+        "overrides": jsonable(spec.overrides, strict=True),
         "num_classes": int(model.num_classes),
         "in_chans": _in_chans(model, spec.name),
         "class_names": class_names(model),
         "preprocessing": preprocessing,
         "pretrained_cfg": preprocessing,  # the key older visionzoo versions read
         "weights": spec.weights,
-        "head": _jsonable(spec.head),
-        "adapter": _jsonable(spec.adapter),
+        "head": jsonable(spec.head, strict=True),
+        "adapter": jsonable(spec.adapter, strict=True),
     }
     files = [(CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))]
     if spec.adapter is not None and is_lora(model):  # only the adapter and the head, and what rebuilds the base
-        config["adapter"] = _jsonable(write_adapter(model, folder, spec.adapter))
+        config["adapter"] = jsonable(write_adapter(model, folder, spec.adapter), strict=True)
         (folder / WEIGHTS_FILE).unlink(missing_ok=True)
     else:
         # clone: tied or shared tensors are stored separately, as safetensors requires
@@ -419,6 +421,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     preprocessing, head, adapter)."""
     folder = Path(path)
     config = read_folder_config(folder) if folder.is_dir() else None
+    if config and "format" not in config and "architecture" in config:
+        return _load_facts_layout(folder, config)
     if not config or config.get("format") != SAVED_MODEL_FORMAT:
         raise FileNotFoundError(f"{folder} is not a model saved by visionzoo.save_model (expected a directory with "
                                 f"{CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -443,6 +447,42 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     return model.eval()
 
 
+def _save_unregistered(model: nn.Module, folder: Path, extra: Mapping[str, Any] | None) -> Path:
+    """Weights and facts of a model the registry cannot rebuild (`architecture: null`)."""
+    from visionzoo import __version__
+
+    spec = spec_of(model)
+    names = list(spec.class_names or [])
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS_FILE, save(tensors))
+    config = {
+        "architecture": None,
+        "num_classes": int(getattr(model, "num_classes", len(names))),
+        "class_names": names,
+        "model_args": {},
+        "data_config": jsonable(spec.data_config),
+        "visionzoo_version": __version__,
+        **({"head": jsonable(spec.head)} if spec.head else {}),
+        **(extra or {}),
+    }
+    atomic_write_json(folder / CONFIG_FILE, config)
+    return folder
+
+
+def _load_facts_layout(folder: Path, config: dict[str, Any]) -> nn.Module:
+    """A folder of weights and facts (`_save_unregistered`'s layout, which visionzoo before 0.1 also
+    wrote for registered models): rebuilt when it names a registered architecture."""
+    if not config.get("architecture"):
+        raise SettingError(f"{folder / CONFIG_FILE} names no registered architecture; the model cannot be rebuilt")
+    model = create_model(config["architecture"], num_classes=config["num_classes"], **config.get("model_args", {}))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    with_spec(model, class_names=config.get("class_names"),
+              data_config=resolve_data_config(spec_of(model).data_config, config.get("data_config")),
+              head=config.get("head"))
+    return model.eval()
+
+
 def _load_zero_shot(folder: Path, config: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
     """A saved `ZeroShotClassifier`: its image tower rebuilt from the registry, then every tensor loaded."""
     tensors = load_file(str(folder / WEIGHTS_FILE))
@@ -451,3 +491,11 @@ def _load_zero_shot(folder: Path, config: dict[str, Any], kwargs: dict[str, Any]
     model = clip_models.ZeroShotClassifier(visual, head, float(head.norm(dim=1).mean()))
     model.load_state_dict(tensors)
     return _set_spec(model, _zero_shot_spec(model, config.get("class_names"), None))
+
+
+def size_overrides(card, img_size: int) -> dict[str, Any]:
+    """Models whose structure depends on the input size (ViT, Swin, ...) are built for it."""
+    if img_size == card.input_size[1]:
+        return {}
+    fields = {f.name for f in dataclasses.fields(card.config)} if dataclasses.is_dataclass(card.config) else set()
+    return {"img_size": img_size} if "img_size" in fields else {}

@@ -1,13 +1,17 @@
-"""Writing files so that a crash (kill -9 included) leaves the old file or the new one, never half of one."""
+"""Writing files so that a crash (kill -9 included) leaves the old file or the new one, never half of one;
+and values made fit for JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json"]
+from visionzoo.errors import SettingError
+
+__all__ = ["atomic_write", "atomic_write_json", "jsonable"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -32,3 +36,17 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> None:
     atomic_write(path, json.dumps(data, indent=indent).encode())
+
+
+def jsonable(value: Any, *, strict: bool = False) -> Any:
+    """`value` with tuples as lists and keys as strings. Anything else JSON cannot hold becomes its
+    str(), or, with `strict`, raises a ValueError naming it (a setting that must load back as it was)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, strict=strict) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if strict:
+        raise SettingError(f"cannot save the value {value!r} ({type(value).__name__}) in config.json")
+    return str(value)

@@ -63,7 +63,7 @@ def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pr
             raise SettingError(f"--pretrained does not apply to the exported model {text}; drop --pretrained")
         if not path.is_file():
             raise FileNotFoundError(f"no such {'ONNX' if text.endswith('.onnx') else 'OpenVINO IR'} file: {text}")
-        from visionzoo.onnx_predict import open_exported
+        from visionzoo.deploy.runtimes import open_exported
 
         return open_exported(text, runtime, threads=onnx_threads)
     if runtime is not None:

@@ -13,7 +13,7 @@ __all__ = ["add_parsers", "cmd_audit", "cmd_explain"]
 def cmd_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from visionzoo.audit import audit
+    from visionzoo.diagnose.data_audit import audit
     from visionzoo.resolve import parse_pretrained
 
     pretrained = parse_pretrained(args.pretrained)
@@ -40,7 +40,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from visionzoo.explain import explain
+    from visionzoo.diagnose.explanation import explain
 
     results = explain(args.model, args.images, method=args.method, target_class=args.target_class, out=args.out,
                       pretrained=args.pretrained)

@@ -28,7 +28,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from visionzoo.benchmark import BenchmarkSettings, benchmark_model, environment
+    from visionzoo.choose.benchmark import BenchmarkSettings, benchmark_model, environment
 
     names = [visionzoo.model_info(name)["name"] for name in args.models]  # unknown names fail before any timing
     if args.engine:
@@ -85,8 +85,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _benchmark_engines(args: argparse.Namespace, names: list[str]) -> int:
     """`benchmark --engine NAME[,NAME]|all|auto`: latency percentiles and throughput per engine."""
-    from visionzoo.benchmark import BenchmarkSettings, environment
-    from visionzoo.engines import benchmark_engines
+    from visionzoo.choose.benchmark import BenchmarkSettings, environment
+    from visionzoo.deploy.engines import benchmark_engines
 
     if args.device != "cpu" or args.precision != "fp32" or args.backend != "eager" or args.train or args.vs_timm:
         raise UsageError("--engine measures CPU inference engines; drop --device, --precision, --backend, --train "
@@ -147,7 +147,7 @@ def _name_equals_file(text: str) -> tuple[str, str]:
 
 
 def cmd_bakeoff(args: argparse.Namespace) -> int:
-    from visionzoo.bakeoff import bakeoff
+    from visionzoo.choose.bakeoff import bakeoff
 
     result = bakeoff(args.data, target=args.target, latency_ms=args.latency_ms, max_params_m=args.max_params,
                      commercial=args.commercial, weights=dict(args.weights) if args.weights else None,
@@ -197,7 +197,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if args.data:
         return cmd_bakeoff(args)
 
-    from visionzoo.advise import advise, plot_advice
+    from visionzoo.choose.advice import advise, plot_advice
 
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("measuring candidates", total=None)
@@ -226,7 +226,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def cmd_evolution(args: argparse.Namespace) -> int:
-    from visionzoo.advise import candidates, plot_evolution
+    from visionzoo.choose.advice import candidates, plot_evolution
 
     if args.plot:
         plot_evolution(args.plot)

@@ -14,7 +14,7 @@ __all__ = ["add_parsers", "cmd_export"]
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from visionzoo.export import export_model
+    from visionzoo.deploy.export import export_model
     from visionzoo.resolve import resolve_model
 
     model = resolve_model(args.model, args.pretrained)
@@ -51,7 +51,7 @@ def _export_engine(args: argparse.Namespace, model) -> int:
     """`export --engine auto|NAME`: measure the engines here (auto), write the chosen engine's file."""
     from pathlib import Path
 
-    from visionzoo.engines import EXPORTABLE, export_engine
+    from visionzoo.deploy.engines import EXPORTABLE, export_engine
 
     if args.int8 or args.format != "onnx" or args.fold_bn:
         raise UsageError("--engine decides the format and precision; drop --format, --int8 and --fold-bn")

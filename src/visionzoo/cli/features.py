@@ -16,7 +16,7 @@ __all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_zero_shot"]
 def cmd_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from visionzoo.embeddings import build_backbone, embed_folder
+    from visionzoo.embed.embeddings import build_backbone, embed_folder
     from visionzoo.resolve import parse_pretrained
 
     spec = {"spec": args.model, "pretrained": parse_pretrained(args.pretrained) or False, "overrides": {}}
@@ -40,8 +40,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from visionzoo.embeddings import load_embeddings
-    from visionzoo.probe import run_probe, save_probe_model
+    from visionzoo.embed.embeddings import load_embeddings
+    from visionzoo.embed.probe import run_probe, save_probe_model
 
     train = load_embeddings(args.features)
     val = load_embeddings(args.val) if args.val else None
@@ -77,7 +77,7 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from visionzoo.factory import create_clip, zero_shot_classifier
-    from visionzoo.predict import classify_images
+    from visionzoo.prediction import classify_images
     from visionzoo.resolve import parse_pretrained
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]

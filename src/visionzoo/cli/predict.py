@@ -12,8 +12,9 @@ __all__ = ["add_parsers", "cmd_predict"]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from visionzoo.data.samples import expand_image_paths
+    from visionzoo.heads import format_table
     from visionzoo.resolve import resolve_model
-    from visionzoo.results import expand_image_paths, format_table
 
     paths = expand_image_paths(args.images)
     if not paths:
@@ -22,7 +23,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model.endswith((".onnx", ".xml")):  # the torch-free path: numpy, Pillow and onnxruntime or OpenVINO
         results = model.predict_files(paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     else:
-        from visionzoo.predict import predict_images
+        from visionzoo.prediction import predict_images
 
         results = predict_images(model, paths, topk=args.topk, batch_size=args.batch_size, reject=args.reject)
     if args.json:

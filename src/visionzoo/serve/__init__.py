@@ -12,7 +12,7 @@ before reading the reply, as urllib and requests do, get the 413 and not a conne
 503 with Retry-After when the queue is full, 408 for a client that sends too slowly, 500 for
 an exception inside the model (the next request runs normally).
 
-A model trained by visionzoo answers by its head facts (`visionzoo.outputs`): calibrated
+A model trained by visionzoo answers by its head facts (`visionzoo.heads`): calibrated
 probabilities, `"unknown": true` below its OOD threshold (`ServeSettings.reject`), and for a
 multi-label model `"labels"`, the classes over their thresholds.
 """
@@ -63,7 +63,7 @@ class Classifier:
 
     Built by `load_classifier` from a registered name, a saved model or an ONNX file; the two
     halves are split so decoding runs per request while the model runs per batch. With
-    `returns_logits`, `run` gives raw logits and `head` (see `visionzoo.outputs`) says what they mean.
+    `returns_logits`, `run` gives raw logits and `head` (see `visionzoo.heads`) says what they mean.
     """
 
     def __init__(self, name: str, prepare: Callable[[Any], np.ndarray], run: Callable[[np.ndarray], np.ndarray],
@@ -81,7 +81,7 @@ class Classifier:
     def answer(self, name: str, output: np.ndarray, topk: int, reject: bool = True) -> dict[str, Any]:
         """`{"predictions": [...]}` for one image's model output, plus `"labels"` / `"unknown"` by the head."""
         if self.returns_logits:
-            from visionzoo.outputs import result_record
+            from visionzoo.heads import result_record
 
             record = result_record(name, output, self.class_names, topk, self.head, reject=reject)
             record.pop("path")
@@ -104,7 +104,7 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
     a saved model folder, an nn.Module, or an exported .onnx or OpenVINO .xml file (see `visionzoo.resolve`;
     an exported file runs without PyTorch, by `runtime`: onnxruntime, openvino or openvino-bf16, by default
     the file's own: onnxruntime for .onnx, OpenVINO for .xml)."""
-    from visionzoo.onnx_predict import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
+    from visionzoo.deploy.runtimes import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
     from visionzoo.resolve import resolve_model
 
     if threads and not (isinstance(spec, str) and spec.endswith(EXPORTED_SUFFIXES)):
@@ -125,9 +125,9 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
     import torch
 
-    from visionzoo.calibration import head_of
     from visionzoo.factory import class_names as model_class_names
     from visionzoo.factory import data_config, find_spec, model_name, transforms
+    from visionzoo.metrics.calibration import head_of
 
     transform = transforms(model, train=False)
     names = model_class_names(model)
@@ -148,7 +148,7 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
     classifier = Classifier(card["architecture"], prepare, run, card["classes"], card, head=card["head"],
                             returns_logits=True)
-    from visionzoo.explain import serving_explainer
+    from visionzoo.diagnose.explanation import serving_explainer
 
     classifier.explainer = serving_explainer(model, transform, config, names)  # for POST /v1/explain
     return classifier

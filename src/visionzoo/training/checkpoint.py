@@ -10,32 +10,26 @@ a crash at any moment leaves the previous checkpoint loadable. Older pairs are r
 the pointer moves. The trainer hands checkpoints to a `CheckpointWriter`, which copies the state
 at once and writes it in a background thread, so a fast GPU does not wait for the disk.
 
-Model exports (`best/`, `last/`) use `visionzoo.save_model` for a model visionzoo made; a
-user's own module is written here in the same layout: `model.safetensors` + `config.json`
-(class names, preprocessing).
+The models a run keeps (`best/`, `last/`) are written by `visionzoo.save_model`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from pathlib import Path
-import re
 from typing import Any
 
 import numpy as np
-
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from visionzoo.errors import SettingError, UsageError
-from visionzoo.factory import ModelSpec, find_spec, registered_name, spec_of, with_spec
+from visionzoo.errors import UsageError
 from visionzoo.files import atomic_write
-from visionzoo.preprocess import resolve_data_config
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointWriter", "export_model", "load_exported"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointWriter"]
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,65 +201,3 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{path} is missing; the checkpoint is incomplete and the run cannot be resumed") from None
     except Exception as error:  # safetensors raises its own errors for a bad header or a truncated file
         raise UsageError(f"{path} is not a readable safetensors file ({error}); the run cannot be resumed") from error
-
-
-def export_model(model: nn.Module, path: Path, *, class_names: list[str], data_config: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> None:
-    """Write a loadable model folder (model.safetensors + config.json)."""
-    import visionzoo
-
-    path = Path(path)
-    # The model carries its classes and the preprocessing it was trained with, as weights do.
-    spec = find_spec(model) or ModelSpec(type(model).__name__, {}, {}, None, None)
-    with_spec(model, spec, class_names=tuple(class_names),
-              data_config=resolve_data_config(spec.data_config, jsonable(data_config)))
-    if registered_name(model):
-        visionzoo.save_model(model, path)
-        return
-    # A model the registry cannot rebuild (a user's own nn.Module): weights and facts only.
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / "model.safetensors", save(_tensors(model.state_dict())))
-    config = {
-        "architecture": None,
-        "num_classes": int(getattr(model, "num_classes", len(class_names))),
-        "class_names": list(class_names),
-        "model_args": {},
-        "data_config": jsonable(data_config),
-        "visionzoo_version": visionzoo.__version__,
-        **({"head": jsonable(spec_of(model).head)} if spec_of(model).head else {}),
-        **(extra or {}),
-    }
-    atomic_write(path / "config.json", json.dumps(config, indent=2).encode())
-
-
-def load_exported(path: Path) -> nn.Module:
-    """A model folder back as a model in eval mode, its spec holding the class names and preprocessing."""
-    import visionzoo
-
-    path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json)")
-    if "format" in json.loads(config_path.read_text()):
-        return visionzoo.load_model(path)
-    config = json.loads(config_path.read_text())
-    if not config.get("architecture"):
-        raise SettingError(f"{config_path} names no registered architecture; the model cannot be rebuilt")
-    model = visionzoo.create_model(config["architecture"], num_classes=config["num_classes"],
-                                   **config.get("model_args", {}))
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    with_spec(model, class_names=config.get("class_names"),
-              data_config=resolve_data_config(spec_of(model).data_config, config.get("data_config")),
-              head=config.get("head"))
-    return model.eval()
-
-
-def jsonable(value: Any) -> Any:
-    """`value` with tuples as lists, keys as strings and anything else JSON cannot hold as its str()."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return str(value)

@@ -1,5 +1,5 @@
 """`visionzoo train` and `visionzoo eval`: argument definitions and the thin commands over
-`visionzoo.train` and `visionzoo.evaluate.evaluate` (kept here so cli.py needs one line)."""
+`visionzoo.train` and `visionzoo.evaluation.evaluate` (kept here so cli.py needs one line)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from visionzoo.evaluate import evaluate
+    from visionzoo.evaluation import evaluate
 
     out = args.out
     if out is None:  # next to the model when it is a folder, else under runs/

@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 import torch
 
-from visionzoo.calibration import calibration_report, fit_head, plot_reliability
 from visionzoo.errors import SettingError
-from visionzoo.evaluate import classification_metrics
-from visionzoo.multilabel import multilabel_metrics
-from visionzoo.outputs import OOD_SCORES
+from visionzoo.heads import OOD_SCORES
+from visionzoo.metrics.calibration import calibration_report, fit_head, plot_reliability
+from visionzoo.metrics.classification import classification_metrics
+from visionzoo.metrics.multilabel import multilabel_metrics
 
 __all__ = ["head_task", "validation_metrics", "fit_run_head", "fit_head_step", "write_calibration", "write_head"]
 
@@ -89,7 +89,7 @@ def write_calibration(run_dir: Path, metrics: dict[str, Any], head: dict[str, An
 def write_head(folder: Path, head: dict[str, Any]) -> None:
     """Put the head facts into an exported model folder's config.json (best/ is written at its epoch,
     before they are known), atomically."""
-    from visionzoo.training.checkpoint import atomic_write, jsonable
+    from visionzoo.files import atomic_write, jsonable
 
     path = Path(folder) / "config.json"
     config = json.loads(path.read_text())

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionzoo.evaluate import plot_confusion_matrix
+from visionzoo.metrics.classification import plot_confusion_matrix
 
 __all__ = ["write_plots"]
 
@@ -87,12 +87,12 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
 
 
 def _with_heat_maps(model, tiles: list[np.ndarray], mean: torch.Tensor, std: torch.Tensor) -> list[np.ndarray]:
-    """The tiles overlaid with the Grad-CAM of their predicted class (visionzoo.explain), when the
+    """The tiles overlaid with the Grad-CAM of their predicted class (visionzoo.diagnose.explanation), when the
     model's family declares where to look; the plain tiles otherwise (one batch: cheap)."""
     if model is None:
         return tiles
     try:
-        from visionzoo.explain import cam_maps, overlay
+        from visionzoo.diagnose.explanation import cam_maps, overlay
 
         batch = (torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() - mean) / std
         device = next(model.parameters()).device

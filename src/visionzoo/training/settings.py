@@ -102,7 +102,7 @@ class TrainSettings:
     threshold: float | None = None  # multilabel: one threshold for every class instead of F1-tuned ones
     calibrate: bool = True  # fit temperature scaling on validation after training
     reject: bool = True  # fit an OOD score threshold on validation ("unknown" below it)
-    ood_score: str = "energy"  # energy | msp; see visionzoo.calibration
+    ood_score: str = "energy"  # energy | msp; see visionzoo.metrics.calibration
     ood_keep: float = 0.95  # share of in-distribution validation images the OOD threshold keeps
     freeze_stages: int | None = None  # freeze the stem and the first N stages (see training.freeze)
     head_init_std: float | None = None  # a NEW classifier's weights ~ N(0, std), 0: zeros; None: the reference init

@@ -46,21 +46,22 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 import visionzoo
-from visionzoo.calibration import with_head
 from visionzoo.data.cache import cache_photos, plan_cache, uint8_eval_view
 from visionzoo.data.datasets import ImageDataset, Skipped, collate_skipping
 from visionzoo.data.loaders import build_loaders, cache_size, cache_splits, default_workers, scan_splits
 from visionzoo.data.sources import DataSplits, resolve_data
 from visionzoo.data.transforms import batch_mixer, eval_transform
 from visionzoo.errors import SettingError
-from visionzoo.evaluate import predict_logits, reports_top_k
+from visionzoo.evaluation import predict_logits
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.factory import registered_name
-from visionzoo.multilabel import plot_per_class_ap
+from visionzoo.factory import registered_name, save_model
+from visionzoo.metrics.calibration import with_head
+from visionzoo.metrics.classification import reports_top_k
+from visionzoo.metrics.multilabel import plot_per_class_ap
 from visionzoo.runtime import tune_allocator
 from visionzoo.training.adapt import adapter_facts, apply_adaptation, parameter_counts
 from visionzoo.training.after import TrainedRun, after_training_steps
-from visionzoo.training.checkpoint import export_model, load_checkpoint
+from visionzoo.training.checkpoint import load_checkpoint
 from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
 from visionzoo.training.freeze import set_batchnorm_eval, set_frozen_eval
 from visionzoo.training.heads import fit_run_head, head_task, validation_metrics
@@ -628,7 +629,7 @@ class _Trainer:
             self.logger.epoch(record, line, columns)
             exported = self.ema.module if self.ema is not None else self.model
             if improved or (metrics is None and not skip_validation):
-                export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
+                save_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
             state.batches_done = self.batches_per_epoch
             self.checkpoints.save(state)
             self._write_bad_files(state.bad_files)
@@ -651,9 +652,9 @@ class _Trainer:
         last_val = getattr(self, "last_val", None)
         with_head(exported, fit_run_head(last_val, self.task, self.settings) if last_val is not None
                        else {"task": self.task})
-        export_model(exported, self.run_dir / "last", class_names=self.classes, data_config=self.data_config)
+        save_model(exported, self.run_dir / "last", class_names=self.classes, data_config=self.data_config)
         if not (self.run_dir / "best").exists():
-            export_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
+            save_model(exported, self.run_dir / "best", class_names=self.classes, data_config=self.data_config)
         steps = after_training_steps(self.settings)
         if steps:
             self._after_training(steps)

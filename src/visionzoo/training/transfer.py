@@ -56,7 +56,7 @@ def probe_init_head_(model: nn.Module, head_names: set[str], loader, num_classes
     multinomial logistic regression on the standardised embeddings (`probe.fit_logistic_regression`,
     L-BFGS), and fold the standardisation into the new head's weight and bias. Returns the probe's
     training loss and accuracy, for the log."""
-    from visionzoo.probe import fit_logistic_regression
+    from visionzoo.embed.probe import fit_logistic_regression
 
     module = head_module(model, head_names)
     if module is None:

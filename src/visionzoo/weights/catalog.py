@@ -71,7 +71,7 @@ class WeightEntry:
         )
 
     def data_config(self) -> dict[str, Any]:
-        """The preprocessing these weights expect, in the shape `visionzoo.preprocess` uses."""
+        """The preprocessing these weights expect, in the shape `visionzoo.data.config` uses."""
         return {"input_size": self.input_size, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode,
                 "interpolation": self.interpolation, "mean": self.mean, "std": self.std}
 

@@ -1,0 +1,310 @@
+"""Embeddings of a folder of images, cached in one safetensors file, resumable.
+
+`embed_folder(model, "photos/", "photos.safetensors")` runs the model over every image of a
+class-per-folder tree and writes its pooled features (`forward_head(pre_logits=True)`), and
+optionally the patch tokens, with the file paths, labels and class names in the file's
+metadata. Nothing is lost when a run stops: finished images are written to shards in
+`FILE.partial/` every `shard_size` images, a rerun skips every file already in a shard (or
+already in FILE), and the shards are merged into FILE at the end.
+
+The file holds tensors `embeddings` (N, D) float32, `labels` (N,) int64 and, with
+`patch_tokens=True`, `patch_tokens` (N, L, D); its metadata holds JSON strings `paths`,
+`classes`, `model` (how to rebuild the backbone) and `data_config` (the preprocessing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save
+
+from visionzoo.data.datasets import ImageDataset, collate_skipping
+from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
+from visionzoo.data.transforms import eval_transform
+from visionzoo.errors import DataError
+from visionzoo.factory import data_config as model_data_config
+from visionzoo.factory import find_spec
+from visionzoo.files import atomic_write, jsonable
+from visionzoo.resolve import resolve_model
+from visionzoo.runtime import tune_allocator
+
+__all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
+           "pooled_and_tokens", "build_backbone"]
+
+FORMAT = "visionzoo-embeddings/1"
+
+
+@dataclass
+class Embeddings:
+    """Pooled features of N images with their labels, paths and class names."""
+
+    embeddings: torch.Tensor  # (N, D)
+    labels: torch.Tensor  # (N,) int64, indices into `classes`
+    paths: list[str]
+    classes: list[str]
+    patch_tokens: torch.Tensor | None = None  # (N, L, D)
+    model: dict[str, Any] = field(default_factory=dict)  # spec, pretrained, overrides of the backbone
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def save_embeddings(result: Embeddings, path: str | Path) -> None:
+    tensors = {"embeddings": result.embeddings.float().contiguous(), "labels": result.labels.long().contiguous()}
+    if result.patch_tokens is not None:
+        tensors["patch_tokens"] = result.patch_tokens.float().contiguous()
+    metadata = {"format": FORMAT, "paths": json.dumps(result.paths), "classes": json.dumps(result.classes),
+                "model": json.dumps(result.model), "data_config": json.dumps(jsonable(result.data_config))}
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def load_embeddings(path: str | Path) -> Embeddings:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no embeddings file {path}; "
+                                f"make one with `visionzoo embed MODEL --data DIR --out {path}`")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise DataError(f"{path} is not a visionzoo embeddings file (format {metadata.get('format')!r}); "
+                             "make one with `visionzoo embed`")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    return Embeddings(tensors["embeddings"], tensors["labels"], json.loads(metadata["paths"]),
+                      json.loads(metadata["classes"]), tensors.get("patch_tokens"), json.loads(metadata["model"]),
+                      json.loads(metadata["data_config"]))
+
+
+def pooled_and_tokens(model: nn.Module, images: torch.Tensor, patch_tokens: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features (N, D) and, if asked, the patch tokens (N, L, D) of one batch.
+
+    Tokens of a transformer (N, L, C) lose their prefix (class, register) tokens; the map of a
+    CNN (N, C, H, W) becomes (N, H*W, C).
+    """
+    features = model.forward_features(images)
+    pooled = model.forward_head(features, pre_logits=True)
+    if not patch_tokens:
+        return pooled, None
+    if features.ndim == 4:
+        tokens = features.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C)
+    elif features.ndim == 3:
+        tokens = features[:, getattr(model, "num_prefix_tokens", 0):]
+    else:
+        raise DataError(f"cannot take patch tokens from features of shape {tuple(features.shape)}")
+    return pooled, tokens
+
+
+def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Module:
+    """A model from a spec {"spec": registered name or saved model folder, "pretrained": weights,
+    "overrides": {...}}, as `embed` records it. Random weights cannot be rebuilt, so they are
+    refused unless `allow_random` (when embedding, not when rebuilding)."""
+    name = spec.get("spec")
+    if not name:
+        raise DataError("the embeddings file does not record which model made it; re-embed with `visionzoo embed`")
+    if Path(name).exists():
+        if spec.get("pretrained"):
+            raise DataError(f"--pretrained does not apply to the saved model {name}")
+        return resolve_model(name)
+    if not spec.get("pretrained") and not allow_random:
+        raise DataError(f"the embeddings were made by '{name}' with random weights, which cannot be rebuilt; "
+                         "embed with --pretrained WEIGHTS or with a saved model folder")
+    return resolve_model(name, spec["pretrained"], **spec.get("overrides", {}))
+
+
+def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
+    """Images of a class-per-folder tree and its class names (folder names, sorted)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    classes = _class_folders(root)
+    if not classes:
+        raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
+    samples = _scan_tree(root, classes)
+    if not len(samples):
+        raise DataError(f"no images under {root} (looked in {len(classes)} class folders)")
+    return samples, classes
+
+
+def _read_shards(folder: Path) -> list[Embeddings]:
+    if not folder.is_dir():
+        return []
+    return [load_embeddings(shard) for shard in sorted(folder.glob("shard-*.safetensors"))]
+
+
+def _concat(parts: list[Embeddings], classes: list[str], model: dict, data_config: dict) -> Embeddings:
+    tokens = [p.patch_tokens for p in parts]
+    return Embeddings(
+        torch.cat([p.embeddings for p in parts]), torch.cat([p.labels for p in parts]),
+        [path for p in parts for path in p.paths], classes,
+        torch.cat(tokens) if tokens and all(t is not None for t in tokens) else None, model, data_config)
+
+
+@torch.no_grad()
+def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[str]], out: str | Path, *,
+                 batch_size: int = 64, patch_tokens: bool = False, shard_size: int = 512, workers: int = 0,
+                 device: str | torch.device = "cpu", model_spec: dict[str, Any] | None = None,
+                 progress: bool = True, max_images: int | None = None,
+                 data_config: dict[str, Any] | None = None) -> Embeddings:
+    """Embed every image of the class-per-folder tree `data` (or of `(samples, class names)`,
+    as `visionzoo audit` gives) and write them to `out`. `data_config` replaces the model's
+    preprocessing (e.g. a smaller input size).
+
+    Resumable: images already in `out` or in its `out.partial/` shards are skipped. `model_spec`
+    (e.g. {"spec": "resnet50", "pretrained": "default"}) is recorded so that a probe can be saved
+    as a model on the same backbone. `max_images` stops after that many new images (as an
+    interruption would; used to test resuming).
+    """
+    tune_allocator()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    samples, classes = data if isinstance(data, tuple) else scan_folder(data)
+    data_config = data_config or model_data_config(model)
+    made = find_spec(model)
+    spec = dict(model_spec or {"spec": made.name if made else None})
+
+    done = _read_shards(partial)
+    if out.is_file():
+        done.insert(0, load_embeddings(out))
+    for part in done:
+        if part.model.get("spec") != spec.get("spec") or part.model.get("pretrained") != spec.get("pretrained"):
+            raise DataError(f"{out} holds embeddings of {part.model.get('spec')!r} "
+                             f"(pretrained={part.model.get('pretrained')!r}), not of {spec.get('spec')!r} "
+                             f"(pretrained={spec.get('pretrained')!r}); write to a new --out file")
+        if part.classes != classes:
+            raise DataError(f"{out} was made from classes {part.classes[:5]}... but {data} has {classes[:5]}...; "
+                             "write to a new --out file")
+        if (part.patch_tokens is not None) != patch_tokens and len(part):
+            raise DataError(f"{out} was made {'with' if part.patch_tokens is not None else 'without'} patch tokens; "
+                             "rerun with the same --patch-tokens setting or write to a new --out file")
+    finished = {path for part in done for path in part.paths}
+    todo = [i for i, path in enumerate(samples.paths) if path not in finished]
+    if max_images is not None:
+        todo = todo[:max_images]
+
+    model = model.to(device).eval()
+    dataset = ImageDataset(samples.subset(np.array(todo, dtype=np.int64)), eval_transform(data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_skipping)
+    shard_index = len(list(partial.glob("shard-*.safetensors"))) if partial.is_dir() else 0
+    pending: list[Embeddings] = []
+    skipped = []
+
+    def flush() -> None:
+        nonlocal shard_index, pending
+        if pending:
+            shard = _concat(pending, classes, spec, data_config)
+            save_embeddings(shard, partial / f"shard-{shard_index:05d}.safetensors")
+            done.append(shard)
+            shard_index += 1
+            pending = []
+
+    columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task("embed", total=len(todo))
+        try:
+            for images, labels, indices, bad in loader:
+                skipped.extend(bad)
+                if len(indices):
+                    pooled, tokens = pooled_and_tokens(model, images.to(device), patch_tokens)
+                    paths = [dataset.samples.paths[i] for i in indices.tolist()]
+                    pending.append(Embeddings(pooled.float().cpu(), labels, paths, classes,
+                                              tokens.float().cpu() if tokens is not None else None))
+                    if sum(len(p) for p in pending) >= shard_size:
+                        flush()
+                bar.advance(task, len(indices) + len(bad))
+        finally:  # also on Ctrl-C: what was computed is kept for the rerun
+            flush()
+
+    result = _concat(done, classes, spec, data_config) if done else Embeddings(
+        torch.empty(0), torch.empty(0, dtype=torch.long), [], classes, model=spec, data_config=data_config)
+    result.skipped = [(s.path, s.reason) for s in skipped]  # type: ignore[attr-defined]
+    if max_images is None or len(todo) == 0 or len(finished) + len(todo) == len(samples):
+        if len(result):
+            save_embeddings(result, out)
+        shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+# --- a cache keyed by contents -----------------------------------------------------------------
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def samples_digest(samples) -> str:
+    """What a set of samples holds, by contents: each file's bytes (or the decoded array) with its
+    label, in order. Renaming or moving the files keeps the digest; editing one image changes it."""
+    import hashlib
+
+    from visionzoo.data.sources import FileSamples
+
+    digest = hashlib.sha256()
+    if isinstance(samples, FileSamples):
+        for path, label in zip(samples.paths, samples.labels.tolist()):
+            stat = os.stat(path)
+            memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+            if memo not in _FILE_DIGESTS:
+                with open(path, "rb") as handle:
+                    _FILE_DIGESTS[memo] = hashlib.sha256(handle.read()).hexdigest()
+            digest.update(f"{_FILE_DIGESTS[memo]}:{label};".encode())
+    else:
+        digest.update(np.ascontiguousarray(samples.images).tobytes())
+        digest.update(np.asarray(samples.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def embed_samples(model: nn.Module, samples, classes: list[str], cache_dir: str | Path, *,
+                  identity: dict[str, Any], data_config: dict[str, Any], batch_size: int = 64,
+                  device: str | torch.device = "cpu", on_batch: Any = None) -> Embeddings:
+    """Pooled features of `samples` (files or arrays), cached in `cache_dir` under a key made of the
+    samples' contents, `identity` (the model and a digest of its weights) and the preprocessing.
+
+    A second call with the same images, model and weights reads the file and runs no model; the
+    result's `embedded` says how many images were embedded by this call. `on_batch(n)` is called
+    as images are done (for a progress bar).
+    """
+    tune_allocator()
+    import hashlib
+
+    key = hashlib.sha256(json.dumps({"samples": samples_digest(samples), "classes": list(classes),
+                                     "identity": identity, "data_config": jsonable(data_config)},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{identity.get('model', 'model')}-{key}.safetensors"
+    if path.is_file():
+        result = load_embeddings(path)
+        result.embedded = 0  # type: ignore[attr-defined]
+        if on_batch:
+            on_batch(len(result))
+        return result
+    model = model.to(device).eval()
+    dataset = ImageDataset(samples, eval_transform(data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping)
+    pooled_parts, label_parts, names = [], [], []
+    for images, labels, indices, bad in loader:
+        if len(indices):
+            pooled, _ = pooled_and_tokens(model, images.to(device))
+            pooled_parts.append(pooled.float().cpu())
+            label_parts.append(labels)
+            names.extend(dataset.name(i) for i in indices.tolist())
+        if on_batch:
+            on_batch(len(indices) + len(bad))
+    if not names:
+        raise DataError(f"none of the {len(samples)} images could be read")
+    result = Embeddings(torch.cat(pooled_parts), torch.cat(label_parts).long(), names, list(classes),
+                        model=dict(identity), data_config=dict(data_config))
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    save_embeddings(result, path)
+    result.embedded = len(names)  # type: ignore[attr-defined]
+    return result

@@ -1,0 +1,235 @@
+"""The bake-off (`advise --data`): offline on builtin:shapes with small random-initialised models
+whose weight files the tests write. Each case checks what it names on real measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.choose.bakeoff import STATE_FILE, BakeoffCandidate, _halving_verdict, _spread
+
+DATA = "builtin:shapes?size=32&train=40&val=20"
+MODELS = ("mobilenetv3_small_050", "convnext_atto")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("weights")
+    files = {}
+    for name in MODELS:
+        torch.manual_seed(0)
+        files[name] = str(folder / f"{name}.pth")
+        torch.save(visionzoo.create_model(name).state_dict(), files[name])
+    return files
+
+
+def _run(weight_files, out, target_override="cpu", **options):
+    options.setdefault("finetune_top", 1)
+    options.setdefault("finetune_settings", {"epochs": 1})
+    return visionzoo.advise(data=DATA, target=target_override, weights=weight_files, out=out, image_size=32,
+                            progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def first(weight_files, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bakeoff")
+    cache = tmp_path_factory.mktemp("embeddings")
+    return _run(weight_files, out, cache_dir=cache), out, cache
+
+
+def test_json_shape_winner_export_and_plot(first):
+    result, out, _ = first
+    shape = result.as_dict()
+    assert set(shape) == {"target", "constraints", "data", "candidates", "winner"}
+    assert shape["target"] == "cpu" and shape["constraints"] == {}
+    assert shape["data"]["train"] == 40 and shape["data"]["val"] == 20 and len(shape["data"]["classes"]) == 10
+    assert [c["name"] for c in shape["candidates"]] and all(
+        set(c) == {"name", "weights", "probe_top1", "finetune_top1", "latency_ms", "engine", "params", "status"}
+        for c in shape["candidates"])
+    probed = [c for c in shape["candidates"] if c["probe_top1"] is not None]
+    assert len(probed) == 2 and all(0.0 <= c["probe_top1"] <= 1.0 for c in probed)
+    tuned = [c for c in shape["candidates"] if c["finetune_top1"] is not None]
+    assert len(tuned) == 1  # --finetune-top 1; the other is not fine-tuned and says why
+    assert any(c["status"].startswith("not fine-tuned: probe rank 2") for c in shape["candidates"])
+    winner = shape["winner"]
+    assert set(winner) == {"name", "weights", "top1", "latency_ms", "engine", "run_dir", "export"}
+    assert winner["name"] == tuned[0]["name"] and winner["top1"] == tuned[0]["finetune_top1"]
+    assert Path(winner["export"]).is_file() and (Path(winner["run_dir"]) / "best" / "config.json").is_file()
+    assert Path(result.plot).is_file() and Path(result.plot).stat().st_size > 10_000
+    assert json.loads((out / "bakeoff.json").read_text())["winner"] == json.loads(json.dumps(winner))
+    assert result.commands["train"].startswith(f"visionzoo train --model {winner['name']} --pretrained ")
+    assert result.commands["export"].startswith("visionzoo export ")
+    assert result.embedded == 2 * (40 + 20)
+
+
+def test_embedding_cache_is_reused_across_runs(first, weight_files, tmp_path):
+    result, _, cache = first
+    again = _run(weight_files, tmp_path / "other-out", cache_dir=cache, finetune_top=0)
+    assert again.embedded == 0  # a new --out, the same images, models and weights: nothing embedded
+    assert {c.name: c.probe_top1 for c in again.candidates} == {c.name: c.probe_top1 for c in result.candidates}
+
+
+def test_constraints_hold_on_the_measured_latency_and_params(first, weight_files, tmp_path):
+    result, _, cache = first
+    measured = {c.name: c.latency_ms for c in result.candidates}
+    limit = (min(measured.values()) * max(measured.values())) ** 0.5  # between the two, as measured before
+    fast = _run(weight_files, tmp_path / "fast", cache_dir=cache, finetune_top=0, latency_ms=limit)
+    for c in fast.candidates:  # judged on this run's own measurements
+        if c.latency_ms > limit:
+            assert c.status.startswith("dropped:") and "--latency-ms" in c.status and c.probe_top1 is None
+        else:
+            assert c.probe_top1 is not None and not c.status.startswith("dropped")
+    if fast.winner is not None:
+        assert fast.winner["latency_ms"] <= limit
+    small = _run(weight_files, tmp_path / "small", cache_dir=cache, finetune_top=0, max_params_m=2.0)
+    assert small.winner["name"] == "mobilenetv3_small_050"  # 1.6M params; convnext_atto has 3.7M
+    assert next(c for c in small.candidates if c.name == "convnext_atto").status.startswith("dropped: 3.70M params")
+
+    nothing = _run(weight_files, tmp_path / "none", cache_dir=cache, latency_ms=min(measured.values()) / 10)
+    assert nothing.winner is None and nothing.as_dict()["winner"] is None
+    assert "--latency-ms rules out every candidate" in nothing.message
+    closest = min(nothing.candidates, key=lambda c: c.latency_ms)
+    assert f"Closest: {closest.name}" in nothing.message
+
+
+def _cli(args, env):
+    return subprocess.run([sys.executable, "-m", "visionzoo.cli", "advise", "--data", DATA, *args],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def test_resume_after_kill_9(weight_files, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": SRC, "VISIONZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = [*[a for name, file in weight_files.items() for a in ("--weights", f"{name}={file}")], "--out", str(out),
+            "--image-size", "32", "--finetune-epochs", "1", "--finetune-top", "2", "--json"]
+    killed = _cli(args, {**env, "VISIONZOO_BAKEOFF_KILL_AT": "after-finetune"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((out / STATE_FILE).read_text())
+    finished = [name for name, entry in state["candidates"].items() if entry.get("finetune", {}).get("state") == "done"]
+    assert len(finished) == 1 and all(entry.get("probe_top1") is not None for entry in state["candidates"].values())
+    epochs_file = Path(state["candidates"][finished[0]]["finetune"]["run_dir"]) / "metrics_epochs.csv"
+    rows_before = epochs_file.read_text()
+    embeddings = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "embeddings").iterdir()}
+    assert len(embeddings) == 4  # train and val of both candidates
+
+    resumed = _cli(args, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    shape = json.loads(resumed.stdout)
+    assert all(c["finetune_top1"] is not None for c in shape["candidates"])  # the second was fine-tuned now
+    assert epochs_file.read_text() == rows_before  # the finished fine-tune was reused, not rerun
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "embeddings").iterdir()} == embeddings
+
+
+def test_two_fine_tunes_run_at_once_one_per_device(weight_files, tmp_path):
+    # enough epochs that each run outlasts the other's start-up (a 1-epoch run ends in under a second)
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, devices=["cpu", "cpu"],
+                  finetune_settings={"epochs": 8})
+    spans = []
+    for c in result.candidates:
+        assert c.status in ("fine-tuned", "winner (fine-tuned)") or "successive halving" in c.status, c.status
+        started, validated = Path(c.run_dir) / "config.json", Path(c.run_dir) / "metrics_epochs.csv"
+        spans.append((started.stat().st_mtime, validated.stat().st_mtime))
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a  # the two processes overlapped in time
+
+
+def test_the_budget_stops_the_running_fine_tune_and_skips_the_rest(weight_files, tmp_path):
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, budget_min=0.2 / 60,
+                  finetune_settings={"epochs": 50})
+    state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
+    finetunes = [entry["finetune"] for entry in state["candidates"].values()]
+    assert sorted(f["state"] for f in finetunes) == ["skipped", "stopped"]
+    assert all("--budget-min" in f["reason"] for f in finetunes)
+    assert state["finetune_seconds"] < 60  # 50 epochs were asked for; the budget ended them at once
+    assert result.winner is not None and all(c.probe_top1 is not None for c in result.candidates)
+
+
+def test_target_gpu_needs_a_gpu_and_measures_there(weight_files, tmp_path, monkeypatch):
+    from visionzoo.errors import SettingError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SettingError, match="target 'gpu' measures on a CUDA GPU and none is visible"):
+        _run(weight_files, tmp_path / "none", target_override="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU's latency, measured by a stand-in
+    calls = []
+
+    def measure(c, target, image_size):
+        calls.append((c.name, target))
+        return {"mobilenetv3_small_050": 2.0, "convnext_atto": 30.0}[c.name], "pytorch-eager-bf16"
+
+    result = visionzoo.advise(data=DATA, target="gpu", weights=weight_files, out=tmp_path / "gpu", image_size=32,
+                              finetune_top=0, latency_ms=10, progress=False, measure_fn=measure, devices=["cpu"])
+    assert sorted(calls) == [("convnext_atto", "gpu"), ("mobilenetv3_small_050", "gpu")]
+    assert result.target == "gpu" and result.winner["name"] == "mobilenetv3_small_050"
+    assert result.winner["engine"] == "pytorch-eager-bf16" and result.winner["export"].endswith(".onnx")
+    assert not Path(result.winner["export"]).name.endswith("int8.onnx")  # no int8 export for a GPU
+
+
+def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
+    import dataclasses
+    import importlib
+
+    from visionzoo.choose.bakeoff import _pool
+
+    catalog = importlib.import_module("visionzoo.weights.catalog")  # the module (a function shares its name)
+
+    real = {e.architecture: e for e in catalog.list_weights() if e.default and e.num_classes == 1000 and e.imagenet
+            and e.imagenet.get("top1") is not None and e.architecture in ("resnet18", "resnet50")}
+    # resnet18: a better non-commercial entry beside its default; resnet50: non-commercial weights only
+    entries = [real["resnet18"],
+               dataclasses.replace(real["resnet18"], name="resnet18.nc_better", default=True, license="cc-by-nc-4.0",
+                                   imagenet={**real["resnet18"].imagenet, "top1": 99.0}),
+               dataclasses.replace(real["resnet50"], license="cc-by-nc-4.0")]
+    monkeypatch.setattr(catalog, "list_weights", lambda: entries)
+    every, none_dropped = _pool(None, commercial=False)
+    assert not none_dropped and {(c.name, c.weights) for c in every} == {("resnet18", "resnet18.nc_better"),
+                                                                      ("resnet50", real["resnet50"].name)}
+    usable, dropped = _pool(None, commercial=True)
+    assert [(c.name, c.weights) for c in usable] == [("resnet18", real["resnet18"].name)]
+    assert [c.name for c in dropped] == ["resnet50"]
+    assert dropped[0].status == "dropped: licence cc-by-nc-4.0 does not allow commercial use"
+
+
+# --- the pure parts -----------------------------------------------------------------------------
+
+
+def test_halving_stops_a_run_that_trails_at_the_same_epoch():
+    curves = {"leader": {1: 0.6, 2: 0.8, 3: 0.9}, "behind": {1: 0.5}}
+    assert _halving_verdict("behind", curves, 3) == (1, 0.5, 0.6)
+    assert _halving_verdict("leader", curves, 3) is None
+    curves["behind"] = {1: 0.6, 2: 0.81}  # ties stay; ahead at epoch 2 continues
+    assert _halving_verdict("behind", curves, 3) is None
+    assert _halving_verdict("behind", {"behind": {3: 0.1}, "leader": {3: 0.9}}, 3) is None  # the last epoch: no rung
+    three = {"a": {1: 0.9}, "b": {1: 0.8}, "c": {1: 0.7}}  # of three at a rung, the best two continue
+    assert [_halving_verdict(k, three, 4) is None for k in "abc"] == [True, True, False]
+
+
+def test_spread_takes_families_before_sizes():
+    pool = [BakeoffCandidate(name=f"{family}{size}", weights="", family=family, params=size, imagenet_top1=top1)
+            for family, top1 in (("a", 80.0), ("b", 70.0)) for size in (1, 2, 3)]
+    order = [c.name for c in _spread(pool)]
+    assert order[:2] == ["a2", "b2"] and sorted(order) == sorted(c.name for c in pool)
+    assert order[2:4] == ["a1", "b1"] and order[4:] == ["a3", "b3"]
+
+
+
+def test_visionzoo_advise_is_callable_whether_or_not_the_module_was_imported():
+    import importlib
+
+    from visionzoo.errors import SettingError
+
+    module = importlib.import_module("visionzoo.choose.advice")
+    for advise in (visionzoo.choose.advice, module):  # the name may be bound to the function or to the module
+        with pytest.raises(SettingError, match="target must be one of"):
+            advise("tpu")
+        with pytest.raises(SettingError, match="apply only with data="):
+            advise("cpu", candidates=3)

@@ -1,0 +1,213 @@
+"""`visionzoo explain`: every family's declared CAM layer gives a map of the input's size that is not
+constant; the token layout is right; the maps pass the model-randomisation sanity check of
+Adebayo et al. (2018); the CLI writes overlays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.diagnose.explanation import CAM_TARGETS, cam_maps, target_layer
+from visionzoo.registry import list_families, list_models
+
+# (variant, input side, overrides): the smallest of each family, at an input whose explained map is
+# at least 2x2 (1x1 upsamples to a constant)
+CAM_CASES = {
+    "alexnet": ("alexnet", 64, {}),
+    "vgg": ("vgg11", 64, {}),
+    "resnet": ("resnet18", 64, {}),
+    "densenet": ("densenet121", 64, {}),
+    "googlenet": ("googlenet", 64, {}),
+    "inception_v3": ("inception_v3", 107, {}),
+    "mobilenetv3": ("mobilenetv3_small_050", 64, {}),
+    "efficientnet": ("efficientnet_b0", 64, {}),
+    "efficientnet_lite": ("efficientnet_lite0", 64, {}),
+    "convnext": ("convnext_atto", 64, {}),
+    "efficientvit_mit": ("efficientvit_b0", 64, {}),
+    "efficientvit_msra": ("efficientvit_m0", 128, {"img_size": 128}),
+    "maxvit": ("maxvit_tiny_tf_224", 64, {"img_size": 64}),
+    "swin": ("swin_tiny_patch4_window7_224", 64, {"img_size": 64, "window_size": 4}),
+    "vit": ("vit_tiny_patch16_224", 64, {"img_size": 64}),
+    "deit": ("deit_tiny_distilled_patch16_224", 64, {"img_size": 64}),  # two prefix tokens
+    "dinov2": ("vit_small_patch14_reg4_dinov2", 56, {"img_size": 56}),  # five prefix tokens (4 registers)
+    "clip": ("vit_base_patch32_clip_224", 64, {"img_size": 64}),
+    "eva02": ("eva02_tiny_patch14_224", 56, {"img_size": 56}),
+}
+
+
+def test_every_family_declares_a_cam_target_and_has_a_case():
+    assert set(CAM_TARGETS) == set(list_families()) == set(CAM_CASES)
+    for family, (name, _, _) in CAM_CASES.items():
+        assert name in list_models(family=family)
+
+
+def _structured_batch(size: int, seed: int = 0) -> torch.Tensor:
+    # a bright square on a dark ground, normalised roughly as ImageNet preprocessing would
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randn(2, 3, size, size, generator=generator) * 0.3 - 1.0
+    batch[:, :, size // 4: size // 2, size // 5: size // 2] += 2.5
+    return batch
+
+
+@pytest.mark.parametrize("family", sorted(CAM_CASES))
+def test_cam_has_the_input_size_and_is_not_constant(family, one_thread):
+    name, size, overrides = CAM_CASES[family]
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=4, **overrides).eval()
+    # With random weights the predicted class may have no positive evidence anywhere (Grad-CAM's ReLU
+    # then leaves zeros), so each of the two images is explained for every class at once.
+    batch = _structured_batch(size).repeat(4, 1, 1, 1)
+    maps, probabilities = cam_maps(model, batch, method="gradcam", target_classes=[0, 0, 1, 1, 2, 2, 3, 3])
+    assert maps.shape == (8, size, size)
+    assert probabilities.shape == (8, 4)
+    assert np.isfinite(maps).all()
+    spread = maps.reshape(4, 2, -1).std(-1)  # (class, image)
+    assert (spread.max(0) > 1e-3).all(), f"{family}: the Grad-CAM map is constant for every class"
+    batch = batch[:2]
+    if family in ("vit", "swin"):  # the gradient-free method goes through the same layer and reshape
+        eigen, _ = cam_maps(model, batch, method="eigencam")
+        assert eigen.shape == (2, size, size) and eigen.reshape(2, -1).std(1).min() > 1e-3
+
+
+def test_token_reshape_puts_each_patch_token_at_its_grid_position():
+    model = visionzoo.create_model("deit_tiny_distilled_patch16_224", num_classes=3, img_size=(32, 64))
+    _, reshape = target_layer(model, (32, 64))  # a 2 x 4 grid behind 2 prefix tokens
+    tokens = torch.arange(1 * 10 * 3, dtype=torch.float32).reshape(1, 10, 3)
+    grid = reshape(tokens)  # (1, C, 2, 4)
+    assert grid.shape == (1, 3, 2, 4)
+    for row in range(2):
+        for column in range(4):
+            assert torch.equal(grid[0, :, row, column], tokens[0, 2 + row * 4 + column])
+    swin = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=3, img_size=64, window_size=4)
+    _, permute = target_layer(swin, (64, 64))
+    nhwc = torch.randn(1, 2, 3, 5)
+    assert torch.equal(permute(nhwc)[0, :, 1, 2], nhwc[0, 1, 2])
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x.ravel())).astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def test_sanity_check_cam_changes_when_the_trained_weights_are_randomised(one_thread):
+    """Adebayo et al., 2018: a saliency method that explains the model must change when the model's
+    weights are re-initialised. A few SGD steps on generated shapes make the trained model."""
+    from visionzoo.data.sources import make_shapes
+
+    torch.manual_seed(0)
+    size = 96
+    shapes = make_shapes(160, size=size, seed=3)
+    images = torch.from_numpy(shapes.images).permute(0, 3, 1, 2).float() / 255
+    images = (images - 0.45) / 0.25
+    labels = torch.from_numpy(shapes.labels)
+    model = visionzoo.create_model("resnet18", num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(25):
+        batch = torch.randint(0, len(images), (32,))
+        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    probe = images[:6]
+    classes = labels[:6].tolist()
+    trained, _ = cam_maps(model, probe, target_classes=classes)
+    # Grad-CAM's ReLU can leave an image with no positive evidence (an all-zero map); most have a map
+    shown = [i for i in range(6) if trained[i].std() > 1e-3]
+    assert len(shown) >= 4
+
+    torch.manual_seed(1)  # every weight re-initialised: the same architecture, fresh weights
+    model.load_state_dict(visionzoo.create_model("resnet18", num_classes=10).state_dict())
+    after, _ = cam_maps(model.eval(), probe, target_classes=classes)
+    correlations = [_rank_correlation(trained[i], after[i]) for i in shown if after[i].std() > 1e-6]
+    changed = [np.abs(trained[i] - after[i]).mean() for i in shown]
+    assert min(changed) > 0.05, changed
+    assert not correlations or np.mean(correlations) < 0.7, correlations
+
+
+def test_explain_cli_writes_overlays_for_a_run_folder(tmp_path, one_thread, capsys):
+    from PIL import Image
+
+    from visionzoo.cli import main
+
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    visionzoo.with_spec(model, class_names=["circle", "square", "star"],
+                        data_config={"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3,
+                                     "std": (0.25,) * 3, "interpolation": "bilinear"})
+    visionzoo.save_model(model, tmp_path / "run" / "best")
+    picture = tmp_path / "photo.png"
+    y, x = np.mgrid[0:80, 0:80]
+    Image.fromarray(np.stack([x * 3, y * 3, (x + y) % 255], -1).astype(np.uint8)).save(picture)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+
+    assert main(["explain", str(tmp_path / "run"), str(picture), "--out", str(tmp_path / "maps"), "--json",
+                 "--method", "gradcam++", "--target-class", "star"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["label"] == "star" and record["class"] == 2 and 0 <= record["probability"] <= 1
+    png = Image.open(record["png"])
+    assert png.size[0] > png.size[1] > 100  # three panels side by side
+    assert np.asarray(png.convert("RGB")).std() > 10
+
+    assert main(["explain", str(tmp_path / "run" / "best"), str(tmp_path / "broken.jpg"), "--out",
+                 str(tmp_path / "maps")]) == 1  # an unreadable image is reported, not a crash
+    assert main(["explain", "resnet18", str(picture), "--pretrained", "none", "--target-class", "zebra"]) == 2
+    results = visionzoo.explain(tmp_path / "run", [picture], method="eigencam", out=None)
+    assert results[0]["cam"].shape == (64, 64) and "png" not in results[0]
+
+
+def test_serve_explain_returns_the_top_class_heat_map(one_thread):
+    import asyncio
+    import base64
+    import io
+
+    from PIL import Image
+    from test_serve import Server, png_bytes
+
+    from visionzoo.serve import Classifier, load_classifier
+
+    model = visionzoo.create_model("resnet18", num_classes=3).eval()
+    visionzoo.with_spec(model, class_names=["a", "b", "c"],
+                        data_config={"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3,
+                                     "std": (0.25,) * 3, "interpolation": "bilinear"})
+    classifier = load_classifier(model)
+    gradient = np.zeros((64, 64, 3), np.uint8)
+    gradient[16:40, 8:30] = 230
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).save(buffer, format="PNG")
+
+    async def scenario():
+        async with Server(classifier) as client:
+            classified = (await client.post("/v1/classify", content=buffer.getvalue())).json()["predictions"][0]
+            response = await client.post("/v1/explain", files={"file": ("x.png", buffer.getvalue(), "image/png")})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["label"] == classified["label"] and abs(body["prob"] - classified["prob"]) < 1e-4
+            heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap"].split(",", 1)[1])))
+            assert heat.size == (64, 64)
+            raw = await client.post("/v1/explain?format=png", content=buffer.getvalue())
+            assert raw.headers["content-type"] == "image/png" and Image.open(io.BytesIO(raw.content)).size == (64, 64)
+            assert (await client.post("/v1/explain", content=b"not an image")).status_code == 415
+        async with Server(Classifier("onnx-like", lambda image: np.zeros(3, np.float32),
+                                     lambda batch: np.ones((len(batch), 3)) / 3, None, {})) as client:
+            response = await client.post("/v1/explain", content=png_bytes())
+            assert response.status_code == 501 and "gradients" in response.json()["error"]
+
+    asyncio.run(scenario())
+
+
+def test_worst_mistakes_tiles_gain_heat_maps_for_a_visionzoo_model(one_thread):
+    from visionzoo.training.report import _with_heat_maps
+
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    tiles = [np.random.default_rng(i).uniform(0, 1, (64, 64, 3)).astype(np.float32) for i in range(3)]
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    blended = _with_heat_maps(model, tiles, mean, std)
+    assert len(blended) == 3 and all(b.shape == t.shape for b, t in zip(blended, tiles))
+    assert all(np.abs(b - t).mean() > 0.01 for b, t in zip(blended, tiles))  # the overlay is there
+    assert _with_heat_maps(None, tiles, mean, std) is tiles
+    assert _with_heat_maps(torch.nn.Conv2d(3, 3, 1), tiles, mean, std) is tiles  # not a visionzoo model: plain tiles
