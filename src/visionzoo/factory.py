@@ -361,20 +361,20 @@ def _in_chans(model: nn.Module, name: str) -> int:
     return int(next(v.shape[1] for v in state.values() if v.ndim == 4))
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-               data_config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, *, classes: Sequence[str] | None = None,
+               preprocessing: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write `model` to the directory `path`: `model.safetensors` and `config.json` (architecture,
     overrides, num_classes, in_chans, class names, preprocessing, and the rest of its spec). Files are
-    replaced atomically. `class_names` and `data_config` are recorded in the model's spec first (what
-    a trained model carries, as weights do).
+    replaced atomically. `classes` (the class names) and `preprocessing` (a data config) are recorded in the model's
+    spec first (what a trained model carries, as weights do).
 
     A model the registry cannot rebuild (a user's own nn.Module) is written as its weights and facts
     (`architecture: null`, with `extra`): evaluation code can read them, `load_model` cannot rebuild it."""
-    if class_names is not None or data_config is not None:
+    if classes is not None or preprocessing is not None:
         spec = find_spec(model) or ModelSpec(type(model).__name__, {}, {}, None, None)
-        with_spec(model, spec, **({"class_names": tuple(class_names)} if class_names is not None else {}),
-                  **({"data_config": resolve_data_config(spec.data_config, jsonable(dict(data_config)))}
-                     if data_config is not None else {}))
+        with_spec(model, spec, **({"class_names": tuple(classes)} if classes is not None else {}),
+                  **({"data_config": resolve_data_config(spec.data_config, jsonable(dict(preprocessing)))}
+                     if preprocessing is not None else {}))
     spec = find_spec(model)
     if spec is None:
         raise SettingError("save_model needs a model made by visionzoo.create_model (it records the architecture)")
