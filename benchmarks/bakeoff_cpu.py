@@ -90,9 +90,9 @@ def main() -> None:
     weights = {f"efficientnet_{m}": weight_file(m) for m in MODELS}
     cli = [sys.executable, "-m", "visionzoo.cli"]
     sys.path.insert(0, str(REPO / "src"))
-    from visionzoo.choose.bakeoff import _recipe
+    from visionzoo.choose.bakeoff.finetune import finetune_recipe
 
-    recipe = _recipe()
+    recipe = finetune_recipe()
     results: dict = {"recipe": recipe, "val_per_class": args.val_per_class, "image_size": args.image_size,
                      "epochs": args.epochs}
     print(f"recipe {recipe}; {args.val_per_class} validation images per class; image size "

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 import visionzoo
-from visionzoo.data.sources import ArraySamples, DataSplits, resolve_data
+from visionzoo.data.samples import ArraySamples, DataSplits
+from visionzoo.data.sources import resolve_data
 from visionzoo.factory import data_config
 from visionzoo.heads import ood_score
 from visionzoo.metrics.calibration import DEFAULT_OOD_SCORE, auroc, calibration_report, fpr_at_tpr, head_of, knn_score

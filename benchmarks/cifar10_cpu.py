@@ -97,7 +97,7 @@ def whitening_sample(samples, count: int = 5000) -> torch.Tensor:
     """(count, 3, 32, 32) uint8 training images for the whitening statistics: decoded from files, or
     taken from decoded arrays (the pixel cache)."""
     from visionzoo.data.decode import decode_image
-    from visionzoo.data.sources import ArraySamples
+    from visionzoo.data.samples import ArraySamples
 
     rng = np.random.default_rng(0)
     chosen = np.sort(rng.choice(len(samples), min(count, len(samples)), replace=False))

@@ -30,7 +30,8 @@ import torch.nn as nn
 from PIL import Image
 
 import visionzoo
-from visionzoo.data.sources import ArraySamples, DataSplits, resolve_data
+from visionzoo.data.samples import ArraySamples, DataSplits
+from visionzoo.data.sources import resolve_data
 from visionzoo.factory import data_config
 from visionzoo.heads import probabilities
 from visionzoo.metrics.calibration import head_of

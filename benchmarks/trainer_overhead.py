@@ -31,7 +31,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 import visionzoo
-from visionzoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 

@@ -151,3 +151,26 @@ def test_two_class_run_and_eval_show_no_top5(tmp_path, capsys, one_thread):
     result = json.loads(capsys.readouterr().out)
     assert "top1" in result and "top5" not in result
     assert "top5" not in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_class_names_with_markup_and_escape_sequences_print_as_they_are(tmp_path, capsys, one_thread):
+    """Issue 28: a class named `[/]` (rich markup) made eval crash, and an ANSI escape in a class name
+    reached the terminal. Both are shown literally, the escape's control character as '?'. (A CSV
+    gives the label `[/]`, which no folder name can.)"""
+    hostile = ("[/]", "red\x1b[31mflag")
+    (tmp_path / "data").mkdir()
+    rows = ["path,label"]
+    for index, (name, colour) in enumerate(zip(hostile, ((20, 20, 20), (230, 230, 230)))):
+        for i in range(5):
+            Image.new("RGB", (16, 16), colour).save(tmp_path / "data" / f"{index}-{i}.png")
+            rows.append(f"{index}-{i}.png,{name}")
+    (tmp_path / "data" / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    data = str(tmp_path / "data" / "labels.csv")
+    assert main(["train", "--model", "resnet18", "--data", data, "--epochs", "1", "--batch-size", "4",
+                 "--image-size", "16", "--out", str(run), "--workers", "0", "--no-progress",
+                 "--val-fraction", "0.4"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", data, "--out", str(tmp_path / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "[/]" in printed and "red?[31mflag" in printed and "\x1b" not in printed

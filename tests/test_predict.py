@@ -63,6 +63,26 @@ def images(tmp_path):
     return folder
 
 
+def test_a_folders_dangling_links_and_link_loops_are_reported_as_train_reports_them(saved_model, images, capsys):
+    from visionzoo.data.datasets import scan_files
+    from visionzoo.data.sources import resolve_data
+
+    (images / "gone.jpg").symlink_to(images / "deleted.jpg")
+    (images / "loop.png").symlink_to(images / "loop.png")
+    paths = expand_image_paths([images])
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["broken.jpg", "gone.jpg", "loop.png", "red.jpg", "green.png"]
+    code, out, _ = _run(capsys, "predict", str(saved_model), str(images), "--json")
+    errors = {r["path"].rsplit("/", 1)[-1]: r["error"] for r in json.loads(out) if "error" in r}
+    assert code == 1 and set(errors) == {"broken.jpg", "gone.jpg", "loop.png"}
+    assert "No such file" in errors["gone.jpg"] and "symbolic links" in errors["loop.png"]
+    # training lists the same files and gives the same reasons
+    (images.parent / "tree").mkdir()
+    (images.parent / "tree" / "photos").symlink_to(images)
+    skipped = {s.path.rsplit("/", 1)[-1]: s.reason for s in scan_files(resolve_data(images.parent / "tree",
+                                                                                    split="eval").train)}
+    assert skipped == errors
+
+
 def test_unreadable_images_are_reported_and_the_rest_predicted(saved_model, images, capsys):
     code, out, err = _run(capsys, "predict", str(saved_model), str(images), "--topk", "2", "--json")
     results = json.loads(out)

@@ -7,10 +7,15 @@ import visionzoo
 from visionzoo import registry
 from visionzoo.registry import (
     RECIPE_STYLES,
+    CamLayer,
+    FamilyFacts,
+    LoraTargets,
     ModelCard,
     UnknownModelError,
     VariantExtras,
+    family_facts,
     get_card,
+    list_families,
     register_family,
     register_model,
 )
@@ -81,6 +86,7 @@ def scratch_registry(monkeypatch):
     """Register into a copy of the registry, so that test families do not outlive the test."""
     registry._load_families()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
 
 
 def test_register_family_fills_family_facts_and_applies_extras(scratch_registry):
@@ -111,6 +117,43 @@ def test_register_family_refuses_stray_extras_and_unknown_styles(scratch_registr
     with pytest.raises(ValueError, match="unknown recipe_style 'transformer'; choose one of vit, convnext, convnet"):
         register_family({"test_net_a": config}, family="test_net", paper="A", year=2001, builder=builder,
                         recipe_style="transformer")
+
+
+def test_register_family_records_the_family_facts_for_the_workflows(scratch_registry):
+    config, builder = get_card("resnet18").config, get_card("resnet18").builder
+    cam, lora = CamLayer("layer4"), LoraTargets(r"layer\d\.\d+\.conv1", r"layer\d\.\d+\.conv2")
+    register_family({"test_net_a": config, "test_net_lite": config}, family="test_net", paper="A", year=2001,
+                    builder=builder, recipe_style="convnet", cam_layer=cam, lora_targets=lora,
+                    extras={"test_net_lite": VariantExtras(family="test_net_lite", edge=True)})
+    assert family_facts("test_net") == FamilyFacts("test_net", cam, lora, edge=False)
+    assert family_facts("test_net_lite") == FamilyFacts("test_net_lite", cam, lora, edge=True)  # a family of its own
+    with pytest.raises(ValueError, match="unknown family 'test_nett'; did you mean 'test_net'"):
+        family_facts("test_nett")
+    # a family is stated once: a second call may not change its facts, nor may two of its variants differ
+    with pytest.raises(ValueError, match="family 'test_net' is registered twice with different facts"):
+        register_family({"test_net_b": config}, family="test_net", paper="A", year=2001, builder=builder,
+                        recipe_style="convnet", edge=True)
+    with pytest.raises(ValueError, match="family 'test_other': its variants give it different facts"):
+        register_family({"test_other_a": config, "test_other_b": config}, family="test_other", paper="A", year=2001,
+                        builder=builder, recipe_style="convnet", extras={"test_other_b": VariantExtras(edge=True)})
+
+
+def test_each_family_file_registers_what_the_workflows_ask():
+    """What explain's, adapt's and advise's tables used to hold, now registered by each family's file."""
+    facts = {family: family_facts(family) for family in list_families()}
+    assert all(f.cam_layer is not None for f in facts.values())
+    assert {f for f, fact in facts.items() if fact.edge} == {"efficientnet_lite", "mobilenetv3"}
+    assert {f for f, fact in facts.items() if fact.lora_targets} == {
+        "vit", "deit", "dinov2", "clip", "eva02", "swin", "maxvit", "convnext"}
+    assert facts["convnext"].lora_targets.mlp is None  # no attention: the MLP's linears are the targets
+    assert facts["resnet"].cam_layer == CamLayer("layer4") and facts["swin"].cam_layer.to_map is not None
+
+
+def test_every_family_config_names_its_paper():
+    for name in visionzoo.list_models():
+        card = get_card(name)
+        doc = type(card.config).__doc__ or ""
+        assert card.paper in " ".join(doc.split()), (name, card.paper, doc)  # not dataclass's generated signature
 
 
 def test_list_models_pattern_and_family():

@@ -117,6 +117,9 @@ class _Transformer(nn.Module):
 
 @dataclass(frozen=True)
 class ClipTextConfig:
+    """CLIP's text tower: Radford et al., 2021, "Learning Transferable Visual Models From Natural Language
+    Supervision"."""
+
     width: int = 512
     layers: int = 12
     heads: int = 8

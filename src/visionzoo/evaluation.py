@@ -73,18 +73,10 @@ def predict_logits(model: nn.Module, loader, *, device: torch.device | str = "cp
     return torch.cat(all_logits), torch.cat(all_labels), torch.cat(all_indices), skipped
 
 
-def _resolve_model(model_or_path, pretrained) -> tuple[nn.Module, list[str] | None, dict | None]:
-    model = resolve_model(model_or_path, pretrained, default_pretrained=False)
-    made = find_spec(model)
-    class_names = list(made.class_names) if made and made.class_names else None
-    data_config = model_data_config(model)
-    return model, class_names, data_config
-
-
 def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str | None = None,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
              tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None,
-             ood: str | Path | None = None) -> dict[str, Any]:
+             ood: str | Path | None = None, max_unpack_gb: float | None = None) -> dict[str, Any]:
     """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
     `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`).
 
@@ -95,9 +87,13 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     tune_allocator()
     import json
 
-    model, model_classes, data_config = _resolve_model(model_or_path, pretrained)
+    model = resolve_model(model_or_path, pretrained, default_pretrained=False)
+    made = find_spec(model)
+    model_classes = list(made.class_names) if made and made.class_names else None
+    data_config = model_data_config(model)
     head = head_of(model) or {}
-    splits = resolve_data(data, split="eval", task="multilabel" if head.get("task") == "multilabel" else None)
+    splits = resolve_data(data, split="eval", task="multilabel" if head.get("task") == "multilabel" else None,
+                          max_unpack_gb=max_unpack_gb)
     if head.get("task", splits.task) != splits.task:
         raise DataError(f"the model is {head.get('task')} but {splits.description} is {splits.task} data")
     if model_classes:
@@ -164,8 +160,7 @@ def _ood_report(model, folder, in_logits, head, data_config, image_size, batch_s
     """AUROC and FPR@95%TPR of the in-distribution evaluation images against the images in `folder`."""
 
     from visionzoo.data.datasets import ImageDataset, collate_skipping
-    from visionzoo.data.samples import expand_image_paths
-    from visionzoo.data.sources import FileSamples
+    from visionzoo.data.samples import FileSamples, expand_image_paths
     from visionzoo.data.transforms import eval_transform
     from visionzoo.heads import ood_score, task_of
     from visionzoo.metrics.calibration import DEFAULT_OOD_SCORE, summarise_ood

@@ -15,12 +15,13 @@ has an OOD rule; multi-label adds `"labels"`, the classes over their thresholds.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["softmax", "sigmoid", "task_of", "probabilities", "ood_score", "OOD_SCORES", "result_record",
-           "prediction_record", "error_record", "format_table"]
+           "prediction_record", "error_record", "format_table", "printable"]
 
 OOD_SCORES = ("energy", "msp")  # the scores computed from logits alone, so every back end can apply them
 
@@ -94,18 +95,28 @@ def error_record(path: str, error: str) -> dict[str, Any]:
     return {"path": str(path), "error": error}
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: Any) -> str:
+    """`text` with its control characters (the ESC of ANSI escape sequences among them) shown as '?', so a
+    class or file name from someone else's data cannot move the cursor or recolour the terminal."""
+    return _CONTROL_CHARACTERS.sub("?", str(text))
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """Plain-text table: one block per image, `rank  prob  label (index)` per prediction."""
     lines = []
     for result in results:
-        lines.append(str(result["path"]))
+        lines.append(printable(result["path"]))
         if "error" in result:
-            lines.append(f"  error: {result['error']}")
+            lines.append(f"  error: {printable(result['error'])}")
             continue
         if result.get("unknown"):
             lines.append("  unknown: unlike the images of every class the model knows (the ranks below are its guesses)")
         if "labels" in result:
-            lines.append(f"  labels: {', '.join(result['labels']) if result['labels'] else '(none over its threshold)'}")
+            labels = ", ".join(map(printable, result["labels"]))
+            lines.append(f"  labels: {labels or '(none over its threshold)'}")
         for rank, p in enumerate(result["predictions"], 1):
-            lines.append(f"  {rank:>2}  {p['prob'] * 100:6.2f}%  {p['label']} ({p['index']})")
+            lines.append(f"  {rank:>2}  {p['prob'] * 100:6.2f}%  {printable(p['label'])} ({p['index']})")
     return "\n".join(lines)

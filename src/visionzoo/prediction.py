@@ -28,13 +28,7 @@ from visionzoo.heads import error_record, result_record
 from visionzoo.metrics.calibration import head_of
 from visionzoo.resolve import resolve_model
 
-__all__ = ["load_for_predict", "predict", "predict_images", "classify_images"]
-
-
-def load_for_predict(model: str | os.PathLike | nn.Module, pretrained: bool | str | None = None) -> nn.Module:
-    """A model ready to predict: a module as given, a saved-model folder, or a registered name with
-    `pretrained` weights (default: the architecture's default weights); see `visionzoo.resolve`."""
-    return resolve_model(model, pretrained)
+__all__ = ["predict", "predict_images", "classify_images"]
 
 
 @torch.inference_mode()
@@ -82,7 +76,7 @@ def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.Path
     paths = expand_image_paths(images)
     if not paths:
         raise SettingError("no images given")
-    return predict_images(load_for_predict(model, pretrained), paths, topk=topk, batch_size=batch_size,
+    return predict_images(resolve_model(model, pretrained), paths, topk=topk, batch_size=batch_size,
                           reject=reject)
 
 

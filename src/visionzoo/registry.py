@@ -8,7 +8,10 @@ their lookup only; building a model from a card is `visionzoo.factory.create_mod
 
 Every family file in `visionzoo.models` ends the same way: a `VARIANTS: dict[str, Config]`
 table, then one `register_family` call that states the family's facts once and, through
-`VariantExtras`, only what a variant says differently.
+`VariantExtras`, only what a variant says differently. Among those facts are the ones the
+workflows ask of a family, read through `family_facts(family)`: where a class activation map is
+read (`CamLayer`), which modules LoRA adapts (`LoraTargets`), and whether it is built for edge
+devices. So adding a family touches its own file only.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import torch
 import torch.nn as nn
 
 from visionzoo.errors import SettingError, UnknownModelError
 
 __all__ = [
+    "CamLayer",
+    "FamilyFacts",
+    "LoraTargets",
     "ModelCard",
     "RECIPE_STYLES",
     "UnknownModelError",
@@ -35,6 +42,7 @@ __all__ = [
     "register_family",
     "register_model",
     "get_card",
+    "family_facts",
     "list_models",
     "list_families",
 ]
@@ -85,6 +93,41 @@ class ModelCard:
 
 _MODELS_PACKAGE = "visionzoo.models"
 
+# (output of the CAM module, the model, the input's (H, W)) -> the same activations as (N, C, h, w)
+ToMap = Callable[[torch.Tensor, nn.Module, tuple[int, int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CamLayer:
+    """Where a family's class activation maps are read (`visionzoo.diagnose.explanation`).
+
+    `module` is a dotted path from the model, where `-1` indexes a sequence: `"layer4"`,
+    `"blocks.-1.norm1"`. `to_map` lays the module's output out as (N, C, h, w); None when it
+    already is, e.g. `visionzoo.layers.feature_map.tokens_to_map` for a ViT's (N, prefix + h*w, C).
+    """
+
+    module: str
+    to_map: ToMap | None = None
+
+
+@dataclass(frozen=True)
+class LoraTargets:
+    """The modules LoRA adapts in a family (`visionzoo.training.adapt`), as module-name patterns
+    (peft's full-match regexes): the attention's projections, and optionally the MLP's."""
+
+    attention: str
+    mlp: str | None = None
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What the workflows ask of a family, as its model file registered it; see `family_facts`."""
+
+    family: str
+    cam_layer: CamLayer | None = None  # None: explain has no layer to read
+    lora_targets: LoraTargets | None = None  # None: --adapt lora is refused (no attention worth adapting)
+    edge: bool = False  # built for edge devices (small, quantises well): `visionzoo advise --target edge` says so
+
 
 @dataclass(frozen=True)
 class VariantExtras:
@@ -103,9 +146,11 @@ class VariantExtras:
     num_classes: int | None = None  # 0: published as a backbone, without a classifier
     reference: str | None = None  # 'library:name' where the reference model has another name
     defaults: dict[str, Any] | None = None  # builder kwargs this variant sets
+    edge: bool | None = None  # for a variant of its own family: whether that family is built for the edge
 
 
 _REGISTRY: dict[str, ModelCard] = {}
+_FAMILIES: dict[str, FamilyFacts] = {}
 _families_loaded = False
 
 
@@ -134,6 +179,9 @@ def register_family(
     builder: Callable[..., nn.Module],
     recipe_style: str,
     reference_library: str = "timm",
+    cam_layer: CamLayer | None = None,
+    lora_targets: LoraTargets | None = None,
+    edge: bool = False,
     extras: Mapping[str, VariantExtras] | None = None,
 ) -> list[ModelCard]:
     """Register one card per entry of `variants` (name -> config) with the family's facts.
@@ -143,8 +191,12 @@ def register_family(
     config's `img_size` when it has one (a model whose position embeddings or attention windows
     are built for one size), else 224; and the classifier has 1000 classes (ImageNet-1k).
 
+    `cam_layer`, `lora_targets` and `edge` are the family's facts for the workflows (see
+    `FamilyFacts`); a variant that `extras` puts in a family of its own (DINOv2 among the ViTs)
+    shares them, except `edge` where its entry sets it.
+
         register_family(VARIANTS, family="resnet", paper="Deep Residual Learning for Image Recognition",
-                        year=2015, builder=ResNet, recipe_style="convnet",
+                        year=2015, builder=ResNet, recipe_style="convnet", cam_layer=CamLayer("layer4"),
                         extras={"resnext50_32x4d": VariantExtras(paper=..., year=2016)})
     """
     extras = dict(extras or {})
@@ -153,6 +205,7 @@ def register_family(
         raise SettingError(f"family '{family}': extras for {', '.join(repr(s) for s in strays)}, "
                            "which VARIANTS does not list")
     cards = []
+    family_facts_of: dict[str, FamilyFacts] = {}
     for name, config in variants.items():
         size = getattr(config, "img_size", 224)
         facts = dict(family=family, paper=paper, year=year, builder=builder, recipe_style=recipe_style,
@@ -161,7 +214,18 @@ def register_family(
         extra = extras.get(name, VariantExtras())
         facts.update({f.name: getattr(extra, f.name) for f in dataclasses.fields(extra)
                       if getattr(extra, f.name) is not None})
+        workflow_facts = FamilyFacts(facts["family"], cam_layer, lora_targets,
+                                     edge if extra.edge is None else extra.edge)
+        if family_facts_of.setdefault(facts["family"], workflow_facts) != workflow_facts:
+            raise SettingError(f"family '{facts['family']}': its variants give it different facts (edge); "
+                               "a family's facts are one for all its variants")
+        facts.pop("edge", None)
         cards.append(register_model(ModelCard(name=name, config=config, **facts)))
+    for name, workflow_facts in family_facts_of.items():
+        if _FAMILIES.get(name, workflow_facts) != workflow_facts:
+            raise SettingError(f"family '{name}' is registered twice with different facts; register a family "
+                               "in one register_family call")
+        _FAMILIES[name] = workflow_facts
     return cards
 
 
@@ -195,6 +259,20 @@ def get_card(name: str) -> ModelCard:
         raise UnknownModelError(
             f"unknown model '{name}'{hint} (`visionzoo list` shows all {len(_REGISTRY)})"
         ) from None
+
+
+def family_facts(family: str) -> FamilyFacts:
+    """The facts the workflows ask of `family` (CAM layer, LoRA targets, edge), as its model file registered them.
+
+    A family registered card by card through `register_model` has none: no CAM layer, no LoRA
+    targets, not built for the edge.
+    """
+    _load_families()
+    if family not in _FAMILIES and family not in list_families():
+        close = difflib.get_close_matches(family, list_families(), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise SettingError(f"unknown family '{family}'{hint} (`visionzoo list` shows each model's family)")
+    return _FAMILIES.get(family, FamilyFacts(family))
 
 
 def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:

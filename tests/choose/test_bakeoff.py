@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import visionzoo
-from visionzoo.choose.bakeoff import STATE_FILE, BakeoffCandidate, _halving_verdict, _spread
+from visionzoo.choose.bakeoff.halving import halving_verdict
+from visionzoo.choose.bakeoff.state import STATE_FILE
+from visionzoo.choose.candidates import Candidate, candidate_pool, spread
 
 DATA = "builtin:shapes?size=32&train=40&val=20"
 MODELS = ("mobilenetv3_small_050", "convnext_atto")
@@ -178,8 +180,6 @@ def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
     import dataclasses
     import importlib
 
-    from visionzoo.choose.bakeoff import _pool
-
     catalog = importlib.import_module("visionzoo.weights.catalog")  # the module (a function shares its name)
 
     real = {e.architecture: e for e in catalog.list_weights() if e.default and e.num_classes == 1000 and e.imagenet
@@ -190,10 +190,10 @@ def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
                                    imagenet={**real["resnet18"].imagenet, "top1": 99.0}),
                dataclasses.replace(real["resnet50"], license="cc-by-nc-4.0")]
     monkeypatch.setattr(catalog, "list_weights", lambda: entries)
-    every, none_dropped = _pool(None, commercial=False)
+    every, none_dropped = candidate_pool(None, commercial=False)
     assert not none_dropped and {(c.name, c.weights) for c in every} == {("resnet18", "resnet18.nc_better"),
                                                                       ("resnet50", real["resnet50"].name)}
-    usable, dropped = _pool(None, commercial=True)
+    usable, dropped = candidate_pool(None, commercial=True)
     assert [(c.name, c.weights) for c in usable] == [("resnet18", real["resnet18"].name)]
     assert [c.name for c in dropped] == ["resnet50"]
     assert dropped[0].status == "dropped: licence cc-by-nc-4.0 does not allow commercial use"
@@ -204,19 +204,19 @@ def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
 
 def test_halving_stops_a_run_that_trails_at_the_same_epoch():
     curves = {"leader": {1: 0.6, 2: 0.8, 3: 0.9}, "behind": {1: 0.5}}
-    assert _halving_verdict("behind", curves, 3) == (1, 0.5, 0.6)
-    assert _halving_verdict("leader", curves, 3) is None
+    assert halving_verdict("behind", curves, 3) == (1, 0.5, 0.6)
+    assert halving_verdict("leader", curves, 3) is None
     curves["behind"] = {1: 0.6, 2: 0.81}  # ties stay; ahead at epoch 2 continues
-    assert _halving_verdict("behind", curves, 3) is None
-    assert _halving_verdict("behind", {"behind": {3: 0.1}, "leader": {3: 0.9}}, 3) is None  # the last epoch: no rung
+    assert halving_verdict("behind", curves, 3) is None
+    assert halving_verdict("behind", {"behind": {3: 0.1}, "leader": {3: 0.9}}, 3) is None  # the last epoch: no rung
     three = {"a": {1: 0.9}, "b": {1: 0.8}, "c": {1: 0.7}}  # of three at a rung, the best two continue
-    assert [_halving_verdict(k, three, 4) is None for k in "abc"] == [True, True, False]
+    assert [halving_verdict(k, three, 4) is None for k in "abc"] == [True, True, False]
 
 
 def test_spread_takes_families_before_sizes():
-    pool = [BakeoffCandidate(name=f"{family}{size}", weights="", family=family, params=size, imagenet_top1=top1)
+    pool = [Candidate(name=f"{family}{size}", weights="", family=family, params=size, top1=top1)
             for family, top1 in (("a", 80.0), ("b", 70.0)) for size in (1, 2, 3)]
-    order = [c.name for c in _spread(pool)]
+    order = [c.name for c in spread(pool)]
     assert order[:2] == ["a2", "b2"] and sorted(order) == sorted(c.name for c in pool)
     assert order[2:4] == ["a1", "b1"] and order[4:] == ["a3", "b3"]
 
@@ -228,8 +228,25 @@ def test_visionzoo_advise_is_callable_whether_or_not_the_module_was_imported():
     from visionzoo.errors import SettingError
 
     module = importlib.import_module("visionzoo.choose.advice")
-    for advise in (visionzoo.choose.advice, module):  # the name may be bound to the function or to the module
+    for advise in (visionzoo.advise, module.advise):  # the lazy top-level name, and the function in its module
         with pytest.raises(SettingError, match="target must be one of"):
             advise("tpu")
         with pytest.raises(SettingError, match="apply only with data="):
             advise("cpu", candidates=3)
+
+
+def test_a_fine_tune_spec_and_the_command_it_shows(tmp_path):
+    from visionzoo.choose.bakeoff.finetune import finetune_recipe, run_spec
+    from visionzoo.training.worker import command_line
+
+    c = Candidate(name="convnext_atto", weights="w.pth", family="convnext", params=3_700_000)
+    run_dir = tmp_path / "runs" / "convnext_atto"
+    fresh = run_spec(c, DATA, run_dir, 6, 32, {"epochs": 6, "lr": 0.01, "ema": True}, "cpu", resume=False)
+    assert fresh["settings"] == {"recipe": finetune_recipe(), "epochs": 6, "val_every": 2, "image_size": 32,
+                                 "lr": 0.01, "ema": True, "device": "cpu", "progress": False}
+    assert fresh["result"] == str(tmp_path / "runs" / "convnext_atto.result.json")
+    assert command_line(fresh) == ["train", "--model", "convnext_atto", "--pretrained", "w.pth", "--data", DATA,
+                                   "--recipe", finetune_recipe(), "--epochs", "6", "--val-every", "2", "--out",
+                                   str(run_dir), "--image-size", "32", "--lr", "0.01", "--ema"]
+    resumed = run_spec(c, DATA, run_dir, 6, 32, {"lr": 0.01}, "cuda:1", resume=True)
+    assert resumed["resume"] and resumed["settings"] == {"device": "cuda:1", "progress": False}

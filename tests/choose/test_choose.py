@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from visionzoo.choose.advice import Candidate, Constraints, advise, candidates, pareto_front, recommended_recipe
+from visionzoo.choose.advice import advise, recommended_recipe
 from visionzoo.choose.benchmark import BenchmarkSettings, benchmark_model
+from visionzoo.choose.candidates import Candidate, Constraints, candidate_pool, pareto_front
 from visionzoo.cli import main
 from visionzoo.measure import percentile
 
@@ -68,7 +69,7 @@ def test_benchmark_cli_unknown_model_fails_cleanly(capsys):
 
 
 def test_candidates_come_from_the_catalog():
-    pool = candidates()
+    pool, _ = candidate_pool()
     names = {c.name for c in pool}
     assert {"resnet50", "mobilenetv3_large_100"} <= names
     resnet50 = next(c for c in pool if c.name == "resnet50")

@@ -130,3 +130,30 @@ def test_error_survives_pickling():
 
     error = pickle.loads(pickle.dumps(ImageDecodeError("a.jpg", "truncated file")))
     assert error.path == "a.jpg" and error.reason == "truncated file"
+
+
+def test_a_huge_file_is_refused_by_its_size_before_it_is_read(tmp_path):
+    from visionzoo.data.decode import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.jpg"  # a real JPEG header, then a sparse gigabyte: no disk, and no memory either
+    path.write_bytes(_jpeg_bytes(Image.new("RGB", (8, 8), (1, 2, 3))))
+    with open(path, "r+b") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageDecodeError, match=r"huge\.jpg: file of 1074 MB exceeds the limit of 1074 MB"):
+        decode_image(path)
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 0 MB"):
+        decode_image(_jpeg_bytes(Image.new("RGB", (8, 8))), max_bytes=100)
+
+
+def test_a_path_is_streamed_not_read_whole(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "padded.jpg"  # a photo with 40 MB of junk after its end: decodes, costs no 40 MB
+    path.write_bytes(_jpeg_bytes(Image.new("RGB", (64, 48), (9, 200, 30))) + bytes(40 << 20))
+    tracemalloc.start()
+    try:
+        image = decode_image(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.size == (64, 48) and peak < 4 << 20

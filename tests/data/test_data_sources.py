@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from visionzoo.data.datasets import ImageDataset, ResumableSampler, cache_pixels, collate_skipping, scan_files
-from visionzoo.data.sources import SHAPE_CLASSES, ArraySamples, make_shapes, resolve_data, stratified_split
+from visionzoo.data.samples import ArraySamples
+from visionzoo.data.shapes import SHAPE_CLASSES, make_shapes
+from visionzoo.data.sources import resolve_data, stratified_split
 from visionzoo.data.transforms import PRESETS, batch_mixer, eval_transform, train_transform
 from visionzoo.factory import data_config as model_data_config
 

@@ -124,7 +124,7 @@ def test_audit_cli_json_prints_the_same_object_and_reuses_the_cache(audited, cap
 
 
 def test_audit_html_opens_in_chromium_with_its_sections(audited):
-    from test_serve_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, _require_browser
+    from serve.test_serve_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, _require_browser
 
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -205,3 +205,26 @@ def test_weights_embed_at_their_own_size_and_random_weights_at_the_images(tmp_pa
     random = visionzoo.audit(planted, model="mobilenetv3_small_050", pretrained=False, out=None, progress=False)
     assert trained["summary"]["image_size"] == 96  # the model's, though the images are 40 px
     assert random["summary"]["image_size"] == 64  # the images' median side, rounded up to a multiple of 32
+
+
+def test_audit_csvs_neutralise_spreadsheet_formulas_and_exclude_reads_the_paths_back(tmp_path):
+    """A file or class named like a formula (`=HYPERLINK(...)`) is text in the CSVs, as is in the JSON."""
+    from visionzoo.diagnose.data_audit.report import FINDINGS, write_report
+
+    report = {finding: [] for finding in FINDINGS}
+    report["label_issues"] = [{"path": '=HYPERLINK("http://evil","x").png', "given": "+cmd|' /C calc'!A0",
+                               "suggested": "@SUM(1)", "score": 0.25, "split": "train"}]
+    report["outliers"] = [{"path": "-1.png", "score": -0.5, "split": "train", "label": "cat"}]
+    report["class_counts"] = {"train": {"=1+1": 1, "cat": 2}}
+    report["summary"] = {}
+    write_report(report, tmp_path)
+    with open(tmp_path / "label_issues.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row == {"path": "'=HYPERLINK(\"http://evil\",\"x\").png", "given": "'+cmd|' /C calc'!A0",
+                   "suggested": "'@SUM(1)", "score": "0.25", "split": "train"}
+    with open(tmp_path / "outliers.csv", newline="") as handle:
+        assert next(csv.DictReader(handle))["score"] == "-0.5"  # numbers stay numbers
+    assert (tmp_path / "class_counts.csv").read_text().splitlines()[1] == "'=1+1,1"
+    assert json.loads((tmp_path / "audit.json").read_text())["label_issues"] == report["label_issues"]
+    assert read_path_list(tmp_path / "label_issues.csv") == {str(tmp_path / '=HYPERLINK("http://evil","x").png')}
+    assert read_path_list(tmp_path / "outliers.csv") == {str(tmp_path / "-1.png")}

@@ -102,14 +102,12 @@ def _image_folder(root, per_class: int = 8) -> list[str]:
 @pytest.fixture(scope="module")
 def backbone_folder(tmp_path_factory):
     """A saved random ResNet-18 at 32x32 input: a backbone that `embed` and `probe --save-model` can rebuild."""
-    from visionzoo.training.checkpoint import export_model
-
     folder = tmp_path_factory.mktemp("backbone") / "resnet18"
     torch.manual_seed(0)
     model = visionzoo.create_model("resnet18", num_classes=2)
     config = {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5],
               "std": [0.25, 0.25, 0.25], "crop_pct": 1.0}
-    export_model(model, folder, class_names=["a", "b"], data_config=config)
+    visionzoo.save_model(model, folder, classes=["a", "b"], preprocessing=config)
     return folder
 
 

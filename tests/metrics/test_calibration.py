@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import visionzoo
-from visionzoo.data.sources import SHAPE_CLASSES, make_shapes
+from visionzoo.data.shapes import SHAPE_CLASSES, make_shapes
 from visionzoo.factory import spec_of, with_spec
 from visionzoo.heads import ood_score, result_record
 from visionzoo.metrics.calibration import (
@@ -161,8 +161,11 @@ def test_held_out_shapes_are_scored_as_unknowns_by_eval_ood(held_out_run, tmp_pa
     ood = result["ood"]
     assert ood["images"] == int((unknown.labels >= 5).sum()) and 0 <= ood["auroc"] <= 1 and 0 <= ood["fpr95"] <= 1
     assert set(ood["scores"]) == {"energy", "msp"}
-    # the threshold was chosen on these validation images to keep 95% of them
-    assert ood["rejected_in_distribution"] <= 0.06
+    # The threshold was chosen on these validation images to keep 95% of them: floor(5% of n) fall
+    # below it. Eval recomputes their scores, and another CPU's kernels can move the image that sits
+    # on the threshold to either side of it in the last bits: one image more is within the rule.
+    count = result["count"]
+    assert ood["rejected_in_distribution"] <= (np.floor(0.05 * count) + 1) / count + 1e-9
     assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(result["calibration"])
     assert (tmp_path / "eval" / "reliability.png").exists() and (tmp_path / "eval" / "confusion_matrix.png").exists()
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import visionzoo
-from visionzoo.data.multilabel import iterative_split, make_shape_sets
+from visionzoo.data.multilabel import iterative_split
+from visionzoo.data.shapes import make_shape_sets
 from visionzoo.data.sources import resolve_data
 from visionzoo.factory import spec_of, with_spec
 from visionzoo.heads import probabilities, result_record

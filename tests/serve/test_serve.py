@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionzoo.serve import Classifier, ServeSettings, create_app, load_classifier
+from visionzoo.serve import Classifier, ServeSettings, create_app, load_classifier, server_config
 
 
 def png_bytes(size=48, colour=(200, 40, 40)) -> bytes:
@@ -254,8 +254,8 @@ class RealServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(create_app(classifier, settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+        config = server_config(create_app(classifier, settings), settings, "127.0.0.1", self.port,
+                               log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

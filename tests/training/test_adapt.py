@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 import visionzoo
 from visionzoo.errors import SettingError
 from visionzoo.factory import ModelSpec, with_spec
-from visionzoo.registry import get_card, list_models
-from visionzoo.training.adapt import LORA_TARGETS, Adaptation, lora_targets, parameter_counts
+from visionzoo.registry import family_facts, get_card, list_families, list_models
+from visionzoo.training.adapt import Adaptation, lora_targets, parameter_counts
 from visionzoo.training.distill import DistillTargets, Teacher, distillation_loss
 from visionzoo.training.settings import TrainSettings
 from visionzoo.weights.lora import ADAPTER_FILE, BASE_FILE, adapter_state_dict, add_lora
@@ -24,7 +24,7 @@ SHAPES = "builtin:shapes?size=16&train=48&val=16"
 QUIET = dict(workers=0, plots=False, tensorboard=False, progress=False)
 
 
-@pytest.mark.parametrize("family", sorted(LORA_TARGETS))
+@pytest.mark.parametrize("family", [f for f in list_families() if family_facts(f).lora_targets])
 def test_lora_targets_exist_in_every_family_that_declares_them(family):
     names = [n for n in list_models() if get_card(n).family == family]
     assert names, f"no registered model of the family '{family}'"

@@ -125,7 +125,7 @@ def test_checkpoint_keys_are_the_on_disk_format():
     weights, state = _state(_mlp(), _settings()).checkpoint()
     assert set(weights) == set(_mlp().state_dict())
     assert set(state) == {"optimizer", "scheduler", "scaler", "ema", "lookahead", "epoch", "batches_done",
-                          "global_step", "rng", "best_metric", "best_epoch", "stale_epochs", "history", "classes",
+                          "epoch_loss_sum", "epoch_images", "global_step", "rng", "best_metric", "best_epoch", "stale_epochs", "history", "classes",
                           "settings", "bad_files", "visionzoo_version"}
 
 
@@ -200,17 +200,16 @@ def test_build_loaders_picks_the_input_path(one_thread):
 
 def test_after_training_steps_get_the_best_model_and_its_validation(tmp_path, one_thread, monkeypatch):
     import visionzoo
-    from visionzoo.training import trainer
+    from visionzoo.training import after
 
     seen = []
-    monkeypatch.setattr(trainer, "after_training_steps", lambda settings: [seen.append])
+    monkeypatch.setattr(after, "after_training_steps", lambda settings: [seen.append])
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     result = visionzoo.train(model, SHAPES, out=tmp_path / "run", epochs=2, batch_size=8, workers=0,
                              progress=False, plots=False, tensorboard=False)
     (run,) = seen
-    assert run.best_dir == result.run_dir / "best" and run.classes == visionzoo.training.trainer.resolve_data(
-        SHAPES).classes
+    assert run.best_dir == result.run_dir / "best" and run.classes == resolve_data(SHAPES).classes
     from safetensors.torch import load_file
 
     saved = load_file(run.best_dir / "model.safetensors")

@@ -12,53 +12,17 @@ The judgement encoded here is the field's standing advice, made concrete with nu
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from visionzoo.choose.benchmark import GPU_BATCH, TARGETS, target_settings
+from visionzoo.choose.candidates import Candidate, Constraints, candidate_pool, nothing_fits, pareto_front
 from visionzoo.errors import SettingError
+from visionzoo.registry import family_facts
 
-__all__ = ["Candidate", "Constraints", "Advice", "advise", "candidates", "pareto_front", "plot_advice",
-           "plot_evolution", "recommended_recipe"]
+__all__ = ["Advice", "advise", "plot_advice", "plot_evolution", "recommended_recipe"]
 
-TARGETS = ("edge", "cpu", "gpu")
-GPU_BATCH = 64
 CALIBRATION_MODELS = ("resnet18", "mobilenetv3_large_100")
-
-
-@dataclass
-class Candidate:
-    name: str
-    weights: str
-    family: str
-    year: int
-    top1: float
-    params: int
-    gmacs: float
-    latency_ms: float | None = None  # edge/cpu: batch-1 latency (p50); gpu: milliseconds per image at batch 64
-    memory_mb: float | None = None
-    measured: bool = False
-
-
-@dataclass(frozen=True)
-class Constraints:
-    latency_ms: float | None = None
-    max_params_m: float | None = None
-    max_memory_mb: float | None = None
-    min_top1: float | None = None
-
-    def violations(self, c: Candidate) -> dict[str, float]:
-        """Each violated constraint with how far off it is, as a fraction of the limit."""
-        out = {}
-        if self.max_params_m is not None and c.params / 1e6 > self.max_params_m:
-            out["max_params"] = c.params / 1e6 / self.max_params_m - 1
-        if self.min_top1 is not None and c.top1 < self.min_top1:
-            out["min_top1"] = (self.min_top1 - c.top1) / self.min_top1
-        if self.latency_ms is not None and c.latency_ms is not None and c.latency_ms > self.latency_ms:
-            out["latency_ms"] = c.latency_ms / self.latency_ms - 1
-        if self.max_memory_mb is not None and c.memory_mb is not None and c.memory_mb > self.max_memory_mb:
-            out["max_memory_mb"] = c.memory_mb / self.max_memory_mb - 1
-        return out
 
 
 @dataclass
@@ -76,49 +40,10 @@ class Advice:
                 "method": self.method, "picks": self.picks, "message": self.message}
 
 
-def candidates() -> list[Candidate]:
-    """Registered variants with a published ImageNet-1k top-1 in the weight catalog."""
-    from visionzoo.registry import get_card, list_models
-    from visionzoo.weights.catalog import list_weights
-
-    registered = set(list_models())
-    best: dict[str, Any] = {}
-    for entry in list_weights():
-        if entry.architecture not in registered or not entry.imagenet or entry.imagenet.get("top1") is None:
-            continue
-        if entry.num_classes != 1000:
-            continue
-        current = best.get(entry.architecture)
-        # the default weight when it has a published top-1, otherwise the best one that does
-        if current is None or (entry.default and not current.default) or (
-                entry.default == current.default and entry.imagenet["top1"] > current.imagenet["top1"]):
-            best[entry.architecture] = entry
-    out = []
-    for name, entry in best.items():
-        from visionzoo.factory import model_complexity
-
-        card, complexity = get_card(name), model_complexity(name)
-        out.append(Candidate(name=name, weights=entry.name, family=card.family, year=card.year,
-                             top1=float(entry.imagenet["top1"]), params=complexity["params"],
-                             gmacs=complexity["gmacs"]))
-    return sorted(out, key=lambda c: -c.top1)
-
-
-def _settings(target: str):
-    from visionzoo.choose.benchmark import BenchmarkSettings
-
-    if target == "edge":
-        return BenchmarkSettings(device="cpu", batch_sizes=(1,), threads=1, min_seconds=0.5, min_repeats=5)
-    if target == "cpu":
-        return BenchmarkSettings(device="cpu", batch_sizes=(1,), min_seconds=0.5, min_repeats=5)
-    return BenchmarkSettings(device="cuda", batch_sizes=(GPU_BATCH,), precision="bf16", min_seconds=0.5,
-                             min_repeats=5)
-
-
 def _measure(candidate: Candidate, target: str) -> None:
     from visionzoo.choose.benchmark import benchmark_model
 
-    result = benchmark_model(candidate.name, _settings(target))
+    result = benchmark_model(candidate.name, target_settings(target))
     if target == "gpu":
         candidate.latency_ms = 1e3 / result.throughput[GPU_BATCH]
     else:
@@ -167,7 +92,7 @@ def _why(candidate: Candidate, rank: int, constraints: Constraints, target: str)
         limit = f" (limit {constraints.latency_ms:g})" if constraints.latency_ms is not None else ""
         parts.append(f"{candidate.latency_ms:.1f} {unit}, {how}{limit}")
     parts.append(f"{candidate.params / 1e6:.1f}M params, {candidate.gmacs:.2f} GMACs")
-    if target == "edge" and candidate.family in ("efficientnet_lite", "mobilenetv3"):
+    if target == "edge" and family_facts(candidate.family).edge:
         parts.append("built for edge devices (quantises well)")
     return "; ".join(parts)
 
@@ -175,23 +100,6 @@ def _why(candidate: Candidate, rank: int, constraints: Constraints, target: str)
 def _command(candidate: Candidate, recipe: str) -> str:
     return (f"visionzoo train --model {candidate.name} --pretrained {candidate.weights} --recipe {recipe} "
             "--data PATH/TO/YOUR/IMAGES")
-
-
-def _nothing_fits(pool: list[Candidate], constraints: Constraints) -> tuple[str, list[Candidate]]:
-    counts: dict[str, int] = {}
-    for c in pool:
-        for key in constraints.violations(c):
-            counts[key] = counts.get(key, 0) + 1
-    ruling = [key for key, count in counts.items() if count == len(pool)]
-    # the closest: smallest total relative violation
-    closest = sorted(pool, key=lambda c: sum(constraints.violations(c).values()))[:3]
-    if ruling:
-        reason = f"the constraint{'s' if len(ruling) > 1 else ''} {', '.join(ruling)} rule{'' if len(ruling) > 1 else 's'} out every candidate"
-    else:
-        reason = "no candidate meets all the constraints together, though each alone can be met"
-    details = "; ".join(f"{c.name} ({', '.join(f'{k} off by {100 * v:.0f}%' for k, v in constraints.violations(c).items())})"
-                        for c in closest)
-    return f"nothing fits: {reason}. Closest: {details}", closest
 
 
 def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m: float | None = None,
@@ -234,7 +142,7 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
             calibrate = False  # nothing here to measure on: no latency at all rather than a CPU's
     constraints = Constraints(latency_ms, max_params_m, max_memory_mb, min_top1)
     measure_fn = measure_fn or _measure
-    pool = candidates()
+    pool, _ = candidate_pool()
     if not pool:
         raise SettingError("no registered model has published ImageNet weights in the catalog")
 
@@ -271,7 +179,7 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
     } for i, c in enumerate(eligible[:top])]
     message = ""
     if not picks:
-        message, _ = _nothing_fits(pool, constraints)
+        message = nothing_fits(pool, constraints.violations)
     return Advice(target=target, constraints={k: v for k, v in asdict(constraints).items() if v is not None},
                   measured=measure, method=method, picks=picks, candidates=pool, message=message)
 
@@ -282,17 +190,6 @@ def _describe(target: str) -> str:
 
 
 # --- pictures ------------------------------------------------------------------------------
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not beaten on both axes (lower x, higher y), ordered by x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def plot_advice(advice: Advice, path: str) -> str:
@@ -343,7 +240,7 @@ def plot_evolution(path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pool = candidates()
+    pool, _ = candidate_pool()
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=120)
     scatter = ax.scatter([c.gmacs for c in pool], [c.top1 for c in pool], c=[c.year for c in pool],
                          s=[20 + 400 * (c.params / 3e8) ** 0.5 for c in pool], cmap="viridis", alpha=0.75,

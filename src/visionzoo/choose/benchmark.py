@@ -29,10 +29,14 @@ import torch.nn as nn
 from visionzoo import __version__
 from visionzoo.errors import SettingError
 from visionzoo.factory import cache_dir, code_fingerprint, create_model, model_complexity, size_overrides
-from visionzoo.measure import PeakMemory, Timer, count_gmacs, count_params, cpu_name, percentile, time_in_blocks
+from visionzoo.measure import PeakMemory, Timer, count_gmacs, count_params, cpu_name, percentile
 from visionzoo.registry import get_card
 
-__all__ = ["BenchmarkSettings", "benchmark_model", "benchmark_models", "environment", "percentile", "time_in_blocks"]
+__all__ = ["BenchmarkSettings", "GPU_BATCH", "TARGETS", "benchmark_model", "benchmark_models", "environment",
+           "target_settings"]
+
+TARGETS = ("edge", "cpu", "gpu")  # where a chosen model will run; see `target_settings`
+GPU_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ class BenchmarkSettings:
     @property
     def dtype(self) -> torch.dtype:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+
+def target_settings(target: str) -> BenchmarkSettings:
+    """How a deployment target is measured: edge, batch 1 on one CPU thread (a stand-in for a small
+    device); cpu, batch 1 on all threads; gpu, throughput at batch GPU_BATCH in bf16."""
+    if target == "edge":
+        return BenchmarkSettings(device="cpu", batch_sizes=(1,), threads=1, min_seconds=0.5, min_repeats=5)
+    if target == "cpu":
+        return BenchmarkSettings(device="cpu", batch_sizes=(1,), min_seconds=0.5, min_repeats=5)
+    return BenchmarkSettings(device="cuda", batch_sizes=(GPU_BATCH,), precision="bf16", min_seconds=0.5,
+                             min_repeats=5)
 
 
 def environment(settings: BenchmarkSettings) -> dict[str, Any]:

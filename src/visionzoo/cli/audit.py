@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, console, err_console, warn
+from visionzoo.cli.common import add_pretrained_argument, console, err_console, shown_markup, warn
 
 __all__ = ["add_parsers", "cmd_audit", "cmd_explain"]
 
@@ -22,7 +22,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
              "duplicates still hold")
     report = audit(args.data, model=args.model, pretrained=pretrained, out=args.out, image_size=args.image_size,
                    batch_size=args.batch_size, workers=args.workers, device=args.device,
-                   progress=not (args.json or not args.progress), folds=args.folds)
+                   progress=not (args.json or not args.progress), folds=args.folds,
+                   max_unpack_gb=args.max_unpack_gb)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -32,7 +33,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for finding in ("leaks", "label_issues", "duplicates", "outliers", "bad_files"):
         console.print(f"  {finding.replace('_', ' ')}: {len(report[finding])}", highlight=False)
     for entry in report["leaks"][:5]:
-        console.print(f"  leak: {entry['path']} ({entry['split']}) = {entry['duplicate_of']} "
+        console.print(f"  leak: {shown_markup(entry['path'])} ({entry['split']}) = {shown_markup(entry['duplicate_of'])} "
                       f"({entry['duplicate_split']}), similarity {entry['similarity']:.3f}", highlight=False)
     console.print(f"report: {Path(args.out) / 'audit.html'}; train without the label issues: "
                   f"visionzoo train ... --exclude {Path(args.out) / 'label_issues.csv'}", highlight=False)
@@ -50,9 +51,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         for r in records:
             if "error" in r:
-                err_console.print(f"[red]error:[/red] {r['path']}: {r['error']}", highlight=False)
+                err_console.print(f"[red]error:[/red] {shown_markup(r['path'])}: {shown_markup(r['error'])}", highlight=False)
             else:
-                console.print(f"{r['path']}: {r['label']} ({r['probability']:.1%}) -> {r['png']}", highlight=False)
+                console.print(f"{shown_markup(r['path'])}: {shown_markup(r['label'])} ({r['probability']:.1%}) -> "
+                              f"{shown_markup(r['png'])}", highlight=False)
     return 1 if any("error" in r for r in records) else 0
 
 
@@ -74,6 +76,9 @@ def add_parsers(commands) -> None:
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--max-unpack-gb", type=float, metavar="GB",
+                   help="let an archive unpack to this many GB (default: at most 100x its size, at least 1 GB, "
+                        "at most 50 GB)")
     p.add_argument("--json", action="store_true", help="print the report (the audit.json object)")
     p.set_defaults(func=cmd_audit)
 

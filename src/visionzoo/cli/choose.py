@@ -226,7 +226,8 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def cmd_evolution(args: argparse.Namespace) -> int:
-    from visionzoo.choose.advice import candidates, plot_evolution
+    from visionzoo.choose.advice import plot_evolution
+    from visionzoo.choose.candidates import candidate_pool
 
     if args.plot:
         plot_evolution(args.plot)
@@ -235,7 +236,7 @@ def cmd_evolution(args: argparse.Namespace) -> int:
     table = Table(title="ImageNet top-1 by year")
     for column in ["year", "model", "family", "top-1", "GMACs", "params (M)"]:
         table.add_column(column)
-    for c in sorted(candidates(), key=lambda c: (c.year, c.top1)):
+    for c in sorted(candidate_pool()[0], key=lambda c: (c.year, c.top1)):
         table.add_row(str(c.year), c.name, c.family, f"{c.top1:.1f}", f"{c.gmacs:.2f}", f"{c.params / 1e6:.1f}")
     console.print(table)
     return 0

@@ -6,13 +6,26 @@ import argparse
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
+from visionzoo.heads import printable
 from visionzoo.resolve import PRETRAINED_HELP
 
-__all__ = ["console", "err_console", "add_pretrained_argument", "warn", "print_engine_choice"]
+__all__ = ["console", "err_console", "add_pretrained_argument", "warn", "print_engine_choice", "shown", "shown_markup"]
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def shown(text: object) -> Text:
+    """A name from the user's data (a class, a file) as a table cell: never read as markup, control
+    characters shown as '?' (a class named `[/]` or holding an ANSI escape prints as it is)."""
+    return Text(printable(text))
+
+
+def shown_markup(text: object) -> str:
+    """`shown` for a line printed with markup: the name escaped."""
+    return escape(printable(text))
 
 
 def add_pretrained_argument(parser: argparse.ArgumentParser, default: str | None = None,

@@ -14,13 +14,13 @@ __all__ = ["add_parsers", "cmd_export"]
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from visionzoo.deploy.export import export_model
+    from visionzoo.deploy.export import SUFFIXES, export_model
     from visionzoo.resolve import resolve_model
 
     model = resolve_model(args.model, args.pretrained)
     if args.engine:
         return _export_engine(args, model)
-    suffix = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}[args.format]
+    suffix = SUFFIXES[args.format]
     out = Path(args.out) if args.out else Path(Path(args.model).stem if Path(args.model).exists() else args.model + suffix)
     if out.suffix == "":
         out = out.with_suffix(suffix)

@@ -7,8 +7,9 @@ import json
 
 from rich.table import Table
 
-from visionzoo.cli.common import add_pretrained_argument, console, err_console, warn
+from visionzoo.cli.common import add_pretrained_argument, console, err_console, shown, shown_markup, warn
 from visionzoo.errors import UsageError
+from visionzoo.heads import printable
 
 __all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_zero_shot"]
 
@@ -59,15 +60,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
         table = Table(title="confusion matrix (rows: true class, columns: predicted)")
         table.add_column("")
         for name in result.classes:
-            table.add_column(name[:12], justify="right")
+            table.add_column(shown(name[:12]), justify="right")
         for name, row in zip(result.classes, result.confusion.tolist()):
-            table.add_row(name, *(str(v) for v in row))
+            table.add_row(shown(name), *(str(v) for v in row))
         console.print(table)
     else:
         pairs = [(int(result.confusion[i, j]), result.classes[i], result.classes[j])
                  for i in range(len(result.classes)) for j in range(len(result.classes)) if i != j]
         console.print("most confused (true -> predicted): " + ", ".join(
-            f"{t} -> {p} ({n})" for n, t, p in sorted(pairs, reverse=True)[:10] if n))
+            f"{shown_markup(t)} -> {shown_markup(p)} ({n})" for n, t, p in sorted(pairs, reverse=True)[:10] if n))
     if saved:
         console.print(f"saved the probe as a model: {saved}")
     return 0
@@ -101,9 +102,9 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     table.add_column("probability", justify="right")
     for row in results:
         best = row["top"][0]
-        others = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in row["top"][1:])
-        shown = f"{100 * best['probability']:.1f}%" + (f" ({others})" if others else "")
-        table.add_row(row["image"], best["label"], shown)
+        others = ", ".join(f"{printable(t['label'])} {100 * t['probability']:.1f}%" for t in row["top"][1:])
+        probability = f"{100 * best['probability']:.1f}%" + (f" ({others})" if others else "")
+        table.add_row(shown(row["image"]), shown(best["label"]), shown(probability))
     console.print(table)
     return 0
 

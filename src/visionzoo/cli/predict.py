@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, err_console
+from visionzoo.cli.common import add_pretrained_argument, err_console, shown_markup
 from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_predict"]
@@ -33,7 +33,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = [r["path"] for r in results if "error" in r]
     if failed:
         err_console.print(f"[red]error:[/red] {len(failed)} of {len(results)} images could not be read: "
-                          f"{', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}", highlight=False, soft_wrap=True)
+                          f"{shown_markup(', '.join(failed[:5]))}{', ...' if len(failed) > 5 else ''}", highlight=False, soft_wrap=True)
         return 1
     return 0
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from torchvision.transforms import v2
 
 from visionzoo.data.datasets import Skipped, cache_pixels
-from visionzoo.data.sources import FileSamples, Samples
+from visionzoo.data.samples import FileSamples, Samples
+from visionzoo.data.transforms import AFFINE_INTERPOLATION, interpolation_of
 
 __all__ = ["CachePlan", "cache_photos", "memory_budget", "min_crop_scale", "plan_cache", "uint8_eval_view",
            "uint8_train_transform"]
@@ -107,22 +108,17 @@ def cache_photos(train: Samples, val: Samples | None, plan: CachePlan, *, worker
 def uint8_train_transform(config: dict, preset: str, image_size: int) -> v2.Compose | None:
     """The light and medium presets on (C, H, W) uint8 tensors, giving uint8 (normalised later, as a
     batch: `NormalizeInput`); None for the other presets, which keep their float transforms."""
-    from visionzoo.data.transforms import _AFFINE, _interpolation
-
     if preset not in ("light", "medium"):
         return None
     steps = [v2.RandomResizedCrop(image_size, scale=(min_crop_scale(preset), 1.0),
-                                  interpolation=_interpolation(config), antialias=True),
+                                  interpolation=interpolation_of(config), antialias=True),
              v2.RandomHorizontalFlip()]
     if preset == "medium":
-        steps.append(v2.TrivialAugmentWide(interpolation=_AFFINE))
+        steps.append(v2.TrivialAugmentWide(interpolation=AFFINE_INTERPOLATION))
     return v2.Compose(steps)
-
 
 
 def uint8_eval_view(config: dict, image_size: int, eval_resize: int) -> v2.Compose:
     """Evaluation's view of a (C, H, W) uint8 tensor, kept uint8: shorter side to `eval_resize`, centre crop."""
-    from visionzoo.data.transforms import _interpolation
-
-    return v2.Compose([v2.Resize(eval_resize, interpolation=_interpolation(config), antialias=True),
+    return v2.Compose([v2.Resize(eval_resize, interpolation=interpolation_of(config), antialias=True),
                        v2.CenterCrop(image_size)])

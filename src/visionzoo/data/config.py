@@ -14,12 +14,13 @@ from typing import Any
 
 from torchvision.transforms import v2
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.data.transforms import eval_transform, squash_transform, train_transform
 
 __all__ = ["IMAGENET_DEFAULTS", "DATA_CONFIG_KEYS", "resolve_data_config", "transforms_for"]
 
 IMAGENET_DEFAULTS: dict[str, Any] = {"crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
-                                     "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+                                     "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 DATA_CONFIG_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
 
 

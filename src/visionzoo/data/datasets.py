@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from visionzoo.data.archives import cache_root, remove_stale_scratch
 from visionzoo.data.decode import ImageDecodeError, decode_image
-from visionzoo.data.sources import ArraySamples, FileSamples, Samples, cache_root
+from visionzoo.data.samples import ArraySamples, FileSamples, Samples
 
 __all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "ResidentBatches", "crop_flip_batch",
            "crop_flip_shifts", "crop_shifted", "scan_files", "cache_pixels", "resize_short_center_crop"]
@@ -382,6 +383,7 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, crop: int | N
         return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
 
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(folder)  # the half-written files of a killed run
     scratch = stem.with_name(f"{stem.name}.tmp{os.getpid()}.npy")
     images = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
     ok, bad = _decode_into(images, samples, size, crop, workers, progress)

@@ -15,6 +15,8 @@ an image file becomes pixels, so datasets, `predict` and `eval` all see the same
 - decompression bombs are refused: an image whose header claims more than
   `max_pixels` pixels (default Pillow's `Image.MAX_IMAGE_PIXELS`) raises before any
   pixel is decoded, where Pillow itself only warns;
+- a file larger than `MAX_FILE_BYTES` (1 GB) is refused before it is read, and a path is
+  streamed rather than read whole: a 3 GB sparse "photo" costs no memory;
 - truncated, empty, non-image and unreadable files raise `ImageDecodeError`, a
   `ValueError` carrying `.path` and `.reason`, so a loader can report and skip them.
 """
@@ -29,10 +31,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "decode_image", "IMAGE_EXTENSIONS", "is_image_file"]
+__all__ = ["ImageDecodeError", "decode_image", "draft_jpeg", "IMAGE_EXTENSIONS", "is_image_file"]
 
 # Extensions a folder dataset treats as images; anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif")
+
+# No image a classifier reads is this large: a 16-bit RGB TIFF at Pillow's pixel limit is about 0.5 GB.
+MAX_FILE_BYTES = 1 << 30
 
 Source = str | os.PathLike | bytes | BinaryIO
 
@@ -53,7 +58,20 @@ def is_image_file(name: str | os.PathLike) -> bool:
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def decode_image(source: Source, *, path: str | None = None, max_pixels: int | None = None) -> Image.Image:
+def draft_jpeg(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Set an opened, not yet loaded JPEG over `max_pixels` to decode at 1/2, 1/4 or 1/8 scale, the least
+    that fits (1/8 when none does); `image.size` is then the size it decodes to. libjpeg scales while it
+    decodes (Pillow's draft mode), so the full-size pixels are never held. Other images are left as they are."""
+    width, height = image.size
+    if image.format not in ("JPEG", "MPO") or width * height <= max_pixels:  # MPO: a phone's JPEG with extra frames
+        return image
+    scale = next((s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= max_pixels), 8)
+    image.draft(None, (max(1, width // scale), max(1, height // scale)))  # Pillow picks the scale from the floor
+    return image
+
+
+def decode_image(source: Source, *, path: str | None = None, max_pixels: int | None = None,
+                 max_bytes: int | None = None, draft: bool = False) -> Image.Image:
     """Decode `source` into an 8-bit RGB image, or raise `ImageDecodeError`.
 
     Args:
@@ -61,43 +79,59 @@ def decode_image(source: Source, *, path: str | None = None, max_pixels: int | N
         path: the name used in error messages when `source` is bytes or a file object.
         max_pixels: refuse images with more pixels than this; None uses Pillow's
             `Image.MAX_IMAGE_PIXELS` (about 89 million).
+        max_bytes: refuse files larger than this, before reading them; None uses `MAX_FILE_BYTES`.
+        draft: decode a JPEG over `max_pixels` at a reduced scale (`draft_jpeg`) instead of refusing it.
     """
     if path is None:
         path = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<bytes>")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    byte_limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
 
     if isinstance(source, (str, os.PathLike)):
+        # A path is streamed: Pillow reads the header, then the pixels, never the whole file at once,
+        # and the size is checked before anything is read (a 3 GB file of junk is refused at once).
         try:
             size = os.path.getsize(source)
-            if size == 0:
-                raise ImageDecodeError(path, "empty file (0 bytes)")
-            with open(source, "rb") as handle:
-                data = handle.read()
-        except ImageDecodeError:
-            raise
+            _check_size(path, size, byte_limit)
+            handle = open(source, "rb")
         except OSError as error:
             raise ImageDecodeError(path, f"unreadable: {error.strerror or error}") from None
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        try:
-            data = source.read()
-        except OSError as error:
-            raise ImageDecodeError(path, f"unreadable: {error}") from None
-    if len(data) == 0:
-        raise ImageDecodeError(path, "empty file (0 bytes)")
+        with handle:
+            return _decode(handle, path, limit, draft)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        _check_size(path, len(source), byte_limit)
+        return _decode(io.BytesIO(bytes(source)), path, limit, draft)
+    try:
+        data = source.read(byte_limit + 1)
+    except OSError as error:
+        raise ImageDecodeError(path, f"unreadable: {error}") from None
+    _check_size(path, len(data), byte_limit)
+    return _decode(io.BytesIO(data), path, limit, draft)
 
+
+def _check_size(path: str, size: int, limit: int) -> None:
+    if size == 0:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    if limit and size > limit:
+        raise ImageDecodeError(path, f"file of {size / 1e6:.0f} MB exceeds the limit of {limit / 1e6:.0f} MB for one "
+                                     "image (raise max_bytes if the image is genuine)")
+
+
+def _decode(stream: BinaryIO, path: str, limit: int, draft: bool = False) -> Image.Image:
+    """The RGB image in `stream`: header and pixel count checked before the pixels are decoded."""
     with warnings.catch_warnings():
         # Our own pixel limit below replaces Pillow's warning; its 2x hard error still applies.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(stream)
         except UnidentifiedImageError:
             raise ImageDecodeError(path, "not an image (no known image format recognised)") from None
         except Image.DecompressionBombError as error:
             raise ImageDecodeError(path, f"decompression bomb refused: {error}") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageDecodeError(path, f"corrupt image header: {error}") from None
+        if draft and limit:
+            draft_jpeg(image, limit)
         width, height = image.size
         if limit and width * height > limit:
             raise ImageDecodeError(
@@ -107,7 +141,7 @@ def decode_image(source: Source, *, path: str | None = None, max_pixels: int | N
             raise ImageDecodeError(path, f"image has no pixels ({width}x{height})")
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            image = ImageOps.exif_transpose(image)  # a copy: the result no longer reads `stream`
             return _to_rgb(image)
         except ImageDecodeError:
             raise

@@ -5,6 +5,10 @@ writes has one) or a plain text file of paths, one a line (`#` starts a comment)
 compared after `os.path.abspath`, so a list written from one working folder applies from
 another as long as the paths in it are absolute, as the audit writes them; relative paths
 in the list are taken relative to the list's own folder.
+
+The audit's CSVs neutralise cells a spreadsheet would run as a formula (a file named
+`=HYPERLINK(...).png`): such a cell is written with a leading `'` (`spreadsheet_cell`), which
+a spreadsheet shows as text and `read_path_list` takes off again.
 """
 
 from __future__ import annotations
@@ -16,10 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from visionzoo.data.sources import DataSplits, FileSamples
+from visionzoo.data.samples import DataSplits, FileSamples
 from visionzoo.errors import DataError
 
-__all__ = ["exclude_files", "read_path_list"]
+__all__ = ["exclude_files", "read_path_list", "spreadsheet_cell", "FORMULA_STARTS"]
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def spreadsheet_cell(value):
+    """`value` as a CSV cell a spreadsheet shows as text: a string starting a formula gets a leading `'`."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def _from_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
 
 
 def _normal(path: str, base: Path) -> str:
@@ -41,7 +56,8 @@ def read_path_list(path: str | os.PathLike) -> set[str]:
     if "path" in [cell.strip().lower() for cell in header]:
         column = [cell.strip().lower() for cell in header].index("path")
         rows = csv.reader(lines[1:])
-        return {_normal(row[column].strip(), base) for row in rows if len(row) > column and row[column].strip()}
+        return {_normal(_from_cell(row[column].strip()), base) for row in rows
+                if len(row) > column and row[column].strip()}
     return {_normal(line.strip(), base) for line in lines}
 
 

@@ -18,6 +18,11 @@ The three give the same batches where they overlap (the resident and fast paths 
 equal). `cache_splits` and `scan_splits` are the optional steps before: decode once into the
 memory-mapped pixel cache, or check that every file decodes. This module knows nothing of
 training settings: the trainer passes what each choice needs.
+
+BatchNorm cannot train on one image (its batch statistics need two values per channel), so with
+`no_single_image_batches` (`NoSingleImageBatches`) an epoch whose last batch would hold one image
+(N % batch == 1) ends with that image merged into the batch before it, and a batch that unreadable
+files shrink to one image is left out, with a note through `say`, once each.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -41,12 +46,12 @@ from visionzoo.data.datasets import (
     collate_skipping,
     scan_files,
 )
-from visionzoo.data.sources import ArraySamples, FileSamples, Samples
+from visionzoo.data.samples import ArraySamples, FileSamples, Samples
 from visionzoo.data.transforms import NormalizeInput, SeededCropFlip, crop_padding, eval_transform, train_transform
 from visionzoo.errors import SettingError
 
 __all__ = ["Loaders", "build_loaders", "cache_splits", "cache_size", "scan_splits", "default_workers",
-           "fits_on_device", "class_counts", "RESIDENT_LIMIT_BYTES"]
+           "fits_on_device", "class_counts", "NoSingleImageBatches", "RESIDENT_LIMIT_BYTES"]
 
 RESIDENT_LIMIT_BYTES = 2 << 30
 
@@ -134,7 +139,8 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
                   batch_size: int, val_batch_size: int, augment: str, crop_padding_px: int | None = None,
                   alternate_flip: bool = False, balanced: bool = False, num_classes: int, workers: int | None = None,
                   seed: int = 0, device: torch.device, rank: int = 0, world: int = 1,
-                  photo_cache: bool = False) -> Loaders:
+                  photo_cache: bool = False, no_single_image_batches: bool = False,
+                  say: Callable[[str], None] = print) -> Loaders:
     """The loaders of one process (`rank` of `world`).
 
     Args:
@@ -148,6 +154,8 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         workers: loader processes; None: `default_workers(train)`.
         photo_cache: `train` and `val` come from `data.cache.cache_photos` (uint8 arrays, the
             validation ones at the evaluation view).
+        no_single_image_batches: never a training batch of one image (`NoSingleImageBatches`; for
+            models with BatchNorm), saying so through `say`.
     """
     def fits(samples) -> bool:
         return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
@@ -197,6 +205,8 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
             train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
             collate_fn=collate_skipping, pin_memory=device.type == "cuda", drop_last=False,
             generator=torch.Generator())  # its own generator: creating an iterator must not draw from the global RNG
+    if no_single_image_batches:
+        train_loader = NoSingleImageBatches(train_loader, sampler, batch_size, say)
     val_loader = None
     if val_set is not None and resident:
         val_loader = ResidentBatches(val, val_batch_size, device=device)
@@ -204,6 +214,59 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=val_batch_size, num_workers=workers,
                                                  collate_fn=collate_skipping, pin_memory=device.type == "cuda")
     return Loaders(train_set, val_set, sampler, train_loader, val_loader, normalize, resident)
+
+
+class NoSingleImageBatches:
+    """Training batches of two images or more, from a loader of `collate_skipping` batches drawn
+    from `sampler` in batches of `batch_size`.
+
+    When this rank's epoch ends on a batch of one image (its sample count % `batch_size` == 1), that
+    image joins the batch before it: one batch fewer per epoch (`len`), the last one larger by one.
+    A batch left with one readable image (the rest skipped as unreadable) is yielded without images,
+    its skipped files still listed: it counts as a batch that trains nothing, as one whose images
+    are all unreadable. Each case is told through `say` once."""
+
+    def __init__(self, loader: Any, sampler: ResumableSampler, batch_size: int, say: Callable[[str], None] = print):
+        self.loader, self.sampler, self.batch_size, self.say = loader, sampler, batch_size, say
+        self.merges = len(sampler) % batch_size == 1 and len(loader) > 1
+        self.told: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.merges
+
+    def __iter__(self) -> Iterator:
+        # the batches this pass yields before the last two: the sampler skips those done before a resume
+        left = -(-(len(self.sampler) - self.sampler.skip) // self.batch_size)
+        batches = iter(self.loader)
+        for position in range(left):
+            batch = next(batches)
+            if self.merges and position == left - 2:
+                batch = _concatenate(batch, next(batches))
+                self._tell("merge", f"the last training batch of each epoch would hold one image, which BatchNorm "
+                                    f"cannot train on: it joins the batch before it ({self.batch_size + 1} images)")
+            elif len(batch[1]) == 1:
+                self._tell("drop", "a training batch was left with one readable image, which BatchNorm cannot "
+                                   "train on: such an image is left out of its step")
+                images, labels, indices, skipped = batch
+                batch = images[:0], labels[:0], indices[:0], skipped
+            yield batch
+            if self.merges and position == left - 2:
+                return
+
+    def _tell(self, case: str, line: str) -> None:
+        if case not in self.told:
+            self.told.add(case)
+            self.say(line)
+
+
+def _concatenate(first: tuple, second: tuple) -> tuple:
+    images, labels, indices, skipped = first
+    if not len(second[1]):
+        return images, labels, indices, skipped + second[3]
+    if not len(labels):
+        return second[0], second[1], second[2], skipped + second[3]
+    return (torch.cat([images, second[0]]), torch.cat([labels, second[1]]), torch.cat([indices, second[2]]),
+            skipped + second[3])
 
 
 def cache_size(image_size: int, data_config: dict[str, Any], requested: int | None = None) -> int:

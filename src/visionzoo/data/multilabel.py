@@ -13,8 +13,7 @@ Without a split column the data is split by iterative stratification (Sechidis e
 via the `iterative-stratification` package), which keeps every label's share, and the pairs'
 shares, close in both parts; a per-label random split would starve rare labels in validation.
 
-`make_shape_sets` generates multi-label images offline: one to three `builtin:shapes` shapes,
-each in its own quadrant of the image (`builtin:shapes?task=multilabel`).
+`data.shapes.make_shape_sets` generates multi-label images offline (`builtin:shapes?task=multilabel`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import numpy as np
 
 from visionzoo.errors import DataError, SettingError, require_extra
 
-__all__ = ["LABEL_SEPARATORS", "read_multilabel_csv", "looks_multilabel", "iterative_split", "make_shape_sets",
+__all__ = ["LABEL_SEPARATORS", "read_multilabel_csv", "looks_multilabel", "iterative_split",
            "label_counts", "balanced_sample_weights"]
 
 LABEL_SEPARATORS = re.compile(r"[|;]")
@@ -35,7 +34,7 @@ _PATH_HEADERS = {"path", "file", "filename", "file_name", "image", "image_path",
 
 
 def _rows(path: Path) -> list[list[str]]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel writes a byte-order mark
         return [[cell.strip() for cell in row] for row in csv.reader(handle) if row and not row[0].startswith("#")]
 
 
@@ -126,33 +125,3 @@ def iterative_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple
     splitter = stratifiers.MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed % 2**32)
     train, val = next(splitter.split(np.zeros((len(labels), 1)), labels))
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
-
-
-def make_shape_sets(count: int, *, size: int = 64, seed: int = 0, max_shapes: int = 3):
-    """`count` images, each showing 1..`max_shapes` different shapes of `builtin:shapes`, one per
-    quadrant; labels (count, 10) multi-hot. Deterministic in `seed`."""
-    from visionzoo.data.sources import SHAPE_CLASSES, ArraySamples, make_shapes
-
-    rng = np.random.default_rng(seed)
-    half = size // 2
-    # Tiles are drawn as ordinary shape images at half size, then placed; a tile's class is its label.
-    tiles = make_shapes(count * max_shapes, size=half, seed=seed + 7919)
-    images = np.empty((count, size, size, 3), dtype=np.uint8)
-    labels = np.zeros((count, len(SHAPE_CLASSES)), dtype=np.uint8)
-    by_class = [list(np.flatnonzero(tiles.labels == c)) for c in range(len(SHAPE_CLASSES))]
-    for i in range(count):
-        shown = rng.choice(len(SHAPE_CLASSES), size=rng.integers(1, max_shapes + 1), replace=False)
-        quadrants = rng.permutation(4)[: len(shown)]
-        canvas = np.empty((size, size, 3), dtype=np.uint8)
-        dark = rng.integers(0, 90, 3).astype(np.int16)
-        for q in range(4):
-            noise = rng.normal(0, 10, (half, half, 3))
-            canvas[(q // 2) * half:(q // 2 + 1) * half, (q % 2) * half:(q % 2 + 1) * half] = \
-                np.clip(dark + noise, 0, 255).astype(np.uint8)
-        for label, q in zip(shown, quadrants):
-            pool = by_class[label]
-            tile = tiles.images[pool[rng.integers(len(pool))]]
-            canvas[(q // 2) * half:(q // 2 + 1) * half, (q % 2) * half:(q % 2 + 1) * half] = tile
-            labels[i, label] = 1
-        images[i] = canvas
-    return ArraySamples(images, labels, [f"shape-sets[{seed}]/{i}" for i in range(count)])

@@ -22,17 +22,16 @@ import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
 from visionzoo.errors import SettingError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "eval_transform", "squash_transform", "train_transform",
-           "batch_mixer", "SeededCropFlip", "NormalizeInput"]
+__all__ = ["PRESETS", "eval_transform", "squash_transform", "train_transform",
+           "batch_mixer", "SeededCropFlip", "NormalizeInput", "AFFINE_INTERPOLATION", "interpolation_of"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Rotations and shears of tensor images support nearest and bilinear only.
-_AFFINE = v2.InterpolationMode.BILINEAR
+AFFINE_INTERPOLATION = v2.InterpolationMode.BILINEAR
 
 _INTERPOLATION = {
     "bilinear": v2.InterpolationMode.BILINEAR,
@@ -41,7 +40,8 @@ _INTERPOLATION = {
 }
 
 
-def _interpolation(config: dict) -> v2.InterpolationMode:
+def interpolation_of(config: dict) -> v2.InterpolationMode:
+    """The data config's resize interpolation (default bicubic, as timm's)."""
     return _INTERPOLATION.get(str(config.get("interpolation", "bicubic")), v2.InterpolationMode.BICUBIC)
 
 
@@ -57,7 +57,7 @@ def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
     resize = int(math.floor(size / crop_pct))
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(resize, interpolation=_interpolation(config), antialias=True),
+        v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
         v2.CenterCrop(size),
         *_to_float_normalized(config),
     ])
@@ -66,7 +66,7 @@ def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
 def squash_transform(config: dict) -> v2.Compose:
     """Resize both sides to the input size (timm's crop_mode "squash"), then normalise."""
     height, width = config["input_size"][1:]
-    return v2.Compose([v2.ToImage(), v2.Resize((height, width), interpolation=_interpolation(config), antialias=True),
+    return v2.Compose([v2.ToImage(), v2.Resize((height, width), interpolation=interpolation_of(config), antialias=True),
                        *_to_float_normalized(config)])
 
 
@@ -80,7 +80,7 @@ def train_transform(config: dict, preset: str = "light", image_size: int | None 
     if preset not in PRESETS:
         raise SettingError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
     size = image_size or int(config["input_size"][-1])
-    interpolation = _interpolation(config)
+    interpolation = interpolation_of(config)
     if preset == "none":
         return eval_transform(config, size)
     if preset == "crop":
@@ -92,9 +92,9 @@ def train_transform(config: dict, preset: str = "light", image_size: int | None 
     steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True),
              v2.RandomHorizontalFlip()]
     if preset == "medium":
-        steps.append(v2.TrivialAugmentWide(interpolation=_AFFINE))
+        steps.append(v2.TrivialAugmentWide(interpolation=AFFINE_INTERPOLATION))
     if preset == "strong":
-        steps.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=_AFFINE))
+        steps.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=AFFINE_INTERPOLATION))
     steps += _to_float_normalized(config)
     if preset == "strong":
         steps.append(v2.RandomErasing(p=0.25, value=0))

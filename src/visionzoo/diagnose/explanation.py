@@ -3,27 +3,21 @@
     results = visionzoo.explain("runs/shapes/best", ["cat.jpg"], method="gradcam", out="explained")
 
 The CAM itself is the grad-cam package's (Grad-CAM, Selvaraju et al., 2017; Grad-CAM++,
-Chattopadhay et al., 2018; Eigen-CAM, Muhammad and Yeasin, 2020). What is ours is the choice,
-per family, of the layer to explain and of how its output becomes a (N, C, h, w) map, so that
-nobody has to name a layer or write a reshape function:
+Chattopadhay et al., 2018; Eigen-CAM, Muhammad and Yeasin, 2020). The layer to explain, and how
+its output becomes a (N, C, h, w) map, are facts of each family, registered in its model file
+(`visionzoo.registry.CamLayer`, read through `family_facts`), so nobody has to name a layer or
+write a reshape function:
 
 - convolutional networks: the last feature map before global pooling, already (N, C, h, w);
-- ViT, DeiT, DINOv2, CLIP, EVA-02: the last block's first norm, (N, prefix + h*w, C): the prefix
-  (class, distillation, register) tokens are dropped and the patch tokens laid out on their grid
-  (the layer pytorch-grad-cam's own ViT tutorial uses: its output feeds the class token's attention,
-  so gradients reach every patch token even when the head reads the class token only);
+- ViT, DeiT, DINOv2, CLIP, EVA-02: the last block's first norm, (N, prefix + h*w, C), whose prefix
+  tokens are dropped and patch tokens laid out on their grid;
 - Swin: the last stage's output, (N, h, w, C) channels-last, permuted.
-
-The table is kept here, keyed by family, rather than on the model cards while the cards are being
-reworked (issue 18); moving each entry to its family file is one line per family.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,42 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.errors import SettingError, require_extra
+from visionzoo.registry import family_facts, get_card
 
-__all__ = ["CAM_TARGETS", "METHODS", "cam_maps", "explain", "explain_images", "overlay", "overlay_png", "target_layer"]
+__all__ = ["METHODS", "cam_maps", "explain", "explain_images", "overlay", "overlay_png", "target_layer"]
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
-
-
-@dataclass(frozen=True)
-class CamTarget:
-    """Where to take the map in one family: a dotted module path (`-1` indexes a sequence) and its layout."""
-
-    layer: str
-    layout: str = "nchw"  # nchw | nhwc (channels-last maps) | tokens (prefix tokens then a patch grid)
-
-
-CAM_TARGETS: dict[str, CamTarget] = {
-    "alexnet": CamTarget("features.-2"),  # the last ReLU, before the final max-pool halves the map
-    "vgg": CamTarget("features.-2"),  # likewise
-    "resnet": CamTarget("layer4"),
-    "densenet": CamTarget("features"),  # ends with the final norm and activation
-    "googlenet": CamTarget("inception5b"),
-    "inception_v3": CamTarget("Mixed_7c"),
-    "mobilenetv3": CamTarget("blocks"),  # MobileNetV3's head convolution comes after the pooling
-    "efficientnet": CamTarget("bn2"),  # conv_head -> bn2 (with its activation): the last map
-    "efficientnet_lite": CamTarget("bn2"),
-    "convnext": CamTarget("stages.-1"),
-    "efficientvit_mit": CamTarget("stages.-1"),
-    "efficientvit_msra": CamTarget("stages.-1"),
-    "maxvit": CamTarget("stages.-1"),  # stages keep (N, C, H, W) between the window and grid attention
-    "swin": CamTarget("layers.-1", "nhwc"),
-    "vit": CamTarget("blocks.-1.norm1", "tokens"),
-    "deit": CamTarget("blocks.-1.norm1", "tokens"),
-    "dinov2": CamTarget("blocks.-1.norm1", "tokens"),
-    "clip": CamTarget("blocks.-1.norm1", "tokens"),
-    "eva02": CamTarget("blocks.-1.norm1", "tokens"),
-}
 
 
 def _family(model: nn.Module) -> str:
@@ -76,8 +41,6 @@ def _family(model: nn.Module) -> str:
     if not name:
         raise SettingError(f"explain needs a visionzoo model to know where to look; {type(model).__name__} is not "
                          "one (pass target_layer= and reshape= for a model of your own)")
-    from visionzoo.registry import get_card
-
     return get_card(name).family
 
 
@@ -89,26 +52,17 @@ def _module_at(model: nn.Module, path: str) -> nn.Module:
 
 
 def target_layer(model: nn.Module, image_size: tuple[int, int]) -> tuple[nn.Module, Callable | None]:
-    """The module to explain and the reshape of its output to (N, C, h, w), from the family's entry."""
+    """The module to explain and the reshape of its output to (N, C, h, w), from the family's `CamLayer`."""
     family = _family(model)
-    if family not in CAM_TARGETS:
-        raise SettingError(f"no CAM target declared for the family {family!r}; add it to visionzoo.diagnose.explanation.CAM_TARGETS")
-    entry = CAM_TARGETS[family]
-    layer = _module_at(model, entry.layer)
-    if entry.layout == "nhwc":
-        return layer, lambda x: x.permute(0, 3, 1, 2)  # (N, h, w, C) -> (N, C, h, w)
-    if entry.layout == "tokens":
-        prefix = int(getattr(model, "num_prefix_tokens", 1))
-        height, width = image_size
-
-        def tokens_to_map(x: torch.Tensor) -> torch.Tensor:
-            patches = x[:, prefix:]  # (N, prefix + h*w, C) -> (N, h*w, C)
-            rows = max(1, round(math.sqrt(patches.shape[1] * height / width)))
-            cols = patches.shape[1] // rows
-            return patches.reshape(x.shape[0], rows, cols, x.shape[-1]).permute(0, 3, 1, 2)  # -> (N, C, h, w)
-
-        return layer, tokens_to_map
-    return layer, None
+    cam_layer = family_facts(family).cam_layer
+    if cam_layer is None:
+        raise SettingError(f"the family {family!r} registers no CAM layer; give its register_family call "
+                           "cam_layer=CamLayer(...) in its model file")
+    layer = _module_at(model, cam_layer.module)
+    if cam_layer.to_map is None:
+        return layer, None
+    to_map = cam_layer.to_map
+    return layer, lambda output: to_map(output, model, image_size)
 
 
 def _cam_class(method: str):
@@ -184,8 +138,8 @@ def heatmap_png(image: np.ndarray, cam: np.ndarray) -> bytes:
 
 def unnormalise(batch: torch.Tensor, data_config: dict[str, Any]) -> np.ndarray:
     """(N, 3, H, W) normalised input back to (N, H, W, 3) pixels in [0, 1] for display."""
-    mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
-    std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+    mean = torch.tensor(data_config.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
+    std = torch.tensor(data_config.get("std", IMAGENET_STD)).view(1, 3, 1, 1)
     return (batch.detach().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
@@ -198,9 +152,11 @@ def serving_explainer(model: nn.Module, transform: Callable, data_config: dict[s
     import threading
 
     try:
-        _family(model)
+        cam_layer = family_facts(_family(model)).cam_layer
         require_extra("pytorch_grad_cam", "audit", "visionzoo explain")
     except (SettingError, KeyError, ImportError):  # not a visionzoo family, or no grad-cam: /v1/explain says 501
+        return None
+    if cam_layer is None:
         return None
     private, lock = None, threading.Lock()
 
@@ -239,12 +195,28 @@ def _class_index(target: int | str | None, names: list[str] | None) -> int | Non
                      f"({', '.join((names or [])[:10])}{', ...' if names and len(names) > 10 else ''})")
 
 
+def _output_names(paths: Sequence[str]) -> dict[str, Path]:
+    """Each image's name for its overlay: its path relative to the images' common folder, without the
+    suffix, so that d1/cat.png and d2/cat.png give d1/cat and d2/cat rather than one file written twice.
+    Images whose names would still meet (cat.png and cat.jpg) keep their suffix."""
+    absolute = {path: os.path.abspath(path) for path in paths}
+    try:
+        root = os.path.commonpath([os.path.dirname(a) for a in absolute.values()]) if absolute else ""
+    except ValueError:  # on different drives: only the file names can be kept
+        root = None
+    relative = {path: Path(os.path.relpath(a, root)) if root is not None else Path(Path(a).name)
+                for path, a in absolute.items()}
+    stems = [r.with_suffix("") for r in relative.values()]
+    return {path: r.with_suffix("") if stems.count(r.with_suffix("")) == 1 else r for path, r in relative.items()}
+
+
 def explain(model: Any, images: Sequence[str | os.PathLike], *, method: str = "gradcam",
             target_class: int | str | None = None, out: str | os.PathLike | None = "explained",
             pretrained: Any = None) -> list[dict[str, Any]]:
     """Class activation maps of `images` (files, folders or globs) under `model` (a registered name,
     a saved model folder, a run folder, or a module). Writes OUT/<image>.<method>.png (image, heat
-    map, overlay, with the class and its probability) unless `out` is None.
+    map, overlay, with the class and its probability) unless `out` is None, where <image> keeps the
+    image's path below the images' common folder (`_output_names`).
 
     Returns one record per image: {path, class, label, probability, predicted, png, cam (H, W)} or
     {path, error}.
@@ -263,6 +235,7 @@ def explain(model: Any, images: Sequence[str | os.PathLike], *, method: str = "g
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    png_names = _output_names(paths)
     results = []
     for path in paths:
         try:
@@ -281,7 +254,8 @@ def explain(model: Any, images: Sequence[str | os.PathLike], *, method: str = "g
         if out_dir is not None:
             caption = (f"{Path(path).name}: {method} for {label} ({record['probability']:.1%})"
                        + ("" if shown == predicted else f"; predicted {names[predicted] if names else predicted}"))
-            target_file = out_dir / f"{Path(path).stem}.{method}.png"
+            target_file = out_dir / png_names[path].parent / f"{png_names[path].name}.{method}.png"
+            target_file.parent.mkdir(parents=True, exist_ok=True)
             target_file.write_bytes(overlay_png(unnormalise(batch, config)[0], maps[0], caption))
             record["png"] = str(target_file)
         results.append(record)

@@ -28,7 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from visionzoo.data.datasets import ImageDataset, collate_skipping
-from visionzoo.data.sources import FileSamples, _class_folders, _scan_tree
+from visionzoo.data.layout import class_folders, scan_tree
+from visionzoo.data.samples import FileSamples
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError
 from visionzoo.factory import data_config as model_data_config
@@ -38,7 +39,7 @@ from visionzoo.resolve import resolve_model
 from visionzoo.runtime import tune_allocator
 
 __all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
-           "pooled_and_tokens", "build_backbone"]
+           "pooled_and_tokens", "build_backbone", "scan_folder"]
 
 FORMAT = "visionzoo-embeddings/1"
 
@@ -122,14 +123,14 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
 
 
 def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
-    """Images of a class-per-folder tree and its class names (folder names, sorted)."""
+    """Images of a class-per-folder tree and its class names (folder names, sorted; `data.layout`'s rules)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
-    classes = _class_folders(root)
+    classes = class_folders(root)
     if not classes:
         raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
-    samples = _scan_tree(root, classes)
+    samples = scan_tree(root, classes)
     if not len(samples):
         raise DataError(f"no images under {root} (looked in {len(classes)} class folders)")
     return samples, classes
@@ -246,8 +247,6 @@ def samples_digest(samples) -> str:
     """What a set of samples holds, by contents: each file's bytes (or the decoded array) with its
     label, in order. Renaming or moving the files keeps the digest; editing one image changes it."""
     import hashlib
-
-    from visionzoo.data.sources import FileSamples
 
     digest = hashlib.sha256()
     if isinstance(samples, FileSamples):

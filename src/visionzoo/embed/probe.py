@@ -215,6 +215,6 @@ def probe_model(result: ProbeResult, embeddings: Embeddings) -> nn.Module:
 def save_probe_model(result: ProbeResult, embeddings: Embeddings, folder: str | Path) -> Path:
     """Write the probe as a model folder (`model.safetensors` + `config.json`) that predict and eval load."""
     model = probe_model(result, embeddings)
-    save_model(model, Path(folder), class_names=list(result.classes), data_config=dict(embeddings.data_config),
+    save_model(model, Path(folder), classes=list(result.classes), preprocessing=dict(embeddings.data_config),
                  extra={"probe": {"method": result.method, "top1": result.top1, **result.chosen}})
     return Path(folder)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+__all__ = ["BN_EPS_TF", "ConvBnAct", "conv_bn_relu"]
+
+# TensorFlow's batch norm epsilon, kept by the ports of networks first trained there: the Inception
+# family (torchvision's BasicConv2d) and MaxViT's TF weights
+BN_EPS_TF = 1e-3
+
 
 class ConvBnAct(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation.
@@ -29,3 +35,9 @@ class ConvBnAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
         return self.act(x) if self.act is not None else x
+
+
+def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int | tuple[int, int], stride: int = 1,
+                 padding: int | tuple[int, int] = 0) -> ConvBnAct:
+    """The Inception networks' unit (GoogLeNet, Inception v3): conv -> BN (eps 1e-3) -> ReLU."""
+    return ConvBnAct(in_chs, out_chs, kernel_size, stride=stride, padding=padding, eps=BN_EPS_TF)

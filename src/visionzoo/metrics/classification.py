@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from visionzoo.errors import SettingError
+from visionzoo.heads import printable
 
 __all__ = ["TOP_K", "reports_top_k", "classification_metrics", "expected_calibration_error", "calibration_gap",
            "plot_confusion_matrix"]
@@ -94,6 +95,7 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
     matrix = np.array(confusion, dtype=float)
     normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    class_names = [printable(name) for name in class_names]  # control characters have no glyph
     n = len(class_names)
     side = min(4 + 0.4 * n, 30)
     figure, axis = plt.subplots(figsize=(side, side * 0.85))

@@ -11,7 +11,9 @@ Every model here shares one interface:
 
 Each file ends the same way: `VARIANTS: dict[str, Config]` (name -> the family's frozen config),
 then one `visionzoo.registry.register_family` call stating the family's paper, year, builder and
-recipe style, with a `VariantExtras` for each variant that says something else.
+recipe style, and what the workflows ask of it (`cam_layer=`: where explain reads a class activation
+map; `lora_targets=`: the modules `--adapt lora` adapts; `edge=True`: built for edge devices), with a
+`VariantExtras` for each variant that says something else. Adding a family touches its file only.
 
 The registry imports every module here on its first query (`visionzoo.registry._load_families`).
 """

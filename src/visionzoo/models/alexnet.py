@@ -17,11 +17,15 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 
 @dataclass(frozen=True)
 class AlexNetConfig:
+    """AlexNet: Krizhevsky, Sutskever and Hinton, 2012, "ImageNet Classification with Deep Convolutional
+    Neural Networks" (in the single-tower form of Krizhevsky, 2014, "One weird trick for parallelizing
+    convolutional neural networks")."""
+
     widths: tuple[int, int, int, int, int] = (64, 192, 384, 256, 256)  # channels of the five convolutions
     pooled_size: int = 6  # the last feature map is average-pooled to this size before the MLP
     hidden_features: int = 4096  # width of the two fully connected hidden layers
@@ -102,4 +106,5 @@ class AlexNet(nn.Module):
 VARIANTS: dict[str, AlexNetConfig] = {"alexnet": AlexNetConfig()}
 
 register_family(VARIANTS, family="alexnet", paper="ImageNet Classification with Deep Convolutional Neural Networks",
-                year=2012, builder=AlexNet, recipe_style="convnet", reference_library="torchvision")
+                year=2012, builder=AlexNet, recipe_style="convnet", reference_library="torchvision",
+                cam_layer=CamLayer("features.-2"))  # the last ReLU, before the final max-pool halves the map

@@ -20,7 +20,7 @@ from visionzoo.layers.classifier import NormMlpClassifierHead
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, LoraTargets, register_family
 
 
 class ConvNeXtBlock(nn.Module):
@@ -81,6 +81,8 @@ class ConvNeXtStage(nn.Module):
 
 @dataclass(frozen=True)
 class ConvNeXtConfig:
+    """ConvNeXt: Liu, Mao, Wu, Feichtenhofer, Darrell and Xie, 2022, "A ConvNet for the 2020s"."""
+
     depths: tuple[int, int, int, int]  # blocks per stage
     dims: tuple[int, int, int, int]  # channels per stage
     conv_mlp: bool = False  # 1x1 convs instead of channels-last linears (see ConvNeXtBlock)
@@ -166,5 +168,7 @@ VARIANTS: dict[str, ConvNeXtConfig] = {
     "convnext_xlarge": ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
 
+# No attention to adapt: LoRA takes the pointwise (1x1) linears of each block's MLP, the bulk of the weights.
 register_family(VARIANTS, family="convnext", paper="A ConvNet for the 2020s", year=2022, builder=ConvNeXt,
-                recipe_style="convnext")
+                recipe_style="convnext", cam_layer=CamLayer("stages.-1"),
+                lora_targets=LoraTargets(r"stages\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)"))

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
-from visionzoo.models.vit import VisionTransformer, VisionTransformerConfig
+from visionzoo.models.vit import VIT_CAM_LAYER, VIT_LORA_TARGETS, VisionTransformer, VisionTransformerConfig
 from visionzoo.registry import VariantExtras, register_family
 
 __all__ = ["VisionTransformerDistilled"]
@@ -104,6 +104,6 @@ _DISTILLED = VariantExtras(builder=VisionTransformerDistilled)
 
 register_family(
     VARIANTS, family="deit", paper="Training data-efficient image transformers & distillation through attention",
-    year=2021, builder=VisionTransformer, recipe_style="vit",
+    year=2021, builder=VisionTransformer, recipe_style="vit", cam_layer=VIT_CAM_LAYER, lora_targets=VIT_LORA_TARGETS,
     extras={"deit_tiny_distilled_patch16_224": _DISTILLED, "deit_small_distilled_patch16_224": _DISTILLED,
             "deit_base_distilled_patch16_224": _DISTILLED})

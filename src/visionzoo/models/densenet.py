@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.norm_act import BatchNormAct2d
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 
 class DenseLayer(nn.Module):
@@ -68,6 +68,8 @@ class DenseTransition(nn.Sequential):
 
 @dataclass(frozen=True)
 class DenseNetConfig:
+    """DenseNet-BC: Huang, Liu, van der Maaten and Weinberger, 2016, "Densely Connected Convolutional Networks"."""
+
     growth_rate: int  # channels each dense layer adds (k in the paper)
     block_config: tuple[int, ...]  # dense layers per block
     bn_size: int = 4  # the bottleneck 1x1 convolution has bn_size * growth_rate channels
@@ -151,4 +153,5 @@ VARIANTS: dict[str, DenseNetConfig] = {
 }
 
 register_family(VARIANTS, family="densenet", paper="Densely Connected Convolutional Networks", year=2016,
-                builder=DenseNet, recipe_style="convnet")
+                builder=DenseNet, recipe_style="convnet",
+                cam_layer=CamLayer("features"))  # `features` ends with the final norm and activation

@@ -23,7 +23,7 @@ from visionzoo.layers.padding import PaddingMode, create_conv2d
 from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.layers.squeeze_excite import SqueezeExcite
 from visionzoo.layers.stage_table import BlockSpec, Stage, build_stages, init_weights_tf_style, round_channels
-from visionzoo.registry import VariantExtras, register_family
+from visionzoo.registry import CamLayer, VariantExtras, register_family
 
 # Table 1 of the paper: EfficientNet-B0. "ds" is MBConv1 (no expanding 1x1 conv), "ir" MBConv6.
 # Every block has squeeze-excitation, a quarter of the block's input width.
@@ -43,6 +43,9 @@ HEAD_CHS = 1280
 
 @dataclass(frozen=True)
 class EfficientNetConfig:
+    """EfficientNet and EfficientNet-Lite: Tan and Le, 2019, "EfficientNet: Rethinking Model Scaling for
+    Convolutional Neural Networks"."""
+
     width: float  # channel multiplier (rounded to multiples of 8)
     depth: float  # repeats multiplier (rounded up per stage)
     resolution: int  # the paper's input resolution for this scale (the card's input_size is timm's)
@@ -151,10 +154,12 @@ VARIANTS: dict[str, EfficientNetConfig] = {
     for scale in SCALES for prefix, padding in (("efficientnet", {}), ("tf_efficientnet", _TF))
 }
 
-_LITE_CARD = dict(family="efficientnet_lite", year=2020)  # the paper's networks, released for mobile in 2020
+# the paper's networks, released for mobile in 2020 (ReLU6, no squeeze-excitation: they quantise well)
+_LITE_CARD = dict(family="efficientnet_lite", year=2020, edge=True)
 
 register_family(
     VARIANTS, family="efficientnet", paper="EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
     year=2019, builder=EfficientNet, recipe_style="convnet",
+    cam_layer=CamLayer("bn2"),  # conv_head -> bn2 (with its activation): the last map
     extras={name: VariantExtras(input_size=(3, size, size), **(_LITE_CARD if "lite" in name else {}))
             for name, size in INPUT_SIZES.items()})

@@ -26,7 +26,7 @@ from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 
 class ConvNormAct(nn.Module):
@@ -224,6 +224,9 @@ class ClassifierHead(nn.Module):
 
 @dataclass(frozen=True)
 class EfficientVitMitConfig:
+    """EfficientViT (MIT): Cai, Li, Hu, Gan and Han, 2023, "EfficientViT: Multi-Scale Linear Attention for
+    High-Resolution Dense Prediction"."""
+
     widths: tuple[int, int, int, int, int]  # stem, then the four stages
     depths: tuple[int, int, int, int, int]  # residual DSConvs in the stem, then blocks per stage
     head_dim: int  # channels per attention head
@@ -287,6 +290,7 @@ VARIANTS: dict[str, EfficientVitMitConfig] = {
     "efficientvit_b3": EfficientVitMitConfig((32, 64, 128, 256, 512), (1, 4, 6, 6, 9), 32, (2304, 2560)),
 }
 
+# No LoRA targets: the attention is a few small grouped convolutions, where a low-rank update saves little.
 register_family(VARIANTS, family="efficientvit_mit",
                 paper="EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction", year=2023,
-                builder=EfficientVitMit, recipe_style="vit")
+                builder=EfficientVitMit, recipe_style="vit", cam_layer=CamLayer("stages.-1"))

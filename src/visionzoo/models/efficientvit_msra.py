@@ -25,7 +25,7 @@ from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 
 def conv_norm(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
@@ -283,6 +283,9 @@ class PatchEmbedding(nn.Sequential):
 
 @dataclass(frozen=True)
 class EfficientVitMsraConfig:
+    """EfficientViT (Microsoft): Liu, Peng, Zheng, Yang, Hu and Yuan, 2023, "EfficientViT: Memory Efficient
+    Vision Transformer with Cascaded Group Attention"."""
+
     embed_dim: tuple[int, int, int]  # width of each stage
     depth: tuple[int, int, int]  # sandwich blocks per stage
     num_heads: tuple[int, int, int]
@@ -362,6 +365,7 @@ VARIANTS: dict[str, EfficientVitMsraConfig] = {
     "efficientvit_m5": EfficientVitMsraConfig((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
 }
 
+# No LoRA targets: the attention is a few small grouped convolutions, where a low-rank update saves little.
 register_family(VARIANTS, family="efficientvit_msra",
                 paper="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention", year=2023,
-                builder=EfficientVitMsra, recipe_style="vit")
+                builder=EfficientVitMsra, recipe_style="vit", cam_layer=CamLayer("stages.-1"))

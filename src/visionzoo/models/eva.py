@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 from visionzoo.errors import SettingError
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
+from visionzoo.layers.feature_map import tokens_to_map
 from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import GluMlp, SwiGLU
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pool import make_classifier
-from visionzoo.registry import VariantExtras, register_family
+from visionzoo.registry import CamLayer, LoraTargets, VariantExtras, register_family
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -163,6 +164,8 @@ class EvaBlock(nn.Module):
 
 @dataclass(frozen=True)
 class Eva02Config:
+    """EVA-02: Fang, Sun, Wang, Huang, Wang and Cao, 2023, "EVA-02: A Visual Representation for Neon Genesis"."""
+
     embed_dim: int
     depth: int
     num_heads: int
@@ -264,6 +267,7 @@ _BACKBONE = VariantExtras(num_classes=0)
 
 register_family(
     VARIANTS, family="eva02", paper="EVA-02: A Visual Representation for Neon Genesis", year=2023, builder=Eva02,
-    recipe_style="vit",
+    recipe_style="vit", cam_layer=CamLayer("blocks.-1.norm1", tokens_to_map),  # see vit.VIT_CAM_LAYER
+    lora_targets=LoraTargets(r"blocks\.\d+\.attn\.(q_proj|k_proj|v_proj|proj)", r"blocks\.\d+\.mlp\.(fc1_g|fc1_x|fc2)"),
     extras={"eva02_tiny_patch14_224": _BACKBONE, "eva02_small_patch14_224": _BACKBONE,
             "eva02_base_patch14_224": _BACKBONE, "eva02_large_patch14_224": _BACKBONE})

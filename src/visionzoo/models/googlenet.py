@@ -18,17 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
-from visionzoo.layers.conv_bn_act import ConvBnAct
+from visionzoo.layers.conv_bn_act import conv_bn_relu
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import register_family
-
-BN_EPS = 1e-3
-
-
-def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, padding: int = 0) -> ConvBnAct:
-    return ConvBnAct(in_chs, out_chs, kernel_size, stride=stride, padding=padding, eps=BN_EPS)
+from visionzoo.registry import CamLayer, register_family
 
 
 class Inception(nn.Module):
@@ -87,6 +82,8 @@ def _out_chs(widths: InceptionWidths) -> int:
 
 @dataclass(frozen=True)
 class GoogLeNetConfig:
+    """GoogLeNet (Inception v1): Szegedy et al., 2014, "Going Deeper with Convolutions"."""
+
     inception3: tuple[InceptionWidths, ...] = ((192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64))
     inception4: tuple[InceptionWidths, ...] = (
         (480, 192, 96, 208, 16, 48, 64), (512, 160, 112, 224, 24, 64, 64), (512, 128, 128, 256, 24, 64, 64),
@@ -164,8 +161,8 @@ class GoogLeNet(nn.Module):
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         # (x * std + mean - 0.5) / 0.5 per channel: ImageNet normalisation -> [-1, 1] range
-        std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         return x * (std / 0.5) + (mean - 0.5) / 0.5
 
     def _forward_stages(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -208,4 +205,4 @@ class GoogLeNet(nn.Module):
 VARIANTS: dict[str, GoogLeNetConfig] = {"googlenet": GoogLeNetConfig()}
 
 register_family(VARIANTS, family="googlenet", paper="Going Deeper with Convolutions", year=2014, builder=GoogLeNet,
-                recipe_style="convnet", reference_library="torchvision")
+                recipe_style="convnet", reference_library="torchvision", cam_layer=CamLayer("inception5b"))

@@ -18,16 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.features import FeatureInfo
-from visionzoo.layers.conv_bn_act import ConvBnAct
+from visionzoo.layers.conv_bn_act import conv_bn_relu
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import VariantExtras, register_family
-
-BN_EPS = 1e-3
-
-
-def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0) -> ConvBnAct:
-    return ConvBnAct(in_chs, out_chs, kernel_size, stride=stride, padding=padding, eps=BN_EPS)
+from visionzoo.registry import CamLayer, VariantExtras, register_family
 
 
 class InceptionA(nn.Module):
@@ -159,6 +152,9 @@ class InceptionAux(nn.Module):
 
 @dataclass(frozen=True)
 class InceptionV3Config:
+    """Inception v3: Szegedy, Vanhoucke, Ioffe, Shlens and Wojna, 2015, "Rethinking the Inception
+    Architecture for Computer Vision"."""
+
     channels_7x7: tuple[int, int, int, int] = (128, 160, 160, 192)  # bottleneck width of Mixed_6b..6e
     pool_features: tuple[int, int, int] = (32, 64, 64)  # pooled-branch width of Mixed_5b..5d
 
@@ -261,5 +257,5 @@ class InceptionV3(nn.Module):
 VARIANTS: dict[str, InceptionV3Config] = {"inception_v3": InceptionV3Config()}
 
 register_family(VARIANTS, family="inception_v3", paper="Rethinking the Inception Architecture for Computer Vision",
-                year=2015, builder=InceptionV3, recipe_style="convnet",
+                year=2015, builder=InceptionV3, recipe_style="convnet", cam_layer=CamLayer("Mixed_7c"),
                 extras={"inception_v3": VariantExtras(input_size=(3, 299, 299))})

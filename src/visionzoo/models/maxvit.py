@@ -23,15 +23,16 @@ from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.classifier import NormMlpClassifierHead
+from visionzoo.layers.conv_bn_act import BN_EPS_TF
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.norm import LayerNorm2d
 from visionzoo.layers.norm_act import BatchNormAct2d
 from visionzoo.layers.padding import create_conv2d, same_padding_amount
 from visionzoo.layers.pos_embed_rel import RelPosBiasTf
-from visionzoo.registry import register_family
+from visionzoo.layers.window import window_partition, window_reverse
+from visionzoo.registry import CamLayer, LoraTargets, register_family
 
-BN_EPS = 1e-3  # TF batch norm epsilon
 LN_EPS = 1e-5  # TF layer norm epsilon
 PARTITION_RATIO = 32  # window (and grid) side = img_size / 32: 7 at 224
 
@@ -88,13 +89,13 @@ class MbConvBlock(nn.Module):
         super().__init__()
         mid_chs = int(out_chs * expand_ratio)
         self.shortcut = Downsample2d(in_chs, out_chs) if stride == 2 else nn.Identity()
-        self.pre_norm = BatchNormAct2d(in_chs, eps=BN_EPS, act_layer=None)
+        self.pre_norm = BatchNormAct2d(in_chs, eps=BN_EPS_TF, act_layer=None)
         self.down = nn.Identity()
         self.conv1_1x1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.norm1 = BatchNormAct2d(mid_chs, eps=BN_EPS, act_layer=gelu_tanh)
+        self.norm1 = BatchNormAct2d(mid_chs, eps=BN_EPS_TF, act_layer=gelu_tanh)
         self.conv2_kxk = create_conv2d(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, padding="same")
         self.se_early = None
-        self.norm2 = BatchNormAct2d(mid_chs, eps=BN_EPS, act_layer=gelu_tanh)
+        self.norm2 = BatchNormAct2d(mid_chs, eps=BN_EPS_TF, act_layer=gelu_tanh)
         self.se = SEModule(mid_chs, int(0.25 * out_chs))
         self.conv3_1x1 = nn.Conv2d(mid_chs, out_chs, 1)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -104,19 +105,6 @@ class MbConvBlock(nn.Module):
         x = self.norm1(self.conv1_1x1(self.down(self.pre_norm(x))))
         x = self.se(self.norm2(self.conv2_kxk(x)))
         return self.drop_path(self.conv3_1x1(x)) + shortcut
-
-
-def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W, C) -> (N * H/wh * W/ww, wh, ww, C): contiguous windows (block attention)."""
-    n, h, w, c = x.shape
-    x = x.view(n, h // window[0], window[0], w // window[1], window[1], c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0], window[1], c)
-
-
-def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    h, w = size
-    x = windows.view(-1, h // window[0], w // window[1], window[0], window[1], windows.shape[-1])
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, windows.shape[-1])
 
 
 def grid_partition(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -234,7 +222,7 @@ class Stem(nn.Module):
     def __init__(self, in_chs: int, out_chs: int):
         super().__init__()
         self.conv1 = create_conv2d(in_chs, out_chs, 3, stride=2, bias=True, padding="same")
-        self.norm1 = BatchNormAct2d(out_chs, eps=BN_EPS, act_layer=gelu_tanh)
+        self.norm1 = BatchNormAct2d(out_chs, eps=BN_EPS_TF, act_layer=gelu_tanh)
         self.conv2 = create_conv2d(out_chs, out_chs, 3, stride=1, bias=True, padding="same")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +231,8 @@ class Stem(nn.Module):
 
 @dataclass(frozen=True)
 class MaxVitConfig:
+    """MaxViT: Tu, Talebi, Zhang, Yang, Milanfar, Bovik and Li, 2022, "MaxViT: Multi-Axis Vision Transformer"."""
+
     embed_dim: tuple[int, int, int, int]  # channels per stage
     depths: tuple[int, int, int, int]  # blocks per stage
     stem_width: int = 64
@@ -326,5 +316,8 @@ VARIANTS: dict[str, MaxVitConfig] = {
                                         head_hidden_size=1024),
 }
 
+# The CAM reads the last stage: stages keep (N, C, H, W) between the block and grid attention.
 register_family(VARIANTS, family="maxvit", paper="MaxViT: Multi-Axis Vision Transformer", year=2022, builder=MaxVit,
-                recipe_style="vit")
+                recipe_style="vit", cam_layer=CamLayer("stages.-1"),
+                lora_targets=LoraTargets(r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.attn\.(qkv|proj)",
+                                         r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.mlp\.(fc1|fc2)"))

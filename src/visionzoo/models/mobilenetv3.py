@@ -27,7 +27,7 @@ from visionzoo.layers.stage_table import (
     make_divisible,
     round_channels,
 )
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 _RELU = nn.ReLU  # rows without it use the network's hard-swish
 
@@ -62,6 +62,8 @@ STEM_CHS = 16
 
 @dataclass(frozen=True)
 class MobileNetV3Config:
+    """MobileNetV3: Howard et al., 2019, "Searching for MobileNetV3"."""
+
     stages: tuple[Stage, ...]  # LARGE_STAGES or SMALL_STAGES
     width: float  # channel multiplier
     head_chs: int  # width of the 1x1 conv after pooling: 1280 (large) or 1024 (small), at every multiplier
@@ -132,5 +134,6 @@ VARIANTS: dict[str, MobileNetV3Config] = {
     "mobilenetv3_large_100": MobileNetV3Config(LARGE_STAGES, 1.00, 1280),
 }
 
+# The CAM reads the last block: MobileNetV3's head convolution comes after the global pooling.
 register_family(VARIANTS, family="mobilenetv3", paper="Searching for MobileNetV3", year=2019, builder=MobileNetV3,
-                recipe_style="convnet")
+                recipe_style="convnet", cam_layer=CamLayer("blocks"), edge=True)

@@ -20,7 +20,7 @@ from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
 from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.registry import VariantExtras, register_family
+from visionzoo.registry import CamLayer, VariantExtras, register_family
 
 
 class BasicBlock(nn.Module):
@@ -90,6 +90,10 @@ class Bottleneck(nn.Module):
 
 @dataclass(frozen=True)
 class ResNetConfig:
+    """ResNet: He, Zhang, Ren and Sun, 2015, "Deep Residual Learning for Image Recognition"; ResNeXt: Xie,
+    Girshick, Dollar, Tu and He, 2016, "Aggregated Residual Transformations for Deep Neural Networks";
+    Wide ResNet: Zagoruyko and Komodakis, 2016, "Wide Residual Networks"."""
+
     block: Literal["basic", "bottleneck"]
     layers: tuple[int, int, int, int]  # blocks per stage
     cardinality: int = 1  # groups in the 3x3 convolution (ResNeXt)
@@ -190,6 +194,6 @@ _WIDE = VariantExtras(paper="Wide Residual Networks", year=2016)
 
 register_family(
     VARIANTS, family="resnet", paper="Deep Residual Learning for Image Recognition", year=2015, builder=ResNet,
-    recipe_style="convnet",
+    recipe_style="convnet", cam_layer=CamLayer("layer4"),
     extras={"resnext50_32x4d": _RESNEXT, "resnext101_32x8d": _RESNEXT,
             "wide_resnet50_2": _WIDE, "wide_resnet101_2": _WIDE})

@@ -24,23 +24,8 @@ from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.mlp import Mlp
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed_rel import relative_position_index
-from visionzoo.registry import register_family
-
-
-def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W, C) -> (N * num_windows, win_h, win_w, C); H and W must be multiples of the window."""
-    n, h, w, c = x.shape
-    win_h, win_w = window_size
-    x = x.view(n, h // win_h, win_h, w // win_w, win_w, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, win_h, win_w, c)
-
-
-def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], h: int, w: int) -> torch.Tensor:
-    """(N * num_windows, win_h, win_w, C) -> (N, H, W, C), the inverse of `window_partition`."""
-    win_h, win_w = window_size
-    c = windows.shape[-1]
-    x = windows.view(-1, h // win_h, w // win_w, win_h, win_w, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+from visionzoo.layers.window import window_partition, window_reverse
+from visionzoo.registry import CamLayer, LoraTargets, register_family
 
 
 def shifted_window_mask(height: int, width: int, window_size: tuple[int, int], shift_size: tuple[int, int],
@@ -160,7 +145,7 @@ class SwinTransformerBlock(nn.Module):
                                        dtype=x.dtype, device=x.device)
         windows = window_partition(x, self.window_size).flatten(1, 2)  # (N * nW, area, C)
         windows = self.attn(windows, mask=mask)
-        x = window_reverse(windows.view(-1, *self.window_size, c), self.window_size, padded_h, padded_w)
+        x = window_reverse(windows.view(-1, *self.window_size, c), self.window_size, (padded_h, padded_w))
         x = x[:, :h, :w, :]
         if any(self.shift_size):
             x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
@@ -212,6 +197,9 @@ class SwinTransformerStage(nn.Module):
 
 @dataclass(frozen=True)
 class SwinConfig:
+    """Swin Transformer: Liu, Lin, Cao, Hu, Wei, Zhang, Lin and Guo, 2021, "Swin Transformer: Hierarchical
+    Vision Transformer using Shifted Windows"."""
+
     embed_dim: int  # channels of the first stage; each later stage doubles them
     depths: tuple[int, ...]  # blocks per stage
     num_heads: tuple[int, ...]  # attention heads per stage
@@ -291,6 +279,11 @@ class SwinTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def channels_last_to_map(x: torch.Tensor, model: nn.Module, image_size: tuple[int, int]) -> torch.Tensor:
+    """The CAM reshape of a stage's output: (N, h, w, C) -> (N, C, h, w)."""
+    return x.permute(0, 3, 1, 2)
+
+
 # --- variants ------------------------------------------------------------------------------
 
 VARIANTS: dict[str, SwinConfig] = {
@@ -303,4 +296,7 @@ VARIANTS: dict[str, SwinConfig] = {
 
 register_family(VARIANTS, family="swin",
                 paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", year=2021,
-                builder=SwinTransformer, recipe_style="vit")
+                builder=SwinTransformer, recipe_style="vit",
+                cam_layer=CamLayer("layers.-1", channels_last_to_map),  # the last stage's output, channels-last
+                lora_targets=LoraTargets(r"layers\.\d+\.blocks\.\d+\.attn\.(qkv|proj)",
+                                         r"layers\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)"))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from visionzoo.features import FeatureInfo
 from visionzoo.layers.classifier import ClassifierHead
-from visionzoo.registry import register_family
+from visionzoo.registry import CamLayer, register_family
 
 MAX_POOL = "M"
 
@@ -51,6 +51,8 @@ class ConvMlp(nn.Module):
 
 @dataclass(frozen=True)
 class VGGConfig:
+    """VGG: Simonyan and Zisserman, 2014, "Very Deep Convolutional Networks for Large-Scale Image Recognition"."""
+
     layers: tuple[int | str, ...]  # output channels of each 3x3 convolution, "M" for a 2x2 max pool
     batch_norm: bool = False  # BatchNorm after every convolution (the `_bn` variants)
     hidden_features: int = 4096  # width of the two hidden fully connected layers
@@ -136,4 +138,5 @@ VARIANTS: dict[str, VGGConfig] = {
 }
 
 register_family(VARIANTS, family="vgg", paper="Very Deep Convolutional Networks for Large-Scale Image Recognition",
-                year=2014, builder=VGG, recipe_style="convnet")
+                year=2014, builder=VGG, recipe_style="convnet",
+                cam_layer=CamLayer("features.-2"))  # the last ReLU, before the final max-pool halves the map

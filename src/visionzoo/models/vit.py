@@ -26,14 +26,15 @@ from visionzoo.errors import SettingError
 from visionzoo.layers.attention import Attention
 from visionzoo.layers.checkpoint import run_blocks
 from visionzoo.layers.drop import DropPath, stochastic_depth_rates
+from visionzoo.layers.feature_map import tokens_to_map
 from visionzoo.layers.init import init_linears_trunc_normal_
 from visionzoo.layers.layer_scale import LayerScale
 from visionzoo.layers.mlp import GluMlp, Mlp, QuickGELU
 from visionzoo.layers.patch_embed import PatchEmbed
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
-from visionzoo.registry import VariantExtras, register_family
+from visionzoo.registry import CamLayer, LoraTargets, VariantExtras, register_family
 
-__all__ = ["Block", "VisionTransformer", "VisionTransformerConfig"]
+__all__ = ["Block", "VIT_CAM_LAYER", "VIT_LORA_TARGETS", "VisionTransformer", "VisionTransformerConfig"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "silu": nn.SiLU}
 GLOBAL_POOLS = ("token", "avg")
@@ -65,6 +66,12 @@ class Block(nn.Module):
 
 @dataclass(frozen=True)
 class VisionTransformerConfig:
+    """Vision Transformer: Dosovitskiy et al., 2020, "An Image is Worth 16x16 Words: Transformers for Image
+    Recognition at Scale". Also DeiT (Touvron et al., 2021, "Training data-efficient image transformers &
+    distillation through attention"), DINOv2 (Oquab et al., 2023, "DINOv2: Learning Robust Visual Features
+    without Supervision") and CLIP's image towers (Radford et al., 2021, "Learning Transferable Visual
+    Models From Natural Language Supervision")."""
+
     img_size: int = 224  # the (square) input size the position embeddings are learned for
     patch_size: int = 16
     embed_dim: int = 768
@@ -262,9 +269,16 @@ _CLIP = VariantExtras(family="clip", paper="Learning Transferable Visual Models 
 _CLIP_512 = replace(_CLIP, num_classes=512)
 _CLIP_768 = replace(_CLIP, num_classes=768)
 
+# The CAM reads the last block's first norm, (N, prefix + h*w, C): its output feeds the class token's
+# attention, so gradients reach every patch token even when the head reads the class token only (the
+# layer pytorch-grad-cam's own ViT tutorial uses). DeiT, DINOv2 and CLIP, ViTs too, share it and the
+# LoRA targets: the attention's qkv and output projections, and the MLP's two linears.
+VIT_CAM_LAYER = CamLayer("blocks.-1.norm1", tokens_to_map)
+VIT_LORA_TARGETS = LoraTargets(r"blocks\.\d+\.attn\.(qkv|proj)", r"blocks\.\d+\.mlp\.(fc1|fc2)")
+
 register_family(
     VARIANTS, family="vit", paper="An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
-    year=2020, builder=VisionTransformer, recipe_style="vit",
+    year=2020, builder=VisionTransformer, recipe_style="vit", cam_layer=VIT_CAM_LAYER, lora_targets=VIT_LORA_TARGETS,
     extras={
         "vit_small_patch14_dinov2": _DINOV2,
         "vit_base_patch14_dinov2": _DINOV2,

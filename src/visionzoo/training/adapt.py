@@ -3,7 +3,7 @@
 - `full`: every parameter (the default).
 - `lora`: low-rank updates of the family's attention (and, with `lora_mlp`, MLP) layers, through
   peft (`visionzoo.weights.lora`); the base weights are frozen, the new head trains in full
-  (Hu et al., 2021). The modules are chosen here per family (`LORA_TARGETS`), so a user never
+  (Hu et al., 2021). Each family's model file registers its modules (`registry.LoraTargets`), so a user never
   names `qkv` or `head`. A run's `best/` and `last/` then hold only the adapter and the head, plus
   the base model's name and weights (the spec's `adapter` facts); `load_model` rebuilds it and
   `export` merges it first.
@@ -30,40 +30,22 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.factory import find_spec, registered_name, spec_of, with_spec
-from visionzoo.registry import get_card
+from visionzoo.registry import family_facts, get_card, list_families
 from visionzoo.training.freeze import freeze_stages, set_frozen_eval, stage_prefixes
 from visionzoo.training.settings import TrainSettings
 from visionzoo.weights.lora import add_lora
 
-__all__ = ["LORA_TARGETS", "Adaptation", "apply_adaptation", "lora_targets", "parameter_counts"]
-
-# Module-name patterns (peft's full-match regexes) of each family's LoRA targets:
-# (attention: qkv and output projection, MLP or None). ConvNeXt has no attention: its targets are
-# the pointwise (1x1) convolutions / linears of each block's MLP, the bulk of its weights.
-# EfficientViT (MIT and MSRA) are left out: their attention is a few small grouped convolutions,
-# where a low-rank update saves little; the convolutional families have no declared targets.
-_VIT_ATTENTION = r"blocks\.\d+\.attn\.(qkv|proj)"
-_VIT_MLP = r"blocks\.\d+\.mlp\.(fc1|fc2)"
-LORA_TARGETS: dict[str, tuple[str, str | None]] = {
-    "vit": (_VIT_ATTENTION, _VIT_MLP),
-    "deit": (_VIT_ATTENTION, _VIT_MLP),
-    "dinov2": (_VIT_ATTENTION, _VIT_MLP),
-    "clip": (_VIT_ATTENTION, _VIT_MLP),
-    "eva02": (r"blocks\.\d+\.attn\.(q_proj|k_proj|v_proj|proj)", r"blocks\.\d+\.mlp\.(fc1_g|fc1_x|fc2)"),
-    "swin": (r"layers\.\d+\.blocks\.\d+\.attn\.(qkv|proj)", r"layers\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)"),
-    "maxvit": (r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.attn\.(qkv|proj)",
-               r"stages\.\d+\.blocks\.\d+\.attn_(block|grid)\.mlp\.(fc1|fc2)"),
-    "convnext": (r"stages\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)", None),
-}
+__all__ = ["Adaptation", "apply_adaptation", "lora_targets", "parameter_counts"]
 
 
 def lora_targets(family: str, mlp: bool = False) -> str:
-    """The module-name regex of `family`'s LoRA targets (with the MLP when `mlp`)."""
-    if family not in LORA_TARGETS:
+    """The module-name regex of `family`'s LoRA targets (with the MLP when `mlp`), as its model file registers them."""
+    targets = family_facts(family).lora_targets
+    if targets is None:
+        declared = [f for f in list_families() if family_facts(f).lora_targets is not None]
         raise SettingError(f"--adapt lora has no target modules declared for the family '{family}'; families with "
-                         f"LoRA targets: {', '.join(sorted(LORA_TARGETS))}. Use --adapt freeze or full")
-    attention, mlp_pattern = LORA_TARGETS[family]
-    return f"({attention}|{mlp_pattern})" if mlp and mlp_pattern else attention
+                         f"LoRA targets: {', '.join(declared)}. Use --adapt freeze or full")
+    return f"({targets.attention}|{targets.mlp})" if mlp and targets.mlp else targets.attention
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -15,6 +15,7 @@ The models a run keeps (`best/`, `last/`) are written by `visionzoo.save_model`.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -29,7 +30,7 @@ from safetensors.torch import load_file, save
 from visionzoo.errors import UsageError
 from visionzoo.files import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointWriter"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_step", "CheckpointWriter", "DiskFullError"]
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -42,18 +43,37 @@ def save_checkpoint(folder: Path, step: int, model_state: dict[str, torch.Tensor
 
 
 def _write_checkpoint(folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """`save_checkpoint` for weights already copied to contiguous CPU tensors (`_tensors`)."""
+    """`save_checkpoint` for weights already copied to contiguous CPU tensors (`_tensors`). A write that
+    fails (a full disk) removes this step's files again; the previous checkpoint stays as it was."""
     folder = Path(folder)
     state_tensors: dict[str, torch.Tensor] = {}
     document = _encode(state, state_tensors)
-    atomic_write(folder / f"model-{step}.safetensors", save(weights))
-    atomic_write(folder / f"state-{step}.safetensors", save(_tensors(state_tensors)))
-    atomic_write(folder / f"state-{step}.json", json.dumps(document).encode())
-    atomic_write(folder / "latest.json", json.dumps({"step": step}).encode())
+    try:
+        atomic_write(folder / f"model-{step}.safetensors", save(weights))
+        atomic_write(folder / f"state-{step}.safetensors", save(_tensors(state_tensors)))
+        atomic_write(folder / f"state-{step}.json", json.dumps(document).encode())
+        atomic_write(folder / "latest.json", json.dumps({"step": step}).encode())
+    except OSError:
+        if latest_step(folder) != step:
+            for name in (f"model-{step}.safetensors", f"state-{step}.safetensors", f"state-{step}.json"):
+                (folder / name).unlink(missing_ok=True)
+        raise
     for old in folder.iterdir():
         match = _CHECKPOINT_FILE.fullmatch(old.name)
         if match and int(match.group(1)) != step:
             old.unlink(missing_ok=True)
+
+
+def latest_step(folder: Path) -> int | None:
+    """The step of the newest complete checkpoint in `folder` (its `latest.json`), None without one."""
+    try:
+        return int(json.loads((Path(folder) / "latest.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class DiskFullError(UsageError, OSError):
+    """The disk (or the quota) filled up while a checkpoint was written; the previous one is intact."""
 
 
 # The only files a checkpoint folder's clean-up removes: those `_write_checkpoint` writes (and the
@@ -149,6 +169,9 @@ class CheckpointWriter:
     def _write(self, folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         try:
             _write_checkpoint(folder, step, weights, state)  # copied once, in submit
+        except OSError as error:
+            self._error = _disk_full(folder, step) if error.errno in (errno.ENOSPC, errno.EDQUOT) else error
+            self._error.__cause__ = error if self._error is not error else None
         except BaseException as error:  # handed to the training thread by flush()
             self._error = error
 
@@ -158,7 +181,16 @@ class CheckpointWriter:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, DiskFullError):
+                raise error
             raise RuntimeError(f"writing a checkpoint failed: {error}") from error
+
+
+def _disk_full(folder: Path, step: int) -> DiskFullError:
+    previous = latest_step(folder)
+    kept = (f"the previous checkpoint (step {previous}) in {folder} is intact; free some space, then continue with "
+            f"visionzoo train --resume {folder.parent}" if previous is not None else "no earlier checkpoint was written")
+    return DiskFullError(f"the disk is full: the checkpoint of step {step} could not be written to {folder}; {kept}")
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SettingError("train needs --model and --data (or --resume RUN_DIR)")
         pretrained = parse_pretrained(args.pretrained)
         run = lambda: train(args.model, args.data, pretrained=pretrained or False,  # noqa: E731
-                                     out=args.out, **settings)
+                            out=args.out, overwrite=args.overwrite, **settings)
     try:
         result = run()
     except NonFiniteLossError as error:
@@ -50,8 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from visionzoo.evaluation import evaluate
+    from visionzoo.heads import printable
 
     out = args.out
     if out is None:  # next to the model when it is a folder, else under runs/
@@ -62,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = model_path / f"eval-{data_name}" if model_path.is_dir() else Path("runs") / f"eval-{args.model}-{data_name}"
     result = evaluate(args.model, args.data, pretrained=args.pretrained, batch_size=args.batch_size,
                       workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip,
-                      tta_shift=args.tta_shift, out=out, ood=args.ood)
+                      tta_shift=args.tta_shift, out=out, ood=args.ood, max_unpack_gb=args.max_unpack_gb)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
@@ -75,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for column in ("class", "AP", "threshold", "precision", "recall", "F1", "support"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for name, row in result["per_class"].items():
-            table.add_row(name, "-" if row["ap"] is None else f"{row['ap']:.3f}", f"{row['threshold']:.3f}",
+            table.add_row(Text(printable(name)), "-" if row["ap"] is None else f"{row['ap']:.3f}", f"{row['threshold']:.3f}",
                           f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     else:
         top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
@@ -85,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for column in ("class", "precision", "recall", "F1", "support"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for name, row in result["per_class"].items():
-            table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+            table.add_row(Text(printable(name)), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                           str(row["support"]))
     console.print(table)
     calibration = result["calibration"]
@@ -113,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     """Add `train` and `eval` to the CLI's subcommand parsers."""
     from visionzoo.data.presets import PRESETS
-    from visionzoo.training.settings import ADAPT_METHODS, RECIPES
+    from visionzoo.training.settings import RECIPES
 
     p = commands.add_parser(
         "train", help="train or fine-tune a classifier on a folder, CSV, archive or builtin:shapes",
@@ -130,6 +132,8 @@ def add_commands(commands) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/MODEL-DATA-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --out folder (only the files a run writes are removed)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: base lr x batch / 256)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float)
@@ -171,12 +175,23 @@ def add_commands(commands) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    _add_data_and_head_arguments(p)
+    p.set_defaults(func=cmd_train)
+    _add_eval(commands)
+
+
+def _add_data_and_head_arguments(p: argparse.ArgumentParser) -> None:
+    """`train`'s arguments for the data, validation, the head, adaptation and distillation."""
+    from visionzoo.training.settings import ADAPT_METHODS
+
     p.add_argument("--class-balance", choices=["none", "weights", "sampler"], help="for imbalanced data")
     p.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement")
     p.add_argument("--seed", type=int)
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--workers", type=int, help="data loader processes")
     p.add_argument("--val-fraction", type=float, help="held out when the data has no val/ folder (default 0.1)")
+    p.add_argument("--max-unpack-gb", type=float, metavar="GB", help="let a .tar/.tar.gz unpack to this many GB "
+                   "(default: at most 100x its size, at least 1 GB, at most 50 GB)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode once into a uint8 cache (in memory when it fits, else memory-mapped; "
                         "default: on for transfer recipes)")
@@ -223,13 +238,16 @@ def add_commands(commands) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
-    p.set_defaults(func=cmd_train)
 
+
+def _add_eval(commands) -> None:
     p = commands.add_parser(
         "eval", help="evaluate a model: top-1/5, per-class P/R/F1, calibration, confusion matrix",
         description="Evaluate a trained model folder (a run's best/ or last/), a run folder, or a registered model.")
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("--data", required=True, help="folder, CSV, archive or builtin:shapes (its val/test part)")
+    p.add_argument("--max-unpack-gb", type=float, metavar="GB", help="let a .tar/.tar.gz unpack to this many GB "
+                   "(default: at most 100x its size, at least 1 GB, at most 50 GB)")
     p.add_argument("--pretrained", metavar="W", help=f"for a registered name, {PRETRAINED_HELP} (default: none)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int)

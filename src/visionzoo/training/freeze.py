@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from visionzoo.errors import SettingError
+from visionzoo.factory import model_name
 
 __all__ = ["freeze_stages", "set_batchnorm_eval", "set_frozen_eval", "stage_prefixes"]
 
@@ -37,7 +38,7 @@ def stage_prefixes(model: nn.Module) -> list[str]:
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
         return [f"blocks.{index}" for index in range(len(blocks))]
-    name = getattr(model, "visionzoo_name", type(model).__name__)
+    name = model_name(model)
     raise SettingError(f"model '{name}' declares no stages (feature_info) and has no `blocks`; "
                      "--freeze-stages needs one of them")
 
@@ -46,7 +47,7 @@ def freeze_stages(model: nn.Module, count: int) -> set[str]:
     """Freeze the stem and the first `count` stages (0: the stem only); returns the frozen parameters' names."""
     stages = stage_prefixes(model)
     if not 0 <= count <= len(stages):
-        name = getattr(model, "visionzoo_name", type(model).__name__)
+        name = model_name(model)
         raise SettingError(f"freeze_stages must be between 0 (the stem only) and {len(stages)} for '{name}' "
                          f"(its stages: {', '.join(stages)}), got {count}")
     # The frozen prefix ends with the last parameter of the last frozen stage (or before the first stage).

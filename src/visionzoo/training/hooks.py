@@ -1,6 +1,6 @@
 """The trainer's hooks, each small enough to test alone: `CheckpointHook` (when and how a
-checkpoint is written), `BestModelTracker` (best validation top-1 and early stopping) and
-`RunLogger` (progress bar, metrics files, TensorBoard).
+checkpoint is written), `BestModelTracker` (best validation top-1 and early stopping),
+`RunLogger` (progress bar, metrics files, TensorBoard) and `BadFileLog` (unreadable files).
 
 They keep no training state of their own that a resume would need: what must survive a kill
 lives in the `RunState` they are handed.
@@ -17,7 +17,7 @@ from visionzoo.training.checkpoint import CheckpointWriter
 from visionzoo.training.settings import TrainSettings
 from visionzoo.training.state import RunState
 
-__all__ = ["CheckpointHook", "BestModelTracker", "RunLogger"]
+__all__ = ["CheckpointHook", "BestModelTracker", "RunLogger", "BadFileLog"]
 
 
 class CheckpointHook:
@@ -160,3 +160,24 @@ class RunLogger:
         self.steps_file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class BadFileLog:
+    """The files the loaders could not read: each said once, all listed in bad_files.txt (rank 0).
+    The list itself lives in the `RunState` (`bad_files`), which a checkpoint saves."""
+
+    def __init__(self, run_dir: Path, logger: RunLogger):
+        self.run_dir, self.logger = run_dir, logger
+
+    def note(self, bad_files: dict[str, str], path: str, reason: str) -> bool:
+        """Record `path` in `bad_files` and say so, once per file; True if it was new."""
+        if path in bad_files:
+            return False
+        bad_files[path] = reason
+        self.logger.print(f"skipped {path}: {reason}")
+        return True
+
+    def write(self, bad_files: dict[str, str]) -> None:
+        if self.logger.enabled and bad_files:
+            lines = [f"{path}\t{reason}" for path, reason in sorted(bad_files.items())]
+            (self.run_dir / "bad_files.txt").write_text("\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.metrics.classification import plot_confusion_matrix
 
 __all__ = ["write_plots"]
@@ -49,8 +50,8 @@ def write_plots(run_dir: Path, history: list[dict[str, Any]], val_metrics: dict[
     if len(wrong) == 0 or val_set is None:
         return
     order = wrong[losses[wrong].argsort(descending=True)][:worst]
-    mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
-    std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
+    mean = torch.tensor(data_config.get("mean", IMAGENET_MEAN)).view(3, 1, 1)
+    std = torch.tensor(data_config.get("std", IMAGENET_STD)).view(3, 1, 1)
     probabilities = logits.softmax(1)
     tiles, captions = [], []
     for position in order.tolist():

@@ -31,7 +31,7 @@ from typing import Any
 
 from visionzoo.errors import SettingError
 
-__all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "model_style"]
+__all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "check_settings", "model_style"]
 
 RECIPES = ("scratch", "finetune", "linear-probe", "auto")
 ADAPT_METHODS = ("full", "lora", "freeze", "lp-ft")  # see training.adapt
@@ -82,6 +82,7 @@ class TrainSettings:
     deterministic: bool = False
     workers: int | None = None
     val_fraction: float = 0.1
+    max_unpack_gb: float | None = None  # what an archive may unpack to; None: data.archives' cap
     cache: bool | None = None  # decode once into a uint8 cache (memory, or memory-mapped); None: on for transfer recipes
     cache_size: int | None = None
     scan: bool = False
@@ -201,10 +202,9 @@ def _auto_adapt(recipe: str, model_name: str | None, num_train: int | None) -> t
     """(method, why) when --adapt is not given."""
     if recipe == "auto" and model_name and num_train is not None and num_train < AUTO_LORA_MAX_IMAGES:
         from visionzoo.factory import model_complexity
-        from visionzoo.registry import get_card, list_models
-        from visionzoo.training.adapt import LORA_TARGETS
+        from visionzoo.registry import family_facts, get_card, list_models
 
-        if model_name in set(list_models()) and get_card(model_name).family in LORA_TARGETS:
+        if model_name in set(list_models()) and family_facts(get_card(model_name).family).lora_targets is not None:
             params = model_complexity(model_name)["params"]
             if params >= AUTO_LORA_MIN_PARAMS:
                 return "lora", (f"auto: a {params / 1e6:.0f}M-parameter {get_card(model_name).family} backbone on "
@@ -217,12 +217,10 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
                      pretrained: bool = False, num_train: int | None = None,
                      num_val: int | None = None) -> TrainSettings:
     """Fill every None from the recipe for this model's style; returns a new object whose `sources`
-    say which rule chose each setting ("user" for those given).
+    say which rule chose each setting ("user" for those given), after `check_settings`.
 
     `pretrained` picks `auto` when no recipe is named; `num_train` and `num_val` (image counts)
     feed the transfer recipes' data-size rules (`visionzoo.training.recipes`)."""
-    from visionzoo.training.recipes import TRANSFER_RECIPES, transfer_plan
-
     resolved = dataclasses.replace(settings, sources={})
     sources = resolved.sources
     for f in dataclasses.fields(TrainSettings):
@@ -235,15 +233,27 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         sources["recipe"] = "auto: weights were given (--pretrained)" if pretrained else "scratch: no weights given"
     if resolved.recipe not in RECIPES:
         raise SettingError(f"unknown recipe {resolved.recipe!r}; choose one of {', '.join(RECIPES)}")
-    style = model_style(model_name)
+    _apply_recipe(resolved, settings, model_style(model_name), num_train)
+    _adjust_to_the_run(resolved, settings, native_size=native_size, num_train=num_train, num_val=num_val)
+    if resolved.adapt is None:
+        resolved.adapt, sources["adapt"] = _auto_adapt(resolved.recipe, model_name, num_train)
+    check_settings(resolved)
+    return resolved
+
+
+def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num_train: int | None) -> None:
+    """Fill the Nones of `resolved` from the transfer recipes' data-size rules and the recipe table."""
+    from visionzoo.training.recipes import TRANSFER_RECIPES, transfer_plan
+
+    sources = resolved.sources
     key = (resolved.recipe, "any") if resolved.recipe == "linear-probe" else (resolved.recipe, style)
     defaults = dict(_DEFAULTS[key])
     defaults.setdefault("layer_decay", 1.0)
     defaults.setdefault("freeze_backbone", False)
     transfer = resolved.recipe in TRANSFER_RECIPES
     if transfer and num_train is not None:
-        for name, (value, why) in transfer_plan(num_train, batch_size=settings.batch_size, epochs=settings.epochs,
-                                                warmup_steps=settings.warmup_steps).items():
+        for name, (value, why) in transfer_plan(num_train, batch_size=given.batch_size, epochs=given.epochs,
+                                                warmup_steps=given.warmup_steps).items():
             if getattr(resolved, name) is None:
                 setattr(resolved, name, value)
                 sources[name] = why
@@ -264,8 +274,17 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
                                     "oneDNN's CPU convolutions and cuDNN's tensor cores run fastest in")
     if "head_init_std" in sources and sources["head_init_std"] != "user":
         sources["head_init_std"] = "a new head starts at zero in transfer runs (BiT, Kolesnikov et al., 2020)"
+
+
+def _adjust_to_the_run(resolved: TrainSettings, given: TrainSettings, *, native_size: int | None,
+                       num_train: int | None, num_val: int | None) -> None:
+    """The rules that depend on the run's length and data: warm-up, lr from the batch, validation
+    interval, small built-in images."""
+    from visionzoo.training.recipes import TRANSFER_RECIPES
+
+    sources = resolved.sources
     # Short runs get a proportionally short warm-up unless the user set one.
-    if settings.warmup_epochs is None and resolved.warmup_steps is None:
+    if given.warmup_epochs is None and resolved.warmup_steps is None:
         resolved.warmup_epochs = min(resolved.warmup_epochs, 0.1 * resolved.epochs)
         sources["warmup_epochs"] = sources.get("warmup_epochs", "recipe") + ", at most 10% of the epochs"
     if resolved.lr is None:
@@ -273,7 +292,8 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         sources["lr"] = f"base_lr {resolved.base_lr:g} x batch {resolved.batch_size} / 256"
     # Validation that costs more than a training epoch (forward and backward, about three forward
     # passes per image) runs at the end only in transfer runs, unless asked for.
-    if transfer and settings.val_every == 1 and num_val and num_train and num_val > 3 * num_train:
+    transfer = resolved.recipe in TRANSFER_RECIPES
+    if transfer and given.val_every == 1 and num_val and num_train and num_val > 3 * num_train:
         resolved.val_every = resolved.epochs
         sources["val_every"] = (f"{num_val} validation images cost more than an epoch of training on "
                                 f"{num_train}: validate after the last epoch only")
@@ -283,57 +303,57 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
         if resolved.image_size is None:
             resolved.image_size = native_size
             sources["image_size"] = "the data's native size (small images, from scratch)"
-        if settings.augment is None:
+        if given.augment is None:
             resolved.augment = "crop"
             sources["augment"] = "small images from scratch: pad-and-crop"
     if resolved.drop_rate is None:
         resolved.drop_rate = 0.0
     if resolved.freeze_stages is not None and resolved.freeze_stages < 0:
         resolved.freeze_stages = None  # -1 from the command line: nothing frozen
-    if resolved.head_init_std is not None and not resolved.head_init_std >= 0:
-        raise SettingError(f"head_init_std must be 0 (zeros) or a positive std, got {resolved.head_init_std}")
+
+
+# One-of settings: (name, allowed values, what the choice is called in the message)
+_CHOICES = (("optimizer", ("sgd", "adamw"), "optimizer"), ("schedule", ("cosine", "linear"), "schedule"),
+            ("precision", ("auto", "fp32", "bf16", "fp16"), "precision"), ("adapt", ADAPT_METHODS, "adapt method"),
+            ("distill", ("soft", "hard"), "distillation"),
+            ("class_balance", ("none", "weights", "sampler"), "class balance"))
+
+
+def check_settings(s: TrainSettings) -> None:
+    """Raise a SettingError naming the first resolved setting out of its range, with its value."""
+    if s.head_init_std is not None and not s.head_init_std >= 0:
+        raise SettingError(f"head_init_std must be 0 (zeros) or a positive std, got {s.head_init_std}")
     for name in ("epochs", "batch_size", "grad_accum", "val_every"):
-        if getattr(resolved, name) < 1:
-            raise SettingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(resolved, name)}")
-    if not resolved.lr >= 0:  # also catches NaN; 0 trains nothing but BatchNorm statistics
-        raise SettingError(f"lr must be 0 or more, got {resolved.lr}")
-    if not resolved.weight_decay >= 0:
-        raise SettingError(f"weight_decay must be 0 or more, got {resolved.weight_decay}")
-    if not 0 <= resolved.momentum < 1:
-        raise SettingError(f"momentum must be in [0, 1), got {resolved.momentum}")
-    if resolved.optimizer not in ("sgd", "adamw"):
-        raise SettingError(f"unknown optimizer {resolved.optimizer!r}; choose sgd or adamw")
-    if resolved.tta_shift < 0:
-        raise SettingError(f"tta_shift must be 0 (off) or a positive number of pixels, got {resolved.tta_shift}")
-    if resolved.schedule not in ("cosine", "linear"):
-        raise SettingError(f"unknown schedule {resolved.schedule!r}; choose cosine or linear")
-    if not 0 <= resolved.warmup_start_ratio <= 1:
-        raise SettingError(f"warmup_start_ratio must be in [0, 1], got {resolved.warmup_start_ratio}")
-    if resolved.norm_lr_scale <= 0:
-        raise SettingError(f"norm_lr_scale must be positive, got {resolved.norm_lr_scale}")
-    if resolved.lookahead < 0 or not 0 <= resolved.lookahead_decay < 1:
+        if getattr(s, name) < 1:
+            raise SettingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+    if not s.lr >= 0:  # also catches NaN; 0 trains nothing but BatchNorm statistics
+        raise SettingError(f"lr must be 0 or more, got {s.lr}")
+    if not s.weight_decay >= 0:
+        raise SettingError(f"weight_decay must be 0 or more, got {s.weight_decay}")
+    if not 0 <= s.momentum < 1:
+        raise SettingError(f"momentum must be in [0, 1), got {s.momentum}")
+    for name, allowed, what in _CHOICES:
+        if getattr(s, name) not in allowed:
+            choices = " or ".join(allowed) if len(allowed) == 2 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
+            raise SettingError(f"unknown {what} {getattr(s, name)!r}; choose {choices}")
+    if s.tta_shift < 0:
+        raise SettingError(f"tta_shift must be 0 (off) or a positive number of pixels, got {s.tta_shift}")
+    if not 0 <= s.warmup_start_ratio <= 1:
+        raise SettingError(f"warmup_start_ratio must be in [0, 1], got {s.warmup_start_ratio}")
+    if s.norm_lr_scale <= 0:
+        raise SettingError(f"norm_lr_scale must be positive, got {s.norm_lr_scale}")
+    if s.lookahead < 0 or not 0 <= s.lookahead_decay < 1:
         raise SettingError(f"lookahead must be 0 (off) or a number of steps, and lookahead_decay in [0, 1); got "
-                         f"{resolved.lookahead} and {resolved.lookahead_decay}")
-    if resolved.crop_padding is not None and resolved.crop_padding < 0:
-        raise SettingError(f"crop_padding must be 0 or more pixels, got {resolved.crop_padding}")
-    if resolved.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise SettingError(f"unknown precision {resolved.precision!r}; choose auto, fp32, bf16 or fp16")
-    if resolved.adapt is None:
-        resolved.adapt, sources["adapt"] = _auto_adapt(resolved.recipe, model_name, num_train)
-    if resolved.adapt not in ADAPT_METHODS:
-        raise SettingError(f"unknown adapt method {resolved.adapt!r}; choose one of {', '.join(ADAPT_METHODS)}")
-    if resolved.lora_rank < 1 or (resolved.lora_alpha is not None and not resolved.lora_alpha > 0):
-        raise SettingError(f"lora_rank must be at least 1 and lora_alpha positive, got {resolved.lora_rank} and "
-                         f"{resolved.lora_alpha}")
-    if resolved.adapt == "lp-ft" and resolved.lp_epochs is not None and not 1 <= resolved.lp_epochs < resolved.epochs:
-        raise SettingError(f"lp_epochs must be between 1 and epochs - 1 ({resolved.epochs - 1}), got {resolved.lp_epochs}")
-    if resolved.distill not in ("soft", "hard"):
-        raise SettingError(f"unknown distillation {resolved.distill!r}; choose soft or hard")
-    if not 0 <= resolved.distill_alpha <= 1 or not resolved.distill_temperature > 0:
+                           f"{s.lookahead} and {s.lookahead_decay}")
+    if s.crop_padding is not None and s.crop_padding < 0:
+        raise SettingError(f"crop_padding must be 0 or more pixels, got {s.crop_padding}")
+    if s.lora_rank < 1 or (s.lora_alpha is not None and not s.lora_alpha > 0):
+        raise SettingError(f"lora_rank must be at least 1 and lora_alpha positive, got {s.lora_rank} and "
+                           f"{s.lora_alpha}")
+    if s.adapt == "lp-ft" and s.lp_epochs is not None and not 1 <= s.lp_epochs < s.epochs:
+        raise SettingError(f"lp_epochs must be between 1 and epochs - 1 ({s.epochs - 1}), got {s.lp_epochs}")
+    if not 0 <= s.distill_alpha <= 1 or not s.distill_temperature > 0:
         raise SettingError(f"distill_alpha must be in [0, 1] and distill_temperature positive, got "
-                         f"{resolved.distill_alpha} and {resolved.distill_temperature}")
-    if resolved.teacher_cache and (resolved.mixup or resolved.cutmix):
+                           f"{s.distill_alpha} and {s.distill_temperature}")
+    if s.teacher_cache and (s.mixup or s.cutmix):
         raise SettingError("teacher_cache cannot reuse logits of mixed images (mixup / cutmix); turn one of them off")
-    if resolved.class_balance not in ("none", "weights", "sampler"):
-        raise SettingError(f"unknown class balance {resolved.class_balance!r}; choose none, weights or sampler")
-    return resolved

@@ -70,6 +70,9 @@ class RunState:
     means the epoch is done). `global_step` counts optimizer steps. `best_metric` (validation
     top-1), `best_epoch` and `stale_epochs` (validations without improvement) are kept by
     `hooks.BestModelTracker`; `bad_files` maps each unreadable file to the reason.
+    `epoch_loss_sum` and `epoch_images` are the epoch in progress's summed training loss and image
+    count up to `batches_done` (the loop sets them before each checkpoint), so a resumed epoch's
+    `train_loss` is the mean over the whole epoch, as in a run never stopped.
     """
 
     model: nn.Module  # the bare model (not the DDP or compiled wrapper)
@@ -88,6 +91,8 @@ class RunState:
     stale_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     bad_files: dict[str, str] = field(default_factory=dict)
+    epoch_loss_sum: float = 0.0
+    epoch_images: int = 0
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(model weights, everything else) as `CheckpointWriter.submit` takes them; the global RNG
@@ -100,6 +105,8 @@ class RunState:
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch": self.epoch,
             "batches_done": self.batches_done,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_images": self.epoch_images,
             "global_step": self.global_step,
             "rng": rng_state(),
             "best_metric": self.best_metric,
@@ -134,6 +141,8 @@ class RunState:
                              f"{state['classes'][:5]}...; resume with the same data")
         set_rng_state(state["rng"])
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
+        # checkpoints of version 0.2 and before: the resumed epoch's loss counts its own steps only
+        self.epoch_loss_sum, self.epoch_images = state.get("epoch_loss_sum", 0.0), state.get("epoch_images", 0)
 
 
 def new_run_state(model: nn.Module, settings: TrainSettings, *, classes: list[str], head_names: set[str],

@@ -63,7 +63,7 @@ def train_step(state: RunState, micro_batches: Iterable[tuple[torch.Tensor, torc
     forward = forward or model
     micro_steps = grad_accum if micro_steps is None else micro_steps
     device_type = next(model.parameters()).device.type
-    images_seen = 0
+    images_seen, step_loss = 0, None
     for index, batch in enumerate(micro_batches):
         if batch is None:
             continue
@@ -75,7 +75,8 @@ def train_step(state: RunState, micro_batches: Iterable[tuple[torch.Tensor, torc
             loss = loss_fn(logits, targets)
             scaler.scale(loss / grad_accum).backward()
         if loss_sum is not None:
-            loss_sum += loss.detach().float() * len(images)
+            summed = loss.detach().float() * len(images)
+            step_loss = summed if step_loss is None else step_loss + summed
         images_seen += len(images)
     with phases.phase("optimizer"):
         if clip_grad:
@@ -90,4 +91,6 @@ def train_step(state: RunState, micro_batches: Iterable[tuple[torch.Tensor, torc
             state.lookahead.step(state.global_step)
         if state.ema is not None:
             state.ema.update(model)
+    if step_loss is not None:  # added once the step is done: an interrupted step leaves the sum as it was
+        loss_sum += step_loss
     return images_seen

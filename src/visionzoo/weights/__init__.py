@@ -38,6 +38,7 @@ from visionzoo.weights.catalog import (
 from visionzoo.weights.convert import ConversionError, convert_state_dict, find_converter
 from visionzoo.weights.files import (
     WEIGHT_SUFFIXES,
+    DamagedWeightsError,
     NonFiniteWeightsError,
     UnsafeCheckpointError,
     WeightsNotAvailableError,
@@ -49,7 +50,7 @@ from visionzoo.weights.files import (
 
 __all__ = ["load_pretrained", "LoadedWeights", "read_folder_config", "WeightEntry", "catalog", "get_weight",
            "list_weights", "default_weight", "imagenet_class_names", "UnknownWeightError", "UnsafeCheckpointError",
-           "NonFiniteWeightsError", "WeightsNotAvailableError", "WeightsMismatchError", "ConversionError",
+           "DamagedWeightsError", "NonFiniteWeightsError", "WeightsNotAvailableError", "WeightsMismatchError", "ConversionError",
            "SAVED_MODEL_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE"]
 
 logger = logging.getLogger("visionzoo.weights")
@@ -209,5 +210,8 @@ def _convert_if_needed(target: Mapping[str, torch.Size], state_dict: dict[str, t
     if converter is None:
         return state_dict
     logger.info("%s: converting from the %s layout", description, converter.name)
-    return convert_state_dict(converter, state_dict, dict(target),
-                              flexible=(*classifier, "pos_embed", "relative_position_bias_table"))
+    try:
+        return convert_state_dict(converter, state_dict, dict(target),
+                                  flexible=(*classifier, "pos_embed", "relative_position_bias_table"))
+    except ConversionError as error:
+        raise ConversionError(f"{description}: {error}") from None

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionzoo.errors import SettingError
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 
 __all__ = ["WeightsMismatchError", "adapt_input_conv", "fit_state_dict"]
@@ -27,7 +28,7 @@ __all__ = ["WeightsMismatchError", "adapt_input_conv", "fit_state_dict"]
 logger = logging.getLogger("visionzoo.weights")
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(SettingError):
     """A checkpoint whose keys or shapes do not fit the model, beyond what can be adapted."""
 
 
@@ -53,7 +54,7 @@ def _resample_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor
         return grid[0].to(table.dtype)
     old_side, new_side = math.isqrt(table.shape[0]), math.isqrt(shape[0])
     if old_side * old_side != table.shape[0] or new_side * new_side != shape[0]:
-        raise WeightsMismatchError(f"relative-position table of {table.shape[0]} rows is not a square grid")
+        return table  # not a square grid: left as it is, for the shape-mismatch report that names the file
     # ((2W-1)^2, heads) -> (1, heads, 2W-1, 2W-1) for F.interpolate
     grid = table.float().T.reshape(1, -1, old_side, old_side)
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)

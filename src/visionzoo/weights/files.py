@@ -8,7 +8,9 @@ an untrusted file can run arbitrary code.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from visionzoo.data.sources import cache_root
+from visionzoo.data.archives import cache_root
 from visionzoo.errors import SettingError, UsageError
 
-__all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "NonFiniteWeightsError", "WeightsNotAvailableError",
-           "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
+__all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "DamagedWeightsError", "NonFiniteWeightsError",
+           "WeightsNotAvailableError", "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
 
 logger = logging.getLogger("visionzoo.weights")
 
@@ -31,6 +33,10 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "state_dic
 
 class UnsafeCheckpointError(UsageError, pickle.UnpicklingError, ValueError):
     """A pickle-based checkpoint holding objects other than tensors; it was not unpickled."""
+
+
+class DamagedWeightsError(SettingError):
+    """A weight file that cannot be read: a bad header, truncated data, offsets or shapes that disagree."""
 
 
 class NonFiniteWeightsError(SettingError):
@@ -52,14 +58,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weight file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        return _read_safetensors(path)
     if path.suffix not in WEIGHT_SUFFIXES:
         raise SettingError(f"{path}: unknown weight file type {path.suffix!r}; expected one of "
                          f"{', '.join(WEIGHT_SUFFIXES)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as error:  # a truncated or damaged zip archive or pickle stream
+        raise DamagedWeightsError(f"cannot read {path}: {str(error).splitlines()[0] or type(error).__name__}; "
+                                  "the file is damaged or truncated (download or save it again)") from None
     except pickle.UnpicklingError as error:
         refused = [g for g in _pickle_globals(path) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
         if not refused and (match := re.search(r"GLOBAL ([\w.]+)", str(error))):
@@ -70,6 +77,56 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "visionzoo loads pickle-based files with torch.load(weights_only=True) only; convert the file "
             "to .safetensors with the program that wrote it, if you trust it") from None
     return _unwrap(obj, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise DamagedWeightsError(f"cannot read {path}: {_safetensors_damage(path, error)}; download or save "
+                                  "the file again") from None
+
+
+# bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _safetensors_damage(path: Path, error: Exception) -> str:
+    """What is wrong with a safetensors file the library refused, in words: its layout is an 8-byte
+    little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the data."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) < 8:
+            return f"it is {size} bytes long, too short for a safetensors header"
+        if length > size - 8:
+            return (f"its header claims {length:,} bytes but {size - 8:,} follow (truncated in its header, "
+                    "or not a safetensors file)")
+        raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as decode_error:  # JSONDecodeError and UnicodeDecodeError
+        return f"its header is not valid JSON ({decode_error})"
+    data = size - 8 - length
+    for name, info in header.items() if isinstance(header, dict) else ():
+        if name == "__metadata__":
+            continue
+        try:
+            (begin, end), shape, dtype = info["data_offsets"], [int(d) for d in info["shape"]], info["dtype"]
+        except (TypeError, KeyError, ValueError):
+            return f"the header's entry for tensor '{name}' lacks a dtype, shape or pair of data_offsets"
+        if end > data:
+            return f"tensor '{name}' ends at byte {end:,} of the data, but the file holds {data:,} (truncated)"
+        needed = math.prod(shape) * _DTYPE_BYTES.get(dtype, 0)
+        if begin < 0 or end < begin or (dtype in _DTYPE_BYTES and needed != end - begin):
+            return (f"tensor '{name}' of shape {tuple(shape)} and dtype {dtype} needs {needed:,} bytes, but its "
+                    f"data_offsets [{begin}, {end}] give {end - begin:,}")
+    return str(error).removeprefix("Error while deserializing header: ")
 
 
 _SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "numpy.")

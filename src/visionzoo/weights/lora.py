@@ -101,16 +101,16 @@ def write_adapter(model: nn.Module, folder, facts: Mapping[str, Any]) -> dict[st
     the adapter's size."""
     from pathlib import Path
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_state_dict(model).items()}
-    save_file(tensors, str(folder / ADAPTER_FILE), metadata={"format": "pt"})
+    (folder / ADAPTER_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))  # umask mode, not 0600
     facts = {**facts, "file": ADAPTER_FILE}
     if facts.get("base_weights") is None:  # a random base cannot be rebuilt from a name: keep it
         base = {_plain_base_name(k): v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
                 if k not in tensors and ".modules_to_save." not in k}
-        save_file(base, str(folder / BASE_FILE), metadata={"format": "pt"})
+        (folder / BASE_FILE).write_bytes(save(base, metadata={"format": "pt"}))
         facts["base_file"] = BASE_FILE
     facts["adapter_bytes"] = (folder / ADAPTER_FILE).stat().st_size
     return facts

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from visionzoo.deploy.export.fold_bn import fold_batchnorm
+from visionzoo.deploy.export.images import image_files, synthetic_photos
 from visionzoo.deploy.export.onnx import (
     ExportResult,
     export_onnx,
@@ -26,6 +26,7 @@ from visionzoo.deploy.export.onnx import (
     verify_onnx,
     verify_torchscript,
 )
+from visionzoo.deploy.export.openvino import export_openvino, quantize_openvino_int8, verify_openvino
 from visionzoo.deploy.export.quantize import quantization_kind, quantize_int8
 from visionzoo.errors import SettingError, require_extra
 from visionzoo.factory import model_name, with_spec
@@ -33,7 +34,7 @@ from visionzoo.weights.lora import is_lora, merge_lora
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "export_openvino", "verify_onnx",
            "verify_torchscript", "verify_openvino", "quantize_int8", "ExportReport", "onnx_top1", "classifier_top1",
-           "exported_top1", "FORMATS"]
+           "exported_top1", "FORMATS", "SUFFIXES"]
 
 FORMATS = ("onnx", "openvino", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
@@ -57,44 +58,12 @@ class ExportReport:
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
 
 
-def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
-    from visionzoo.data.decode import is_image_file
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    if not files:
-        raise SettingError(f"no images (.jpg, .png, ...) found under {folder}")
-    if limit is not None and len(files) > limit:  # an even sample across classes, not the first folder only
-        step = len(files) / limit
-        files = [files[int(i * step)] for i in range(limit)]
-    return files
-
-
-def _synthetic_photos(count: int = 4) -> list:
-    """A few drawn images (gradients and shapes) for verification when no image folder is given."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(count):
-        base = np.linspace(0, 255, 256, dtype=np.float32)
-        pixels = np.stack([np.outer(np.ones(256), base), np.outer(base, np.ones(256)),
-                           np.full((256, 256), 40.0 * i)], axis=-1)
-        image = Image.fromarray(np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(image)
-        x, y = rng.integers(20, 140, size=2)
-        draw.ellipse([int(x), int(y), int(x) + 90, int(y) + 70], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        images.append(image)
-    return images
-
-
 def _real_inputs(model: nn.Module, img_size: int | None, folder: Path | None) -> list[torch.Tensor]:
     from visionzoo.data.decode import decode_image
     from visionzoo.deploy.runtimes import preprocess_image
 
     preprocessing = model_preprocessing(model, img_size)
-    images = [decode_image(p) for p in _image_files(folder, 4)] if folder else _synthetic_photos()
+    images = [decode_image(p) for p in image_files(folder, 4)] if folder else synthetic_photos()
     return [torch.from_numpy(preprocess_image(image, preprocessing)) for image in images]
 
 
@@ -122,7 +91,7 @@ def classifier_top1(classifier, data_dir: Path, limit: int | None = None) -> flo
     missing = [c for c in classes if c not in names]
     if missing:
         raise SettingError(f"folders {missing[:5]} of {data_dir} are not classes of the model ({names[:5]}...)")
-    files = _image_files(data_dir, limit)
+    files = image_files(data_dir, limit)
     results = classifier.predict_files(files, topk=1, batch_size=32)
     scored = [(r, f) for r, f in zip(results, files) if "predictions" in r]
     correct = sum(r["predictions"][0]["index"] == names.index(f.relative_to(data_dir).parts[0]) for r, f in scored)
@@ -136,7 +105,6 @@ def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: boo
     (an OpenVINO IR, made from the ONNX export, by OpenVINO in fp32; against `reference` when given:
     a LoRA model before its adapter was merged)."""
     if target == "openvino":
-        from visionzoo.deploy.export.openvino import export_openvino, verify_openvino
         from visionzoo.deploy.runtimes.openvino import openvino_core
 
         openvino_core()  # a missing OpenVINO is one clear line, not a failure per exporter
@@ -209,9 +177,8 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
                           merged_adapter=unmerged is not None)
     if int8:
         report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
-        calibration = _image_files(calib_dir, calib_count) if calib_dir is not None else None
+        calibration = image_files(calib_dir, calib_count) if calib_dir is not None else None
         if format == "openvino":
-            from visionzoo.deploy.export.openvino import quantize_openvino_int8
             from visionzoo.deploy.runtimes.openvino import ir_metadata, openvino_core
 
             quantize_openvino_int8(out, report.int8_path, calibration)

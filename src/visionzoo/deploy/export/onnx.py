@@ -24,7 +24,7 @@ from visionzoo.factory import class_names, data_config, model_name
 from visionzoo.weights import imagenet_class_names
 
 __all__ = ["ExportResult", "export_onnx", "export_torchscript", "verify_onnx", "verify_torchscript",
-           "model_preprocessing", "model_class_names", "TOLERANCE"]
+           "model_preprocessing", "model_class_names", "verification_inputs", "check_against_model", "TOLERANCE"]
 
 TOLERANCE = 1e-4  # max |difference| allowed, relative to max |reference|, in fp32
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -137,8 +137,9 @@ def _relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
-def _verification_inputs(model: nn.Module, img_size: int | None, real_images: list[torch.Tensor] | None,
-                         batch_sizes: tuple[int, ...]) -> list[tuple[str, torch.Tensor]]:
+def verification_inputs(model: nn.Module, img_size: int | None, real_images: list[torch.Tensor] | None,
+                        batch_sizes: tuple[int, ...]) -> list[tuple[str, torch.Tensor]]:
+    """(label, input) pairs an export is checked on: random inputs and, given, real images, per batch size."""
     inputs = []
     generator = torch.Generator().manual_seed(0)
     for batch in batch_sizes:
@@ -150,8 +151,10 @@ def _verification_inputs(model: nn.Module, img_size: int | None, real_images: li
     return inputs
 
 
-def _check(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]], *,
-           tolerance: float | None = None) -> ExportResult:
+def check_against_model(result: ExportResult, model: nn.Module, run, inputs: list[tuple[str, torch.Tensor]], *,
+                        tolerance: float | None = None) -> ExportResult:
+    """Run `run` (the exported file) and `model` on each input; raise when they differ by more than
+    `tolerance` (default `TOLERANCE`) relative to the model's largest output, else mark `result` verified."""
     tolerance = TOLERANCE if tolerance is None else tolerance
     checks, worst = [], 0.0
     for label, x in inputs:
@@ -179,7 +182,7 @@ def verify_onnx(result: ExportResult, model: nn.Module, *, img_size: int | None 
     def run(x: torch.Tensor) -> np.ndarray:
         return session.run(None, {INPUT_NAME: x.numpy()})[0]
 
-    return _check(result, model.eval(), run, _verification_inputs(model, img_size, real_images, batch_sizes))
+    return check_against_model(result, model.eval(), run, verification_inputs(model, img_size, real_images, batch_sizes))
 
 
 def verify_torchscript(result: ExportResult, model: nn.Module, *, img_size: int | None = None,
@@ -191,4 +194,4 @@ def verify_torchscript(result: ExportResult, model: nn.Module, *, img_size: int 
         with torch.no_grad():
             return scripted(x).float().numpy()
 
-    return _check(result, model.eval(), run, _verification_inputs(model, img_size, real_images, batch_sizes))
+    return check_against_model(result, model.eval(), run, verification_inputs(model, img_size, real_images, batch_sizes))

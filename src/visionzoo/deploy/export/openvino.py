@@ -24,13 +24,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from visionzoo.deploy.export.onnx import DEFAULT_OPSET, ExportResult, _check, _verification_inputs, export_onnx
+from visionzoo.deploy.export.onnx import (
+    DEFAULT_OPSET,
+    ExportResult,
+    check_against_model,
+    export_onnx,
+    verification_inputs,
+)
 from visionzoo.deploy.runtimes import onnx_metadata
 from visionzoo.deploy.runtimes.openvino import compile_config, ir_metadata, openvino_core, set_ir_metadata
 from visionzoo.errors import SettingError, require_extra
 
 __all__ = ["export_openvino", "ir_from_onnx", "verify_openvino", "quantize_openvino_int8", "multiply_adds_by_kind_ir",
-           "BF16_TOLERANCE"]
+           "save_ir", "BF16_TOLERANCE"]
 
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 2e-3 per value); errors add up over a
 # network's depth. Measured on the smallest model of each family at 32-96 px: at most about 2e-2.
@@ -50,13 +56,15 @@ def ir_from_onnx(onnx_path: str | Path, xml_path: str | Path, extra_metadata: di
     model = ov.convert_model(str(onnx_path))
     metadata = {key: value for key, value in onnx_metadata(onnx_path).items() if key.startswith("visionzoo.")}
     set_ir_metadata(model, {**metadata, **(extra_metadata or {})})
-    _save(model, xml_path)
+    save_ir(model, xml_path)
     return xml_path
 
 
-def _save(model, xml_path: Path) -> None:
-    """Write .xml and .bin under temporary names first, so a crash never leaves a half-written pair."""
+def save_ir(model, xml_path: str | Path) -> None:
+    """Write an OpenVINO model as XML_PATH (.xml) and its .bin, weights in fp32; both under temporary
+    names first, so a crash never leaves a half-written pair."""
     ov = _openvino()
+    xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_xml = xml_path.with_name(xml_path.stem + ".tmp.xml")
     ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
@@ -92,8 +100,8 @@ def verify_openvino(result: ExportResult, model: nn.Module, *, img_size: int | N
 
     if tolerance is None:
         tolerance = BF16_TOLERANCE if precision == "bf16" else None
-    return _check(result, model.eval(), run, _verification_inputs(model, img_size, real_images, batch_sizes),
-                  tolerance=tolerance)
+    return check_against_model(result, model.eval(), run,
+                               verification_inputs(model, img_size, real_images, batch_sizes), tolerance=tolerance)
 
 
 def multiply_adds_by_kind_ir(model) -> dict[str, int]:
@@ -141,6 +149,6 @@ def quantize_openvino_int8(xml_path: str | Path, out_path: str | Path, calibrati
                                   model_type=nncf.ModelType.TRANSFORMER if transformer else None)
     kind = "int8-nncf-transformer" if transformer else "int8-nncf"
     set_ir_metadata(quantized, {**metadata, "visionzoo.quantization": kind})
-    _save(quantized, out_path)
+    save_ir(quantized, out_path)
     return out_path
 

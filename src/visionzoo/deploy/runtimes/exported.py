@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.errors import require_extra
 from visionzoo.heads import error_record, probabilities, result_record, softmax
@@ -43,8 +44,8 @@ def preprocess_image(image: Image.Image, preprocessing: dict[str, Any]) -> np.nd
     left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
     image = image.crop((left, top, left + width, top + height))
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, C)
-    mean = np.asarray(preprocessing.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
-    std = np.asarray(preprocessing.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
+    mean = np.asarray(preprocessing.get("mean", IMAGENET_MEAN), dtype=np.float32)
+    std = np.asarray(preprocessing.get("std", IMAGENET_STD), dtype=np.float32)
     return ((array - mean) / std).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 

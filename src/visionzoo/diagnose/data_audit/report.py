@@ -3,15 +3,33 @@ no external files, so it opens offline and can be mailed as it is.
 
 Sections in the order a reader should act on them: leaks, label issues, duplicates,
 outliers, bad files, class counts. Each shows at most `limit` entries with thumbnails; the
-CSV files beside the page hold every entry.
+CSV files beside the page hold every entry. A CSV cell that a spreadsheet would run as a
+formula (a file named `=cmd|...`) is written with a leading `'` (`data.exclude.spreadsheet_cell`).
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import html
+import io
+from pathlib import Path
 from typing import Any
 
-__all__ = ["write_html"]
+from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.data.exclude import spreadsheet_cell
+from visionzoo.files import atomic_write, atomic_write_json
+
+__all__ = ["FINDINGS", "CSV_FIELDS", "write_report", "write_html", "thumbnail_data_uri"]
+
+FINDINGS = ("leaks", "label_issues", "duplicates", "outliers", "bad_files", "class_counts")
+CSV_FIELDS = {
+    "leaks": ("path", "duplicate_of", "split", "duplicate_split", "similarity", "hash_distance", "kind"),
+    "duplicates": ("path", "duplicate_of", "split", "duplicate_split", "similarity", "hash_distance", "kind"),
+    "label_issues": ("path", "given", "suggested", "score", "split"),
+    "outliers": ("path", "score", "split", "label"),
+    "bad_files": ("path", "reason", "split"),
+}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fafafa; }
@@ -38,8 +56,6 @@ def _card(body: str, caption: str) -> str:
 
 
 def _pair_cards(entries: list[dict[str, Any]], limit: int) -> str:
-    from visionzoo.diagnose.data_audit import thumbnail_data_uri
-
     cards = []
     for entry in entries[:limit]:
         pictures = (f'<div class="pair">{_image(thumbnail_data_uri(entry["path"]), "image")}'
@@ -60,8 +76,6 @@ def _grid(cards: list[str], total: int, limit: int) -> str:
 
 def write_html(report: dict[str, Any], limit: int = 200) -> str:
     """The report page as a string."""
-    from visionzoo.diagnose.data_audit import thumbnail_data_uri
-
     summary = report.get("summary", {})
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in summary.items() if k != "settings")
@@ -105,3 +119,32 @@ def write_html(report: dict[str, Any], limit: int = 200) -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>visionzoo audit</title>"
             f"<style>{STYLE}</style></head><body><h1>visionzoo audit</h1>"
             f"<table class='summary'>{rows}</table>{body}</body></html>")
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """OUT/audit.json, a CSV per finding, class_counts.csv and audit.html."""
+    atomic_write_json(out / "audit.json", report)
+    for finding, fields in CSV_FIELDS.items():
+        with open(out / f"{finding}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({key: spreadsheet_cell(value) for key, value in row.items()} for row in report[finding])
+    with open(out / "class_counts.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", *map(spreadsheet_cell, report["class_counts"])])
+        classes = next(iter(report["class_counts"].values()), {})
+        for name in classes:
+            writer.writerow([spreadsheet_cell(name), *(counts[name] for counts in report["class_counts"].values())])
+    atomic_write(out / "audit.html", write_html(report).encode())
+
+
+def thumbnail_data_uri(path: str, side: int = 96) -> str | None:
+    """A small JPEG of the image as a data: URI, or None when it does not decode."""
+    try:
+        image = decode_image(path)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

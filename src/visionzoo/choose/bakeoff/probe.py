@@ -1,0 +1,77 @@
+"""Stage 2 of the bake-off: each chosen candidate scored by a linear probe (the ranking) and k-NN on
+frozen embeddings of the user's images, embedded once per model and weights and cached by contents."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, kill_point
+from visionzoo.choose.candidates import Candidate
+
+__all__ = ["probe_candidate", "probe_all", "weights_identity"]
+
+
+def weights_identity(weights: str) -> str:
+    """A local file by its contents (a checkpoint overwritten in place is new weights); else its name."""
+    if not Path(weights).is_file():
+        return f"catalog:{weights}"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:{digest.hexdigest()}"
+
+
+def _data_config(model, image_size: int | None) -> dict[str, Any]:
+    from visionzoo.factory import data_config
+
+    config = dict(data_config(model))
+    if image_size:
+        config.update(input_size=(3, image_size, image_size), crop_pct=1.0)
+    return config
+
+
+def probe_candidate(c: Candidate, splits, selection, cache_dir: Path, image_size: int | None,
+                    device: str, progress: Callable[[int], None]) -> tuple[float, float, int]:
+    """(linear top-1, k-NN top-1, images embedded now) of one candidate."""
+    import visionzoo
+    from visionzoo.embed.embeddings import embed_samples
+    from visionzoo.embed.probe import run_probe
+
+    model = visionzoo.create_model(c.name, pretrained=c.weights)
+    config = _data_config(model, image_size)
+    identity = {"model": c.name, "weights": weights_identity(c.weights)}
+    parts = {part: embed_samples(model, samples, splits.classes, cache_dir, identity=identity, data_config=config,
+                                 device=device, on_batch=progress)
+             for part, samples in (("train", splits.train), ("val", selection))}
+    embedded = sum(result.embedded for result in parts.values())  # type: ignore[attr-defined]
+    linear = run_probe(parts["train"], parts["val"], "linear").top1
+    knn = run_probe(parts["train"], parts["val"], "knn").top1
+    return linear, knn, embedded
+
+
+def probe_all(chosen: list[Candidate], request: BakeoffRequest, state: BakeoffState, splits, selection,
+              bars, overall) -> int:
+    """Probe every chosen candidate (saved scores reused); returns the images embedded by this call."""
+    embedded = 0
+    per_candidate = len(splits.train) + len(selection)
+    task = bars.add_task("probe: embedding", total=len(chosen) * per_candidate)
+    for c in chosen:
+        saved = state.get(c.name)
+        if saved.get("probe_top1") is None:
+            bars.update(task, description=f"probe: embedding with {c.name}")
+            saved["probe_top1"], saved["knn_top1"], count = probe_candidate(
+                c, splits, selection, request.cache_dir, request.image_size, request.devices[0],
+                lambda n: bars.advance(task, n))
+            embedded += count
+            state.save()
+            kill_point("after-probe")
+        else:
+            bars.advance(task, per_candidate)
+        c.probe_top1, c.knn_top1 = saved["probe_top1"], saved["knn_top1"]
+        c.status = "probed"
+        bars.advance(overall, 1 + per_candidate // 64)
+    return embedded

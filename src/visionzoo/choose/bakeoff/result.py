@@ -1,0 +1,157 @@
+"""Stage 4 of the bake-off: the winner (by fine-tuned top-1, a finished run before a stopped one, else
+by probe), scored on every validation image, exported for its deploy engine; the table, the
+commands that reproduce it, OUT/bakeoff.json and the Pareto plot."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionzoo.choose.bakeoff.data import split_csv
+from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState
+from visionzoo.choose.candidates import Candidate, pareto_front
+from visionzoo.files import atomic_write_json
+
+__all__ = ["BakeoffResult", "choose_winner", "export_winner", "plot_bakeoff", "write_result"]
+
+
+@dataclass
+class BakeoffResult:
+    target: str
+    constraints: dict[str, Any]
+    data: dict[str, Any]  # {"train": N, "val": N, "classes": [...]}
+    candidates: list[Candidate]
+    winner: dict[str, Any] | None
+    message: str = ""  # when nothing fits: which constraint rules everything out, and the closest
+    commands: dict[str, str] = field(default_factory=dict)  # train and export, to reproduce the winner
+    plot: str | None = None
+    out: str | None = None
+    embedded: int = 0  # images embedded by this call (0 when every embedding came from the cache)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage in this call
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` shape."""
+        return {"target": self.target, "constraints": self.constraints, "data": self.data,
+                "candidates": [c.row() for c in self.candidates], "winner": self.winner}
+
+
+def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: BakeoffRequest,
+                  state: BakeoffState, splits, selection_kept) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the winner's --json entry, the commands that reproduce it); exports it into OUT/winner."""
+    done = [c for c in finalists if c.status == "fine-tuned" and c.finetune_top1 is not None]
+    winner = max(done, key=lambda c: (c.finetune_top1, -c.latency_ms)) if done else ranked[0]
+    if selection_kept is not None and winner.run_dir:  # the fine-tunes saw only the selection
+        full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
+        winner.finetune_top1 = _full_val_top1(winner, state, str(full_val))
+    saved = state.data.get("winner") or {}
+    if saved.get("name") == winner.name and Path(saved.get("export", "")).exists():
+        export_path, export_command = saved["export"], saved["export_command"]
+    else:
+        export_path, export_command = export_winner(winner, request.target, request.out, _calibration_dir(request.data))
+    winner.status = "winner" + (" (fine-tuned)" if winner in done else " (probe only: nothing was fine-tuned)")
+    entry = {"name": winner.name, "weights": winner.weights,
+             "top1": winner.finetune_top1 if winner in done else winner.probe_top1,
+             "latency_ms": winner.latency_ms, "engine": winner.engine, "run_dir": winner.run_dir, "export": export_path}
+    state.data["winner"] = {**entry, "export_command": export_command}
+    state.save()
+    commands = {"export": export_command}
+    finetune = state.get(winner.name).get("finetune")
+    if finetune and finetune.get("command"):
+        commands["train"] = "visionzoo " + " ".join(shlex.quote(a) for a in finetune["command"])
+    return entry, commands
+
+
+def _calibration_dir(data: str) -> str | None:
+    """A folder of the user's training images for int8 calibration, when the data is a folder."""
+    if (Path(data) / "train").is_dir():
+        return str(Path(data) / "train")
+    return data if Path(data).is_dir() else None
+
+
+def _full_val_top1(c: Candidate, state: BakeoffState, data: str) -> float:
+    """The winner's best model evaluated on every validation image."""
+    saved = state.get(c.name)
+    if saved.get("full_val_top1") is None:
+        from visionzoo.evaluation import evaluate
+
+        saved["full_val_top1"] = float(evaluate(str(Path(c.run_dir) / "best"), data)["top1"])
+        state.save()
+    return saved["full_val_top1"]
+
+
+def export_winner(c: Candidate, target: str, out: Path, calib_dir: str | None) -> tuple[str, str]:
+    """(export path, the command that makes it) for the winner's best model."""
+    import visionzoo
+    from visionzoo.deploy.export import export_model
+
+    source = Path(c.run_dir) / "best" if c.run_dir else None
+    folder = out / "winner"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    int8 = bool(c.engine and c.engine.endswith("int8")) and target != "gpu"
+    if source is not None and (source / "config.json").exists():
+        model = visionzoo.load_model(source).eval()
+        command = f"visionzoo export {shlex.quote(str(source))} --out {shlex.quote(str(path))}"
+    else:  # nothing fine-tuned: the pretrained backbone as it is
+        model = visionzoo.create_model(c.name, pretrained=c.weights).eval()
+        command = f"visionzoo export {c.name} --pretrained {shlex.quote(c.weights)} --out {shlex.quote(str(path))}"
+    # Without a folder of images to calibrate on (built-in or CSV data), int8 is the dynamic scheme,
+    # which needs no calibration; with one, the scheme `export --int8` picks.
+    scheme = "auto" if calib_dir else "dynamic"
+    export_model(model, path, int8=int8, calib_dir=calib_dir, int8_scheme=scheme)
+    if not int8:
+        return str(path), command
+    command += " --int8" + (f" --calib {shlex.quote(calib_dir)}" if calib_dir else " --int8-scheme dynamic")
+    quantised = path.with_name("model.int8.onnx")
+    return str(quantised) if quantised.exists() else str(path), command
+
+
+def write_result(result: BakeoffResult, plot: str | Path | None, out: Path) -> BakeoffResult:
+    """The plot (default OUT/pareto.png) and OUT/bakeoff.json: the --json shape with message, commands, seconds."""
+    result.plot = plot_bakeoff(result, plot or out / "pareto.png")
+    atomic_write_json(out / "bakeoff.json", {**result.as_dict(), "message": result.message,
+                                             "commands": result.commands, "seconds": result.seconds})
+    return result
+
+
+def plot_bakeoff(result: BakeoffResult, path: str | Path) -> str:
+    """Validation top-1 on the user's data against deploy latency; ImageNet top-1 as hollow markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pool = [c for c in result.candidates if c.latency_ms is not None and (c.probe_top1 is not None
+                                                                          or c.finetune_top1 is not None)]
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
+    xs = [c.latency_ms for c in pool]
+    ys = [100 * (c.finetune_top1 if c.finetune_top1 is not None else c.probe_top1) for c in pool]
+    colours = ["tab:red" if result.winner and c.name == result.winner["name"] else
+               "tab:blue" if c.finetune_top1 is not None else "tab:cyan" for c in pool]
+    ax.scatter(xs, ys, c=colours, s=40, zorder=3, label="your validation set (blue: fine-tuned, cyan: probe)")
+    hollow = [(c.latency_ms, c.top1) for c in pool if c.top1 is not None]
+    if hollow:
+        ax.scatter([x for x, _ in hollow], [y for _, y in hollow], s=40, facecolors="none", edgecolors="gray",
+                   zorder=2, label="published ImageNet top-1")
+    for c, x, y in zip(pool, xs, ys):
+        ax.annotate(c.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if pool:
+        front = pareto_front(list(zip(xs, ys)))
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:orange", zorder=1,
+                label="Pareto frontier")
+    if result.constraints.get("latency_ms"):
+        ax.axvline(result.constraints["latency_ms"], color="tab:red", linestyle="--", linewidth=1, label="latency limit")
+    if xs and max(xs) / max(min(xs), 1e-9) > 10:
+        ax.set_xscale("log")
+    engines = sorted({c.engine for c in pool if c.engine})
+    ax.set_xlabel(f"deploy latency here (ms; {', '.join(engines) or 'no engine'})")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"visionzoo advise --data ... --target {result.target}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

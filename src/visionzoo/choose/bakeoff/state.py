@@ -1,0 +1,92 @@
+"""What a bake-off was asked, and OUT/bakeoff-state.json: that request and every finished piece of work.
+
+The file is rewritten atomically after each piece, so a rerun with the same --out after any
+interruption (kill -9 included) reuses what was finished. `kill_point` lets the tests kill the
+process at a named point to prove it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionzoo.errors import SettingError
+from visionzoo.files import atomic_write_json
+
+__all__ = ["KILL_ENV", "STATE_FILE", "BakeoffRequest", "BakeoffState", "kill_point"]
+
+STATE_FILE = "bakeoff-state.json"
+KILL_ENV = "VISIONZOO_BAKEOFF_KILL_AT"  # tests: SIGKILL this process at a named point (kill -9 resume)
+
+
+def kill_point(name: str) -> None:
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BakeoffState:
+    """{"request": ..., "candidates": {name: {latency_ms, engine, probe_top1, knn_top1, finetune: {...},
+    full_val_top1}}, "finetune_seconds": ..., "winner": {...}}; a saved state of another request is an error."""
+
+    def __init__(self, out: Path, request: dict[str, Any]):
+        self.path = out / STATE_FILE
+        self.data: dict[str, Any] = {"request": request, "candidates": {}}
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("request") != request:
+                changed = sorted(k for k in set(request) | set(saved.get("request", {}))
+                                 if request.get(k) != saved.get("request", {}).get(k))
+                raise SettingError(f"{out} holds a bake-off of a different request ({', '.join(changed)} differ); "
+                                   "rerun with the same arguments to resume, or give a new --out")
+            self.data = saved
+
+    def get(self, key: str) -> dict[str, Any]:
+        """The saved work of candidate `key` (a dict to update, then `save`)."""
+        return self.data["candidates"].setdefault(key, {})
+
+    def finetune(self, key: str) -> dict[str, Any]:
+        """Candidate `key`'s fine-tune entry: state, reason, run_dir, device, epochs, command."""
+        return self.get(key).setdefault("finetune", {})
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+@dataclass(frozen=True)
+class BakeoffRequest:
+    """What `bakeoff` was asked, its defaults filled in (see `visionzoo.choose.bakeoff.bakeoff`)."""
+
+    data: str
+    target: str
+    out: Path
+    cache_dir: Path
+    devices: tuple[str, ...]
+    latency_ms: float | None = None
+    max_params_m: float | None = None
+    commercial: bool = False
+    weights: dict[str, str] | None = None
+    candidates: int = 8
+    finetune_top: int = 2
+    budget_min: float | None = None
+    plot: str | None = None
+    image_size: int | None = None
+    finetune_settings: dict[str, Any] = field(default_factory=dict)
+    selection_images: int = 1000
+    progress: bool = True
+    max_measured: int | None = None
+
+    @property
+    def constraints(self) -> dict[str, Any]:
+        return {k: v for k, v in {"latency_ms": self.latency_ms, "max_params_m": self.max_params_m,
+                                  "commercial": self.commercial or None}.items() if v is not None}
+
+    def saved(self) -> dict[str, Any]:
+        """The part that decides the results, as the state file records it: a rerun must match it to resume."""
+        return {"data": os.path.abspath(self.data) if Path(self.data).exists() else self.data,
+                "target": self.target, "constraints": self.constraints, "weights": self.weights or None,
+                "image_size": self.image_size, "finetune_settings": self.finetune_settings,
+                "selection_images": self.selection_images}

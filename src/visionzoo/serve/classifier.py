@@ -1,0 +1,131 @@
+"""The model side of the server: a model with its preprocessing, split so that decoding runs per request
+while the model runs per batch, and the card `/v1/model` shows (without the server's file paths)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Classifier", "load_classifier", "public_card"]
+
+
+class Classifier:
+    """A model with its preprocessing: `prepare(image) -> array`, `__call__(batch) -> probabilities`.
+
+    Built by `load_classifier` from a registered name, a saved model or an ONNX file; the two
+    halves are split so decoding runs per request while the model runs per batch. With
+    `returns_logits`, `run` gives raw logits and `head` (see `visionzoo.heads`) says what they mean.
+    """
+
+    def __init__(self, name: str, prepare: Callable[[Any], np.ndarray], run: Callable[[np.ndarray], np.ndarray],
+                 class_names: list[str] | None, card: dict[str, Any], *, head: dict[str, Any] | None = None,
+                 returns_logits: bool = False):
+        self.name = name
+        self.prepare = prepare
+        self.run = run
+        self.class_names = class_names
+        self.card = card
+        self.explainer: Callable[[Any], dict[str, Any]] | None = None  # image -> heat map (PyTorch models only)
+        self.head = head
+        self.returns_logits = returns_logits
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) the model sees, from the card's preprocessing; None when the card does not say."""
+        size = (self.card.get("preprocessing") or {}).get("input_size")
+        return (int(size[-2]), int(size[-1])) if size and len(size) >= 2 else None
+
+    def answer(self, name: str, output: np.ndarray, topk: int, reject: bool = True) -> dict[str, Any]:
+        """`{"predictions": [...]}` for one image's model output, plus `"labels"` / `"unknown"` by the head."""
+        if self.returns_logits:
+            from visionzoo.heads import result_record
+
+            record = result_record(name, output, self.class_names, topk, self.head, reject=reject)
+            record.pop("path")
+            return record
+        order = np.argsort(-output)[:topk]
+        return {"predictions": [{"index": int(i), "label": self.label(int(i)), "prob": float(output[i])} for i in order]}
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+    def label(self, index: int) -> str:
+        if self.class_names and index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+# The folders of an absolute path (/srv/models/, C:\\models\\, ~/models/) where a path starts a string or a
+# word; a class name such as 'T-shirt/top' starts no path and is kept whole.
+_ABSOLUTE_FOLDERS = re.compile(r"""(?<![^\s'"(=])(?:[A-Za-z]:|~)?[\\/](?:[^\\/\s'"]*[\\/])+(?=[^\\/\s'"])""")
+
+
+def public_card(card: Any) -> Any:
+    """`card` with every file path cut to its last part: a client learns which file, not where the server keeps it."""
+    if isinstance(card, dict):
+        return {key: public_card(value) for key, value in card.items()}
+    if isinstance(card, (list, tuple)):
+        return [public_card(value) for value in card]
+    if isinstance(card, str):
+        return _ABSOLUTE_FOLDERS.sub("", card)
+    return card
+
+
+
+def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None,
+                    runtime: str | None = None) -> Classifier:
+    """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
+    a saved model folder, an nn.Module, or an exported .onnx or OpenVINO .xml file (see `visionzoo.resolve`;
+    an exported file runs without PyTorch, by `runtime`: onnxruntime, openvino or openvino-bf16, by default
+    the file's own: onnxruntime for .onnx, OpenVINO for .xml)."""
+    from visionzoo.deploy.runtimes import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
+    from visionzoo.resolve import resolve_model
+
+    if threads and not (isinstance(spec, str) and spec.endswith(EXPORTED_SUFFIXES)):
+        import torch
+
+        torch.set_num_threads(threads)
+    model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads, runtime=runtime)
+    if isinstance(model, ExportedClassifier):
+        exported = model
+        card = {"architecture": exported.name, "weights": str(spec),
+                "format": "onnx" if str(spec).endswith(".onnx") else "openvino",
+                "runtime": "onnxruntime" if isinstance(exported, OnnxClassifier) else f"openvino-{exported.precision}",
+                "preprocessing": exported.preprocessing, "num_classes": len(exported.class_names or []),
+                "classes": exported.class_names, "head": exported.head}
+        return Classifier(exported.name, lambda image: preprocess_image(image, exported.preprocessing),
+                          exported.predict_logits, exported.class_names, card, head=exported.head,
+                          returns_logits=True)
+    return _torch_classifier(model)
+
+
+def _torch_classifier(model) -> Classifier:
+    import torch
+
+    from visionzoo.diagnose.explanation import serving_explainer
+    from visionzoo.factory import class_names as model_class_names
+    from visionzoo.factory import data_config, find_spec, model_name, transforms
+    from visionzoo.metrics.calibration import head_of
+
+    transform = transforms(model, train=False)
+    names = model_class_names(model)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
+    made = find_spec(model)
+    card = {"architecture": model_name(model),
+            "weights": made.weights if made else None,
+            "format": "pytorch", "preprocessing": config, "num_classes": getattr(model, "num_classes", None),
+            "classes": list(names) if names else None, "head": head_of(model)}
+
+    def prepare(image) -> np.ndarray:
+        return transform(image).numpy()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(batch))
+        return logits.float().numpy()
+
+    classifier = Classifier(card["architecture"], prepare, run, card["classes"], card, head=card["head"],
+                            returns_logits=True)
+    classifier.explainer = serving_explainer(model, transform, config, names)  # for POST /v1/explain
+    return classifier
