@@ -39,7 +39,16 @@ PARITY_INPUT_SIZE: dict[str, int] = {
     # the deeper DenseNets (densenet121 stays at 224 px) and Inception v3 (299 px by default)
     "densenet161": 128, "densenet169": 128, "densenet201": 128, "inception_v3": 139,
     # the larger ConvNeXts (convnext_tiny and smaller stay at 224 px)
-    "convnext_small": 128, "convnext_base": 128,
+    "convnext_small": 128, "convnext_base": 128, "convnextv2_base": 128,
+    # EfficientNetV2 and MobileNetV4 above 240 px by default
+    **{name: 128 for name in ("efficientnetv2_s", "efficientnetv2_m", "tf_efficientnetv2_s", "tf_efficientnetv2_m",
+                              "tf_efficientnetv2_b1", "tf_efficientnetv2_b2", "tf_efficientnetv2_b3",
+                              "mobilenetv4_conv_medium", "mobilenetv4_conv_large", "mobilenetv4_hybrid_medium",
+                              "mobilenetv4_hybrid_large")},
+    # FastViT (256 px by default) and MobileOne, whose unfused training branches (S0: six per block) make a
+    # full-size CPU forward slow; 128 px keeps FastViT's attention stage at 4x4 tokens
+    **{name: 128 for name in ("fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12", "mobileone_s0",
+                              "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4")},
 }
 
 # Overrides applied to both the reference and ours for numeric parity (and the input follows
@@ -63,6 +72,12 @@ PARITY_OVERRIDES: dict[str, dict[str, Any]] = {
     "swin_base_patch4_window7_224": {"img_size": 112},
     "swin_base_patch4_window12_384": {"img_size": 192},
     "maxvit_small_tf_224": {"img_size": 96},
+    # DINOv3 runs at any size divisible by 16 (its rotary table follows the grid): a 4x4 grid here
+    "vit_small_patch16_dinov3": {"img_size": 64},
+    "vit_base_patch16_dinov3": {"img_size": 64},
+    # SigLIP 2 B/16 towers: a 4x4 position table instead of 14x14 / 16x16
+    "vit_base_patch16_siglip_224": {"img_size": 64},
+    "vit_base_patch16_siglip_256": {"img_size": 64},
 }
 
 

@@ -17,6 +17,7 @@ SMALL_INPUTS: dict[str, tuple[int, dict[str, Any]]] = {
     "deit": (64, {"img_size": 64}),
     "clip": (64, {"img_size": 64}),
     "dinov2": (56, {"img_size": 56}),
+    "siglip2": (64, {"img_size": 64}),
     # attention windows and their bias tables are built for img_size: build at the test size
     "efficientvit_msra": (64, {"img_size": 64}),
     # Swin: masks are built for img_size; 4x4 windows tile the 16x16 and 8x8 maps, and shrink to the 4x4 / 2x2 ones

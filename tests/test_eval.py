@@ -174,3 +174,43 @@ def test_class_names_with_markup_and_escape_sequences_print_as_they_are(tmp_path
     assert main(["eval", str(run), "--data", data, "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "[/]" in printed and "red?[31mflag" in printed and "\x1b" not in printed
+
+
+def _photo_tree(root, sizes=((37, 53), (80, 45), (64, 64), (29, 90), (120, 70), (50, 31))):
+    """train/ and val/ of two classes: JPEGs and PNGs, non-square, of several sizes, with noisy content."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 8), ("val", 12)):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                width, height = sizes[(i + label) % len(sizes)]
+                pixels = (rng.random((height, width, 3)) * 220).astype(np.uint8)
+                pixels[: height // 2, :, label] += 35  # a weak cue: the model is unsure, so a pixel matters
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 3 == 0 else 'jpg'}")
+    return root
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["photo-cache", "plain"])
+def test_train_last_validation_and_eval_agree_exactly_on_the_same_photos(tmp_path, capsys, one_thread, cache):
+    """Training's validation (the photo cache's evaluation view, cut once, or the plain transforms) and
+    `eval` see the same pixels: the same top-1 on the same count of images."""
+    data = _photo_tree(tmp_path / "photos")
+    run = tmp_path / "run"
+    code = main(["train", "--model", "resnet18", "--data", str(data), "--recipe", "finetune", "--epochs", "1",
+                 "--batch-size", "8", "--image-size", "24", "--out", str(run), "--workers", "0", "--no-progress",
+                 *(["--cache"] if cache else ["--no-cache"])])
+    assert code == 0, capsys.readouterr().err
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["cache"] is cache
+    last = json.loads((run / "summary.json").read_text())["history"][-1]
+    capsys.readouterr()
+    assert main(["eval", str(run / "last"), "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 24 and not result["skipped"]
+    assert last["val_top1"] == round(result["top1"], 6)
+    # the same pixels, not just the same verdicts: the loss agrees to float rounding (batching, normalising
+    # uint8 on the device), far below what a different resize or crop moves it by
+    assert last["val_loss"] == pytest.approx(result["calibration"]["nll_before"], abs=1e-4)

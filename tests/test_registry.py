@@ -67,8 +67,8 @@ def test_every_family_file_ends_with_one_variants_table():
     assert sorted(seen) == sorted(visionzoo.list_models())
 
 
-VIT_STYLE_FAMILIES = {"vit", "deit", "dinov2", "clip", "eva02", "swin", "maxvit", "efficientvit_mit",
-                      "efficientvit_msra"}
+VIT_STYLE_FAMILIES = {"vit", "deit", "dinov2", "dinov3", "clip", "siglip2", "eva02", "swin", "maxvit",
+                      "efficientvit_mit", "efficientvit_msra", "repvit", "fastvit"}  # RepViT and FastViT: DeiT's AdamW recipe
 
 
 def test_every_card_names_its_recipe_style():
@@ -76,7 +76,7 @@ def test_every_card_names_its_recipe_style():
         card = get_card(name)
         assert card.recipe_style in RECIPE_STYLES, name
         expected = ("vit" if card.family in VIT_STYLE_FAMILIES
-                    else "convnext" if card.family == "convnext" else "convnet")
+                    else "convnext" if card.family in ("convnext", "convnextv2") else "convnet")
         assert card.recipe_style == expected, (name, card.family)
     assert visionzoo.model_info("resnet18")["recipe_style"] == "convnet"
 
@@ -142,9 +142,10 @@ def test_each_family_file_registers_what_the_workflows_ask():
     """What explain's, adapt's and advise's tables used to hold, now registered by each family's file."""
     facts = {family: family_facts(family) for family in list_families()}
     assert all(f.cam_layer is not None for f in facts.values())
-    assert {f for f, fact in facts.items() if fact.edge} == {"efficientnet_lite", "mobilenetv3"}
+    assert {f for f, fact in facts.items() if fact.edge} == {"efficientnet_lite", "mobilenetv3", "mobilenetv4", "repvit",
+                                                                "fastvit", "mobileone"}
     assert {f for f, fact in facts.items() if fact.lora_targets} == {
-        "vit", "deit", "dinov2", "clip", "eva02", "swin", "maxvit", "convnext"}
+        "vit", "deit", "dinov2", "dinov3", "clip", "siglip2", "eva02", "swin", "maxvit", "convnext", "convnextv2"}
     assert facts["convnext"].lora_targets.mlp is None  # no attention: the MLP's linears are the targets
     assert facts["resnet"].cam_layer == CamLayer("layer4") and facts["swin"].cam_layer.to_map is not None
 

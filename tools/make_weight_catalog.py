@@ -41,6 +41,10 @@ _DATA_TOKENS = [
     ("openai", "OpenAI WIT-400M"),
     ("lvd142m", "LVD-142M (DINOv2 self-supervised)"),
     ("lvd1689m", "LVD-1689M (DINOv3 self-supervised)"),
+    ("sat493m", "SAT-493M satellite imagery (DINOv3 self-supervised)"),
+    ("v2_webli", "WebLI (SigLIP 2 image-text)"),
+    ("webli_i18n", "WebLI multilingual (SigLIP image-text)"),
+    ("webli", "WebLI (SigLIP image-text)"),
     ("ig1b", "Instagram-1B (weakly/semi-supervised) + ImageNet-1k"),
     ("yfcc100m", "YFCC-100M (semi-supervised) + ImageNet-1k"),
     ("in22k", "ImageNet-22k"),
@@ -64,6 +68,14 @@ def _as_list(value) -> list[str]:
     if not value:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+def _first_conv(value) -> str | None:
+    """The catalog names one first convolution; timm lists several for a reparameterizable stem
+    (FastViT, MobileOne: the kxk and the 1x1 scale branch), of which the first is the main one."""
+    if not value or isinstance(value, str):
+        return value or None
+    return value[0]
 
 
 def _results() -> dict[str, dict]:
@@ -91,7 +103,7 @@ def _timm_entry(name: str, results: dict[str, dict], default: bool) -> dict:
         "interpolation": cfg.get("interpolation", "bicubic"),
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
-        "first_conv": cfg.get("first_conv"),
+        "first_conv": _first_conv(cfg.get("first_conv")),
         "classifier": _as_list(cfg.get("classifier")),
     }
     if cfg.get("test_input_size"):

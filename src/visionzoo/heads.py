@@ -9,8 +9,8 @@ A model's head facts (`head` in its spec and config.json; the ONNX metadata `vis
      "ood": {"score": "energy" | "msp", "threshold": s, "keep": 0.95}}   # multiclass: unknown below s
 
 Every back end (predict, serve, ONNX) turns logits into a result with `result_record`, so they
-answer alike: single-label `{"path", "predictions"}` as before, plus `"unknown"` when the head
-has an OOD rule; multi-label adds `"labels"`, the classes over their thresholds.
+answer alike: single-label `{"path", "predictions"}` as before, plus `"unknown"` and `"ood"`
+(the score's name and value, the threshold, the share kept) when the head has an OOD rule; multi-label adds `"labels"`, the classes over their thresholds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["softmax", "sigmoid", "task_of", "probabilities", "ood_score", "OOD_SCORES", "result_record",
-           "prediction_record", "error_record", "format_table", "printable"]
+           "prediction_record", "error_record", "format_table", "printable", "unknown_reason"]
 
 OOD_SCORES = ("energy", "msp")  # the scores computed from logits alone, so every back end can apply them
 
@@ -77,6 +77,8 @@ def result_record(path: str, logits: np.ndarray, labels: Sequence[str] | None, t
     if reject and rule:
         score = float(ood_score(logits, rule["score"], head.get("temperature") or 1.0))
         record["unknown"] = bool(score < float(rule["threshold"]))
+        record["ood"] = {"score": rule["score"], "value": score, "threshold": float(rule["threshold"]),
+                         "keep": rule.get("keep")}
     return record
 
 
@@ -104,6 +106,14 @@ def printable(text: Any) -> str:
     return _CONTROL_CHARACTERS.sub("?", str(text))
 
 
+def unknown_reason(ood: Mapping[str, Any] | None) -> str:
+    """Why an image was called unknown, as the rule and the score, not a verdict."""
+    if not ood:
+        return "its score is below the model's unknown threshold"
+    keep = f", the threshold that keeps {ood['keep']:.0%} of the validation images" if ood.get("keep") else ""
+    return f"its {ood['score']} score {ood['value']:.3g} is below {ood['threshold']:.3g}{keep}"
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """Plain-text table: one block per image, `rank  prob  label (index)` per prediction."""
     lines = []
@@ -113,7 +123,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             lines.append(f"  error: {printable(result['error'])}")
             continue
         if result.get("unknown"):
-            lines.append("  unknown: unlike the images of every class the model knows (the ranks below are its guesses)")
+            lines.append(f"  unknown: {unknown_reason(result.get('ood'))} (the ranks below are its guesses)")
         if "labels" in result:
             labels = ", ".join(map(printable, result["labels"]))
             lines.append(f"  labels: {labels or '(none over its threshold)'}")

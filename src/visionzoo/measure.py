@@ -10,6 +10,7 @@ memory and little time; building a registered variant and caching its figures is
 from __future__ import annotations
 
 import collections
+import os
 import platform
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 __all__ = ["count_params", "count_gmacs", "count_operators", "compute_operators", "percentile", "cpu_name",
-           "Timer", "time_in_blocks", "PeakMemory", "rss_bytes"]
+           "Timer", "time_in_blocks", "PeakMemory", "rss_bytes", "CACHE_MAX_AGE_S", "conditions_now", "cache_verdict",
+           "cached_note", "counted"]
 
 # ATen operators that only re-describe memory: no kernel runs for them.
 METADATA_OPERATORS = frozenset({
@@ -229,3 +231,48 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# --- when a cached measurement may stand for a new one ----------------------------------------
+
+CACHE_MAX_AGE_S = 7 * 24 * 3600  # a week: drivers, governors and background load drift; measuring again is cheap
+
+
+def conditions_now() -> dict[str, Any]:
+    """What a measurement records beside its figures: when (`measured_at`, Unix seconds) and under what
+    load (`load_1min`, the 1-minute load average; None where the system has none) on how many cores."""
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # Windows has no load average
+        load = None
+    return {"measured_at": round(time.time(), 1), "load_1min": load, "cpu_count": os.cpu_count() or 1}
+
+
+def cache_verdict(record: dict[str, Any], now: float, *, max_age_s: float = CACHE_MAX_AGE_S) -> str | None:
+    """None when a cached measurement may be reused at time `now`, else why it is measured again:
+    taken while the machine was busy (1-minute load average above its core count: other work was
+    competing for the cores, so the figures are too slow), older than `max_age_s`, or from before
+    the conditions were recorded. A pure function of the record: `conditions_now` fills it in."""
+    measured_at, load = record.get("measured_at"), record.get("load_1min")
+    if measured_at is None:
+        return "cached before the load and time were recorded"
+    if now - measured_at > max_age_s:
+        return f"cached {(now - measured_at) / 86400:.0f} days ago (older than {max_age_s / 86400:g})"
+    cores = record.get("cpu_count") or os.cpu_count() or 1
+    if load is not None and load > cores:
+        return f"cached under load (1-minute load average {load:.2f} on {cores} cores)"
+    return None
+
+
+def cached_note(record: dict[str, Any], now: float) -> str:
+    """How a reused figure is shown: "cached 3 h ago, load 0.4"."""
+    age = max(now - float(record.get("measured_at") or now), 0.0)
+    when = f"{age / 60:.0f} min" if age < 3600 else f"{age / 3600:.0f} h" if age < 86400 else f"{age / 86400:.0f} d"
+    load = record.get("load_1min")
+    return f"cached {when} ago" + (f", load {load:.2f}" if load is not None else "")
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count` and `noun`, in the singular for one: "1 epoch", "3 epochs", "1,200 images"; `plural`
+    where adding an s is wrong ("1 process", "2 processes")."""
+    return f"{count:,} {noun if count == 1 else (plural or noun + 's')}"

@@ -63,8 +63,10 @@ def test_json_shape_winner_export_and_plot(first):
     assert len(tuned) == 1  # --finetune-top 1; the other is not fine-tuned and says why
     assert any(c["status"].startswith("not fine-tuned: probe rank 2") for c in shape["candidates"])
     winner = shape["winner"]
-    assert set(winner) == {"name", "weights", "top1", "latency_ms", "engine", "run_dir", "export"}
+    assert set(winner) == {"name", "weights", "top1", "scored_by", "status", "latency_ms", "engine", "run_dir",
+                           "export"}
     assert winner["name"] == tuned[0]["name"] and winner["top1"] == tuned[0]["finetune_top1"]
+    assert winner["scored_by"] == "fine-tune" and winner["status"] == tuned[0]["status"] == "winner (fine-tuned)"
     assert Path(winner["export"]).is_file() and (Path(winner["run_dir"]) / "best" / "config.json").is_file()
     assert Path(result.plot).is_file() and Path(result.plot).stat().st_size > 10_000
     assert json.loads((out / "bakeoff.json").read_text())["winner"] == json.loads(json.dumps(winner))
@@ -145,7 +147,9 @@ def test_two_fine_tunes_run_at_once_one_per_device(weight_files, tmp_path):
 
 
 def test_the_budget_stops_the_running_fine_tune_and_skips_the_rest(weight_files, tmp_path):
-    result = _run(weight_files, tmp_path / "out", finetune_top=2, budget_min=0.2 / 60,
+    # --budget-min bounds the whole run: measure and probe first (reused below), then fine-tune within seconds
+    _run(weight_files, tmp_path / "out", finetune_top=0, finetune_settings={"epochs": 50})
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, budget_min=20 / 60,
                   finetune_settings={"epochs": 50})
     state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
     finetunes = [entry["finetune"] for entry in state["candidates"].values()]
@@ -250,3 +254,82 @@ def test_a_fine_tune_spec_and_the_command_it_shows(tmp_path):
                                    str(run_dir), "--image-size", "32", "--lr", "0.01", "--ema"]
     resumed = run_spec(c, DATA, run_dir, 6, 32, {"lr": 0.01}, "cuda:1", resume=True)
     assert resumed["resume"] and resumed["settings"] == {"device": "cuda:1", "progress": False}
+
+
+def _stopped_winner_result(tmp_path, monkeypatch):
+    """The bake-off of issue 30: the best probe's fine-tune was stopped by the budget after it validated at
+    94.8% (its probe: 92.8%); a second candidate was only probed."""
+    from types import SimpleNamespace
+
+    from visionzoo.choose.bakeoff import result as stage
+    from visionzoo.choose.bakeoff.state import BakeoffState
+
+    monkeypatch.setattr(stage, "export_winner", lambda c, *args: (str(tmp_path / "winner" / "model.onnx"),
+                                                                  f"visionzoo export {c.run_dir}/best"))
+    tuned = Candidate("mobilenetv3_small_050", "a.pth", top1=58.0, latency_ms=2.0, engine="onnxruntime-fp32",
+                      probe_top1=0.928, finetune_top1=0.948, status="stopped: --budget-min spent",
+                      run_dir=str(tmp_path / "runs" / "mobilenetv3_small_050"))
+    probed = Candidate("convnext_atto", "b.pth", top1=75.0, latency_ms=9.0, engine="onnxruntime-fp32",
+                       probe_top1=0.90, status="not fine-tuned: probe rank 2 > --finetune-top 1")
+    request = SimpleNamespace(out=tmp_path, target="cpu", data="builtin:shapes")
+    state = BakeoffState(tmp_path, {"data": "builtin:shapes"})
+    winner, commands = stage.choose_winner([tuned, probed], [tuned], request, state, None, None)
+    return stage.BakeoffResult("cpu", {}, {"train": 40, "val": 20, "classes": ["a", "b"]}, [tuned, probed], winner,
+                               commands=commands, out=str(tmp_path)), tuned
+
+
+def test_the_winner_line_json_table_and_plot_tell_one_story(tmp_path, monkeypatch, capsys):
+    """Issue 30: the table said the winner fine-tuned to 94.8%, the winner line 'top-1 92.8%' with 'probe
+    only: nothing was fine-tuned', while the export was the fine-tuned model; the plot drew it in red
+    under a legend saying blue is fine-tuned."""
+    import argparse
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from visionzoo.choose.bakeoff import result as stage
+    from visionzoo.cli import choose as cli
+
+    result, tuned = _stopped_winner_result(tmp_path, monkeypatch)
+    winner = result.winner
+    assert winner["name"] == tuned.name and winner["top1"] == 0.948 and winner["scored_by"] == "fine-tune"
+    assert winner["status"] == tuned.status == "winner (fine-tuned; stopped: --budget-min spent)"
+    assert winner["run_dir"] == tuned.run_dir and "probe only" not in winner["status"]
+    stage.write_result(result, None, tmp_path)
+    saved = json.loads((tmp_path / "bakeoff.json").read_text())
+    assert saved["winner"]["top1"] == saved["candidates"][0]["finetune_top1"] == 0.948
+    assert saved["candidates"][0]["status"] == saved["winner"]["status"]
+
+    monkeypatch.setattr("visionzoo.choose.bakeoff.bakeoff", lambda *a, **k: result)
+    args = argparse.Namespace(data="builtin:shapes", target="cpu", latency_ms=None, max_params=None,
+                              commercial=False, weights=None, candidates=2, finetune_top=1, budget_min=None,
+                              out=str(tmp_path), plot=None, devices=None, image_size=None, progress=False,
+                              json=False, finetune_epochs=None)
+    capsys.readouterr()
+    assert cli.cmd_bakeoff(args) == 0
+    out = capsys.readouterr().out
+    [line] = [row for row in out.splitlines() if row.startswith("winner:")]
+    assert "(fine-tuned; stopped: --budget-min spent) top-1 94.8%" in line and "92.8" not in line
+    [row] = [row for row in out.splitlines() if "mobilenetv3_small_" in row and row.startswith("│")]
+    assert "92.8%" in row and "94.8%" in row and "winner" in row  # the table: probe, fine-tuned, status
+
+    fig, ax = plt.subplots()
+    points = stage.draw_bakeoff(result, ax)
+    assert [(p.name, round(p.top1, 1), p.scored_by, p.winner) for p in points] == [
+        (tuned.name, 94.8, "fine-tune", True), ("convnext_atto", 90.0, "probe", False)]
+    drawn = {c.get_label(): c for c in ax.collections}
+    fine_tuned = drawn["fine-tuned on your validation set"]
+    assert to_hex(fine_tuned.get_facecolors()[0]) == to_hex("tab:blue")
+    assert [tuple(xy) for xy in fine_tuned.get_offsets()] == [(2.0, pytest.approx(94.8))]
+    assert to_hex(drawn["linear probe on your validation set"].get_facecolors()[0]) == to_hex("tab:cyan")
+    ring = drawn[f"winner: {tuned.name}, fine-tuned 94.8%"]
+    assert to_hex(ring.get_edgecolors()[0]) == to_hex("tab:red") and len(ring.get_facecolors()) == 0
+    assert [tuple(xy) for xy in ring.get_offsets()] == [(2.0, pytest.approx(94.8))]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert {"fine-tuned on your validation set", "linear probe on your validation set",
+            f"winner: {tuned.name}, fine-tuned 94.8%"} <= set(legend)
+    assert not any("blue" in text or "cyan" in text for text in legend)  # the legend shows colours, not names
+    plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -23,7 +24,8 @@ def test_percentile_interpolates():
     assert percentile(values, 90) == pytest.approx(4.6)
 
 
-def test_benchmark_reports_every_figure_and_caches():
+def test_benchmark_reports_every_figure_and_caches(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine: the figure may be reused
     settings = BenchmarkSettings(batch_sizes=(1, 2), img_size=64, train=True, **QUICK)
     result = benchmark_model("resnet18", settings, use_cache=False)
     assert result.params == 11_689_512 and result.img_size == 64
@@ -33,7 +35,30 @@ def test_benchmark_reports_every_figure_and_caches():
     assert result.train_throughput > 0
     assert result.peak_memory_mb is None or result.peak_memory_mb >= 0
     again = benchmark_model("resnet18", settings)
-    assert again.cached and again.throughput == result.throughput
+    assert again.cached and again.throughput == result.throughput and again.cache_note.startswith("cached ")
+    assert again.load_1min == 0.0 and again.as_dict()["measured_at"] == result.measured_at
+
+
+def test_a_latency_cached_under_load_is_measured_again_and_says_why(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (os.cpu_count() + 1.5, 0.0, 0.0))
+    settings = BenchmarkSettings(batch_sizes=(1,), img_size=32, **QUICK)
+    assert benchmark_model("resnet18", settings, use_cache=False).load_1min == os.cpu_count() + 1.5
+    again = benchmark_model("resnet18", settings)
+    assert not again.cached and again.cache_note.startswith("measured again: cached under load (1-minute load")
+
+
+def test_the_cache_reuse_rule():
+    from visionzoo.measure import CACHE_MAX_AGE_S, cache_verdict
+
+    now, cores = 1_000_000_000.0, 4
+    idle = {"measured_at": now - 3600, "load_1min": 0.5, "cpu_count": cores}
+    assert cache_verdict(idle, now) is None
+    assert cache_verdict({**idle, "load_1min": float(cores)}, now) is None  # every core busy, none oversubscribed
+    assert "under load (1-minute load average 4.10 on 4 cores)" in cache_verdict({**idle, "load_1min": 4.1}, now)
+    assert "days ago" in cache_verdict({**idle, "measured_at": now - CACHE_MAX_AGE_S - 1}, now)
+    assert cache_verdict(idle, now, max_age_s=60) is not None
+    assert "before the load and time were recorded" in cache_verdict({"p50": 3.0}, now)  # an old cache file
+    assert cache_verdict({**idle, "load_1min": None}, now) is None  # no load average here (Windows): age alone
 
 
 def test_benchmark_vs_timm_interleaved_ratio():

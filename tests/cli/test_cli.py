@@ -154,7 +154,7 @@ def test_usage_errors_are_one_line(capsys, tmp_path):
 
 @pytest.mark.parametrize("module, argv", [
     ("uvicorn", ["serve", "resnet18"]),
-    ("onnxscript", ["export", "resnet18", "--pretrained", "none", "--img-size", "32"]),
+    ("onnxscript", ["export", "resnet18", "--pretrained", "none", "--image-size", "32"]),
 ])
 def test_a_missing_extra_names_its_pip_install(module, argv, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError

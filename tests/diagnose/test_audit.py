@@ -228,3 +228,17 @@ def test_audit_csvs_neutralise_spreadsheet_formulas_and_exclude_reads_the_paths_
     assert json.loads((tmp_path / "audit.json").read_text())["label_issues"] == report["label_issues"]
     assert read_path_list(tmp_path / "label_issues.csv") == {str(tmp_path / '=HYPERLINK("http://evil","x").png')}
     assert read_path_list(tmp_path / "outliers.csv") == {str(tmp_path / "-1.png")}
+
+
+def test_offline_the_default_backbone_fails_at_once_saying_how_to_give_weights(tmp_path, monkeypatch):
+    from visionzoo.weights import WeightsNotAvailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("VISIONZOO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsNotAvailableError) as raised:
+        visionzoo.audit(tmp_path / "no-such-folder", out=tmp_path / "report")  # the weights are checked first
+    message = str(raised.value)
+    assert "\n" not in message and "resnet18" in message and "HF_HUB_OFFLINE=1" in message
+    assert "--pretrained FILE" in message and "--pretrained none" in message
+    assert not (tmp_path / "report").exists()

@@ -36,6 +36,14 @@ CAM_CASES = {
     "dinov2": ("vit_small_patch14_reg4_dinov2", 56, {"img_size": 56}),  # five prefix tokens (4 registers)
     "clip": ("vit_base_patch32_clip_224", 64, {"img_size": 64}),
     "eva02": ("eva02_tiny_patch14_224", 56, {"img_size": 56}),
+    "dinov3": ("vit_small_patch16_dinov3", 64, {}),  # five prefix tokens, rotary positions at any size
+    "siglip2": ("vit_base_patch16_siglip_224", 64, {"img_size": 64, "depth": 2}),  # no prefix tokens; MAP head
+    "convnextv2": ("convnextv2_atto", 64, {}),
+    "efficientnetv2": ("tf_efficientnetv2_b0", 64, {}),
+    "mobilenetv4": ("mobilenetv4_conv_small", 64, {}),
+    "repvit": ("repvit_m0_9", 64, {}),
+    "fastvit": ("fastvit_t8", 64, {}),
+    "mobileone": ("mobileone_s0", 64, {}),
 }
 
 
@@ -243,3 +251,45 @@ def test_images_of_one_name_in_two_folders_get_two_overlays(tmp_path, one_thread
     assert written == [str(out / "same" / "cat.png.gradcam.png"), str(out / "same" / "cat.jpg.gradcam.png")]
     [single] = visionzoo.explain(tmp_path / "model", [tmp_path / "d2" / "cat.png"], out=out / "one")
     assert single["png"] == str(out / "one" / "cat.gradcam.png")
+
+
+def test_explain_and_the_serve_caption_show_predicts_calibrated_probability(tmp_path, one_thread):
+    """Issue 30: predict said 79.8%, explain 67.2% for the same image, because explain ignored the saved
+    temperature. Every probability a user sees goes through the saved head."""
+    import asyncio
+
+    from PIL import Image
+
+    from serve.test_serve import Server
+    from visionzoo.prediction import predict
+    from visionzoo.serve import load_classifier
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    visionzoo.with_spec(model, class_names=["a", "b", "c"], head={"task": "multiclass", "temperature": 0.2},
+                        data_config={"input_size": (3, 64, 64), "crop_pct": 1.0, "mean": (0.5,) * 3,
+                                     "std": (0.25,) * 3, "interpolation": "bilinear"})
+    saved = visionzoo.save_model(model, tmp_path / "calibrated")
+    picture = tmp_path / "photo.png"
+    y, x = np.mgrid[0:80, 0:80]
+    Image.fromarray(np.stack([x * 3, y * 3, (x + y) % 255], -1).astype(np.uint8)).save(picture)
+
+    [predicted] = predict(saved, [picture], reject=False)
+    [explained] = visionzoo.explain(saved, [picture], out=None)
+    top = predicted["predictions"][0]
+    assert explained["label"] == top["label"]
+    assert explained["probability"] == pytest.approx(top["prob"], abs=1e-5)
+    loaded = visionzoo.load_model(saved)
+    with torch.no_grad():
+        batch = visionzoo.transforms(loaded)(Image.open(picture).convert("RGB")).unsqueeze(0)
+        uncalibrated = float(loaded(batch).softmax(-1).max())
+    assert abs(uncalibrated - top["prob"]) > 0.01  # the temperature matters here, so the test can tell
+
+    async def caption():
+        async with Server(load_classifier(str(saved))) as client:
+            response = await client.post("/v1/explain", files={"file": ("x.png", picture.read_bytes(), "image/png")})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    body = asyncio.run(caption())
+    assert body["label"] == top["label"] and body["prob"] == pytest.approx(top["prob"], abs=1e-5)

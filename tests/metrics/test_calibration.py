@@ -199,3 +199,18 @@ def test_single_label_training_is_unchanged_by_calibration_and_rejection(tmp_pat
     plain_head = json.loads((tmp_path / "plain" / "best" / "config.json").read_text())["head"]
     assert plain_head == {"task": "multiclass", "temperature": 1.0} and "ood" in fitted_head
     assert fitted_head["temperature"] != 1.0
+
+
+def test_an_unknown_answer_states_the_score_and_the_rule():
+    """Issue 30: the message says the score and the rule, not a verdict."""
+    from visionzoo.heads import format_table
+
+    logits = np.array([2.0, 1.0, 0.5])
+    head = {"task": "multiclass", "temperature": 1.0, "ood": {"score": "energy", "threshold": 10.0, "keep": 0.95}}
+    record = result_record("cat.jpg", logits, ["a", "b", "c"], 2, head)
+    energy = float(ood_score(logits, "energy", 1.0))
+    assert record["unknown"] is True
+    assert record["ood"] == {"score": "energy", "value": pytest.approx(energy), "threshold": 10.0, "keep": 0.95}
+    line = format_table([record]).splitlines()[1]
+    assert line == f"  unknown: its energy score {energy:.3g} is below 10, the threshold that keeps 95% of the " \
+                   "validation images (the ranks below are its guesses)"

@@ -323,5 +323,43 @@ def test_model_card_reports_the_weights_name(tmp_path, monkeypatch):
     assert card["weights"] == "resnet18.tv_in1k" and card["preprocessing"]["interpolation"] == "bilinear"
     assert card["classes"][281] == "tabby"  # the weight's label set names the outputs
     saved = visionzoo.save_model(visionzoo.create_model("resnet18", pretrained="resnet18.tv_in1k"), tmp_path / "saved")
-    assert run(card_of(load_classifier(str(saved))))["weights"] == "resnet18.tv_in1k"  # kept through save_model
+    saved_card = run(card_of(load_classifier(str(saved))))  # a saved folder serves its own weights
+    assert saved_card["weights"] == "saved" and saved_card["base_weights"] == "resnet18.tv_in1k"
     assert run(card_of(load_classifier(visionzoo.create_model("resnet18"))))["weights"] is None  # random init
+
+
+def test_a_fine_tuned_run_is_named_by_its_folder_not_by_its_base_weights(tmp_path):
+    """Issue 30: the page named the base weights file as the weights of the fine-tuned run it served."""
+    import visionzoo
+    from visionzoo.serve.classifier import served_folder
+
+    model = visionzoo.create_model("resnet18", num_classes=2)
+    visionzoo.with_spec(model, class_names=["ants", "bees"], weights="/weights/resnet18_base.safetensors")
+    visionzoo.save_model(model, tmp_path / "ants-run" / "best")
+    for spec in (tmp_path / "ants-run", tmp_path / "ants-run" / "best"):  # a run folder serves its best/
+        card = load_classifier(str(spec)).card
+        assert card["weights"] == "ants-run/best" and card["base_weights"].endswith("resnet18_base.safetensors")
+    assert served_folder("resnet18") is None and served_folder(model) is None
+
+    async def page_and_card():
+        async with Server(load_classifier(str(tmp_path / "ants-run"))) as client:
+            return (await client.get("/")).text, (await client.get("/v1/model")).json()
+
+    page, card = run(page_and_card())
+    assert card["weights"] == "ants-run/best" and card["base_weights"] == "resnet18_base.safetensors"
+    assert '"trained from"' in page  # the page's card shows the base weights under their own name
+
+
+@pytest.mark.parametrize(("classes", "shown"), [(2, 2), (4, 4), (5, 5), (10, 5), (None, 5)])
+def test_the_page_titles_its_bars_with_the_top_k_it_asks_for(classes, shown):
+    """Issue 30: 'Top 5' over the bars of a 2-class model; the page asks for and titles min(5, classes)."""
+    classifier = tiny_classifier(num_classes=classes or 3)
+    classifier.card["num_classes"] = classes
+
+    async def page():
+        async with Server(classifier) as client:
+            return (await client.get("/")).text
+
+    html = run(page())
+    assert f'<h2 id="top-title">Top {shown}</h2>' in html and f"const TOP_K = {shown};" in html
+    assert "{{" not in html and "topk=5" not in html

@@ -266,3 +266,56 @@ def test_auto_picks_lora_for_a_big_transformer_on_a_small_set_and_says_so():
     assert resolve_settings(TrainSettings(), "resnet152", pretrained=True, num_train=300).adapt == "full"  # no targets
     given = resolve_settings(TrainSettings(adapt="full"), "vit_base_patch16_224", pretrained=True, num_train=300)
     assert given.adapt == "full" and given.sources["adapt"] == "user"
+
+
+def test_one_class_or_no_validation_image_is_one_line_before_training(tmp_path, capsys):
+    from visionzoo.cli import main
+    from visionzoo.errors import DataError
+
+    one_class = _photos(tmp_path / "one", classes=("cat",))
+    with pytest.raises(DataError, match=r"holds one class \('cat'\); a classifier needs at least two"):
+        visionzoo.train(Small(), one_class, out=tmp_path / "run", epochs=1, **QUIET)
+    no_val = _photos(tmp_path / "noval", val=0)  # val/cat and val/dog hold no image
+    with pytest.raises(DataError, match=r"has no validation image"):
+        visionzoo.train(Small(), no_val, out=tmp_path / "run", epochs=1, **QUIET)
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--model", "resnet18", "--data", str(one_class), "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert "training" not in out and len(err.strip().splitlines()) == 1 and "one class" in err
+    assert not (tmp_path / "cli").exists()
+
+
+@pytest.mark.parametrize("name, recipe, settings", [
+    ("resnet18", "linear-probe", {"probe_init": False}),
+    ("resnet18", "finetune", {"adapt": "freeze"}),
+    ("vit_tiny_patch16_224", "finetune", {"adapt": "lora"}),  # weights at 224 px, resampled for 32
+], ids=["linear-probe", "freeze", "lora"])
+def test_the_worst_mistakes_plot_draws_grad_cams_whatever_the_recipe_froze(tmp_path, one_thread, monkeypatch,
+                                                                            name, recipe, settings):
+    pytest.importorskip("pytorch_grad_cam")
+    if settings.get("adapt") == "lora":
+        pytest.importorskip("peft")
+    from visionzoo.diagnose import explanation
+
+    drawn = []
+    cam_maps = explanation.cam_maps
+
+    def recording_cam_maps(model, batch, **options):
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        maps, probabilities = cam_maps(model, batch, **options)
+        drawn.append((model, frozen, maps))
+        return maps, probabilities
+
+    monkeypatch.setattr(explanation, "cam_maps", recording_cam_maps)
+    data, weights = _photos(tmp_path / "photos", train=2, val=2), _random_weights(tmp_path, name)
+    # lr 0 and a zero head: every image gets the first class, so the second class's are the mistakes
+    visionzoo.train(name, data, pretrained=str(weights), out=tmp_path / "run", recipe=recipe, epochs=1, batch_size=4,
+                    lr=0.0, image_size=32, workers=0, tensorboard=False, progress=False, **settings)
+    assert (tmp_path / "run" / "worst_mistakes.png").is_file()
+    assert len(drawn) == 1
+    model, frozen, maps = drawn[0]
+    assert frozen and maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    # the plot changed nothing: the same parameters are frozen, and none was left a gradient by it
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)

@@ -52,6 +52,7 @@ def _measure(candidate: Candidate, target: str) -> None:
     weights_mb = candidate.params * 4 / 2**20
     candidate.memory_mb = weights_mb + (result.peak_memory_mb or 0.0)
     candidate.measured = True
+    candidate.latency_note = result.cache_note
 
 
 def _calibrate(target: str, measure: Callable[[Candidate, str], None]) -> tuple[float, float]:
@@ -89,6 +90,8 @@ def _why(candidate: Candidate, rank: int, constraints: Constraints, target: str)
     if candidate.latency_ms is not None:
         unit = "ms per image at batch 64" if target == "gpu" else "ms at batch 1"
         how = "measured here" if candidate.measured else "estimated from GMACs"
+        if candidate.latency_note:
+            how += f" ({candidate.latency_note})"
         limit = f" (limit {constraints.latency_ms:g})" if constraints.latency_ms is not None else ""
         parts.append(f"{candidate.latency_ms:.1f} {unit}, {how}{limit}")
     parts.append(f"{candidate.params / 1e6:.1f}M params, {candidate.gmacs:.2f} GMACs")
@@ -176,6 +179,7 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
         "name": c.name, "weights": c.weights, "top1": c.top1, "latency_ms": c.latency_ms, "params": c.params,
         "gmacs": c.gmacs, "why": _why(c, i, constraints, target), "command": _command(c, recipe),
         "recipe": recipe, "recipe_why": recipe_reason, "measured": c.measured,
+        "latency_cached": c.latency_note.startswith("cached"), "latency_note": c.latency_note,
     } for i, c in enumerate(eligible[:top])]
     message = ""
     if not picks:

@@ -7,8 +7,14 @@ Method (the same for every number visionzoo reports about speed):
   percentiles, never means, since a busy machine produces outliers on one side only;
 - CUDA work is timed with CUDA events after synchronising, not with the host clock;
 - a comparison with timm (`vs_timm`) interleaves the two models repetition by repetition, so
-  both see the same machine state, and reports the ratio of medians.
-Results are cached per machine, software versions and settings, so repeated queries are instant.
+  both see the same machine state, and reports the ratio of medians;
+- a re-parameterisable model (RepViT, MobileOne, FastViT) is measured in both forms, as built
+  (training branches) and fused for inference (`visionzoo.factory.reparameterized`), interleaved
+  the same way, and `reparameterized` holds the fused figures and the fused / unfused time.
+Results are cached per machine, software versions and settings, so repeated queries are instant, with
+the time and the 1-minute load average they were measured under: a figure taken while the machine was
+busy, or more than a week ago, is measured again (`visionzoo.measure.cache_verdict`), and a reused one
+says so (`cache_note`).
 """
 
 from __future__ import annotations
@@ -28,8 +34,26 @@ import torch.nn as nn
 
 from visionzoo import __version__
 from visionzoo.errors import SettingError
-from visionzoo.factory import cache_dir, code_fingerprint, create_model, model_complexity, size_overrides
-from visionzoo.measure import PeakMemory, Timer, count_gmacs, count_params, cpu_name, percentile
+from visionzoo.factory import (
+    cache_dir,
+    code_fingerprint,
+    create_model,
+    is_reparameterizable,
+    model_complexity,
+    reparameterized,
+    size_overrides,
+)
+from visionzoo.measure import (
+    PeakMemory,
+    Timer,
+    cache_verdict,
+    cached_note,
+    conditions_now,
+    count_gmacs,
+    count_params,
+    cpu_name,
+    percentile,
+)
 from visionzoo.registry import get_card
 
 __all__ = ["BenchmarkSettings", "GPU_BATCH", "TARGETS", "benchmark_model", "benchmark_models", "environment",
@@ -139,7 +163,12 @@ class ModelResult:
     peak_memory_mb: float | None = None
     train_throughput: float | None = None  # images / s of forward + backward + optimizer step
     timm: dict[str, Any] | None = None  # the same figures for timm's model, and the ratios
+    reparameterized: dict[str, Any] | None = None  # branches fused: latency_ms, throughput, fused_over_unfused
     cached: bool = False
+    measured_at: float | None = None  # Unix seconds
+    load_1min: float | None = None  # the 1-minute load average when the timing began
+    cpu_count: int | None = None
+    cache_note: str = ""  # "cached 3 h ago, load 0.40", or why a cached figure was measured again
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -189,8 +218,9 @@ def _input(batch: int, size: tuple[int, int, int], settings: BenchmarkSettings) 
 
 
 def _measure(builders: list[Callable[[], nn.Module]], input_size: tuple[int, int, int],
-             settings: BenchmarkSettings) -> list[dict[str, Any]]:
-    """Figures for each model from `builders`, measured interleaved with each other."""
+             settings: BenchmarkSettings, inference_only: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """Figures for each model from `builders`, measured interleaved with each other; the builders at
+    `inference_only` (a fused network: nothing to train) are left out of the training step."""
     figures: list[dict[str, Any]] = [{"throughput": {}} for _ in builders]
     models = [_prepare(build(), settings) for build in builders]
     for batch in settings.batch_sizes:
@@ -211,10 +241,11 @@ def _measure(builders: list[Callable[[], nn.Module]], input_size: tuple[int, int
     if settings.train:
         batch = max(settings.batch_sizes)
         x = _input(batch, input_size, settings)
-        trainers = [_train_fn(_prepare(build(), settings, train=True), x, settings) for build in builders]
+        trained = [index for index in range(len(builders)) if index not in inference_only]
+        trainers = [_train_fn(_prepare(builders[index](), settings, train=True), x, settings) for index in trained]
         samples = _repeat_interleaved(trainers, settings)
-        for figure, times in zip(figures, samples):
-            figure["train_throughput"] = batch * 1e3 / statistics.median(times)
+        for index, times in zip(trained, samples):
+            figures[index]["train_throughput"] = batch * 1e3 / statistics.median(times)
     return figures
 
 
@@ -234,13 +265,17 @@ def benchmark_model(name: str, settings: BenchmarkSettings = BenchmarkSettings()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cache_file = _cache_file(name, settings)
+    stale = None  # why a cached figure is not reused
     if use_cache:
         try:
             data = json.loads(cache_file.read_text())
             data["throughput"] = {int(k): v for k, v in data["throughput"].items()}
-            return ModelResult(**{**data, "cached": True})
+            stale = cache_verdict(data, time.time())
+            if stale is None:
+                return ModelResult(**{**data, "cached": True, "cache_note": cached_note(data, time.time())})
         except (OSError, ValueError, TypeError):
             pass
+    conditions = conditions_now()  # before timing: the load that other work puts on the machine
     channels, default_size, _ = card.input_size
     img_size = settings.img_size or default_size
     overrides = size_overrides(card, img_size)
@@ -252,15 +287,26 @@ def benchmark_model(name: str, settings: BenchmarkSettings = BenchmarkSettings()
         complexity = {"params": count_params(meta_model),
                       "gmacs": round(count_gmacs(meta_model, (channels, img_size, img_size)), 4)}
     builders: list[Callable[[], nn.Module]] = [lambda: create_model(name, **overrides)]
+    fuse = is_reparameterizable(name)
+    if fuse:
+        builders.append(lambda: reparameterized(create_model(name, **overrides)))
     if settings.vs_timm:
         builders.append(lambda: _timm_model(card, overrides))
-    figures = _measure(builders, (channels, img_size, img_size), settings)
+    figures = _measure(builders, (channels, img_size, img_size), settings, inference_only=(1,) if fuse else ())
     ours = figures[0]
     result = ModelResult(name=name, params=complexity["params"], gmacs=complexity["gmacs"], img_size=img_size,
                          latency_ms=ours.get("latency_ms", {}), throughput=ours["throughput"],
-                         peak_memory_mb=ours.get("peak_memory_mb"), train_throughput=ours.get("train_throughput"))
+                         peak_memory_mb=ours.get("peak_memory_mb"), train_throughput=ours.get("train_throughput"),
+                         **conditions, cache_note=f"measured again: {stale}" if stale else "")
+    if fuse:
+        fused = figures[1]
+        result.reparameterized = {"latency_ms": fused.get("latency_ms", {}),
+                                  "throughput": {str(k): v for k, v in fused["throughput"].items()},
+                                  "peak_memory_mb": fused.get("peak_memory_mb"),
+                                  "fused_over_unfused": {f"time_b{b}": ours["throughput"][b] / v
+                                                         for b, v in fused["throughput"].items()}}
     if settings.vs_timm:
-        theirs = figures[1]
+        theirs = figures[-1]
         ratios = {}  # ours / timm, in time: below 1 means ours is faster
         if "latency_ms" in ours:
             ratios["latency_p50"] = ours["latency_ms"]["p50"] / theirs["latency_ms"]["p50"]

@@ -40,6 +40,7 @@ class Candidate:
     latency_ms: float | None = None  # edge/cpu: batch-1 latency (p50); gpu: milliseconds per image at batch 64
     memory_mb: float | None = None
     measured: bool = False
+    latency_note: str = ""  # a measurement reused from the cache says so: "cached 3 h ago, load 0.40"
     engine: str | None = None  # the deploy engine the bake-off measured latency in
     probe_top1: float | None = None  # bake-off: linear probe on the selection part of the user's validation
     knn_top1: float | None = None
@@ -75,12 +76,14 @@ class Constraints:
         return out
 
 
-def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = False
+def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = False, *, here: bool = False
                    ) -> tuple[list[Candidate], list[Candidate]]:
-    """(usable, dropped by licence) candidates with their static facts, best published top-1 first.
+    """(usable, dropped) candidates with their static facts, best published top-1 first.
 
     `weights` ({model name: local weight file}) restricts the pool to those models with those files;
-    `commercial` keeps only catalog weights whose licence allows commercial use."""
+    `commercial` keeps only catalog weights whose licence allows commercial use; `here` keeps only
+    catalog weights that can be had now (cached, or online), the others dropped as skipped, and
+    raises at once, before any measuring, when none can."""
     if weights:
         return [_local_candidate(name, file) for name, file in weights.items()], []
     from visionzoo.registry import list_models
@@ -101,13 +104,36 @@ def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = Fal
         if current is None or (entry.default and not current.default) or (
                 entry.default == current.default and entry.imagenet["top1"] > current.imagenet["top1"]):
             best[entry.architecture] = entry
-    usable = sorted((_catalog_candidate(entry) for entry in best.values()), key=lambda c: -(c.top1 or 0.0))
-    dropped = []
+    dropped = _not_here(best) if here else []  # first: when nothing can be had, it says so before any work
     for architecture, entry in dropped_by_licence.items():
-        if architecture not in best:
+        if architecture not in best and all(c.name != architecture for c in dropped):
             dropped.append(_catalog_candidate(entry))
             dropped[-1].status = f"dropped: licence {entry.license} does not allow commercial use"
+    usable = sorted((_catalog_candidate(entry) for entry in best.values()), key=lambda c: -(c.top1 or 0.0))
     return usable, dropped
+
+
+def _not_here(best: dict[str, Any]) -> list[Candidate]:
+    """Removes from `best` the architectures whose weights cannot be had now and returns them as skipped
+    candidates (no parameter count: measuring it would be work for a model that cannot be used)."""
+    from visionzoo.registry import get_card
+    from visionzoo.weights import WeightsNotAvailableError, unobtainable_weights
+
+    reasons = {name: unobtainable_weights(name, entry.name) for name, entry in best.items()}
+    missing = {name: reason for name, reason in reasons.items() if reason}
+    if missing and len(missing) == len(best):
+        example = next(iter(missing.values()))
+        raise WeightsNotAvailableError(
+            f"none of the {len(best)} candidates' weights can be had here (e.g. {example}); give "
+            "local weight files with --weights NAME=FILE (repeatable, e.g. --weights efficientnet_lite0=lite0.pth), "
+            "or connect to the Hub once to fill its cache")
+    skipped = []
+    for name, reason in missing.items():
+        entry, card = best.pop(name), get_card(name)
+        skipped.append(Candidate(name=name, weights=entry.name, family=card.family, year=card.year,
+                                 top1=float(entry.imagenet["top1"]),
+                                 status=f"skipped: weights not here ({reason}); give --weights {name}=FILE"))
+    return skipped
 
 
 def _catalog_candidate(entry) -> Candidate:

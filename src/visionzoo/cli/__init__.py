@@ -7,24 +7,29 @@
     audit.py     audit, explain
 
 Each command module has `add_parsers(subparsers)`, and handlers `cmd_*(args) -> exit code`
-that parse arguments and call library functions, nothing more. Model arguments go through
+that parse arguments and call library functions, nothing more. The arguments that mean the same
+thing are made by the same helper in `cli.common` (the model, first or as `--model`; `--pretrained`
+and its one default rule; `--image-size`, `--device`, `--no-progress`). Model arguments go through
 `visionzoo.resolve` (one `--pretrained` syntax, one resolver). Errors a user can fix
 (`visionzoo.errors.UsageError` and a missing or unreadable path) are one line on stderr with
-exit code 2; anything else is a bug and prints its traceback and how to report it. Nothing
-here imports PyTorch until a command runs.
+exit code 2; anything else is a bug and prints its traceback and how to report it. Output piped
+into a reader that leaves early (`| head`) ends quietly. Nothing here imports PyTorch until a
+command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import Callable
 
 from rich.markup import escape
 
 import visionzoo
-from visionzoo.cli import audit, catalog, choose, export, features, predict, serve
-from visionzoo.cli.common import err_console
+from visionzoo.cli import audit, catalog, choose, common, export, features, predict, serve
+from visionzoo.cli.common import err_console, settle_model_argument
 from visionzoo.errors import UsageError
 from visionzoo.runtime import tune_allocator
 
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(commands)
     features.add_parsers(commands)
     choose.add_parsers(commands)
-    training_command.add_commands(commands)  # train, eval
+    training_command.add_commands(commands, common)  # train, eval
     serve.add_parsers(commands)
     audit.add_parsers(commands)  # audit, explain
     return parser
@@ -65,8 +70,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     tune_allocator()
+    # torch.utils.cpp_extension warns "No CUDA runtime is found, using CUDA_HOME=..." when a CUDA
+    # build of torch runs on a machine without a GPU: nothing a user of a command can act on
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        return func(args)
+        if hasattr(args, "model_option"):
+            # audit has a default backbone; train needs none with --resume (it says so itself)
+            settle_model_argument(args, required=args.command not in ("audit", "train"))
+        code = func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+        return code
+    except BrokenPipeError:
+        # `visionzoo ... --json | head`: the reader left, which is not an error. Python would print
+        # another BrokenPipeError while flushing stdout at exit; point stdout at nothing instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except USER_ERRORS as error:
         err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2

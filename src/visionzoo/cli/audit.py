@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, console, err_console, shown_markup, warn
+from visionzoo.cli.common import (
+    add_device_argument,
+    add_image_size_argument,
+    add_model_argument,
+    add_pretrained_argument,
+    add_progress_argument,
+    console,
+    err_console,
+    shown_markup,
+    warn,
+)
+from visionzoo.measure import counted
 
 __all__ = ["add_parsers", "cmd_audit", "cmd_explain"]
 
@@ -28,7 +39,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     summary = report["summary"]
-    console.print(f"audited {summary['images']} images ({', '.join(summary['splits'])}; {summary['classes']} classes) "
+    console.print(f"audited {counted(summary['images'], 'image')} ({', '.join(summary['splits'])}; "
+                  f"{counted(summary['classes'], 'class', 'classes')}) "
                   f"with {summary['model']} at {summary['image_size']}px", highlight=False)
     for finding in ("leaks", "label_issues", "duplicates", "outliers", "bad_files"):
         console.print(f"  {finding.replace('_', ' ')}: {len(report[finding])}", highlight=False)
@@ -66,16 +78,16 @@ def add_parsers(commands) -> None:
                     "files. Writes OUT/audit.html, OUT/audit.json and a CSV per finding.")
     p.add_argument("--data", required=True, metavar="DIR_OR_CSV",
                    help="class-per-folder tree (optionally with train/ val/ test/), CSV of path,label[,split], or archive")
-    p.add_argument("--model", metavar="M", help="backbone: registered name or saved model folder (default: resnet18)")
-    add_pretrained_argument(p, when_absent="the default weights of a registered name")
+    add_model_argument(p, "backbone: registered name or saved model folder (default: resnet18)", metavar="M")
+    add_pretrained_argument(p)
     p.add_argument("--out", default="audit", metavar="DIR", help="report folder (default: audit)")
-    p.add_argument("--image-size", type=int, metavar="S",
-                   help="embedding input size (default: the model's; random weights: at most the images' median side)")
+    add_image_size_argument(p, "embedding input size (default: the model's; random weights: at most the images' "
+                               "median side)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the linear probes (default: 5)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes (default: 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_device_argument(p)
+    add_progress_argument(p)
     p.add_argument("--max-unpack-gb", type=float, metavar="GB",
                    help="let an archive unpack to this many GB (default: at most 100x its size, at least 1 GB, "
                         "at most 50 GB)")
@@ -86,7 +98,7 @@ def add_parsers(commands) -> None:
         "explain", help="class activation maps: where the model looks",
         description="Grad-CAM, Grad-CAM++ or Eigen-CAM overlays (pytorch-grad-cam) with the layer chosen per family. "
                     "Writes OUT/IMAGE.METHOD.png: image, heat map, overlay, class and probability.")
-    p.add_argument("model", metavar="MODEL_OR_RUN", help="registered name, saved model folder, or run folder")
+    add_model_argument(p, "registered name, saved model folder, or run folder", metavar="MODEL_OR_RUN")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     p.add_argument("--method", choices=["gradcam", "gradcam++", "eigencam"], default="gradcam")
     p.add_argument("--target-class", metavar="C", help="explain this class (index or name; default: the predicted one)")

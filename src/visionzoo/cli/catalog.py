@@ -8,8 +8,9 @@ import json
 from rich.table import Table
 
 import visionzoo
-from visionzoo.cli.common import console, err_console
+from visionzoo.cli.common import add_model_argument, console, err_console
 from visionzoo.errors import UsageError
+from visionzoo.measure import counted
 
 __all__ = ["add_parsers", "cmd_list", "cmd_info"]
 
@@ -44,7 +45,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title=f"{len(rows)} models")
+    table = Table(title=counted(len(rows), "model"))
     for column, justify in [("name", "left"), ("family", "left"), ("year", "right"),
                             ("params (M)", "right"), ("GMACs", "right"), ("input size", "right")]:
         table.add_column(column, justify=justify)
@@ -112,6 +113,6 @@ def add_parsers(commands) -> None:
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("info", help="show a model's card", description="Show a model's card.")
-    p.add_argument("model", help="registered model name")
+    add_model_argument(p, "registered model name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)

@@ -9,8 +9,16 @@ from pathlib import Path
 from rich.table import Table
 
 import visionzoo
-from visionzoo.cli.common import console, err_console, print_engine_choice
+from visionzoo.cli.common import (
+    add_device_argument,
+    add_image_size_argument,
+    add_progress_argument,
+    console,
+    err_console,
+    print_engine_choice,
+)
 from visionzoo.errors import UsageError
+from visionzoo.measure import counted
 
 __all__ = ["add_parsers", "cmd_benchmark", "cmd_advise", "cmd_evolution"]
 
@@ -30,7 +38,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from visionzoo.choose.benchmark import BenchmarkSettings, benchmark_model, environment
 
-    names = [visionzoo.model_info(name)["name"] for name in args.models]  # unknown names fail before any timing
+    models = args.models + (args.model_options or [])  # `benchmark A B` or `benchmark --model A --model B`
+    if not models:
+        raise UsageError("benchmark needs at least one model name, e.g. visionzoo benchmark resnet50")
+    names = [visionzoo.model_info(name)["name"] for name in models]  # unknown names fail before any timing
     if args.engine:
         return _benchmark_engines(args, names)
     settings = BenchmarkSettings(device=args.device, batch_sizes=args.batch_sizes, img_size=args.img_size,
@@ -41,7 +52,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     results = []
-    with Progress(console=err_console, transient=True) as progress:
+    with Progress(console=err_console, transient=True, disable=not args.progress) as progress:
         task = progress.add_task("benchmarking", total=len(names))
         for name in names:
             progress.update(task, description=f"benchmarking {name}")
@@ -67,9 +78,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         table.add_column("train img/s", justify="right")
     if settings.vs_timm:
         table.add_column("ours/timm time", justify="right")
+    fused = any(r.reparameterized for r in results)
+    if fused:  # RepViT, MobileOne, FastViT: also with their training branches fused, as deployed
+        table.add_column("fused p50 ms", justify="right")
     for r in results:
         lat = r.latency_ms or {}
-        row = [r.name + (" (cached)" if r.cached else ""), f"{r.params / 1e6:.1f}", f"{r.gmacs:.2f}", str(r.img_size),
+        row = [r.name + (f" ({r.cache_note})" if r.cache_note else ""), f"{r.params / 1e6:.1f}", f"{r.gmacs:.2f}",
+               str(r.img_size),
                *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("p50", "p90", "p99")),
                *(f"{r.throughput[b]:.1f}" for b in settings.batch_sizes),
                f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-"]
@@ -78,6 +93,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if settings.vs_timm:
             ratios = r.timm["ratio_ours_over_timm"]
             row.append(" ".join(f"{k.replace('time_', '')}={v:.2f}" for k, v in ratios.items() if k != "latency_p50"))
+        if fused:
+            p50 = (r.reparameterized or {}).get("latency_ms", {}).get("p50")
+            row.append("-" if p50 is None else f"{p50:.2f} ({p50 / r.latency_ms['p50']:.2f}x)"
+                       if r.latency_ms.get("p50") else f"{p50:.2f}")
         table.add_row(*row)
     console.print(table)
     return 0
@@ -111,8 +130,13 @@ def _benchmark_engines(args: argparse.Namespace, names: list[str]) -> int:
         for row in result["engines"]:
             lat = row["latency_ms"]
             table.add_row(result["model"], row["engine"] + (" *" if row["engine"] == result.get("chosen") else "")
-                          + (" (cached)" if row["cached"] else ""), row["precision"],
+                          + (f" ({row['cache_note']})" if row.get("cache_note") else ""), row["precision"],
                           *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("p50", "p90", "p99")),
+                          *(f"{row['throughput'][str(b)]:.1f}" for b in args.batch_sizes))
+        for row in result.get("unfused_engines", []):  # a re-parameterisable model's training branches kept
+            lat = row["latency_ms"]
+            table.add_row(result["model"], f"{row['engine']} (unfused; fused is {row['fused_over_unfused']:.2f}x)",
+                          row["precision"], *(f"{lat[k]:.2f}" if k in lat else "-" for k in ("p50", "p90", "p99")),
                           *(f"{row['throughput'][str(b)]:.1f}" for b in args.batch_sizes))
     console.print(table)
     for result in results:
@@ -153,7 +177,7 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
                      commercial=args.commercial, weights=dict(args.weights) if args.weights else None,
                      candidates=args.candidates, finetune_top=args.finetune_top, budget_min=args.budget_min,
                      out=args.out, plot=args.plot, devices=args.devices.split(",") if args.devices else None,
-                     image_size=args.image_size, progress=not args.json,
+                     image_size=args.image_size, progress=args.progress and not args.json,
                      finetune_settings={"epochs": args.finetune_epochs} if args.finetune_epochs else None)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -161,7 +185,7 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
             err_console.print(result.message, highlight=False, markup=False)
         return 0 if result.winner else 1
     console.print(f"target: {result.target}; constraints: {result.constraints or 'none'}; data: "
-                  f"{result.data['train']} train, {result.data['val']} val, {len(result.data['classes'])} classes",
+                  f"{result.data['train']} train, {result.data['val']} val, {counted(len(result.data['classes']), 'class', 'classes')}",
                   highlight=False)
     table = Table(title="top-1 on your validation images; latency measured here")
     for column in ["model", "weights", "probe", "fine-tuned", "ms", "engine", "params M", "MB", "status"]:
@@ -178,9 +202,11 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
     if not result.winner:
         err_console.print(result.message, highlight=False, markup=False)
         return 1
-    w = result.winner
-    console.print(f"[bold]winner: {w['name']}[/bold] top-1 {_percent(w['top1'])}, {w['latency_ms']:.2f} ms in "
-                  f"{w['engine']}; run {w['run_dir']}; export {w['export']}", highlight=False)
+    w = result.winner  # its top-1 and status are the table's (`bakeoff.result.scored_by`)
+    console.print(f"[bold]winner: {w['name']}[/bold] {w['status'].removeprefix('winner ')} top-1 "
+                  f"{_percent(w['top1'])}, {w['latency_ms']:.2f} ms in {w['engine']}; "
+                  + (f"run {w['run_dir']}; " if w["run_dir"] else "") + f"export {w['export']}",
+                  highlight=False)
     for what, command in result.commands.items():
         console.print(f"{what}: {command}", highlight=False, markup=False)
     console.print(f"plot written to {result.plot}; state and table in {result.out}", highlight=False)
@@ -199,7 +225,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
     from visionzoo.choose.advice import advise, plot_advice
 
-    with Progress(console=err_console, transient=True) as progress:
+    with Progress(console=err_console, transient=True, disable=not args.progress) as progress:
         task = progress.add_task("measuring candidates", total=None)
         advice = advise(args.target, latency_ms=args.latency_ms, max_params_m=args.max_params,
                         max_memory_mb=args.max_memory_mb, images_per_class=args.images_per_class,
@@ -245,10 +271,11 @@ def cmd_evolution(args: argparse.Namespace) -> int:
 def add_parsers(commands) -> None:
     p = commands.add_parser("benchmark", help="measure models on this machine",
                             description="Latency, throughput, peak memory (and training speed) measured here.")
-    p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="registered model names (or --model M, repeatable)")
+    p.add_argument("--model", dest="model_options", action="append", metavar="M", help=argparse.SUPPRESS)
+    add_device_argument(p)
     p.add_argument("--batch-sizes", type=_int_list, default=(1, 8), metavar="1,8,64")
-    p.add_argument("--img-size", type=int, metavar="S")
+    add_image_size_argument(p, "input size (default: the model's)", dest="img_size")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--backend", choices=["eager", "compile"], default="eager")
     p.add_argument("--train", action="store_true", help="also measure training-step throughput")
@@ -260,6 +287,7 @@ def add_parsers(commands) -> None:
                         "the fastest within the accuracy rule)")
     p.add_argument("--eval-data", metavar="DIR", help="labelled images for --engine auto's accuracy rule")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    add_progress_argument(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
@@ -281,15 +309,18 @@ def add_parsers(commands) -> None:
     bake.add_argument("--data", metavar="DIR_OR_CSV", help="your images: choose by measuring on them")
     bake.add_argument("--commercial", action="store_true", help="only weights whose licence allows commercial use")
     bake.add_argument("--weights", type=_name_equals_file, action="append", metavar="NAME=FILE",
-                      help="restrict the candidates to these models with these local weight files (repeatable)")
+                      help="restrict the candidates to these models with these local weight files (repeatable); "
+                           "without it, candidates whose weights are neither cached nor downloadable are skipped")
     bake.add_argument("--candidates", type=int, default=8, metavar="N", help="at most N candidates (default 8)")
     bake.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best probes")
-    bake.add_argument("--budget-min", type=float, metavar="M", help="minutes for all the fine-tunes together")
+    bake.add_argument("--budget-min", type=float, metavar="M", help="minutes for the whole bake-off: no stage starts new work past them, "
+                                                             "and the fine-tunes get what is left (default: no limit)")
     bake.add_argument("--finetune-epochs", type=int, metavar="E", help="epochs per fine-tune (default: the recipe's)")
     bake.add_argument("--image-size", type=int, metavar="S", help="train, embed and measure at this side")
     bake.add_argument("--out", metavar="DIR", help="bake-off folder; rerun with the same one to resume")
     bake.add_argument("--devices", metavar="D1,D2", help="fine-tune in parallel, one process per device")
     p.add_argument("--plot", metavar="FILE", help="write a PNG: top-1 against latency, Pareto frontier, picks")
+    add_progress_argument(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_advise)
 

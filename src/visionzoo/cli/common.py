@@ -1,20 +1,40 @@
-"""What the command modules share: the consoles and the `--pretrained` argument."""
+"""What the command modules share: the consoles (piped output full width) and the arguments that
+mean the same thing in every command, each made by one helper."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from visionzoo.errors import UsageError
 from visionzoo.heads import printable
 from visionzoo.resolve import PRETRAINED_HELP
 
-__all__ = ["console", "err_console", "add_pretrained_argument", "warn", "print_engine_choice", "shown", "shown_markup"]
+__all__ = ["console", "err_console", "add_pretrained_argument", "add_model_argument", "settle_model_argument",
+           "add_image_size_argument", "add_device_argument", "add_progress_argument", "PRETRAINED_RULE", "warn",
+           "print_engine_choice", "shown", "shown_markup"]
 
-console = Console()
+# Piped or redirected output is read by programs and pagers, not a terminal 80 columns wide: tables
+# keep every cell whole and lines are not wrapped (rich would otherwise cut names to "effi…").
+_PIPED_WIDTH = 1000
+
+
+def _console() -> Console:
+    piped = not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+    return Console(width=_PIPED_WIDTH if piped else None, soft_wrap=piped)
+
+
+console = _console()
 err_console = Console(stderr=True)
+
+# `--pretrained`'s default, the same in every command that builds a model to use (train, which may
+# start from scratch, states its own).
+PRETRAINED_RULE = ("default: a saved model or run folder carries its own weights; a registered name gets its "
+                   "default weights unless --pretrained none")
 
 
 def shown(text: object) -> Text:
@@ -29,10 +49,55 @@ def shown_markup(text: object) -> str:
 
 
 def add_pretrained_argument(parser: argparse.ArgumentParser, default: str | None = None,
-                            when_absent: str = "the default weights") -> None:
+                            rule: str = PRETRAINED_RULE) -> None:
     """`--pretrained none|default|ARCH.TAG|PATH`, read by `visionzoo.resolve.parse_pretrained` in every command."""
-    parser.add_argument("--pretrained", metavar="W", default=default,
-                        help=f"{PRETRAINED_HELP} (default: {when_absent})")
+    parser.add_argument("--pretrained", metavar="W", default=default, help=f"{PRETRAINED_HELP} ({rule})")
+
+
+def add_model_argument(parser: argparse.ArgumentParser, help: str, metavar: str = "MODEL") -> None:
+    """The model, as `COMMAND MODEL ...` or `COMMAND --model MODEL ...`: either spelling in every command.
+    `settle_model_argument` joins the two after parsing."""
+    parser.add_argument("model", metavar=metavar, nargs="?", help=f"{help} (or --model {metavar})")
+    parser.add_argument("--model", dest="model_option", metavar=metavar, help=argparse.SUPPRESS)
+
+
+def settle_model_argument(args: argparse.Namespace, required: bool = True) -> None:
+    """`args.model` from whichever spelling was used. A command that also takes positional images
+    (predict, explain) reads `--model M IMAGE...` with the first positional as an image."""
+    option = getattr(args, "model_option", None)
+    if option is not None:
+        if args.model is not None:
+            if not hasattr(args, "images"):
+                raise UsageError(f"the model is given twice ({args.model!r} and --model {option!r}); give it once")
+            args.images = [args.model, *args.images]
+        args.model = option
+    elif required and args.model is None:
+        if hasattr(args, "images"):  # argparse gave the one argument to the images
+            raise UsageError(f"visionzoo {args.command} needs a model and at least one image: "
+                             f"visionzoo {args.command} MODEL IMAGE [IMAGE ...]")
+        raise UsageError(f"visionzoo {args.command} needs a model: a registered name or a saved model folder, "
+                         "as the first argument or --model")
+
+
+def add_image_size_argument(parser: argparse.ArgumentParser, help: str, dest: str = "image_size") -> None:
+    """`--image-size S` (the older `--img-size` still read, not shown)."""
+    parser.add_argument("--image-size", dest=dest, type=int, metavar="S", help=help)
+    parser.add_argument("--img-size", dest=dest, type=int, metavar="S", help=argparse.SUPPRESS)
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    """`--device`: one torch device (several processes, where a command has them, take `--devices D1,D2`)."""
+    parser.add_argument("--device", default=default, metavar="DEVICE",
+                        help="torch device: cpu, cuda, cuda:1, ... (default: "
+                             + (f"{default})" if default else "cuda when available, else cpu)"))
+
+
+def add_progress_argument(parser: argparse.ArgumentParser, draws: bool = True) -> None:
+    """`--no-progress`, on every command that can take a while, so a script can pass it to each;
+    `draws=False` for one that has no bar to hide (its help says so)."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (default: progress on stderr, none with --json)" if draws
+                        else "accepted as by every long command; this one draws no progress bar")
 
 
 def warn(message: str) -> None:

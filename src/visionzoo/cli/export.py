@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, console, print_engine_choice
+from visionzoo.cli.common import (
+    add_image_size_argument,
+    add_model_argument,
+    add_pretrained_argument,
+    add_progress_argument,
+    console,
+    print_engine_choice,
+)
 from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_export"]
@@ -26,17 +33,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = out.with_suffix(suffix)
     elif args.format == "openvino" and out.suffix != ".xml":
         raise UsageError(f"an OpenVINO IR is written as NAME.xml (with NAME.bin beside it), got --out {out}")
-    report = export_model(model, out, format=args.format, img_size=args.img_size, dynamic_batch=args.dynamic_batch,
+    report = export_model(model, out, format=args.format, img_size=args.image_size, dynamic_batch=args.dynamic_batch,
                           opset=args.opset, exporter=args.exporter, fold_bn=args.fold_bn, int8=args.int8,
                           int8_scheme=args.int8_scheme, calib_dir=args.calib,
-                          calib_count=args.calib_count, eval_dir=args.eval_data, verify=args.verify)
+                          calib_count=args.calib_count, eval_dir=args.eval_data, verify=args.verify,
+                          reparameterize=args.reparameterize)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
-    console.print(f"exported {report.model} to {report.path} ({args.format})")
+    console.print(f"exported {report.model} to {report.path} ({args.format}"
+                  + (", training branches fused)" if report.reparameterized else ")"))
     if report.verified is not None:
-        console.print(f"verified against eager PyTorch: max |difference| = {report.max_relative_difference:.2e} "
-                      "x max |reference| (limit 1e-4)")
+        console.print(f"verified against eager PyTorch{' (unfused)' if report.reparameterized else ''}: max "
+                      f"|difference| = {report.max_relative_difference:.2e} x max |reference| (limit 1e-4)")
     if report.int8_path:
         console.print(f"int8 model: {report.int8_path} ({report.int8_scheme})")
     if report.top1_fp32 is not None:
@@ -58,9 +67,9 @@ def _export_engine(args: argparse.Namespace, model) -> int:
     if args.engine != "auto" and args.engine not in EXPORTABLE:
         raise UsageError(f"--engine for export: auto or one of {', '.join(EXPORTABLE)}, got {args.engine!r}")
     stem = Path(args.out) if args.out else Path(Path(args.model).stem if Path(args.model).exists() else args.model)
-    result = export_engine(model, stem.with_suffix(""), engine=args.engine, img_size=args.img_size,
+    result = export_engine(model, stem.with_suffix(""), engine=args.engine, img_size=args.image_size,
                            calib_dir=args.calib, calib_count=args.calib_count, eval_dir=args.eval_data,
-                           threads=args.threads)
+                           threads=args.threads, reparameterize=args.reparameterize)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -74,12 +83,12 @@ def add_parsers(commands) -> None:
     p = commands.add_parser("export", help="export a model to ONNX, OpenVINO IR or TorchScript, verified",
                             description="Export a model to ONNX, OpenVINO IR or TorchScript and verify it computes "
                                         "the same function.")
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered model name or saved model path")
+    add_model_argument(p, "registered model name or saved model path", metavar="MODEL_OR_CHECKPOINT")
     add_pretrained_argument(p)
     p.add_argument("--format", choices=["onnx", "openvino", "torchscript"], default="onnx",
                    help="onnx (default), openvino (IR: MODEL.xml + MODEL.bin) or torchscript")
     p.add_argument("--out", metavar="FILE", help="output file (default: MODEL.onnx, MODEL.xml or MODEL.pt)")
-    p.add_argument("--img-size", type=int, metavar="S", help="input size (default: the model's)")
+    add_image_size_argument(p, "input size (default: the model's)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic batch dimension (default: on)")
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
@@ -95,10 +104,15 @@ def add_parsers(commands) -> None:
     p.add_argument("--eval-data", metavar="DIR", help="class-per-folder images: report top-1 of fp32 (and int8)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="compare the export with eager PyTorch (default: on)")
+    p.add_argument("--reparameterize", action=argparse.BooleanOptionalAction, default=True,
+                   help="fuse the training branches of RepViT, MobileOne and FastViT into single convolutions "
+                        "before exporting, verified against the unfused model (default: on; "
+                        "--no-reparameterize keeps them)")
     p.add_argument("--engine", metavar="auto|NAME",
                    help="auto: measure the inference engines here and export for the fastest within the accuracy "
                         "rule (on --eval-data, else the --calib images); or an engine: onnxruntime-fp32, "
                         "onnxruntime-int8, openvino-fp32, openvino-bf16, openvino-int8")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for --engine measurements")
+    add_progress_argument(p, draws=False)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_export)

@@ -7,9 +7,20 @@ import json
 
 from rich.table import Table
 
-from visionzoo.cli.common import add_pretrained_argument, console, err_console, shown, shown_markup, warn
+from visionzoo.cli.common import (
+    add_device_argument,
+    add_model_argument,
+    add_pretrained_argument,
+    add_progress_argument,
+    console,
+    err_console,
+    shown,
+    shown_markup,
+    warn,
+)
 from visionzoo.errors import UsageError
 from visionzoo.heads import printable
+from visionzoo.measure import counted
 
 __all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_zero_shot"]
 
@@ -20,12 +31,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from visionzoo.embed.embeddings import build_backbone, embed_folder
     from visionzoo.resolve import parse_pretrained
 
-    spec = {"spec": args.model, "pretrained": parse_pretrained(args.pretrained) or False, "overrides": {}}
+    # the one --pretrained rule: a folder carries its own weights, a registered name gets its default ones
+    pretrained = parse_pretrained(args.pretrained)
+    spec = {"spec": args.model, "overrides": {},
+            "pretrained": (not Path(args.model).exists()) if pretrained is None else pretrained}
     model = build_backbone(spec, allow_random=True)
     if not spec["pretrained"] and not Path(args.model).exists():
-        warn(f"'{args.model}' has random weights (no --pretrained); its embeddings only test the mechanics")
+        warn(f"'{args.model}' has random weights (--pretrained none); its embeddings only test the mechanics")
     result = embed_folder(model, args.data, args.out, batch_size=args.batch_size, patch_tokens=args.patch_tokens,
-                          workers=args.workers, device=args.device, model_spec=spec, progress=not args.json)
+                          workers=args.workers, device=args.device, model_spec=spec, progress=args.progress and not args.json)
     skipped = getattr(result, "skipped", [])
     dim = int(result.embeddings.shape[-1]) if len(result) else 0
     summary = {"out": str(args.out), "images": len(result), "dim": dim, "classes": len(result.classes),
@@ -33,8 +47,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    console.print(f"wrote {summary['images']} embeddings of dimension {summary['dim']} "
-                  f"({summary['classes']} classes) to {args.out}")
+    console.print(f"wrote {counted(summary['images'], 'embedding')} of dimension {summary['dim']} "
+                  f"({counted(summary['classes'], 'class', 'classes')}) to {args.out}")
     for path, reason in skipped:
         err_console.print(f"skipped {path}: {reason}", highlight=False)
     return 0
@@ -114,14 +128,17 @@ def add_parsers(commands) -> None:
                             description="Embed every image of a class-per-folder tree (pooled features, optionally "
                                         "patch tokens) into one safetensors file with paths and labels. Resumable: "
                                         "a rerun skips images already done.")
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered model name or saved model folder")
-    p.add_argument("--data", required=True, metavar="DIR", help="class-per-folder images: DIR/CLASS/IMAGE")
+    add_model_argument(p, "registered model name or saved model folder", metavar="MODEL_OR_CHECKPOINT")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="class-per-folder images: DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ (every split "
+                        "is embedded, under train/'s classes), read as train reads them")
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
-    add_pretrained_argument(p, when_absent="none, random weights")
+    add_pretrained_argument(p)
     p.add_argument("--patch-tokens", action="store_true", help="also store the patch tokens (N, L, D)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="image decoding processes (default: 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(p)
+    add_progress_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_embed)
 
@@ -143,7 +160,7 @@ def add_parsers(commands) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'cat,dog,car'")
     p.add_argument("--model", default="ViT-B-32", help="CLIP model: ViT-B-32, ViT-B-16, ViT-L-14 (or -quickgelu)")
-    add_pretrained_argument(p, default="default", when_absent="default; none is for testing only")
+    add_pretrained_argument(p, default="default", rule="default: the default weights; none is for testing only")
     p.add_argument("--template", action="append", metavar="T", help="prompt template with {} for the label; repeatable")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels to show per image (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from visionzoo.cli.common import add_pretrained_argument, err_console, shown_markup
+from visionzoo.cli.common import add_model_argument, add_pretrained_argument, err_console, shown_markup
 from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_predict"]
@@ -41,8 +41,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_parsers(commands) -> None:
     p = commands.add_parser("predict", help="classify images with a pretrained or saved model",
                             description="Print each image's top-k classes with probabilities.")
-    p.add_argument("model", metavar="MODEL",
-                   help="registered model name, saved model folder, or exported .onnx / OpenVINO .xml file")
+    add_model_argument(p, "registered model name, saved model folder, or exported .onnx / OpenVINO .xml file")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     add_pretrained_argument(p)
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to show per image (default: 5)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from visionzoo.cli.common import add_pretrained_argument, console, warn
+from visionzoo.cli.common import add_model_argument, add_pretrained_argument, console, warn
+from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_serve"]
 
@@ -22,6 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_images=args.max_images, max_image_pixels=args.max_image_pixels,
                              max_request_pixels=args.max_request_pixels, max_decodes=args.max_decodes,
                              header_timeout_s=args.header_timeout_s, docs=args.docs)
+    _check_port(args.host, args.port)  # before the model loads: a busy port is one line, not uvicorn's error
     classifier = load_classifier(args.model, args.pretrained, threads=args.threads, runtime=args.runtime)
     console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
     app = create_app(classifier, settings)
@@ -33,13 +35,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line when `host:port` cannot be bound (in use, or not an address of this machine).
+    A port that frees between this check and uvicorn's bind is rare and still reported by uvicorn."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UsageError(f"cannot serve on {host}: {error.strerror}; give --host an address of this machine") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot serve on {host}:{port}: {error.strerror}; choose another --port") from None
+
+
 def add_parsers(commands) -> None:
     p = commands.add_parser("serve", help="an HTTP API and a web page for a model",
                             description="Serve a model over HTTP with dynamic batching, and a page to try it.")
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="registered name, saved model, .onnx or .xml file")
+    add_model_argument(p, "registered name, saved model, .onnx or .xml file", metavar="MODEL_OR_CHECKPOINT")
     add_pretrained_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="default: 8000")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch the model runs (default: 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait to fill a batch (default: 5)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")

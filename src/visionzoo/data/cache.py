@@ -7,8 +7,9 @@
   then cut from pixels instead of upsampled: `image_size / sqrt(min_scale)`, but never more
   than the largest shorter side among the photos (headers only are read for that), so small
   images are not blown up;
-- validation images as the evaluation view itself (shorter side to `image_size / crop_pct`,
-  centre crop `image_size`), so validating is a normalisation only.
+- validation images as the evaluation view itself (`transforms.eval_view`: shorter side to
+  `image_size / crop_pct`, centre crop `image_size`, the very transform `eval` applies before it
+  normalises), so validating is a normalisation only and gives `eval`'s numbers.
 
 They are decoded into memory when both fit in `memory_budget()` (a quarter of the memory
 available now, at most 4 GiB), and into the memory-mapped cache file of `cache_pixels`
@@ -27,10 +28,9 @@ from torchvision.transforms import v2
 
 from visionzoo.data.datasets import Skipped, cache_pixels
 from visionzoo.data.samples import FileSamples, Samples
-from visionzoo.data.transforms import AFFINE_INTERPOLATION, interpolation_of
+from visionzoo.data.transforms import AFFINE_INTERPOLATION, eval_view, interpolation_of
 
-__all__ = ["CachePlan", "cache_photos", "memory_budget", "min_crop_scale", "plan_cache", "uint8_eval_view",
-           "uint8_train_transform"]
+__all__ = ["CachePlan", "cache_photos", "memory_budget", "min_crop_scale", "plan_cache", "uint8_train_transform"]
 
 MAX_IN_MEMORY_BYTES = 4 << 30
 
@@ -89,18 +89,19 @@ def plan_cache(train: Samples, val: Samples | None, image_size: int, crop_pct: f
     return CachePlan(train_side, eval_resize, image_size, size <= memory_budget(), size)
 
 
-def cache_photos(train: Samples, val: Samples | None, plan: CachePlan, *, workers: int = 0,
+def cache_photos(train: Samples, val: Samples | None, plan: CachePlan, *, data_config: dict, workers: int = 0,
                  progress: Callable[[int], None] | None = None
                  ) -> tuple[Samples, Samples | None, list[Skipped]]:
-    """Train and val decoded once as the plan says; (train, val, bad files)."""
+    """Train and val decoded once as the plan says, val through `data_config`'s evaluation view; (train,
+    val, bad files)."""
     bad: list[Skipped] = []
     train_cached, skipped = cache_pixels(train, plan.train_side, workers=workers, in_memory=plan.in_memory,
                                          progress=progress)
     bad += skipped
     val_cached = None
     if val is not None:
-        val_cached, skipped = cache_pixels(val, plan.eval_resize, crop=plan.image_size, workers=workers,
-                                           in_memory=plan.in_memory, progress=progress)
+        val_cached, skipped = cache_pixels(val, plan.image_size, view=eval_view(data_config, plan.image_size),
+                                           workers=workers, in_memory=plan.in_memory, progress=progress)
         bad += skipped
     return train_cached, val_cached, bad
 
@@ -117,8 +118,3 @@ def uint8_train_transform(config: dict, preset: str, image_size: int) -> v2.Comp
         steps.append(v2.TrivialAugmentWide(interpolation=AFFINE_INTERPOLATION))
     return v2.Compose(steps)
 
-
-def uint8_eval_view(config: dict, image_size: int, eval_resize: int) -> v2.Compose:
-    """Evaluation's view of a (C, H, W) uint8 tensor, kept uint8: shorter side to `eval_resize`, centre crop."""
-    return v2.Compose([v2.Resize(eval_resize, interpolation=interpolation_of(config), antialias=True),
-                       v2.CenterCrop(image_size)])

@@ -324,45 +324,46 @@ def resize_short_center_crop(image, size: int) -> np.ndarray:
 
 
 class _CacheDecode(Dataset):
-    def __init__(self, paths: list[str], size: int, crop: int | None = None):
-        self.paths, self.size, self.crop = paths, size, crop
+    def __init__(self, paths: list[str], size: int, view: Callable | None = None):
+        self.paths, self.size, self.view = paths, size, view
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            array = resize_short_center_crop(decode_image(self.paths[index]), self.size)
+            image = decode_image(self.paths[index])
         except ImageDecodeError as error:
             return index, None, Skipped(error.path, error.reason)
-        if self.crop is not None and self.crop < self.size:
-            top = (self.size - self.crop) // 2  # the centre crop of evaluation, done once
-            array = np.ascontiguousarray(array[top:top + self.crop, top:top + self.crop])
-        return index, array, None
+        if self.view is None:
+            return index, resize_short_center_crop(image, self.size), None
+        array = self.view(image)  # (3, size, size) uint8, as the evaluation transform computes it
+        return index, np.ascontiguousarray(array.numpy().transpose(1, 2, 0)), None
 
 
-def cache_pixels(samples: Samples, size: int, *, workers: int = 0, crop: int | None = None,
+def cache_pixels(samples: Samples, size: int, *, workers: int = 0, view: Callable | None = None,
                  in_memory: bool = False,
                  progress: Callable[[int], None] | None = None) -> tuple[ArraySamples, list[Skipped]]:
     """Decode `samples` once into a memory-mapped (N, size, size, 3) uint8 file in the cache folder.
 
     Later runs over the same files (same paths, sizes and mtimes) and size reopen the file
     without decoding. Images are resized on the shorter side and centre-cropped square; with
-    `crop`, the centre `crop` x `crop` of that is kept (the evaluation view, cut once).
+    `view`, a transform of the decoded image to a (3, size, size) uint8 tensor (the evaluation view,
+    `transforms.eval_view`), each image is stored as that view instead, computed once.
     With `in_memory`, the pixels are decoded into an ordinary array instead (no file, nothing
     reused across runs): for sets that fit in memory (`visionzoo.data.cache` decides).
     Bad files are left out and returned.
     """
     if isinstance(samples, ArraySamples):
         return samples, []
-    side = size if crop is None else min(crop, size)
+    side = size
     if in_memory:
         images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
-        ok, bad = _decode_into(images, samples, size, crop, workers, progress)
+        ok, bad = _decode_into(images, samples, size, view, workers, progress)
         keep = np.flatnonzero(ok)
         images = images if len(keep) == len(samples) else images[keep]
         return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
-    fingerprint = hashlib.sha1((str(size) if crop is None else f"{size}:crop{crop}").encode())
+    fingerprint = hashlib.sha1((str(size) if view is None else f"{size}:{view!r}").encode())
     for path in samples.paths:
         try:
             stat = os.stat(path)
@@ -386,7 +387,7 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, crop: int | N
     remove_stale_scratch(folder)  # the half-written files of a killed run
     scratch = stem.with_name(f"{stem.name}.tmp{os.getpid()}.npy")
     images = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
-    ok, bad = _decode_into(images, samples, size, crop, workers, progress)
+    ok, bad = _decode_into(images, samples, size, view, workers, progress)
     keep = np.flatnonzero(ok)
     if len(keep) < len(samples):  # compact: the cache holds good images only
         compact = np.lib.format.open_memmap(scratch.with_name(scratch.name + ".c.npy"), mode="w+", dtype=np.uint8,
@@ -405,12 +406,12 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, crop: int | N
     return ArraySamples(np.load(pixels, mmap_mode="r"), samples.labels[keep], [samples.paths[i] for i in keep]), bad
 
 
-def _decode_into(images: np.ndarray, samples: FileSamples, size: int, crop: int | None, workers: int,
+def _decode_into(images: np.ndarray, samples: FileSamples, size: int, view: Callable | None, workers: int,
                  progress: Callable[[int], None] | None) -> tuple[np.ndarray, list[Skipped]]:
     """Decode every file into its row of `images`; (which rows are good, the bad files)."""
     ok = np.zeros(len(samples), dtype=bool)
     bad: list[Skipped] = []
-    loader = torch.utils.data.DataLoader(_CacheDecode(samples.paths, size, crop), batch_size=16, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_CacheDecode(samples.paths, size, view), batch_size=16, num_workers=workers,
                                          collate_fn=list)
     for batch in loader:
         for index, array, skipped in batch:

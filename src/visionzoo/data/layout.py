@@ -4,8 +4,11 @@
     DIR/train/CLASS/IMAGE, DIR/val/...   split folders: train, and val, validation, valid or test
     WRAPPER/...                          either form wrapped in one folder (cifar10/train/...)
 
-Class folders are the visible subfolders (names starting with "." are skipped), sorted; a class's
-images are the files with an image extension anywhere below its folder (`samples.image_files`).
+Class folders are the visible subfolders, sorted: names starting with "." (hidden) or "__" (tools'
+folders: `__pycache__`, the `__MACOSX` of a zip made on a Mac) are skipped. With split folders, the
+classes are those of train/ (of the first split folder when there is none), whatever else lies
+beside the splits (logs/, checkpoints/). A class's images are the files with an image extension
+anywhere below its folder (`samples.image_files`).
 An archive usually wraps its tree in one folder (`tar czf flowers.tar.gz flowers`), so in an
 archive one folder holding subfolders and no images is always a wrapper, never a single class.
 `data.sources` (training and evaluation), `embed` and `diagnose.data_audit` all read trees here.
@@ -22,7 +25,8 @@ from visionzoo.data.decode import is_image_file
 from visionzoo.data.samples import FileSamples, image_files
 from visionzoo.errors import DataError
 
-__all__ = ["SPLIT_FOLDERS", "VAL_FOLDER_NAMES", "class_folders", "scan_tree", "tree_root", "split_folders"]
+__all__ = ["SPLIT_FOLDERS", "VAL_FOLDER_NAMES", "class_folders", "scan_tree", "tree_root", "split_folders",
+           "tree_classes"]
 
 # In this order: training's validation folder is the first present, and the audit's `path` of a
 # leak is the image in the later split.
@@ -31,10 +35,12 @@ VAL_FOLDER_NAMES = SPLIT_FOLDERS[1:]
 
 
 def class_folders(root: str | os.PathLike) -> list[str]:
-    """The visible subfolders of `root`, sorted; a `DataError` naming `root` when it cannot be read."""
+    """The visible subfolders of `root` (not hidden, not "__" tools' folders), sorted; a `DataError`
+    naming `root` when it cannot be read."""
     try:
         with os.scandir(root) as entries:
-            return sorted(entry.name for entry in entries if not entry.name.startswith(".") and _is_folder(entry))
+            return sorted(entry.name for entry in entries
+                          if not entry.name.startswith((".", "__")) and _is_folder(entry))
     except PermissionError as error:
         raise DataError(f"cannot read the folder {root}: {error.strerror}; make it readable (chmod +rx)") from None
 
@@ -79,3 +85,13 @@ def split_folders(root: str | os.PathLike) -> list[str]:
     """The split folders present in `root`, in `SPLIT_FOLDERS` order ([] for a plain class tree)."""
     present = set(class_folders(root))
     return [name for name in SPLIT_FOLDERS if name in present]
+
+
+def tree_classes(root: str | os.PathLike) -> list[str]:
+    """The class names of the tree at `root` (already unwrapped by `tree_root`): with split folders, the
+    class folders of train/ (of the first split folder present when there is no train/), which is what
+    training learns; else the class folders of `root`."""
+    present = split_folders(root)
+    if not present:
+        return class_folders(root)
+    return class_folders(Path(root) / ("train" if "train" in present else present[0]))

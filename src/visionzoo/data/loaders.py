@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from visionzoo.data.cache import uint8_eval_view, uint8_train_transform
+from visionzoo.data.cache import uint8_train_transform
 from visionzoo.data.datasets import (
     ImageDataset,
     ResidentBatches,
@@ -47,7 +47,14 @@ from visionzoo.data.datasets import (
     scan_files,
 )
 from visionzoo.data.samples import ArraySamples, FileSamples, Samples
-from visionzoo.data.transforms import NormalizeInput, SeededCropFlip, crop_padding, eval_transform, train_transform
+from visionzoo.data.transforms import (
+    NormalizeInput,
+    SeededCropFlip,
+    crop_padding,
+    eval_transform,
+    eval_view,
+    train_transform,
+)
 from visionzoo.errors import SettingError
 
 __all__ = ["Loaders", "build_loaders", "cache_splits", "cache_size", "scan_splits", "default_workers",
@@ -174,7 +181,7 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         train_set = ImageDataset(train, uint8_train_transform(data_config, augment, image_size)
                                  or train_transform(data_config, augment, image_size, crop_padding_px))
         at_size = has_val and isinstance(val, ArraySamples) and val.images.shape[1:3] == (image_size, image_size)
-        view = None if at_size else uint8_eval_view(data_config, image_size, cache_size(image_size, data_config))
+        view = None if at_size else eval_view(data_config, image_size)
         val_set = ImageDataset(val, view) if has_val else None
     else:
         normalize = None

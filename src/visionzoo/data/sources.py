@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from visionzoo.data.archives import is_archive, unpack_archive
-from visionzoo.data.layout import VAL_FOLDER_NAMES, class_folders, scan_tree, split_folders, tree_root
+from visionzoo.data.layout import VAL_FOLDER_NAMES, class_folders, scan_tree, split_folders, tree_classes, tree_root
 from visionzoo.data.multilabel import iterative_split, looks_multilabel, read_multilabel_csv
 from visionzoo.data.samples import DataSplits, FileSamples
 from visionzoo.data.shapes import builtin_splits
@@ -105,7 +105,7 @@ def _from_tree(root: Path, val_fraction: float, seed: int, split: str, descripti
     if present:
         val_name = next((name for name in present if name in VAL_FOLDER_NAMES), None)
         train_root = root / "train"
-        classes = class_folders(train_root) if train_root.is_dir() else class_folders(root / val_name)
+        classes = tree_classes(root)
         if not classes:
             raise DataError(f"{train_root} holds no class folders; expected {train_root}/<class>/<image>")
         train = scan_tree(train_root, classes) if train_root.is_dir() else FileSamples([], np.zeros(0, np.int64))

@@ -27,7 +27,7 @@ from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
 from visionzoo.errors import SettingError
 
-__all__ = ["PRESETS", "eval_transform", "squash_transform", "train_transform",
+__all__ = ["PRESETS", "eval_transform", "eval_view", "squash_transform", "train_transform",
            "batch_mixer", "SeededCropFlip", "NormalizeInput", "AFFINE_INTERPOLATION", "interpolation_of"]
 
 # Rotations and shears of tensor images support nearest and bilinear only.
@@ -46,21 +46,25 @@ def interpolation_of(config: dict) -> v2.InterpolationMode:
 
 
 def _to_float_normalized(config: dict) -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+    """The steps after the geometry: every pipeline here starts with its own `ToImage`."""
+    return [v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(config.get("mean", IMAGENET_MEAN)), std=list(config.get("std", IMAGENET_STD)))]
 
 
-def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
-    """Resize the shorter side to size / crop_pct, centre-crop to size, normalise."""
+def eval_view(config: dict, image_size: int | None = None) -> v2.Compose:
+    """The evaluation view, kept uint8 (C, H, W): the shorter side resized to size / crop_pct with the
+    config's interpolation, then the centre size x size. Its one definition: `eval_transform` normalises
+    it, and the photo cache stores it for validation (`data.cache`), so training's validation and `eval`
+    compute the same pixels with the same arithmetic."""
     size = image_size or int(config["input_size"][-1])
-    crop_pct = float(config.get("crop_pct", 0.875))
-    resize = int(math.floor(size / crop_pct))
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
-        v2.CenterCrop(size),
-        *_to_float_normalized(config),
-    ])
+    resize = int(math.floor(size / float(config.get("crop_pct", 0.875))))
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
+                       v2.CenterCrop(size)])
+
+
+def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
+    """The evaluation view (`eval_view`), normalised."""
+    return v2.Compose([*eval_view(config, image_size).transforms, *_to_float_normalized(config)])
 
 
 def squash_transform(config: dict) -> v2.Compose:

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visionzoo import heads
 from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.errors import SettingError, require_extra
 from visionzoo.registry import family_facts, get_card
 
-__all__ = ["METHODS", "cam_maps", "explain", "explain_images", "overlay", "overlay_png", "target_layer"]
+__all__ = ["METHODS", "cam_maps", "explain", "explain_images", "head_probabilities", "overlay", "overlay_png",
+           "target_layer"]
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 
@@ -75,10 +77,21 @@ def _cam_class(method: str):
     return classes[method]
 
 
+def head_probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of (N, C) logits through the model's saved head (its temperature; sigmoid for
+    multi-label), as `predict` and the serve page compute them: `visionzoo.heads.probabilities`."""
+    from visionzoo.factory import find_spec
+
+    spec = find_spec(model)
+    head = dict(spec.head) if spec is not None and spec.head else None
+    return torch.from_numpy(heads.probabilities(logits.detach().float().cpu().numpy(), head))
+
+
 def cam_maps(model: nn.Module, batch: torch.Tensor, *, method: str = "gradcam", target_classes: Sequence[int] | None = None,
              target_layer_and_reshape: tuple[nn.Module, Callable | None] | None = None
              ) -> tuple[np.ndarray, torch.Tensor]:
-    """(CAMs (N, H, W) in [0, 1] at the input's size, class probabilities (N, classes)) for a preprocessed batch.
+    """(CAMs (N, H, W) in [0, 1] at the input's size, class probabilities (N, classes) through the saved
+    head, `head_probabilities`) for a preprocessed batch.
 
     `target_classes` default: each image's predicted class.
     """
@@ -87,7 +100,7 @@ def cam_maps(model: nn.Module, batch: torch.Tensor, *, method: str = "gradcam", 
     cam_type = _cam_class(method)
     model = model.eval()
     with torch.no_grad():
-        probabilities = model(batch).float().softmax(-1)
+        probabilities = head_probabilities(model, model(batch))
     classes = list(target_classes) if target_classes is not None else probabilities.argmax(-1).tolist()
     layer, reshape = target_layer_and_reshape or target_layer(model, tuple(batch.shape[-2:]))
     # grad-cam needs gradients w.r.t. the layer's output even when the weights are frozen
@@ -178,12 +191,6 @@ def serving_explainer(model: nn.Module, transform: Callable, data_config: dict[s
 # --- the entry point -----------------------------------------------------------------------
 
 
-def _load(model: Any, pretrained: Any) -> nn.Module:
-    from visionzoo.resolve import resolve_model
-
-    return resolve_model(model, pretrained)  # a name, a saved model, a run folder (its best/) or a module
-
-
 def _class_index(target: int | str | None, names: list[str] | None) -> int | None:
     if target is None:
         return None
@@ -229,7 +236,9 @@ def explain(model: Any, images: Sequence[str | os.PathLike], *, method: str = "g
     paths = expand_image_paths(images)
     if not paths:
         raise SettingError("no images given")
-    net = _load(model, pretrained)
+    from visionzoo.resolve import resolve_model
+
+    net = resolve_model(model, pretrained)  # a name, a saved model, a run folder (its best/) or a module
     transform, config, names = transforms(net), dict(data_config(net)), class_names(net)
     target = _class_index(target_class, names)
     out_dir = Path(out) if out is not None else None

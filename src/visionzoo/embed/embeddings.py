@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from visionzoo.data.datasets import ImageDataset, collate_skipping
-from visionzoo.data.layout import class_folders, scan_tree
+from visionzoo.data.layout import scan_tree, split_folders, tree_classes, tree_root
 from visionzoo.data.samples import FileSamples
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError
@@ -123,14 +123,21 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
 
 
 def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
-    """Images of a class-per-folder tree and its class names (folder names, sorted; `data.layout`'s rules)."""
+    """Every image of a class-per-folder tree and its class names, by the rules training reads a tree
+    with (`data.layout`): a wrapping folder is unwrapped; a tree of split folders (train/, val/, ...)
+    gives the images of every split under the class folders of train/, and folders beside the splits
+    (logs/, __pycache__/) are no classes."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
-    classes = class_folders(root)
+    root = tree_root(root)
+    classes = tree_classes(root)
     if not classes:
-        raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files")
-    samples = scan_tree(root, classes)
+        raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files "
+                        f"or {root}/train/CLASS/IMAGE and {root}/val/CLASS/IMAGE")
+    parts = [scan_tree(root / split, classes) for split in split_folders(root)] or [scan_tree(root, classes)]
+    samples = FileSamples([path for part in parts for path in part.paths],
+                          np.concatenate([part.labels for part in parts]))
     if not len(samples):
         raise DataError(f"no images under {root} (looked in {len(classes)} class folders)")
     return samples, classes

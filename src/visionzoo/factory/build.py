@@ -254,9 +254,52 @@ def model_info(name: str) -> dict[str, Any]:
     return {**get_card(name).as_dict(), **model_complexity(name)}
 
 
-def size_overrides(card, img_size: int) -> dict[str, Any]:
-    """Models whose structure depends on the input size (ViT, Swin, ...) are built for it."""
+def size_overrides(card: ModelCard, img_size: int) -> dict[str, Any]:
+    """The overrides that build `card`'s model for square `img_size`-pixel inputs: `img_size` for the
+    families whose structure depends on it (position embeddings, attention windows and their
+    relative-position tables: ViT, DeiT, DINOv2, EVA, Swin, MaxViT, EfficientViT-M), none for the rest.
+    Weights published at another size are resampled to it when loaded (`weights.adapt`).
+
+    A model that cannot run at that size raises a one-line `SettingError` here, before any work: it is
+    built and run once on the `meta` device (shapes only: no memory, no arithmetic, well under a second).
+    """
     if img_size == card.input_size[1]:
         return {}
+    error = _failure_at(card, img_size)
+    if isinstance(error, SettingError):  # the family's own check, which says what would work
+        raise SettingError(f"model '{card.name}' cannot run on {img_size} px images: {error}")
+    if error is not None:  # a pooling window or kernel larger than the map it meets
+        smallest = _smallest_size(card, img_size)
+        raise SettingError(f"model '{card.name}' cannot run on {img_size} px images: its feature maps shrink "
+                           "below its kernels" + (f"; use {smallest} px or more" if smallest is not None else ""))
+    return _img_size_override(card, img_size)
+
+
+def _img_size_override(card: ModelCard, img_size: int) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(card.config)} if dataclasses.is_dataclass(card.config) else set()
-    return {"img_size": img_size} if "img_size" in fields else {}
+    return {"img_size": img_size} if "img_size" in fields and img_size != card.input_size[1] else {}
+
+
+def _failure_at(card: ModelCard, img_size: int) -> Exception | None:
+    """What building and running `card`'s model at `img_size` raises on the meta device, or None."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            create_model(card.name, **_img_size_override(card, img_size)).eval()(
+                torch.empty(2, 3, img_size, img_size))
+    except NotImplementedError:  # an operator without a meta kernel: the real run will tell
+        return None
+    except (SettingError, RuntimeError, ValueError) as error:
+        return error
+    return None
+
+
+def _smallest_size(card: ModelCard, failing: int) -> int | None:
+    """The smallest size above `failing` the model runs at, by bisection up to its default size (a CNN's
+    maps are big enough over one range of sizes); None when `failing` is above the default size."""
+    low, high = failing, card.input_size[1]
+    if high <= low:
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _failure_at(card, middle) is None else (middle, high)
+    return high

@@ -1,8 +1,9 @@
-"""The mobile convolution blocks of MobileNetV2/V3 and EfficientNet.
+"""The mobile convolution blocks of MobileNetV2/V3 and EfficientNet (V1 and V2).
 
 Sandler et al., 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks" (the
 inverted residual, called MBConv in MnasNet and EfficientNet); Howard et al., 2017,
-"MobileNets" (the depthwise-separable convolution).
+"MobileNets" (the depthwise-separable convolution); Tan & Le, 2021, "EfficientNetV2" (the
+fused MBConv, first in Google's EfficientNet-EdgeTPU).
 
 Each block is given its widths (`mid_chs`, the SE module) by the stage builder in
 `visionzoo.layers.stage_table`, so the blocks hold no rounding rules. Submodule names follow
@@ -78,18 +79,53 @@ class InvertedResidual(nn.Module):
         return self.drop_path(x) + shortcut if self.has_skip else x
 
 
-class ConvBlock(nn.Module):
-    """A plain conv -> BN -> act layer placed among the blocks (MobileNetV3's last 1x1 conv).
+class FusedMBConv(nn.Module):
+    """Fused MBConv: kxk expanding conv -> BN -> act -> (SE) -> 1x1 project -> BN.
 
-    The norm is named `bn1`, not `bn`, for weight compatibility with timm.
+    The inverted residual with its 1x1 expansion and kxk depthwise conv fused into one dense kxk
+    conv, which makes better use of accelerators in the early, high-resolution stages (EfficientNetV2,
+    section 3.2). Residual and linear projection as in `InvertedResidual`. timm calls it `EdgeResidual`;
+    its names (`conv_exp`, `bn1`, `conv_pwl`, `bn2`) are kept for weight compatibility.
+    """
+
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
+                 act_layer: type[nn.Module] = nn.ReLU, norm_act: NormActLayer = BatchNormAct2d,
+                 se_layer: nn.Module | None = None, padding: PaddingMode = "", drop_path: float = 0.0):
+        super().__init__()
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.conv_exp = create_conv2d(in_chs, mid_chs, kernel_size, stride=stride, padding=padding)
+        self.bn1 = norm_act(mid_chs, act_layer=act_layer)
+        self.se = se_layer if se_layer is not None else nn.Identity()
+        self.conv_pwl = create_conv2d(mid_chs, out_chs, 1, padding=padding)
+        self.bn2 = norm_act(out_chs, act_layer=None)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.se(self.bn1(self.conv_exp(x)))
+        x = self.bn2(self.conv_pwl(x))
+        return self.drop_path(x) + shortcut if self.has_skip else x
+
+
+class ConvBlock(nn.Module):
+    """A plain conv -> BN -> act layer placed among the blocks (MobileNetV3's last 1x1 conv), with a
+    residual when `skip` and shapes allow (EfficientNetV2's first stage: a fused MBConv of expansion 1).
+
+    The norm is named `bn1`, not `bn`, for weight compatibility with timm. Only a block with a residual
+    has a `drop_path` module: without one there is no branch to drop.
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
                  act_layer: type[nn.Module] = nn.ReLU, norm_act: NormActLayer = BatchNormAct2d,
-                 padding: PaddingMode = ""):
+                 padding: PaddingMode = "", skip: bool = False, drop_path: float = 0.0):
         super().__init__()
+        self.has_skip = skip and stride == 1 and in_chs == out_chs
         self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
         self.bn1 = norm_act(out_chs, act_layer=act_layer)
+        if self.has_skip:
+            self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn1(self.conv(x))
+        shortcut = x
+        x = self.bn1(self.conv(x))
+        return self.drop_path(x) + shortcut if self.has_skip else x

@@ -1,6 +1,6 @@
 """Mobile networks written as a stage table, and the builder that turns one into modules.
 
-MnasNet, MobileNetV3 and EfficientNet are each described in their paper by a table whose
+MnasNet, MobileNetV3 and EfficientNet (V1 and V2) are each described in their paper by a table whose
 rows read "block type, expansion, kernel, stride, output channels, repeats, squeeze-
 excitation, activation". A family writes that table as `BlockSpec` rows; `build_stages`
 scales it by a width and a depth multiplier and builds the blocks, one `nn.Sequential` per
@@ -9,8 +9,8 @@ stage, with the stochastic-depth rate of each block and the feature levels for
 
 The scaling rules are EfficientNet's (and timm's, whose weights these models load):
 channels are multiplied by the width multiplier and rounded to a multiple of 8, never
-falling more than 10% below the exact value; each stage's repeats are multiplied by the
-depth multiplier and rounded up.
+falling more than 10% below the exact value (EfficientNetV2's reference drops that floor:
+`round_limit=0`); each stage's repeats are multiplied by the depth multiplier and rounded up.
 """
 
 from __future__ import annotations
@@ -23,21 +23,27 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
-from visionzoo.layers.inverted_residual import ConvBlock, DepthwiseSeparableConv, InvertedResidual, NormActLayer
+from visionzoo.layers.inverted_residual import (
+    ConvBlock,
+    DepthwiseSeparableConv,
+    FusedMBConv,
+    InvertedResidual,
+    NormActLayer,
+)
 from visionzoo.layers.padding import PaddingMode
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """The multiple of `divisor` nearest `value`, at least `divisor`, and never below 90% of `value`."""
+def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
+    """The multiple of `divisor` nearest `value`, at least `divisor`, and never below `round_limit * value`."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
+    if rounded < round_limit * value:
         rounded += divisor
     return rounded
 
 
-def round_channels(channels: int, multiplier: float = 1.0, divisor: int = 8) -> int:
+def round_channels(channels: int, multiplier: float = 1.0, divisor: int = 8, round_limit: float = 0.9) -> int:
     """Width scaling: `channels * multiplier` rounded by `make_divisible`."""
-    return make_divisible(channels * multiplier, divisor)
+    return make_divisible(channels * multiplier, divisor, round_limit)
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,8 @@ class BlockSpec:
     Only the first block of a stage has the stride; the others have stride 1.
     """
 
-    block: Literal["ds", "ir", "conv"]  # depthwise-separable, inverted residual (MBConv), conv-BN-act
+    block: Literal["ds", "ir", "er", "conv"]  # depthwise-separable, inverted residual (MBConv), fused MBConv,
+    # conv-BN-act
     expansion: float  # mid width / input width of an inverted residual (1 for "ds" and "conv")
     kernel: int
     stride: int
@@ -55,6 +62,7 @@ class BlockSpec:
     repeats: int  # before depth scaling
     se_ratio: float = 0.0  # squeeze-excitation width as a fraction of its reference width; 0: no SE
     act: type[nn.Module] | None = None  # this row's activation; None: the network's
+    skip: bool = False  # "conv" rows: a residual where shapes allow (the other blocks always have one)
 
 
 Stage = tuple[BlockSpec, ...]  # most stages are one row; MobileNetV3's mix two or three
@@ -91,13 +99,15 @@ class BuiltStages:
 
 def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: float, act_layer: type[nn.Module],
                  norm_act: NormActLayer, se_layer: SeFactory | None, padding: PaddingMode = "",
-                 drop_path_rate: float = 0.0, fixed_depth_stages: tuple[int, ...] = ()) -> BuiltStages:
+                 drop_path_rate: float = 0.0, fixed_depth_stages: tuple[int, ...] = (),
+                 round_limit: float = 0.9) -> BuiltStages:
     """Build the blocks of `table` after a stem of `in_chs` channels and stride 2.
 
     `fixed_depth_stages` are stage indices whose repeats are not scaled (EfficientNet-Lite's
     first and last). Block `i` of `n` drops its residual branch with rate
     `drop_path_rate * i / n`, as in the TF reference. A feature level is taken where the
-    resolution is about to halve and at the end.
+    resolution is about to halve and at the end. `round_limit` is `round_channels`'s, for the
+    output widths.
     """
     rows_per_stage = [scale_depth(stage, 1.0 if index in fixed_depth_stages else depth)
                       for index, stage in enumerate(table)]
@@ -112,7 +122,7 @@ def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: 
         blocks = []
         for index_in_stage, spec in enumerate(rows):
             stride = spec.stride if index_in_stage == 0 else 1
-            out_chs = round_channels(spec.out_chs, width)
+            out_chs = round_channels(spec.out_chs, width, round_limit=round_limit)
             act = spec.act or act_layer
             drop_path = drop_path_rate * block_index / total_blocks
             if spec.block == "ds":
@@ -124,11 +134,16 @@ def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: 
                 se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
                 block = InvertedResidual(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
                                          drop_path)
+            elif spec.block == "er":
+                mid_chs = make_divisible(in_chs * spec.expansion)
+                se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
+                block = FusedMBConv(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
+                                    drop_path)
             elif spec.block == "conv":
-                block = ConvBlock(in_chs, out_chs, spec.kernel, stride, act, norm_act, padding)
+                block = ConvBlock(in_chs, out_chs, spec.kernel, stride, act, norm_act, padding, spec.skip, drop_path)
             else:
                 raise SettingError(f"unknown block type {spec.block!r} in stage {stage_index}; "
-                                 "use 'ds', 'ir' or 'conv'")
+                                 "use 'ds', 'ir', 'er' or 'conv'")
             reduction *= stride
             blocks.append(block)
             in_chs = out_chs

@@ -3,6 +3,9 @@
 Liu et al., 2022, "A ConvNet for the 2020s". The atto, femto, pico and nano sizes are
 timm's additions to the paper's tiny..xlarge.
 
+ConvNeXt-V2 (`visionzoo.models.convnextv2`) builds this network with another MLP in each block
+and no layer scale, through the config's `mlp_layer` and `layer_scale`.
+
 Module names follow timm's `convnext.py` so that published weights load with strict=True.
 """
 
@@ -33,12 +36,12 @@ class ConvNeXtBlock(nn.Module):
     """
 
     def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 4.0, conv_mlp: bool = False,
-                 ls_init_value: float | None = 1e-6, drop_path: float = 0.0):
+                 ls_init_value: float | None = 1e-6, drop_path: float = 0.0, mlp_layer: type[nn.Module] = Mlp):
         super().__init__()
         self.use_conv_mlp = conv_mlp
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.norm = LayerNorm2d(dim) if conv_mlp else nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), use_conv=conv_mlp)
+        self.mlp = mlp_layer(dim, int(mlp_ratio * dim), use_conv=conv_mlp)
         # Layer scale is a bare parameter named `gamma` (weight compatibility).
         self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value is not None else None
         self.shortcut = nn.Identity()
@@ -62,7 +65,7 @@ class ConvNeXtStage(nn.Module):
     """LayerNorm + 2x2 stride-2 conv downsampling (all stages but the first), then blocks."""
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int, conv_mlp: bool,
-                 ls_init_value: float | None, drop_path_rates: list[float]):
+                 ls_init_value: float | None, drop_path_rates: list[float], mlp_layer: type[nn.Module] = Mlp):
         super().__init__()
         self.grad_checkpointing = False
         if in_chs != out_chs or stride > 1:
@@ -70,7 +73,7 @@ class ConvNeXtStage(nn.Module):
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*[
-            ConvNeXtBlock(out_chs, conv_mlp=conv_mlp, ls_init_value=ls_init_value, drop_path=rate)
+            ConvNeXtBlock(out_chs, conv_mlp=conv_mlp, ls_init_value=ls_init_value, drop_path=rate, mlp_layer=mlp_layer)
             for rate in drop_path_rates
         ])
 
@@ -87,6 +90,8 @@ class ConvNeXtConfig:
     dims: tuple[int, int, int, int]  # channels per stage
     conv_mlp: bool = False  # 1x1 convs instead of channels-last linears (see ConvNeXtBlock)
     patch_size: int = 4  # the stem is a non-overlapping patch_size x patch_size conv
+    mlp_layer: type[nn.Module] = Mlp  # each block's pointwise MLP: mlp_layer(dim, hidden, use_conv=conv_mlp)
+    layer_scale: bool = True  # ConvNeXt-V2 has none: its MLP's global response norm takes that role
 
 
 class ConvNeXt(nn.Module):
@@ -110,8 +115,9 @@ class ConvNeXt(nn.Module):
         for index, (depth, out_chs) in enumerate(zip(config.depths, dims)):
             stride = 1 if index == 0 else 2
             reduction *= stride
-            stages.append(ConvNeXtStage(in_chs, out_chs, depth, stride, config.conv_mlp, ls_init_value,
-                                        rates[index]))
+            stages.append(ConvNeXtStage(in_chs, out_chs, depth, stride, config.conv_mlp,
+                                        ls_init_value if config.layer_scale else None, rates[index],
+                                        mlp_layer=config.mlp_layer))
             self.feature_info.append(FeatureInfo(f"stages.{index}", out_chs, reduction))
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
@@ -168,7 +174,9 @@ VARIANTS: dict[str, ConvNeXtConfig] = {
     "convnext_xlarge": ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048)),
 }
 
+CONVNEXT_CAM_LAYER = CamLayer("stages.-1")
 # No attention to adapt: LoRA takes the pointwise (1x1) linears of each block's MLP, the bulk of the weights.
+CONVNEXT_LORA_TARGETS = LoraTargets(r"stages\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)")
+
 register_family(VARIANTS, family="convnext", paper="A ConvNet for the 2020s", year=2022, builder=ConvNeXt,
-                recipe_style="convnext", cam_layer=CamLayer("stages.-1"),
-                lora_targets=LoraTargets(r"stages\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)"))
+                recipe_style="convnext", cam_layer=CONVNEXT_CAM_LAYER, lora_targets=CONVNEXT_LORA_TARGETS)

@@ -26,7 +26,7 @@ from visionzoo.serve.errors import ApiError
 from visionzoo.serve.images import DecodePool, decode_upload, probe_upload
 from visionzoo.serve.settings import PixelLimits, ServeSettings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "page_html"]
 
 
 @dataclass
@@ -205,8 +205,18 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
                 "model": classifier.name, "latency_ms": since(start)}
 
 
+PAGE_TOP_K = 5  # the bars the page shows, at most
+
+
+def page_html(card: dict[str, Any]) -> str:
+    """The web page for a model of `card`: its bars titled and asked for as the top min(5, classes)."""
+    classes = card.get("num_classes")
+    top_k = min(PAGE_TOP_K, int(classes)) if classes else PAGE_TOP_K
+    return resources.files("visionzoo.serve").joinpath("page.html").read_text().replace("{{TOP_K}}", str(top_k))
+
+
 def add_info_routes(app: FastAPI, service: Service) -> None:
-    page = resources.files("visionzoo.serve").joinpath("page.html").read_text()
+    page = page_html(service.classifier.card)
 
     @app.get("/v1/model")
     async def model_card():

@@ -3,12 +3,14 @@ while the model runs per batch, and the card `/v1/model` shows (without the serv
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Classifier", "load_classifier", "public_card"]
+__all__ = ["Classifier", "load_classifier", "public_card", "served_folder"]
 
 
 class Classifier:
@@ -97,10 +99,22 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
         return Classifier(exported.name, lambda image: preprocess_image(image, exported.preprocessing),
                           exported.predict_logits, exported.class_names, card, head=exported.head,
                           returns_logits=True)
-    return _torch_classifier(model)
+    return _torch_classifier(model, served_folder(spec))
 
 
-def _torch_classifier(model) -> Classifier:
+def served_folder(spec: Any) -> str | None:
+    """The name of the model folder `spec` serves ('ants/best' for a run or its best/, 'mymodel' for a
+    save_model folder), or None when `spec` is no folder. A trained model's weights are that folder's,
+    not the base weights its config records as where training started."""
+    if not isinstance(spec, (str, os.PathLike)) or not Path(spec).is_dir():
+        return None
+    folder = Path(spec).resolve()
+    if (folder / "best" / "config.json").exists():  # a run folder serves its best/ (`resolve_model`)
+        folder = folder / "best"
+    return f"{folder.parent.name}/{folder.name}" if folder.name in ("best", "last") else folder.name
+
+
+def _torch_classifier(model, folder: str | None = None) -> Classifier:
     import torch
 
     from visionzoo.diagnose.explanation import serving_explainer
@@ -112,8 +126,9 @@ def _torch_classifier(model) -> Classifier:
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}
     made = find_spec(model)
-    card = {"architecture": model_name(model),
-            "weights": made.weights if made else None,
+    base_weights = made.weights if made else None
+    card = {"architecture": model_name(model), "weights": folder or base_weights,
+            **({"base_weights": base_weights} if folder and base_weights else {}),
             "format": "pytorch", "preprocessing": config, "num_classes": getattr(model, "num_classes", None),
             "classes": list(names) if names else None, "head": head_of(model)}
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.factory import find_spec, registered_name, spec_of, with_spec
+from visionzoo.measure import counted
 from visionzoo.registry import family_facts, get_card, list_families
 from visionzoo.training.freeze import freeze_stages, set_frozen_eval, stage_prefixes
 from visionzoo.training.settings import TrainSettings
@@ -64,6 +65,7 @@ class Adaptation:
     lp_epochs: int = 0  # lp-ft: epochs of linear probing before full fine-tuning
     facts: dict[str, Any] | None = None  # the spec's adapter facts (lora)
     grad_checkpointing: bool = False  # blocks recompute their activations in the backward pass
+    frozen_part: str = ""  # full: what the recipe froze before adaptation (--freeze-stages, a linear probe's backbone)
 
     def start_epoch(self, model: nn.Module, epoch: int) -> None:
         """After `model.train()`: frozen parts back in eval mode; lp-ft switches phase."""
@@ -83,8 +85,11 @@ class Adaptation:
 
     def describe(self, model: nn.Module) -> str:
         trainable, total = parameter_counts(model)
-        what = {"full": "every parameter", "lora": "LoRA", "freeze": f"{self.frozen:,} parameters frozen",
-                "lp-ft": f"linear probe for {self.lp_epochs} epoch(s), then every parameter"}[self.method]
+        # BatchNorm's running statistics are buffers, not parameters: what the counts leave out is frozen weights
+        full = (f"every parameter but {self.frozen_part}, frozen" if self.frozen_part and trainable < total
+                else "every parameter")
+        what = {"full": full, "lora": "LoRA", "freeze": f"{self.frozen:,} parameters frozen",
+                "lp-ft": f"linear probe for {counted(self.lp_epochs, 'epoch')}, then every parameter"}[self.method]
         checkpointing = ", gradient checkpointing" if self.grad_checkpointing else ""
         return f"adapt {self.method} ({what}): {trainable:,} of {total:,} parameters trainable{checkpointing}"
 
@@ -124,7 +129,10 @@ def _adapt(model: nn.Module, settings: TrainSettings, head_names: set[str],
            base_weights: bool | str | None) -> Adaptation:
     method = settings.adapt or "full"
     if method == "full":
-        return Adaptation("full", head_names)
+        stages = settings.freeze_stages
+        frozen_part = ("the backbone (linear probe)" if settings.freeze_backbone else "" if stages is None or stages < 0
+                       else "the stem" if stages == 0 else f"the stem and the first {counted(stages, 'stage')}")
+        return Adaptation("full", head_names, frozen_part=frozen_part)
     if method == "freeze":
         count = settings.freeze_stages if settings.freeze_stages is not None else len(stage_prefixes(model)) // 2
         frozen = freeze_stages(model, count)

@@ -75,6 +75,10 @@ class RunLogger:
     """Rank-0 output: progress bar, epoch lines, metrics files (`metrics_steps.jsonl`,
     `metrics_epochs.csv`), TensorBoard. On other ranks (`enabled=False`) every method does nothing."""
 
+    # The bar's loss is the epoch's running mean, read from the device sum at most this often: a
+    # read is a host-device sync, which a fast GPU would feel at every step.
+    LOSS_READ_EVERY_S = 0.5
+
     def __init__(self, run_dir: Path, enabled: bool, settings: TrainSettings):
         self.enabled = enabled
         self.closed = False
@@ -100,30 +104,48 @@ class RunLogger:
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[speed]:>7.0f} img/s"), TimeRemainingColumn(),
-                                     TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
-                                     console=self.console, transient=True)
+                                     TextColumn("{task.fields[stats]}"), console=self.console, transient=True,
+                                     disable=not self.console.is_terminal)  # a log file gets no bar (nor its blank line)
+        self.shown_loss, self.loss_read_at = float("nan"), 0.0
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         if self.progress is not None:
             if self.task is None:
                 self.progress.start()
-                self.task = self.progress.add_task("", total=total, speed=0.0, loss=float("nan"), lr=0.0)
+                self.task = self.progress.add_task("", total=total, speed=0.0, stats="")
+            # nothing is shown for the loss and lr until the epoch's first step has them
             self.progress.reset(self.task, total=total, completed=done, description=f"epoch {epoch + 1}/{epochs}",
-                                speed=0.0, loss=float("nan"), lr=0.0)
+                                speed=0.0, stats="")
+            self.shown_loss, self.loss_read_at = float("nan"), 0.0
 
     def step(self, record: dict[str, Any], advance: int) -> None:
         if not self.enabled:
             return
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, advance=advance, speed=record.get("img_per_s", 0.0),
-                                 loss=record["loss"], lr=record["lr"])
+                                 stats=self._stats(record))
         if record.get("log"):
-            record = {k: v for k, v in record.items() if k != "log"}
+            record = {k: v for k, v in record.items() if k not in ("log", "loss_sum", "images")}
             self.steps_file.write(json.dumps(record) + "\n")
             self.steps_file.flush()
             if self.tensorboard is not None:
                 self.tensorboard.add_scalar("train/loss", record["loss"], record["step"])
                 self.tensorboard.add_scalar("train/lr", record["lr"], record["step"])
+
+    def _stats(self, record: dict[str, Any]) -> str:
+        """The bar's "loss L  lr R": the epoch's running loss (from `loss_sum` / `images`, the device sum
+        and the image count, when the trainer passes them; else `loss`) and the current lr, from the first step."""
+        import math
+        import time
+
+        now = time.monotonic()
+        if record.get("images") and "loss_sum" in record and (
+                math.isnan(self.shown_loss) or now - self.loss_read_at >= self.LOSS_READ_EVERY_S):
+            self.shown_loss, self.loss_read_at = float(record["loss_sum"]) / record["images"], now
+        elif math.isfinite(record.get("loss", float("nan"))):
+            self.shown_loss = record["loss"]
+        loss = f"loss {self.shown_loss:.4f}  " if math.isfinite(self.shown_loss) else ""
+        return f"{loss}lr {record['lr']:.2e}"
 
     def epoch(self, record: dict[str, Any], line: str, columns: list[str]) -> None:
         """`columns`: the CSV's, the same every epoch (an epoch left unvalidated has empty val_ cells)."""

@@ -52,7 +52,9 @@ def build_loss(settings: TrainSettings, train_labels: Iterable[int], num_classes
                                      device=device)
     label_smoothing = settings.label_smoothing
 
-    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def cross_entropy(logits: torch.Tensor | tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, tuple):  # a distilled DeiT in training mode, with no teacher: both heads learn the labels
+            return sum(cross_entropy(part, targets) for part in logits) / len(logits)
         # in float32 whatever the autocast precision: the loss and its gradient stay accurate
         return nn.functional.cross_entropy(logits.float(), targets, weight=class_weights,
                                            label_smoothing=label_smoothing)

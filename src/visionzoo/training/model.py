@@ -1,7 +1,9 @@
 """The network a run trains, made from the settings in one place: `build_model`.
 
-It creates the registered model (with the recipe's drop rates, from the pretrained weights
-asked for) or takes the given module, gives it a classifier for the data's classes, finds
+It creates the registered model (with the recipe's drop rates, at the run's image size, from
+the pretrained weights asked for: `factory.size_overrides`, which refuses a size the model cannot
+run at before anything is built, and position tables resampled from weights of another size) or
+takes the given module, gives it a classifier for the data's classes, finds
 the head's parameters and freezes what the settings freeze.
 
 Extension point: adapters (LoRA through peft) go here, as steps on the model before it is
@@ -22,7 +24,8 @@ import torch.nn as nn
 
 import visionzoo
 from visionzoo.errors import SettingError
-from visionzoo.factory import find_spec
+from visionzoo.factory import find_spec, size_overrides
+from visionzoo.registry import get_card
 from visionzoo.training.freeze import freeze_stages
 from visionzoo.training.optim import head_parameter_names
 from visionzoo.training.settings import TrainSettings
@@ -38,7 +41,7 @@ def build_model(model_or_name: nn.Module | str, num_classes: int, settings: Trai
     if isinstance(model_or_name, nn.Module):
         model = model_or_name
     else:
-        overrides = {}
+        overrides = size_overrides(get_card(model_or_name), settings.image_size) if settings.image_size else {}
         if settings.drop_path_rate:
             overrides["drop_path_rate"] = settings.drop_path_rate
         if settings.drop_rate:

@@ -24,15 +24,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import visionzoo
-from visionzoo.data.cache import CachePlan, cache_photos, plan_cache, uint8_eval_view
+from visionzoo.data.cache import CachePlan, cache_photos, plan_cache
 from visionzoo.data.datasets import ImageDataset, collate_skipping
 from visionzoo.data.loaders import Loaders, build_loaders, cache_size, cache_splits, default_workers, scan_splits
 from visionzoo.data.samples import DataSplits
 from visionzoo.data.sources import resolve_data
-from visionzoo.data.transforms import eval_transform
-from visionzoo.errors import SettingError
+from visionzoo.data.transforms import eval_transform, eval_view
+from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
+from visionzoo.measure import counted
 from visionzoo.training.adapt import Adaptation, apply_adaptation
 from visionzoo.training.heads import head_task
 from visionzoo.training.hooks import BadFileLog, RunLogger
@@ -43,8 +44,8 @@ from visionzoo.training.state import ExponentialMovingAverage
 from visionzoo.training.timing import MeasuringTimer, plan_threads
 from visionzoo.training.transfer import probe_init_head_
 
-__all__ = ["PreparedRun", "RunData", "prepare_run", "prepare_data", "probe_init", "describe", "write_config",
-           "start_distributed", "stop_distributed"]
+__all__ = ["PreparedRun", "RunData", "prepare_run", "prepare_data", "check_trainable", "probe_init", "describe",
+           "write_config", "start_distributed", "stop_distributed"]
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -177,6 +178,7 @@ def prepare_run(model_or_name: nn.Module | str, data: Any, pretrained: bool | st
         from visionzoo.data.exclude import exclude_files
 
         splits, _ = exclude_files(splits, requested.exclude)
+    check_trainable(splits)
     settings = resolve_settings(requested, model_name, native_size=splits.native_size, pretrained=bool(pretrained),
                                 num_train=len(splits.train),
                                 num_val=len(splits.val) if splits.val is not None else None)
@@ -186,13 +188,15 @@ def prepare_run(model_or_name: nn.Module | str, data: Any, pretrained: bool | st
                            f"= {world} x {settings.grad_accum}")
     device = _device(settings, local_rank)
     _seed_everything(settings.seed, settings.deterministic)
+    # The model before the run folder: a size it cannot run at, or weights that do not fit, is an error
+    # that leaves nothing behind.
+    model, head_names, new_head = build_model(model_or_name, len(splits.classes), settings, pretrained)
+    adaptation = apply_adaptation(model, settings, head_names, base_weights=pretrained or None)
     data_spec = splits.description if in_memory else data
     run_dir = run_dir or new_run_dir(out, model_name or type(model_or_name).__name__.lower(), str(data_spec))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tidy_run_folder(run_dir, fresh=fresh)
-    model, head_names, new_head = build_model(model_or_name, len(splits.classes), settings, pretrained)
-    adaptation = apply_adaptation(model, settings, head_names, base_weights=pretrained or None)
     data_config = model_data_config(model)
     image_size = settings.image_size or int(data_config["input_size"][-1])
     data_config = {**data_config, "input_size": (3, image_size, image_size)}
@@ -215,6 +219,20 @@ def prepare_run(model_or_name: nn.Module | str, data: Any, pretrained: bool | st
 
 
 # --- the data -------------------------------------------------------------------------------------
+
+
+def check_trainable(splits: DataSplits) -> None:
+    """A `DataError` before any work for data no classifier can be trained and judged on: fewer than two
+    classes (a one-class folder would train to 100% and mean nothing) or no validation image."""
+    where = splits.description
+    if splits.task == "multiclass" and len(splits.classes) < 2:
+        found = f"one class ({splits.classes[0]!r})" if splits.classes else "no class"
+        raise DataError(f"{where} holds {found}; a classifier needs at least two: add a folder of images for "
+                        "each other class (DIR/CLASS/IMAGE or DIR/train/CLASS/IMAGE)")
+    if splits.val is None or len(splits.val) == 0:
+        raise DataError(f"{where} has no validation image, so the run could not be judged: add images to a "
+                        "val/ folder (DIR/val/CLASS/IMAGE) or, for one tree, at least two images per class "
+                        "(--val-fraction sets the share held out)")
 
 
 @dataclass
@@ -267,7 +285,8 @@ def prepare_data(run: PreparedRun, logger: RunLogger, bad_log: BadFileLog, phase
             cache_plan = plan_cache(train_samples, val_samples, run.image_size,
                                     float(run.data_config.get("crop_pct", 0.875)), s.augment, s.cache_size)
             decoders = s.workers if s.workers is not None else default_workers(train_samples)
-            train_samples, val_samples, bad = cache_photos(train_samples, val_samples, cache_plan, workers=decoders)
+            train_samples, val_samples, bad = cache_photos(train_samples, val_samples, cache_plan,
+                                                           data_config=run.data_config, workers=decoders)
             if run.world > 1 and run.rank == 0:
                 dist.barrier()
         bad_files.update((item.path, item.reason) for item in bad)
@@ -293,7 +312,7 @@ def probe_init(run: PreparedRun, data: RunData, logger: RunLogger, phases: Measu
     """LP-FT's probe phase: the new head starts from a logistic regression on the training embeddings
     (evaluation view, one forward pass)."""
     loaders = data.loaders
-    view = (uint8_eval_view(run.data_config, run.image_size, cache_size(run.image_size, run.data_config))
+    view = (eval_view(run.data_config, run.image_size)
             if loaders.normalize is not None else eval_transform(run.data_config, run.image_size))
     loader = torch.utils.data.DataLoader(ImageDataset(loaders.train_samples, view), batch_size=data.val_batch,
                                          num_workers=data.workers, collate_fn=collate_skipping)
@@ -311,9 +330,9 @@ def describe(run: PreparedRun, data: RunData, teacher: Any | None) -> str:
     s, loaders = run.settings, data.loaders
     return (f"training {run.model_name or type(run.model).__name__} on {run.splits.description}: "
             f"{len(loaders.train_set)} train / {len(loaders.val_set) if loaders.val_set else 0} val images, "
-            f"{len(run.classes)} classes, {s.recipe} recipe ({s.optimizer}, lr {s.lr:.3g}, "
-            f"{s.epochs} epochs of batch {s.batch_size}, {run.image_size}px, augment {s.augment}), "
-            f"{run.world} process(es) on {run.device.type}; {run.adaptation.describe(run.model)}"
+            f"{counted(len(run.classes), 'class', 'classes')}, {s.recipe} recipe ({s.optimizer}, lr {s.lr:.3g}, "
+            f"{counted(s.epochs, 'epoch')} of batch {s.batch_size}, {run.image_size}px, augment {s.augment}), "
+            f"{counted(run.world, 'process', 'processes')} on {run.device.type}; {run.adaptation.describe(run.model)}"
             + (f"; distilling from {teacher.description} ({s.distill})" if teacher is not None else ""))
 
 

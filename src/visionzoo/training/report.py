@@ -93,11 +93,29 @@ def _with_heat_maps(model, tiles: list[np.ndarray], mean: torch.Tensor, std: tor
     if model is None:
         return tiles
     try:
-        from visionzoo.diagnose.explanation import cam_maps, overlay
+        from visionzoo.diagnose.explanation import overlay
 
         batch = (torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() - mean) / std
-        device = next(model.parameters()).device
-        maps, _ = cam_maps(model.eval(), batch.to(device))
+        maps = _cams_of_any_recipe(model, batch.to(next(model.parameters()).device))
     except (ImportError, ValueError, KeyError, RuntimeError):  # no grad-cam, a model of one's own, odd shapes
         return tiles
     return [overlay(tile, cam, alpha=0.35) for tile, cam in zip(tiles, maps)]
+
+
+def _cams_of_any_recipe(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
+    """Grad-CAM needs the gradient of the class score at the layer it reads. A run that froze what lies
+    below that layer (a linear probe, --adapt freeze, LoRA) leaves no parameter there asking for one, so
+    the input asks instead: the graph then reaches the layer whatever is frozen, and no parameter's
+    `requires_grad` changes. The model's mode and its parameters' gradients are as they were after."""
+    from visionzoo.diagnose.explanation import cam_maps
+
+    gradients = [(parameter, parameter.grad) for parameter in model.parameters()]
+    training = model.training
+    try:
+        with torch.enable_grad():
+            maps, _ = cam_maps(model.eval(), batch.detach().requires_grad_(True))
+    finally:
+        for parameter, gradient in gradients:
+            parameter.grad = gradient
+        model.train(training)
+    return maps

@@ -323,7 +323,7 @@ class Trainer:
             elapsed = time.perf_counter() - started
             self.logger.step({"step": state.global_step, "epoch": epoch + 1, "loss": loss_mean,
                               "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
-                              "log": log}, s.grad_accum)
+                              "log": log, "loss_sum": loss_sum, "images": images_seen}, s.grad_accum)
             if checkpoint:
                 state.epoch_loss_sum = float(loss_sum)
                 self.checkpoints.save(state)

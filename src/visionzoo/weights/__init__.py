@@ -46,12 +46,13 @@ from visionzoo.weights.files import (
     hub_download,
     read_state_dict,
     url_download,
+    why_unobtainable,
 )
 
 __all__ = ["load_pretrained", "LoadedWeights", "read_folder_config", "WeightEntry", "catalog", "get_weight",
            "list_weights", "default_weight", "imagenet_class_names", "UnknownWeightError", "UnsafeCheckpointError",
            "DamagedWeightsError", "NonFiniteWeightsError", "WeightsNotAvailableError", "WeightsMismatchError", "ConversionError",
-           "SAVED_MODEL_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE"]
+           "SAVED_MODEL_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "unobtainable_weights"]
 
 logger = logging.getLogger("visionzoo.weights")
 
@@ -147,6 +148,26 @@ def read_folder_config(folder: Path) -> dict[str, Any] | None:
         return json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise SettingError(f"{config_path} is not valid JSON: {error}") from None
+
+
+def unobtainable_weights(architecture: str, pretrained: bool | str | os.PathLike | None = True) -> str | None:
+    """Why the weights `pretrained` names for `architecture` cannot be had here now (not cached, and
+    offline or the Hub unreachable), or None when they can or loading itself will say what is wrong
+    (a missing local file, an unknown name). Quick: see `files.why_unobtainable`."""
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        entry = default_weight(architecture)
+        return why_unobtainable(entry.hub, entry.url) if entry is not None else None
+    spec = os.fspath(pretrained)
+    if spec.startswith("hf-hub:"):
+        repo, _, revision = spec[len("hf-hub:"):].partition("@")
+        return why_unobtainable({"repo": repo, "files": ["model.safetensors", "pytorch_model.bin"],
+                                 "revision": revision or None}, None)
+    if spec in catalog():
+        entry = get_weight(spec)
+        return why_unobtainable(entry.hub, entry.url)
+    return None
 
 
 def _resolve(name: str, pretrained: bool | str | os.PathLike) -> _Source:

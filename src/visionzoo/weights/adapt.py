@@ -6,7 +6,8 @@
   channels for one channel, or repeated and scaled by 3 / in_chans for more, so that the
   response to a grey image stays what it was;
 - another input size: absolute position embeddings (ViT family) and relative-position bias
-  tables (Swin, MaxViT) are resampled;
+  tables (Swin, MaxViT) are resampled; EfficientViT-M's per-offset attention biases are cut
+  to a window that shrank with the feature map (resampled when it grew);
 - anything else that does not fit raises `WeightsMismatchError`, listing the first few
   missing, unexpected and shape-mismatched keys with their counts.
 """
@@ -61,6 +62,20 @@ def _resample_bias_table(table: torch.Tensor, shape: torch.Size) -> torch.Tensor
     return grid.reshape(-1, shape[0]).T.to(table.dtype)  # back to ((2W'-1)^2, heads)
 
 
+def _fit_offset_biases(biases: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """EfficientViT-M's attention biases (heads, W*W), one per offset (|dy|, |dx|) in a W x W window, for
+    a window of another side. A window that shrank with its feature map (a smaller input) keeps the
+    offsets it still has, which mean the same distances in tokens as before: exact, unlike resampling."""
+    old_side, new_side = math.isqrt(biases.shape[1]), math.isqrt(shape[1])
+    if old_side * old_side != biases.shape[1] or new_side * new_side != shape[1] or biases.shape[0] != shape[0]:
+        return biases  # not a square window: left for the shape-mismatch report
+    grid = biases.reshape(-1, old_side, old_side)  # (heads, W*W) -> (heads, |dy|, |dx|)
+    if new_side <= old_side:
+        return grid[:, :new_side, :new_side].reshape(shape)
+    grid = F.interpolate(grid.float()[None], size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid[0].reshape(shape).to(biases.dtype)
+
+
 def _owner(model: nn.Module, key: str) -> nn.Module:
     """The module holding parameter `key` (e.g. `visual` for `visual.pos_embed` in a CLIP pair)."""
     owner = model
@@ -102,8 +117,11 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, sou
     if dropped:
         for key in dropped:
             del state_dict[key]
-        logger.warning("%s: dropped the checkpoint's classifier (%s) for a new %d-class one; it starts from "
-                       "random initialisation", name, ", ".join(dropped), getattr(model, "num_classes", -1))
+        # The loader cannot know how the new head starts: the model's own initialisation, or the
+        # transfer recipes' zeros (`--head-init-std`) set after loading; say neither as a fact here.
+        logger.warning("%s: dropped the checkpoint's classifier (%s) for a new %d-class one, not initialised from "
+                       "the checkpoint (transfer training starts it at zero; --head-init-std)", name,
+                       ", ".join(dropped), getattr(model, "num_classes", -1))
 
     # First convolution for another number of input channels.
     conv_keys = [f"{first_conv}.weight"] if first_conv else [
@@ -122,6 +140,8 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, sou
             state_dict[key] = _resample_pos_embed(model, key, value, target[key].shape)
         elif key.endswith("relative_position_bias_table") and value.ndim == target[key].ndim:
             state_dict[key] = _resample_bias_table(value, target[key].shape)
+        elif key.endswith("attention_biases") and value.ndim == 2 and target[key].ndim == 2:
+            state_dict[key] = _fit_offset_biases(value, target[key].shape)
 
     missing = [k for k in target if k not in state_dict and not k.endswith("num_batches_tracked")]
     kept_initial = [k for k in missing if any(k == p or k.startswith(p + ".") for p in classifier)]

@@ -22,7 +22,8 @@ from visionzoo.data.archives import cache_root
 from visionzoo.errors import SettingError, UsageError
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "DamagedWeightsError", "NonFiniteWeightsError",
-           "WeightsNotAvailableError", "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download"]
+           "WeightsNotAvailableError", "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download",
+           "why_unobtainable"]
 
 logger = logging.getLogger("visionzoo.weights")
 
@@ -208,6 +209,34 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         except OSError:
             _REACHABLE[host] = False
     return _REACHABLE[host]
+
+
+def why_unobtainable(hub: dict | None, url: str | None) -> str | None:
+    """None when a weight file can be had now (placed by hand in `weights_home()`, in the Hugging Face
+    cache, or downloadable: online and the host answering); else why not, in words.
+
+    Asks the caches first and the network at most once per host (`_reachable`, 3 s), so a command can
+    check every weight it will need before any work instead of failing on a download late."""
+    if hub:
+        repo, files = hub["repo"], list(hub["files"])
+        if any((weights_home() / repo / name).is_file() for name in files):
+            return None
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cache_dir = os.environ.get("HF_HUB_CACHE")  # read now, as `hub_download` does
+        if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=hub.get("revision")), str)
+               for name in files):
+            return None
+        if not _offline() and _reachable(constants.ENDPOINT):
+            return None
+        return (f"{files[0]} of '{repo}' is not in the Hugging Face cache and the Hub is "
+                + ("offline (HF_HUB_OFFLINE=1)" if _offline() else "unreachable"))
+    if url:
+        if (weights_home() / url.rsplit("/", 1)[-1]).is_file() or (not _offline() and _reachable(url)):
+            return None
+        why = "offline: HF_HUB_OFFLINE=1" if _offline() else "its host is unreachable"
+        return f"{url.rsplit('/', 1)[-1]} is not in {weights_home()} ({why})"
+    return None
 
 
 def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | None = None) -> Path:

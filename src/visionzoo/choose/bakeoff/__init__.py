@@ -10,10 +10,15 @@ of the engine one deploys with; so this measures both here:
    cached by file contents, model and weights, reused across runs), scored by a linear probe
    (the ranking) and k-NN (`probe.run_probe`) on validation;
 3. fine-tune (`finetune`, `halving`): the top K by probe score with the transfer recipe, one
-   `visionzoo.training.worker` process per device, within a total budget; asynchronous successive halving (ASHA, eta 2): at each
+   `visionzoo.training.worker` process per device, within what is left of the budget; asynchronous successive halving (ASHA, eta 2): at each
    validated epoch before the last a run continues only while it is in the better half of the
    runs that reached that epoch, so a candidate that trails the leader at the same point stops;
 4. result (`result`): a table, the winner's run folder and export in --out, a Pareto plot, the commands.
+
+--budget-min bounds the whole run: each stage starts no new work past the deadline (`state.Deadline`), an
+embedding stops between batches, and the fine-tunes get what is left less a tenth kept for the result.
+Before any of it, candidates whose weights are neither local nor in the Hugging Face cache while the Hub
+is unreachable are skipped, saying which; when none is left, that is an error at once.
 
 Everything finished is recorded in OUT/bakeoff-state.json (`state`, written atomically): a rerun with the
 same --out after any interruption, kill -9 included, reuses measurements, probes and finished
@@ -25,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +39,8 @@ from visionzoo.choose.bakeoff.finetune import FineTuneScheduler, fine_tune_all, 
 from visionzoo.choose.bakeoff.latency import MeasureFn, measure_latency, shortlist
 from visionzoo.choose.bakeoff.probe import probe_all
 from visionzoo.choose.bakeoff.result import BakeoffResult, choose_winner, plot_bakeoff, write_result
-from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, kill_point
-from visionzoo.choose.candidates import Candidate
+from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, Deadline, kill_point
+from visionzoo.choose.candidates import Candidate, candidate_pool
 from visionzoo.errors import DataError, SettingError
 
 __all__ = ["BakeoffResult", "bakeoff", "plot_bakeoff"]
@@ -58,6 +64,7 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
     from visionzoo.data.archives import cache_root
     from visionzoo.data.sources import resolve_data
 
+    deadline = Deadline.after(budget_min)  # the whole run, from now
     data_text = str(data)
     request = BakeoffRequest(
         data=data_text, target=target, out=Path(out or f"bakeoff-{Path(data_text).stem or 'data'}"),
@@ -67,12 +74,38 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
         finetune_settings=dict(finetune_settings or {}), selection_images=selection_images, progress=progress,
         max_measured=max_measured)
     _check(request)
-    request.out.mkdir(parents=True, exist_ok=True)
-    state = BakeoffState(request.out, request.saved())
-    splits = resolve_data(data_text)
-    if splits.val is None or not len(splits.val):
-        raise DataError(f"{data_text} has no validation images to choose on; add a val/ folder or more images")
-    return _run(request, state, splits, measure_fn or measure_latency)
+    with _progress(request.progress) as bars:
+        say = _say(bars, request.progress)
+        say(f"bake-off on {data_text} for target {target}"
+            + (f" within --budget-min {budget_min:g}" if budget_min else "")
+            + ": checking that each candidate's weights are here (a local file, or the Hugging Face cache)")
+        pool = candidate_pool(request.weights, request.commercial, here=True)  # raises at once when none are
+        skipped = [c.name for c in pool[1] if c.status.startswith("skipped")]
+        if skipped:
+            say(f"skipped {len(skipped)} candidate{'s' if len(skipped) != 1 else ''} whose weights are not here "
+                f"({', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}); add one with --weights NAME=FILE")
+        say(f"{len(pool[0])} candidate{'s' if len(pool[0]) != 1 else ''} with weights here; reading {data_text}")
+        request.out.mkdir(parents=True, exist_ok=True)
+        state = BakeoffState(request.out, request.saved())
+        splits = resolve_data(data_text)
+        if splits.val is None or not len(splits.val):
+            raise DataError(f"{data_text} has no validation images to choose on; add a val/ folder or more images")
+        return _run(request, state, splits, measure_fn or measure_latency, _Stages(bars, say, pool, deadline))
+
+
+@dataclass
+class _Stages:
+    """What every stage shares: the progress bars, the line printer, the candidates, the deadline."""
+
+    bars: Any
+    say: Callable[[str], None]
+    pool: tuple[list[Candidate], list[Candidate]]
+    deadline: Deadline
+
+
+def _say(bars, enabled: bool) -> Callable[[str], None]:
+    """Prints a line that stays (above the bars) saying what the bake-off does now."""
+    return (lambda text: bars.console.print(text, highlight=False, markup=False, soft_wrap=True)) if enabled else (lambda text: None)
 
 
 def _check(request: BakeoffRequest) -> None:
@@ -90,9 +123,10 @@ def _check(request: BakeoffRequest) -> None:
             raise SettingError("target 'gpu' measures on a CUDA GPU and none is visible; use --target cpu or edge")
 
 
-def _run(request: BakeoffRequest, state: BakeoffState, splits, measure: MeasureFn) -> BakeoffResult:
-    """The four stages, each timed; see the module docstring."""
+def _run(request: BakeoffRequest, state: BakeoffState, splits, measure: MeasureFn, stages: _Stages) -> BakeoffResult:
+    """The four stages, each timed and each stopping new work at the deadline; see the module docstring."""
     seconds: dict[str, float] = {}
+    bars, deadline = stages.bars, stages.deadline
     chosen_val, kept = selection(splits.val, request.selection_images)
     train_data = request.data
     if kept is not None:  # fine-tunes validate (and halve) on the selection; the winner is scored on all of val
@@ -101,31 +135,42 @@ def _run(request: BakeoffRequest, state: BakeoffState, splits, measure: MeasureF
     summary = {"train": len(splits.train), "val": len(splits.val), "classes": list(splits.classes)}
     result = BakeoffResult(request.target, request.constraints, summary, [], None, out=str(request.out),
                            seconds=seconds)
-    with _progress(request.progress) as bars:
-        overall = bars.add_task("bake-off", total=None)
-        with _timed(seconds, "candidates"):
-            result.candidates, chosen, result.message = shortlist(request, state, bars, measure)
-        kill_point("after-candidates")
-        if not chosen:
-            return write_result(result, request.plot, request.out)
-        per_candidate = len(splits.train) + len(chosen_val)
-        probe_work = len(chosen) * (1 + per_candidate // 64)
-        bars.update(overall, total=probe_work + request.finetune_top * 10)
-        with _timed(seconds, "probe"):
-            result.embedded = probe_all(chosen, request, state, splits, chosen_val, bars, overall)
-        ranked = sorted(chosen, key=lambda c: (-c.probe_top1, -(c.knn_top1 or 0), c.latency_ms))
-        finalists = ranked[:request.finetune_top]
-        for rank, c in enumerate(ranked[request.finetune_top:], request.finetune_top + 1):
-            c.status = f"not fine-tuned: probe rank {rank} > --finetune-top {request.finetune_top}"
-        with _timed(seconds, "finetune"):
-            _fine_tune(finalists, request, state, train_data, splits, len(chosen_val), bars, overall, probe_work)
+    overall = bars.add_task("bake-off", total=None)
+    with _timed(seconds, "candidates"):
+        stages.say(f"candidates: measuring latency on this machine ({request.target})")
+        result.candidates, chosen, result.message = shortlist(request, state, bars, measure, stages.pool, deadline)
+    kill_point("after-candidates")
+    if not chosen:
+        if deadline.passed() and all(c.latency_ms is None for c in result.candidates):
+            result.message = f"--budget-min {request.budget_min:g} ran out before any candidate was measured"
+        return write_result(result, request.plot, request.out)
+    per_candidate = len(splits.train) + len(chosen_val)
+    probe_work = len(chosen) * (1 + per_candidate // 64)
+    bars.update(overall, total=probe_work + request.finetune_top * 10)
+    with _timed(seconds, "probe"):
+        stages.say(f"probe: embedding your images with {len(chosen)} candidate{'s' if len(chosen) != 1 else ''}")
+        result.embedded = probe_all(chosen, request, state, splits, chosen_val, bars, overall, deadline)
+    probed = [c for c in chosen if c.probe_top1 is not None]
+    if not probed:
+        result.message = f"--budget-min {request.budget_min:g} ran out before any candidate was probed; raise it"
+        return write_result(result, request.plot, request.out)
+    ranked = sorted(probed, key=lambda c: (-c.probe_top1, -(c.knn_top1 or 0), c.latency_ms))
+    finalists = ranked[:request.finetune_top]
+    for rank, c in enumerate(ranked[request.finetune_top:], request.finetune_top + 1):
+        c.status = f"not fine-tuned: probe rank {rank} > --finetune-top {request.finetune_top}"
+    with _timed(seconds, "finetune"):
+        if finalists:
+            stages.say(f"fine-tune: the {len(finalists)} best by probe")
+        _fine_tune(finalists, request, state, train_data, splits, len(chosen_val), bars, overall, probe_work,
+                   deadline)
     with _timed(seconds, "result"):
+        stages.say("result: scoring and exporting the winner")
         result.winner, result.commands = choose_winner(ranked, finalists, request, state, splits, kept)
     return write_result(result, request.plot, request.out)
 
 
 def _fine_tune(finalists: list[Candidate], request: BakeoffRequest, state: BakeoffState, train_data: str, splits,
-               num_val: int, bars, overall, probe_work: int) -> None:
+               num_val: int, bars, overall, probe_work: int, deadline: Deadline) -> None:
     if not finalists:
         return
     epochs_of = {c.name: planned_epochs(c.name, splits, num_val, request.image_size, request.finetune_settings)
@@ -135,7 +180,11 @@ def _fine_tune(finalists: list[Candidate], request: BakeoffRequest, state: Bakeo
     bars.update(overall, total=probe_work + total)
     scheduler = FineTuneScheduler(finalists, state, train_data, request, epochs_of,
                                   _epoch_progress(bars, task, overall))
-    fine_tune_all(scheduler, request.budget_min * 60 if request.budget_min else None)
+    left = deadline.left_s()
+    if left is not None:  # what is left of the whole run, less a tenth of it kept for scoring and exporting the winner
+        left -= 6 * request.budget_min
+    # fine_tune_all counts its budget across reruns: this run's share comes on top of what earlier ones used
+    fine_tune_all(scheduler, None if left is None else float(state.data.get("finetune_seconds", 0.0)) + max(left, 0))
     record_outcomes(finalists, state)
 
 

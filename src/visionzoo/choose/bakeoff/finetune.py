@@ -194,7 +194,7 @@ class FineTuneScheduler:
     def spend_budget(self, budget_s: float) -> None:
         """The budget is spent: stop what runs, skip what waits."""
         for key in list(self.running):
-            self.stop(key, f"stopped: --budget-min {budget_s / 60:g} spent")
+            self.stop(key, "stopped: --budget-min spent")
         for c in self.queue:
             self.state.finetune(c.name).update(state="skipped", reason="--budget-min spent before it could start")
         self.queue.clear()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState
-from visionzoo.choose.candidates import Candidate, Constraints, candidate_pool, nothing_fits, spread
+from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, Deadline
+from visionzoo.choose.candidates import Candidate, Constraints, nothing_fits, spread
 from visionzoo.errors import SettingError
 
 __all__ = ["MeasureFn", "measure_latency", "shortlist"]
@@ -52,10 +52,12 @@ def _eager_latency(c: Candidate, target: str, image_size: int | None) -> float:
     return 1e3 / result.throughput[GPU_BATCH] if target == "gpu" else result.latency_ms["p50"]
 
 
-def shortlist(request: BakeoffRequest, state: BakeoffState, bars, measure: MeasureFn
+def shortlist(request: BakeoffRequest, state: BakeoffState, bars, measure: MeasureFn,
+              candidates: tuple[list[Candidate], list[Candidate]], deadline: Deadline = Deadline()
               ) -> tuple[list[Candidate], list[Candidate], str]:
-    """(every candidate with its status, the chosen ones, why nothing fits when none is chosen)."""
-    pool, dropped = candidate_pool(request.weights, request.commercial)
+    """(every candidate with its status, the chosen ones, why nothing fits when none is chosen), from
+    `candidates` (`candidate_pool`'s usable and dropped); nothing new is measured past `deadline`."""
+    pool, dropped = candidates
     ordered = spread(pool)
     limit_m = request.max_params_m
     static = [c for c in ordered if limit_m is None or c.params / 1e6 <= limit_m]
@@ -72,6 +74,9 @@ def shortlist(request: BakeoffRequest, state: BakeoffState, bars, measure: Measu
             continue
         saved = state.get(c.name)
         if saved.get("latency_ms") is None:
+            if deadline.passed():
+                c.status = deadline.reason("not measured")
+                continue
             bars.update(task, description=f"candidates: measuring {c.name}")
             saved["latency_ms"], saved["engine"] = measure(c, request.target, request.image_size)
             state.save()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, kill_point
+from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, BudgetSpent, Deadline, kill_point
 from visionzoo.choose.candidates import Candidate
 
 __all__ = ["probe_candidate", "probe_all", "weights_identity"]
@@ -54,18 +54,30 @@ def probe_candidate(c: Candidate, splits, selection, cache_dir: Path, image_size
 
 
 def probe_all(chosen: list[Candidate], request: BakeoffRequest, state: BakeoffState, splits, selection,
-              bars, overall) -> int:
-    """Probe every chosen candidate (saved scores reused); returns the images embedded by this call."""
+              bars, overall, deadline: Deadline = Deadline()) -> int:
+    """Probe every chosen candidate (saved scores reused) until `deadline`; returns the images embedded by this
+    call. A candidate left unprobed at the deadline keeps probe_top1 None and says why in its status."""
     embedded = 0
     per_candidate = len(splits.train) + len(selection)
     task = bars.add_task("probe: embedding", total=len(chosen) * per_candidate)
+
+    def advance(count: int) -> None:
+        bars.advance(task, count)
+        deadline.check()  # between batches: one large model's embedding must not outlast the budget
+
     for c in chosen:
         saved = state.get(c.name)
         if saved.get("probe_top1") is None:
+            if deadline.passed():
+                c.status = deadline.reason("not probed")
+                continue
             bars.update(task, description=f"probe: embedding with {c.name}")
-            saved["probe_top1"], saved["knn_top1"], count = probe_candidate(
-                c, splits, selection, request.cache_dir, request.image_size, request.devices[0],
-                lambda n: bars.advance(task, n))
+            try:
+                saved["probe_top1"], saved["knn_top1"], count = probe_candidate(
+                    c, splits, selection, request.cache_dir, request.image_size, request.devices[0], advance)
+            except BudgetSpent:
+                c.status = deadline.reason("not probed (stopped while embedding)")
+                continue
             embedded += count
             state.save()
             kill_point("after-probe")

@@ -1,6 +1,10 @@
 """Stage 4 of the bake-off: the winner (by fine-tuned top-1, a finished run before a stopped one, else
 by probe), scored on every validation image, exported for its deploy engine; the table, the
-commands that reproduce it, OUT/bakeoff.json and the Pareto plot."""
+commands that reproduce it, OUT/bakeoff.json and the Pareto plot.
+
+`scored_by` is the one answer to "which top-1 of this candidate counts, and from what": the winner's
+choice, its `--json` entry (top1, scored_by, status), its export (the fine-tuned best/ exactly when it
+was scored by its fine-tune), the CLI's winner line and the plot all read it, so they cannot disagree."""
 
 from __future__ import annotations
 
@@ -14,7 +18,18 @@ from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState
 from visionzoo.choose.candidates import Candidate, pareto_front
 from visionzoo.files import atomic_write_json
 
-__all__ = ["BakeoffResult", "choose_winner", "export_winner", "plot_bakeoff", "write_result"]
+__all__ = ["BakeoffResult", "PlotPoint", "choose_winner", "draw_bakeoff", "export_winner", "plot_bakeoff",
+           "plot_points", "scored_by", "write_result"]
+
+FINE_TUNED, PROBE = "fine-tune", "probe"
+
+
+def scored_by(c: Candidate) -> tuple[float | None, str]:
+    """(the top-1 that counts for `c` on the user's validation images, where it comes from): its fine-tune's,
+    finished or stopped early, when one validated (its best/ is the model it would deploy), else its probe's."""
+    if c.finetune_top1 is not None:
+        return c.finetune_top1, FINE_TUNED
+    return c.probe_top1, PROBE
 
 
 @dataclass
@@ -40,9 +55,11 @@ class BakeoffResult:
 def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: BakeoffRequest,
                   state: BakeoffState, splits, selection_kept) -> tuple[dict[str, Any], dict[str, str]]:
     """(the winner's --json entry, the commands that reproduce it); exports it into OUT/winner."""
-    done = [c for c in finalists if c.status == "fine-tuned" and c.finetune_top1 is not None]
-    winner = max(done, key=lambda c: (c.finetune_top1, -c.latency_ms)) if done else ranked[0]
-    if selection_kept is not None and winner.run_dir:  # the fine-tunes saw only the selection
+    tuned = [c for c in finalists if scored_by(c)[1] == FINE_TUNED]
+    winner = (max(tuned, key=lambda c: (c.status == "fine-tuned", c.finetune_top1, -c.latency_ms)) if tuned
+              else ranked[0])
+    basis = scored_by(winner)[1]
+    if selection_kept is not None and basis == FINE_TUNED:  # the fine-tunes saw only the selection
         full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
         winner.finetune_top1 = _full_val_top1(winner, state, str(full_val))
     saved = state.data.get("winner") or {}
@@ -50,10 +67,14 @@ def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: 
         export_path, export_command = saved["export"], saved["export_command"]
     else:
         export_path, export_command = export_winner(winner, request.target, request.out, _calibration_dir(request.data))
-    winner.status = "winner" + (" (fine-tuned)" if winner in done else " (probe only: nothing was fine-tuned)")
-    entry = {"name": winner.name, "weights": winner.weights,
-             "top1": winner.finetune_top1 if winner in done else winner.probe_top1,
-             "latency_ms": winner.latency_ms, "engine": winner.engine, "run_dir": winner.run_dir, "export": export_path}
+    top1, basis = scored_by(winner)
+    if basis == PROBE:
+        winner.status = "winner (probe only: nothing was fine-tuned)"
+    else:
+        winner.status = "winner (fine-tuned" + ("" if winner.status == "fine-tuned" else f"; {winner.status}") + ")"
+    entry = {"name": winner.name, "weights": winner.weights, "top1": top1, "scored_by": basis,
+             "status": winner.status, "latency_ms": winner.latency_ms, "engine": winner.engine,
+             "run_dir": winner.run_dir if basis == FINE_TUNED else None, "export": export_path}
     state.data["winner"] = {**entry, "export_command": export_command}
     state.save()
     commands = {"export": export_command}
@@ -86,7 +107,7 @@ def export_winner(c: Candidate, target: str, out: Path, calib_dir: str | None) -
     import visionzoo
     from visionzoo.deploy.export import export_model
 
-    source = Path(c.run_dir) / "best" if c.run_dir else None
+    source = Path(c.run_dir) / "best" if c.run_dir and scored_by(c)[1] == FINE_TUNED else None
     folder = out / "winner"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
@@ -116,41 +137,81 @@ def write_result(result: BakeoffResult, plot: str | Path | None, out: Path) -> B
     return result
 
 
-def plot_bakeoff(result: BakeoffResult, path: str | Path) -> str:
-    """Validation top-1 on the user's data against deploy latency; ImageNet top-1 as hollow markers."""
-    import matplotlib
+@dataclass(frozen=True)
+class PlotPoint:
+    """One candidate on the Pareto plot: where it sits and what its marker says."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    name: str
+    latency_ms: float
+    top1: float  # percent, `scored_by`
+    scored_by: str  # FINE_TUNED or PROBE
+    winner: bool
 
-    pool = [c for c in result.candidates if c.latency_ms is not None and (c.probe_top1 is not None
-                                                                          or c.finetune_top1 is not None)]
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
-    xs = [c.latency_ms for c in pool]
-    ys = [100 * (c.finetune_top1 if c.finetune_top1 is not None else c.probe_top1) for c in pool]
-    colours = ["tab:red" if result.winner and c.name == result.winner["name"] else
-               "tab:blue" if c.finetune_top1 is not None else "tab:cyan" for c in pool]
-    ax.scatter(xs, ys, c=colours, s=40, zorder=3, label="your validation set (blue: fine-tuned, cyan: probe)")
-    hollow = [(c.latency_ms, c.top1) for c in pool if c.top1 is not None]
+
+# the fill colour and legend label of each kind of point; the winner keeps its kind's fill inside a red ring
+POINT_STYLE = {FINE_TUNED: ("tab:blue", "fine-tuned on your validation set"),
+               PROBE: ("tab:cyan", "linear probe on your validation set")}
+WINNER_RING = "tab:red"
+
+
+def plot_points(result: BakeoffResult) -> list[PlotPoint]:
+    """The candidates the plot draws: each measured one with a top-1, at its `scored_by` top-1."""
+    points = []
+    for c in result.candidates:
+        top1, basis = scored_by(c)
+        if c.latency_ms is not None and top1 is not None:
+            points.append(PlotPoint(c.name, c.latency_ms, 100 * top1, basis,
+                                    bool(result.winner) and c.name == result.winner["name"]))
+    return points
+
+
+def draw_bakeoff(result: BakeoffResult, ax) -> list[PlotPoint]:
+    """Validation top-1 on the user's data against deploy latency on `ax`; ImageNet top-1 as hollow
+    markers. Returns the points drawn."""
+    points = plot_points(result)
+    for basis, (colour, label) in POINT_STYLE.items():
+        kind = [p for p in points if p.scored_by == basis]
+        if kind:
+            ax.scatter([p.latency_ms for p in kind], [p.top1 for p in kind], c=colour, s=40, zorder=3, label=label)
+    for p in points:
+        if p.winner:
+            ax.scatter([p.latency_ms], [p.top1], s=160, facecolors="none", edgecolors=WINNER_RING, linewidths=2,
+                       zorder=4, label=f"winner: {p.name}, {'fine-tuned' if p.scored_by == FINE_TUNED else 'probe'} "
+                                       f"{p.top1:.1f}%")
+    published = {c.name: c.top1 for c in result.candidates if c.top1 is not None}
+    hollow = [(p.latency_ms, published[p.name]) for p in points if p.name in published]
     if hollow:
         ax.scatter([x for x, _ in hollow], [y for _, y in hollow], s=40, facecolors="none", edgecolors="gray",
                    zorder=2, label="published ImageNet top-1")
-    for c, x, y in zip(pool, xs, ys):
-        ax.annotate(c.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    if pool:
-        front = pareto_front(list(zip(xs, ys)))
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:orange", zorder=1,
+    for p in points:
+        ax.annotate(p.name, (p.latency_ms, p.top1), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    xs = [p.latency_ms for p in points]
+    if points:
+        front = pareto_front([(p.latency_ms, p.top1) for p in points])
+        ax.plot([xs[i] for i in front], [points[i].top1 for i in front], "-", color="tab:orange", zorder=1,
                 label="Pareto frontier")
     if result.constraints.get("latency_ms"):
         ax.axvline(result.constraints["latency_ms"], color="tab:red", linestyle="--", linewidth=1, label="latency limit")
     if xs and max(xs) / max(min(xs), 1e-9) > 10:
         ax.set_xscale("log")
-    engines = sorted({c.engine for c in pool if c.engine})
+    engines = sorted({c.engine for c in result.candidates if c.engine and c.name in {p.name for p in points}})
     ax.set_xlabel(f"deploy latency here (ms; {', '.join(engines) or 'no engine'})")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"visionzoo advise --data ... --target {result.target}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    return points
+
+
+def plot_bakeoff(result: BakeoffResult, path: str | Path) -> str:
+    """`draw_bakeoff` written to `path` as a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
+    draw_bakeoff(result, ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from visionzoo.errors import SettingError
 from visionzoo.files import atomic_write_json
 
-__all__ = ["KILL_ENV", "STATE_FILE", "BakeoffRequest", "BakeoffState", "kill_point"]
+__all__ = ["KILL_ENV", "STATE_FILE", "BakeoffRequest", "BakeoffState", "BudgetSpent", "Deadline", "kill_point"]
 
 STATE_FILE = "bakeoff-state.json"
 KILL_ENV = "VISIONZOO_BAKEOFF_KILL_AT"  # tests: SIGKILL this process at a named point (kill -9 resume)
@@ -26,6 +27,37 @@ KILL_ENV = "VISIONZOO_BAKEOFF_KILL_AT"  # tests: SIGKILL this process at a named
 def kill_point(name: str) -> None:
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BudgetSpent(Exception):
+    """--budget-min ran out in the middle of a piece of work (raised from its progress callback)."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the whole bake-off must end (`time.monotonic()` seconds; None: no budget). Every stage asks
+    it before each piece of work, so `--budget-min` bounds the run, not only the fine-tunes."""
+
+    at: float | None = None
+    budget_min: float | None = None
+
+    @classmethod
+    def after(cls, budget_min: float | None) -> Deadline:
+        return cls(time.monotonic() + 60 * budget_min if budget_min else None, budget_min)
+
+    def left_s(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def reason(self, what: str) -> str:
+        return f"{what}: --budget-min {self.budget_min:g} ran out"
+
+    def check(self) -> None:
+        """Raise `BudgetSpent` once the deadline has passed (for long pieces of work, per batch)."""
+        if self.passed():
+            raise BudgetSpent(f"--budget-min {self.budget_min:g} ran out")
 
 
 class BakeoffState:

@@ -10,6 +10,9 @@ Engines (`ENGINES`): PyTorch `eager` and `compile` (torch.compile), `onnxruntime
 (only on a CPU with bf16 instructions) and `openvino-int8` (NNCF post-training quantisation).
 All of them run the same ONNX export (the IR is converted from it) on inputs made by the same
 torch-free preprocessing, so their outputs differ only by what the runtime and precision do.
+A re-parameterisable network (RepViT, MobileOne, FastViT) runs in every engine with its training
+branches fused (`visionzoo.factory.reparameterized`; each export verified against the unfused
+model), unless `Artifacts(model, reparameterize=False)`.
 
 `choose_engine` is `--engine auto`: it measures the candidates here and picks the fastest,
 keeping a reduced-precision engine only when it passes the accuracy rule (`passes_accuracy_rule`):

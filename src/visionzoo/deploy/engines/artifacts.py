@@ -1,5 +1,6 @@
 """The exports every engine runs: a model's ONNX file, int8 ONNX file, OpenVINO IR and int8 IR, each
-made and verified on first use, in one working folder."""
+made and verified on first use, in one working folder; for a re-parameterisable network (RepViT,
+MobileOne, FastViT), all of them and the PyTorch engines' model with its training branches fused."""
 
 from __future__ import annotations
 
@@ -23,12 +24,20 @@ class Artifacts:
     PyTorch model for eager and compile, an ONNX file for onnxruntime) are unavailable.
     Calibration images (for both int8 engines) default to a few synthetic photos, which are
     good for measuring speed and nothing else.
+
+    A re-parameterisable network is deployed fused (`visionzoo.factory.reparameterized`): `model`
+    is the fused copy that eager and compile run, `unfused` the model as given, which every export
+    is verified against. `reparameterize=False` keeps the branches everywhere.
     """
 
     def __init__(self, model: nn.Module | None = None, *, img_size: int | None = None,
                  calibration: Sequence[str | Path] | None = None, folder: str | Path | None = None,
-                 int8_scheme: str = "auto"):
-        self.model = model.eval() if model is not None else None
+                 int8_scheme: str = "auto", reparameterize: bool = True):
+        from visionzoo.factory import reparameterized
+
+        self.unfused = model.eval() if model is not None else None
+        self.reparameterize = reparameterize
+        self.model = reparameterized(self.unfused) if model is not None and reparameterize else self.unfused
         self.img_size = img_size
         self.calibration = [Path(p) for p in calibration] if calibration else None
         self.int8_scheme = int8_scheme
@@ -114,7 +123,8 @@ class Artifacts:
                 raise SettingError(f"no ONNX file for {self._files.get('ir')}: export the model with --format onnx")
             from visionzoo.deploy.export import export_model
 
-            report = export_model(self.model, self.folder / "model.onnx", img_size=self.img_size)
+            report = export_model(self.unfused, self.folder / "model.onnx", img_size=self.img_size,
+                                  reparameterize=self.reparameterize)
             self._files["onnx"] = report.path
         return self._files["onnx"]
 
@@ -133,7 +143,7 @@ class Artifacts:
 
             self._files["ir"] = ir_from_onnx(self.onnx(), self.folder / "model.xml")
             if self.model is not None:  # the IR computes the model's function, as the ONNX file was checked to
-                verify_openvino(ExportResult(self._files["ir"], "openvino"), self.model, img_size=self.img_size)
+                verify_openvino(ExportResult(self._files["ir"], "openvino"), self.unfused, img_size=self.img_size)
         return self._files["ir"]
 
     def ir_int8(self) -> Path:
@@ -145,12 +155,12 @@ class Artifacts:
         return self._files["ir-int8"]
 
 
-def artifacts_for(model_or_export, img_size: int | None = None) -> Artifacts:
+def artifacts_for(model_or_export, img_size: int | None = None, *, reparameterize: bool = True) -> Artifacts:
     """`Artifacts` for a registered name (random weights), a model, an `Artifacts` or an exported file."""
     if isinstance(model_or_export, Artifacts):
         return model_or_export
     if isinstance(model_or_export, nn.Module):
-        return Artifacts(model_or_export, img_size=img_size)
+        return Artifacts(model_or_export, img_size=img_size, reparameterize=reparameterize)
     path = Path(model_or_export)
     if path.suffix in (".onnx", ".xml"):
         return Artifacts.from_file(path)
@@ -162,4 +172,4 @@ def artifacts_for(model_or_export, img_size: int | None = None) -> Artifacts:
         from visionzoo.factory import size_overrides
 
         overrides = size_overrides(get_card(str(model_or_export)), img_size)
-    return Artifacts(create_model(str(model_or_export), **overrides), img_size=img_size)
+    return Artifacts(create_model(str(model_or_export), **overrides), img_size=img_size, reparameterize=reparameterize)

@@ -24,13 +24,16 @@ _SUFFIXES = {"onnxruntime-fp32": ".onnx", "onnxruntime-int8": ".int8.onnx", "ope
 
 def export_engine(model: nn.Module, stem: str | Path, *, engine: str = "auto", img_size: int | None = None,
                   calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
-                  eval_limit: int | None = 500, threads: int | None = None, seconds: float = 2.0) -> dict[str, Any]:
+                  eval_limit: int | None = 500, threads: int | None = None, seconds: float = 2.0,
+                  reparameterize: bool = True) -> dict[str, Any]:
     """`visionzoo export --engine`: the file one engine runs (`engine='auto'`: the fastest here within
     the accuracy rule), written as STEM.onnx, STEM.int8.onnx, STEM.xml, STEM.bf16.xml or STEM.int8.xml.
 
     The bf16 IR is the fp32 one with `visionzoo.precision = bf16` in its metadata, so predict and
     serve run it in bf16. Without --calib the int8 engines have nothing to calibrate on, and without
     --eval-data or --calib the reduced-precision engines have no images for the rule: both are skipped.
+    A re-parameterisable network is exported with its training branches fused (verified against the
+    unfused model) unless `reparameterize=False`.
     """
     from visionzoo.deploy.export.images import image_files
 
@@ -39,7 +42,8 @@ def export_engine(model: nn.Module, stem: str | Path, *, engine: str = "auto", i
     calibration = image_files(Path(calib_dir), calib_count) if calib_dir else None
     stem = Path(stem)
     with tempfile.TemporaryDirectory(prefix="vz-export-") as tmp:
-        artifacts = Artifacts(model, img_size=img_size, calibration=calibration, folder=tmp)
+        artifacts = Artifacts(model, img_size=img_size, calibration=calibration, folder=tmp,
+                              reparameterize=reparameterize)
         choice = None
         if engine == "auto":
             choice = _choose_exportable(artifacts, has_calibration=calibration is not None, eval_dir=eval_dir,
@@ -52,7 +56,7 @@ def export_engine(model: nn.Module, stem: str | Path, *, engine: str = "auto", i
         out = stem.with_name(stem.name + _SUFFIXES[engine])
         _write(runner, out)
     return {"model": artifacts.name, "engine": engine, "precision": ENGINES[engine].precision, "path": str(out),
-            "choice": choice.as_dict() if choice else None}
+            "reparameterized": artifacts.model is not artifacts.unfused, "choice": choice.as_dict() if choice else None}
 
 
 def _choose_exportable(artifacts: Artifacts, *, has_calibration: bool, eval_dir: str | Path | None,

@@ -1,9 +1,10 @@
 """Deployment: export to ONNX, OpenVINO IR or TorchScript, BN folding, int8 quantisation, and verification.
 
-`export_model` is what `visionzoo export` runs: build or load the model, optionally fold its
-batch norms, export, verify the file against eager PyTorch on random and real images at two
-batch sizes, and optionally quantise to int8 (onnxruntime's tools for ONNX, NNCF for OpenVINO)
-and measure top-1 before and after.
+`export_model` is what `visionzoo export` runs: build or load the model, fuse a re-parameterisable
+network's training branches (RepViT, MobileOne, FastViT; `reparameterize=False` keeps them),
+optionally fold its batch norms, export, verify the file against the eager model as given (unfused,
+unmerged: a wrong fusion fails here) on random and real images at two batch sizes, and optionally
+quantise to int8 (onnxruntime's tools for ONNX, NNCF for OpenVINO) and measure top-1 before and after.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from visionzoo.deploy.export.onnx import (
 from visionzoo.deploy.export.openvino import export_openvino, quantize_openvino_int8, verify_openvino
 from visionzoo.deploy.export.quantize import quantization_kind, quantize_int8
 from visionzoo.errors import SettingError, require_extra
-from visionzoo.factory import model_name, with_spec
+from visionzoo.factory import is_reparameterizable, model_name, reparameterized, with_spec
 from visionzoo.weights.lora import is_lora, merge_lora
 
 __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript", "export_openvino", "verify_onnx",
@@ -53,6 +54,7 @@ class ExportReport:
     top1_int8: float | None = None
     int8_scheme: str | None = None  # 'int8-static-qdq', 'int8-dynamic' or 'int8-nncf[-transformer]', from the file
     merged_adapter: bool = False  # a LoRA adapter was merged first; `checks` compare with the unmerged model
+    reparameterized: bool = False  # training branches were fused first; `checks` compare with the unfused model
 
     def as_dict(self) -> dict[str, Any]:
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
@@ -103,7 +105,7 @@ def _export_onnx_checked(model: nn.Module, out: Path, exporter: str, verify: boo
     """Export with `exporter`; 'auto' tries PyTorch's tracing exporter (fast), then, if it fails or its
     file does not compute the model's function, the torch.export-based one. Each attempt is verified
     (an OpenVINO IR, made from the ONNX export, by OpenVINO in fp32; against `reference` when given:
-    a LoRA model before its adapter was merged)."""
+    the model as given, before a LoRA adapter was merged or its branches fused)."""
     if target == "openvino":
         from visionzoo.deploy.runtimes.openvino import openvino_core
 
@@ -133,16 +135,19 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
                  dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto", fold_bn: bool = False,
                  int8: bool = False, int8_scheme: str = "auto",
                  calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
-                 eval_limit: int | None = None, verify: bool = True) -> ExportReport:
+                 eval_limit: int | None = None, verify: bool = True, reparameterize: bool = True) -> ExportReport:
     out = Path(out)
     name = model_name(model)
     model = model.eval()
-    # A LoRA model is exported with its adapter merged into the base weights, and the file is
-    # verified against the unmerged model: the merge is checked with everything else.
-    unmerged = None
+    # A LoRA model is exported with its adapter merged into the base weights, and a re-parameterisable
+    # one with its training branches fused; the file is verified against the model as given, so the
+    # merge and the fusion are checked with everything else.
+    reference, merged, fused = model, False, False
     if is_lora(model):
-        unmerged, model = model, merge_lora(copy.deepcopy(model)).eval()
+        model, merged = merge_lora(copy.deepcopy(model)).eval(), True
         with_spec(model, adapter=None)
+    if reparameterize and is_reparameterizable(model):
+        model, fused = reparameterized(model), True
     calib_dir = Path(calib_dir) if calib_dir else None
     if format not in FORMATS:
         raise SettingError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -165,16 +170,16 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
     if format in ("onnx", "openvino"):
         result = _export_onnx_checked(model, out, exporter, verify, img_size=img_size, dynamic_batch=dynamic_batch,
-                                      opset=opset, real=real, batch_sizes=batch_sizes, reference=unmerged,
+                                      opset=opset, real=real, batch_sizes=batch_sizes, reference=reference,
                                       target=format)
     else:
         result = export_torchscript(model, out, img_size=img_size)
         if verify:
-            result = verify_torchscript(result, model if unmerged is None else unmerged, img_size=img_size,
-                                        real_images=real, batch_sizes=batch_sizes)
+            result = verify_torchscript(result, reference, img_size=img_size, real_images=real,
+                                        batch_sizes=batch_sizes)
     report = ExportReport(model=name, path=result.path, format=format, verified=result.verified if verify else None,
                           max_relative_difference=result.max_relative_difference, checks=result.checks or [],
-                          merged_adapter=unmerged is not None)
+                          merged_adapter=merged, reparameterized=fused)
     if int8:
         report.int8_path = out.with_name(out.stem + ".int8" + out.suffix)
         calibration = image_files(calib_dir, calib_count) if calib_dir is not None else None

@@ -18,8 +18,8 @@ Two schemes, chosen per model by where its multiply-adds are (`int8_scheme`):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +44,10 @@ def calibration_batches(image_paths: list[Path], preprocessing: dict, batch_size
             continue  # a bad calibration file is skipped, not fatal
     if not arrays:
         raise SettingError(f"none of the {len(image_paths)} calibration images could be read")
+    # Batches of one size: onnxruntime's histogram calibrators stack every batch's activations into one array,
+    # so a smaller last batch breaks them. The largest size up to `batch_size` that divides the count keeps
+    # every image (9 images: 3 batches of 3).
+    batch_size = max(size for size in range(1, batch_size + 1) if len(arrays) % size == 0)
     return [np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
 
 
@@ -134,9 +138,10 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_image
 
         def run(method: str) -> None:
             extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
-            # onnxruntime's calibrators print their progress on stdout: keep stdout for our output
-            # (`--json` there is one JSON document), and show the progress on stderr
-            with contextlib.redirect_stdout(sys.stderr):
+            # onnxruntime's calibrators print their settings on stdout ("Number of tensors : 52",
+            # "Collecting tensor data and making histogram ..."): stdout is for our output (`--json`
+            # there is one JSON document) and the user needs none of it, so it goes nowhere
+            with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
                                  activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                                  calibrate_method=methods[method], extra_options=extra)

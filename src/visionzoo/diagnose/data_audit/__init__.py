@@ -80,6 +80,7 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
         raise SettingError(f"folds must be at least 2, got {settings.folds}")
     require_extra("imagehash", "audit", "visionzoo audit")  # before any work: the hashes come first
     require_extra("cleanlab", "audit", "visionzoo audit")
+    _check_weights_here(model, pretrained)  # before any work: offline, the default backbone's weights may be missing
     files = collect_files(data, max_unpack_gb=max_unpack_gb)
     digests, hashes, sizes, unreadable = hash_files(files.paths, progress)
     good = np.array([i for i in range(len(files.paths)) if i not in unreadable], dtype=np.int64)
@@ -113,6 +114,20 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
     if out is not None:
         write_report(report, out_dir)
     return report
+
+
+def _check_weights_here(model: Any, pretrained: Any) -> None:
+    """A one-line error at once when a registered backbone's weights are neither cached nor downloadable."""
+    from visionzoo.weights import WeightsNotAvailableError, unobtainable_weights
+
+    if isinstance(model, torch.nn.Module) or (model is not None and Path(str(model)).exists()):
+        return
+    name = str(model or DEFAULT_MODEL)
+    reason = unobtainable_weights(name, True if pretrained is None else pretrained)
+    if reason:
+        raise WeightsNotAvailableError(
+            f"the audit's backbone {name} needs weights that are not here ({reason}); give a local weights file "
+            f"with --model {name} --pretrained FILE, or audit with random weights: --pretrained none")
 
 
 def _backbone(model: Any, pretrained: Any) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -63,6 +63,7 @@ def _join(parts: list[tuple[str, FileSamples]], classes: list[str]) -> AuditFile
     parts = [(name, samples) for name, samples in parts if len(samples)]
     if not parts:
         raise DataError("no images found in the data")
-    return AuditFiles([p for _, s in parts for p in s.paths], np.concatenate([s.labels for _, s in parts]),
+    # Absolute paths: `train --exclude audit/label_issues.csv` then finds them from any working folder.
+    return AuditFiles([os.path.abspath(p) for _, s in parts for p in s.paths], np.concatenate([s.labels for _, s in parts]),
                       np.concatenate([np.full(len(s), i) for i, (_, s) in enumerate(parts)]), classes,
                       [name for name, _ in parts])
