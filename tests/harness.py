@@ -11,6 +11,7 @@ on the meta device instead (numeric runs of them would not fit the suite's time 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -171,5 +172,39 @@ def check_structure_parity(name: str, **kwargs: Any) -> None:
     ours.load_state_dict(reference.state_dict(), strict=True)
 
 
+@functools.cache
 def parameter_count(name: str) -> int:
-    return visionzoo.model_info(name)["params"]
+    """Counted on the meta device (model_info would also count multiply-adds, by a forward pass)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in visionzoo.create_model(name).parameters())
+
+
+# Size words in model names: variants that differ only in them (and in numbers) share their code.
+_SIZE_WORDS = "atto|femto|pico|nano|tiny|small|base|medium|large|huge|giant|so400m|s|m|l|xl"
+# Variants whose code path the smallest of their kind lacks: bottleneck ResNets, MobileNetV3-Large's
+# stages, MobileOne-S0's four branches per convolution.
+_ALSO_NUMERIC = ("resnet50", "mobilenetv3_large_100", "mobileone_s0")
+
+
+def _kind(name: str) -> str:
+    import re
+
+    stripped = re.sub(rf"(?<![a-z])({_SIZE_WORDS})(?![a-z])", "#", name)
+    return f"{get_card(name).family}:{re.sub(r'[0-9]+', '#', stripped)}"
+
+
+def numeric_parity_models() -> list[str]:
+    """The variants whose outputs are compared with the reference on real tensors: with
+    VISIONZOO_PARITY=all, every one under NUMERIC_PARAM_LIMIT; by default the smallest of each kind
+    (a family's variants that differ only in size words and numbers run the same code) and
+    `_ALSO_NUMERIC`. Every variant's structure and parameter count are checked on the meta device."""
+    import os
+
+    small = sorted((n for n in visionzoo.list_models() if parameter_count(n) <= NUMERIC_PARAM_LIMIT),
+                   key=lambda n: (parameter_count(n), n))
+    if os.environ.get("VISIONZOO_PARITY") == "all":
+        return small
+    smallest: dict[str, str] = {}
+    for name in small:
+        smallest.setdefault(_kind(name), name)
+    return sorted(set(smallest.values()) | set(_ALSO_NUMERIC))

@@ -77,7 +77,17 @@ SKIPPED: dict[str, str] = {
     ".venv/bin/python -m pytest -q -n auto": "the test suite itself, this file included",
     "pip install -e '.[export]'": "installs from the package index",
     "pip install -e '.[openvino]'": "installs from the package index",
+    "pip install -e '.[litert,executorch,coreml]'": "installs from the package index",
     "pip install -e '.[serve]'": "installs from the package index",
+    "visionzoo push runs/quickstart --repo OWNER/shapes-resnet18 --export onnx": "uploads to the Hugging Face Hub",
+    "visionzoo train resnet50 --data 's3://bucket/train-{000000..000099}.tar'":
+        "reads shards from a bucket on the network (tests/data/test_shards.py reads brace patterns and file:// URLs)",
+    "visionzoo train resnet50 --data hf://datasets/OWNER/NAME --image-column img --label-column fine_label":
+        "downloads a dataset from the Hub (tests/data/test_hf_dataset.py names the columns of a local one)",
+    "torchrun --nproc-per-node 4 -m visionzoo.cli train resnet50 --data shards/":
+        "four processes: tests/training/test_streaming_ddp.py trains shards in two gloo processes",
+    "torchrun --nproc-per-node 4 -m visionzoo.cli embed resnet50 --data shards/ --out emb/":
+        "four processes: tests/embed/test_embed_shards.py embeds shards in two",
     "torchrun --nproc_per_node 4 -m visionzoo.cli train --model vit_base_patch16_224 --pretrained default "
     "--recipe finetune --data photos/ --batch-size 256":
         "four processes fine-tuning ViT-B: more than two shared cores hold in the walk's time",
@@ -193,6 +203,31 @@ WALK: dict[str, Step] = {
     "visionzoo benchmark resnet50 --engine all": Step(
         slow="torch.compile and six more engines of ResNet-50 at 224 px: minutes on two cores "
              "(tests/deploy/test_engines.py checks each engine)"),
+    # Phones: each export is tens of CPU-seconds; tests/deploy/test_litert.py, test_executorch.py and
+    # test_coreml.py export, run and verify each format on a small model
+    "visionzoo export efficientnet_lite0 --format litert --int8 --calib photos/train --verify photos/val": Step(
+        slow="LiteRT conversion and int8 calibration of Lite0 (tests/deploy/test_litert.py)"),
+    "visionzoo export efficientnet_lite0 --format executorch --int8 --calib photos/train --verify photos/val": Step(
+        slow="two XNNPACK lowerings of Lite0 (tests/deploy/test_executorch.py)"),
+    "visionzoo export efficientnet_lite0 --format coreml --int8": Step(
+        slow="two Core ML conversions of Lite0 (tests/deploy/test_coreml.py)"),
+    "visionzoo predict efficientnet_lite0.tflite cat.jpg --topk 5": Step(
+        slow="needs the LiteRT export above (tests/deploy/test_litert.py predicts without PyTorch)"),
+    "visionzoo benchmark efficientnet_lite0 --engine litert-fp32,litert-int8,executorch-int8,onnxruntime-int8": Step(
+        slow="four exports of Lite0 and their timing (tests/deploy/test_litert.py, test_executorch.py)"),
+    # Sets larger than a folder
+    "visionzoo data pack photos/ --out shards/ --shard-size 1GB": Step(),
+    "visionzoo train resnet50 --data shards/": Step(extra=SMALL, why=SMALL_WHY),
+    "visionzoo train resnet50 --data my_dataset/": Step(
+        swap={"my_dataset/": "hf-photos/"}, extra=SMALL,
+        why="my_dataset/ stands for a Hugging Face dataset saved with save_to_disk; the walk saves the photos as "
+            "one; " + SMALL_WHY),
+    # Sharing and comparing runs
+    "visionzoo push runs/quickstart --repo OWNER/shapes-resnet18 --to-folder shapes-card": Step(),
+    "visionzoo predict hf-hub:OWNER/shapes-resnet18 cat.jpg": Step(
+        swap={"hf-hub:OWNER/shapes-resnet18": "shapes-card"}, why="the pushed folder is what the Hub serves"),
+    "visionzoo train --model resnet18 --data photos/ --track mlflow": Step(),
+    "visionzoo runs runs/ --sort top1 --plot top1 --against time": Step(),
     # Serving: the server runs in the background while the README's curl line asks it
     SERVE: Step(),
     CURL: Step(),
@@ -341,7 +376,8 @@ def test_rewrite_changes_only_what_must_change(tmp_path):
 
 def make_sandbox(root: Path) -> None:
     """photos/ (train/ and val/ of two classes), labels.csv, images.tar.gz, cat.jpg, dog.jpg, photo.jpg,
-    not-my-classes/ and multilabel-photos/ (labels.csv with 'a|b' rows), all generated shapes."""
+    not-my-classes/, multilabel-photos/ (labels.csv with 'a|b' rows) and hf-photos/ (photos/ as a Hugging Face
+    dataset), all generated shapes."""
     from PIL import Image
 
     from visionzoo.data.shapes import SHAPE_CLASSES, make_shape_sets, make_shapes
@@ -376,6 +412,18 @@ def make_sandbox(root: Path) -> None:
         names = [SHAPE_CLASSES[k] for k in range(len(SHAPE_CLASSES)) if sets.labels[n][k]]
         lines.append(f"img/{n:03d}.jpg,{'|'.join(names)}")
     (root / "multilabel-photos" / "labels.csv").write_text("path,labels\n" + "\n".join(lines) + "\n")
+    _save_hf_photos(root, images, labels, kept)
+
+
+def _save_hf_photos(root: Path, images: list, labels: list[str], kept: list[int]) -> None:
+    """hf-photos/: photos/' images as a Hugging Face dataset saved with save_to_disk (train and validation)."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["circle", "square"])})
+    split = {"train": [i for n, i in enumerate(kept) if n % 4 != 3], "validation": [i for n, i in enumerate(kept) if n % 4 == 3]}
+    datasets.DatasetDict({name: datasets.Dataset.from_dict(
+        {"image": [images[i] for i in chosen], "label": [labels[i] for i in chosen]}, features=features)
+        for name, chosen in split.items()}).save_to_disk(str(root / "hf-photos"))
 
 
 class LocalWeights:

@@ -145,7 +145,8 @@ def test_each_family_file_registers_what_the_workflows_ask():
     assert {f for f, fact in facts.items() if fact.edge} == {"efficientnet_lite", "mobilenetv3", "mobilenetv4", "repvit",
                                                                 "fastvit", "mobileone"}
     assert {f for f, fact in facts.items() if fact.lora_targets} == {
-        "vit", "deit", "dinov2", "dinov3", "clip", "siglip2", "eva02", "swin", "maxvit", "convnext", "convnextv2"}
+        "vit", "deit", "dinov2", "dinov3", "clip", "siglip2", "eva02", "swin", "maxvit", "convnext", "convnextv2",
+        "fastvit"}
     assert facts["convnext"].lora_targets.mlp is None  # no attention: the MLP's linears are the targets
     assert facts["resnet"].cam_layer == CamLayer("layer4") and facts["swin"].cam_layer.to_map is not None
 

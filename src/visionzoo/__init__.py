@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "model_info": "visionzoo.factory",
     "create_clip": "visionzoo.factory",
     "zero_shot_classifier": "visionzoo.factory",
+    "load_siglip_tokenizer": "visionzoo.siglip_text",
     "data_config": "visionzoo.factory",
     "transforms": "visionzoo.factory",
     "save_model": "visionzoo.factory",
@@ -41,9 +42,19 @@ _EXPORTS: dict[str, str] = {
     "with_spec": "visionzoo.factory",
     "ModelSpec": "visionzoo.factory",
     "train": "visionzoo.training.trainer",
+    "evaluate": "visionzoo.evaluation",
+    "predict": "visionzoo.prediction",
+    "pack_shards": "visionzoo.data.pack",
+    "lr_find": "visionzoo.training.lr_find",
+    "soup": "visionzoo.training.soup",
+    "tune": "visionzoo.choose.tune",
     "audit": "visionzoo.diagnose.data_audit",
     "explain": "visionzoo.diagnose.explanation",
     "advise": "visionzoo.choose.advice",
+    "transferability": "visionzoo.embed.scores",
+    "push": "visionzoo.share.hub",
+    "runs": "visionzoo.share.comparison",
+    "export": "visionzoo.deploy.verify",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

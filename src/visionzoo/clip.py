@@ -15,6 +15,11 @@ Building (`create_clip`, `zero_shot_classifier`) is in `visionzoo.factory`, whic
 model its spec. `zero_shot_classifier(clip, class_names)` turns class names into an ordinary classification
 model: the image tower plus a linear head whose rows are the normalised, prompt-ensembled
 text embeddings of the classes, scaled by the logit scale.
+
+The same path serves SigLIP 2 (`visionzoo.siglip_text.SigLIP`, with its own tokenizer): its
+pair carries a `logit_bias`, which becomes the head's bias, and its logits are read one label at a
+time through a sigmoid (the classifier's spec says `task: multilabel`), so the probabilities are
+independent and need not sum to 1.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -221,15 +226,20 @@ CLIP_MODELS: dict[str, tuple[str, ClipTextConfig, int]] = {
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
-def clip_data_config(visual: nn.Module) -> dict:
+def clip_data_config(visual: nn.Module, sigmoid: bool = False) -> dict:
     """CLIP's preprocessing at the image tower's input size: bicubic resize of the short side,
-    centre crop (crop_pct 1), normalised by the mean and std of CLIP's training images."""
+    centre crop (crop_pct 1), normalised by the mean and std of CLIP's training images. SigLIP's
+    (`sigmoid`): the whole image squashed to the input size, normalised to [-1, 1], as open_clip's."""
     size = 224
     patch_embed = getattr(visual, "patch_embed", None)
     if getattr(patch_embed, "img_size", None) is not None:
         size = int(patch_embed.img_size[0])
+    if sigmoid:
+        return {"input_size": (3, size, size), "interpolation": "bicubic", "mean": SIGLIP_MEAN, "std": SIGLIP_STD,
+                "crop_pct": 1.0, "resize_mode": "squash"}
     return {"input_size": (3, size, size), "interpolation": "bicubic", "mean": CLIP_MEAN, "std": CLIP_STD,
             "crop_pct": 1.0}
 
@@ -238,25 +248,31 @@ def clip_data_config(visual: nn.Module) -> dict:
 class ZeroShotClassifier(nn.Module):
     """An image classifier made from CLIP and class names: the image tower, then a linear head
     (no bias) whose rows are the classes' unit text embeddings times the logit scale, applied to
-    the unit image embedding. Logits are CLIP's scaled cosine similarities.
+    the unit image embedding. Logits are CLIP's scaled cosine similarities. With `logit_bias`
+    (SigLIP) the head has that bias and each logit's sigmoid is its label's probability (`sigmoid`).
 
     It has the shared interface (`forward_features`, `forward_head(pre_logits=)`,
     `reset_classifier`, `num_features`, `num_classes`), so predict, eval, benchmark and export
     treat it as any other model; `pre_logits` is the normalised image embedding.
     """
 
-    def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, logit_scale: float):
+    def __init__(self, visual: nn.Module, class_embeddings: torch.Tensor, logit_scale: float,
+                 logit_bias: float | None = None):
         super().__init__()
         num_classes, embed_dim = class_embeddings.shape
         self.visual = visual
         self.num_features = embed_dim
         self.num_classes = num_classes
-        self.head = nn.Linear(embed_dim, num_classes, bias=False)
+        self.sigmoid = logit_bias is not None  # independent per-label probabilities (SigLIP), not a softmax
+        self.head = nn.Linear(embed_dim, num_classes, bias=self.sigmoid)
         with torch.no_grad():
             self.head.weight.copy_(logit_scale * F.normalize(class_embeddings, dim=-1))
+            if logit_bias is not None:
+                self.head.bias.fill_(logit_bias)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
+        self.sigmoid = False
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,10 +287,11 @@ class ZeroShotClassifier(nn.Module):
 
 
 @torch.no_grad()
-def class_embeddings(model: CLIP, class_names: Sequence[str], templates: Sequence[str] = (),
-                     batch_size: int = 256) -> torch.Tensor:
+def class_embeddings(model: nn.Module, class_names: Sequence[str], templates: Sequence[str] = (),
+                     batch_size: int = 256, tokenizer: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """One unit vector per class (C, embed_dim): the normalised mean of the normalised text
-    embeddings of every prompt `template.format(name)` (prompt ensembling, Radford et al. section 3.1.4)."""
+    embeddings of every prompt `template.format(name)` (prompt ensembling, Radford et al. section 3.1.4).
+    `tokenizer` (texts, context_length=) -> ids: CLIP's unless given; a SigLIP pair needs its own."""
     templates = list(templates) or list(IMAGENET_TEMPLATES)
     for template in templates:
         if "{}" not in template:
@@ -284,26 +301,33 @@ def class_embeddings(model: CLIP, class_names: Sequence[str], templates: Sequenc
         raise SettingError("no class names given")
     device = next(model.parameters()).device
     prompts = [template.format(name) for name in class_names for template in templates]
-    tokens = tokenize(prompts, context_length=model.text.context_length)
+    tokens = (tokenizer or tokenize)(prompts, context_length=model.text.context_length)
     embeddings = torch.cat([model.encode_text(chunk.to(device), normalize=True)
                             for chunk in tokens.split(batch_size)])  # (C * T, D)
     embeddings = embeddings.reshape(len(class_names), len(templates), -1).mean(dim=1)  # (C, D)
     return F.normalize(embeddings, dim=-1)
 
 
-def make_zero_shot_classifier(model: CLIP, class_names: Sequence[str], templates: Sequence[str] | None = None,
-                              batch_size: int = 256) -> ZeroShotClassifier:
+def make_zero_shot_classifier(model: nn.Module, class_names: Sequence[str], templates: Sequence[str] | None = None,
+                              batch_size: int = 256, tokenizer: Callable[..., torch.Tensor] | None = None
+                              ) -> ZeroShotClassifier:
     """A classifier over `class_names` from a CLIP model, with no training.
 
     Each class weight is the normalised mean of the normalised text embeddings of its prompts,
     one per template (default: the 80 ImageNet templates of OpenAI's CLIP); a template has a `{}`
-    where the class name goes. The result shares the image tower with `model`.
+    where the class name goes. The result shares the image tower with `model`. A SigLIP pair (it has a
+    `logit_bias`) needs `tokenizer` (`visionzoo.siglip_text.SigLipTokenizer`) and gives a sigmoid head.
     """
+    logit_bias = getattr(model, "logit_bias", None)
+    if logit_bias is not None and tokenizer is None:
+        raise SettingError("a SigLIP model needs its own tokenizer: pass tokenizer=SigLipTokenizer('tokenizer.json') "
+                           "(the file ships with the weights)")
     was_training = model.training
     model.eval()
-    weights = class_embeddings(model, class_names, templates or (), batch_size=batch_size)
+    weights = class_embeddings(model, class_names, templates or (), batch_size=batch_size, tokenizer=tokenizer)
     model.train(was_training)
-    classifier = ZeroShotClassifier(model.visual, weights, float(model.logit_scale.detach().exp()))
+    classifier = ZeroShotClassifier(model.visual, weights, float(model.logit_scale.detach().exp()),
+                                    None if logit_bias is None else float(logit_bias.detach()))
     return classifier.eval()
 
 

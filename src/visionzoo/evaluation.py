@@ -1,4 +1,5 @@
-"""Evaluation: top-1, top-5, per-class precision / recall / F1, calibration (ECE), confusion matrix.
+"""Evaluation: top-1, top-5, balanced accuracy, per-class precision / recall / F1, calibration (ECE),
+confusion matrix and per-class recall plot (classes ordered by their training images when known).
 
     import visionzoo.evaluation as ev
     result = ev.evaluate("runs/resnet18-shapes/best", "builtin:shapes")
@@ -12,39 +13,59 @@ Data is resolved like training data; a tree without val/ or test/ counts wholly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from visionzoo.data.datasets import ImageDataset, collate_skipping, crop_shifted
+from visionzoo.data.resize import check_resize_mode
 from visionzoo.data.sources import resolve_data
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import find_spec
 from visionzoo.metrics.calibration import head_of
-from visionzoo.metrics.classification import classification_metrics, plot_confusion_matrix
+from visionzoo.metrics.classification import classification_metrics, plot_confusion_matrix, plot_per_class_recall
 from visionzoo.resolve import resolve_model
 from visionzoo.runtime import tune_allocator
 
 __all__ = ["predict_logits", "tta_logits", "evaluate"]
 
 
-def tta_logits(model: nn.Module, images: torch.Tensor, *, flip: bool = False, shift: int = 0) -> torch.Tensor:
+def tta_logits(model: nn.Module, images: torch.Tensor, *, flip: bool = False, shift: int = 0,
+               scales: Sequence[float] = ()) -> torch.Tensor:
     """`model`'s logits for a batch, averaged over test-time views: the image and, with `flip`, its
-    mirror. With `shift`, half the weight goes to the same views moved by `shift` pixels towards the
-    top left and towards the bottom right (reflect-padded), the weighting airbench evaluates with."""
+    mirror. Each of `scales` (above 1) adds, with equal weight, the same views zoomed in by that factor
+    (resized, then centre-cropped back to the input's size, so fixed-size models take them). With
+    `shift`, half the weight goes to the same views moved by `shift` pixels towards the top left and
+    towards the bottom right (reflect-padded), the weighting airbench evaluates with."""
     def over_flips(x: torch.Tensor) -> torch.Tensor:
         logits = model(x).float()
         return (logits + model(x.flip(-1)).float()) / 2 if flip else logits
 
-    logits = over_flips(images)
+    def over_scales(x: torch.Tensor) -> torch.Tensor:
+        logits = over_flips(x)
+        for scale in scales:
+            logits = logits + over_flips(zoomed(x, scale))
+        return logits / (1 + len(scales))
+
+    def zoomed(x: torch.Tensor, scale: float) -> torch.Tensor:
+        if scale <= 1:
+            raise SettingError(f"a test-time scale zooms in, so it must be above 1, got {scale}")
+        height, width = x.shape[-2:]
+        big = torch.nn.functional.interpolate(x, size=(round(height * scale), round(width * scale)),
+                                              mode="bilinear", align_corners=False, antialias=False)
+        top, left = (big.shape[-2] - height) // 2, (big.shape[-1] - width) // 2
+        return big[..., top:top + height, left:left + width]
+
+    over_flips_and_scales = over_scales if scales else over_flips
+    logits = over_flips_and_scales(images)
     if shift:
         top_left = crop_shifted(images, 0, 0, False, shift)
         bottom_right = crop_shifted(images, 2 * shift, 2 * shift, False, shift)
-        logits = (logits + (over_flips(top_left) + over_flips(bottom_right)) / 2) / 2
+        logits = (logits + (over_flips_and_scales(top_left) + over_flips_and_scales(bottom_right)) / 2) / 2
     return logits
 
 
@@ -76,8 +97,12 @@ def predict_logits(model: nn.Module, loader, *, device: torch.device | str = "cp
 def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrained: bool | str | None = None,
              batch_size: int = 128, workers: int = 0, device: str | None = None, image_size: int | None = None,
              tta_flip: bool = False, tta_shift: int = 0, out: str | Path | None = None,
-             ood: str | Path | None = None, max_unpack_gb: float | None = None) -> dict[str, Any]:
-    """Evaluate a model on a dataset; with `out`, also writes metrics.json and confusion_matrix.png there.
+             ood: str | Path | None = None, max_unpack_gb: float | None = None, resize_mode: str | None = None,
+             train_counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Evaluate a model on a dataset; with `out`, also writes metrics.json, confusion_matrix.png and
+    per_class_recall.png there (classes ordered by `train_counts`, training images per class; by
+    default those a run folder's config.json recorded). `resize_mode` (crop, squash, letterbox)
+    overrides the model's own (`visionzoo.data.resize`).
     `tta_flip` / `tta_shift` average the logits over mirrored / shifted views (see `tta_logits`).
 
     Multi-label models and data (see `visionzoo.metrics.multilabel`) give mAP, per-class AP / F1 at the saved
@@ -91,6 +116,8 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     made = find_spec(model)
     model_classes = list(made.class_names) if made and made.class_names else None
     data_config = model_data_config(model)
+    if resize_mode is not None:
+        data_config = {**data_config, "resize_mode": check_resize_mode(resize_mode)}
     head = head_of(model) or {}
     splits = resolve_data(data, split="eval", task="multilabel" if head.get("task") == "multilabel" else None,
                           max_unpack_gb=max_unpack_gb)
@@ -150,9 +177,29 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
             plot_confusion_matrix(result["confusion_matrix"], class_names, out / "confusion_matrix.png",
                                   f"top-1 {result['top1']:.2%}")
             result["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+            counts = train_counts if train_counts is not None else _recorded_train_counts(model_or_path)
+            plot_per_class_recall(result["per_class"], out / "per_class_recall.png", counts,
+                                  f"balanced accuracy {result['balanced_accuracy']:.2%}")
+            result["per_class_recall_png"] = str(out / "per_class_recall.png")
         plot_reliability(logits, labels, temperature, out / "reliability.png", task=task)
         result["reliability_png"] = str(out / "reliability.png")
     return result
+
+
+def _recorded_train_counts(model_or_path: Any) -> dict[str, int] | None:
+    """The training images per class a run's config.json recorded: for a run folder, or its best/ or last/."""
+    import json
+
+    if not isinstance(model_or_path, (str, Path)) or not Path(model_or_path).is_dir():
+        return None
+    for folder in (Path(model_or_path), Path(model_or_path).parent):
+        try:
+            counts = json.loads((folder / "config.json").read_text()).get("train_class_counts")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(counts, dict):
+            return counts
+    return None
 
 
 def _ood_report(model, folder, in_logits, head, data_config, image_size, batch_size, workers, device,

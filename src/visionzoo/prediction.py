@@ -20,11 +20,13 @@ import torch
 import torch.nn as nn
 
 from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.data.resize import check_resize_mode
 from visionzoo.data.samples import expand_image_paths
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import SettingError
+from visionzoo.evaluation import tta_logits
 from visionzoo.factory import class_names, data_config, transforms
-from visionzoo.heads import error_record, result_record
+from visionzoo.heads import error_record, result_record, task_of
 from visionzoo.metrics.calibration import head_of
 from visionzoo.resolve import resolve_model
 
@@ -33,11 +35,17 @@ __all__ = ["predict", "predict_images", "classify_images"]
 
 @torch.inference_mode()
 def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, batch_size: int = 16,
-                   labels: Sequence[str] | None = None, reject: bool = True) -> list[dict[str, Any]]:
-    """Results for `paths` in order; unreadable files give error records."""
+                   labels: Sequence[str] | None = None, reject: bool = True,
+                   resize_mode: str | None = None, tta: bool = False,
+                   tta_scales: Sequence[float] = ()) -> list[dict[str, Any]]:
+    """Results for `paths` in order; unreadable files give error records. `resize_mode` (crop, squash,
+    letterbox) overrides the model's own (`visionzoo.data.resize`). `tta` averages the logits of each
+    image and its mirror, `tta_scales` adds zoomed-in views (`evaluation.tta_logits`, as eval's)."""
+
     if topk < 1:
         raise SettingError(f"topk must be at least 1, got {topk}")
-    transform = transforms(model)
+    transform = transforms(model) if resize_mode is None else eval_transform(
+        {**data_config(model), "resize_mode": check_resize_mode(resize_mode)})
     labels = labels if labels is not None else class_names(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     head = head_of(model)
@@ -47,7 +55,7 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
     def flush() -> None:
         if not batch:
             return
-        logits = model(torch.stack(batch).to(device)).float().cpu().numpy()
+        logits = tta_logits(model, torch.stack(batch).to(device), flip=tta, scales=tta_scales).cpu().numpy()
         for row, index in zip(logits, where):
             results[index] = result_record(paths[index], row, labels, topk, head, reject=reject)
         batch.clear()
@@ -71,27 +79,31 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
 
 
 def predict(model: str | os.PathLike | nn.Module, images: Sequence[str | os.PathLike], *, topk: int = 5,
-            pretrained: bool | str | None = None, batch_size: int = 16, reject: bool = True) -> list[dict[str, Any]]:
+            pretrained: bool | str | None = None, batch_size: int = 16, reject: bool = True,
+            resize_mode: str | None = None, tta: bool = False, tta_scales: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Top-k predictions for image files, folders and globs (see the module docstring)."""
     paths = expand_image_paths(images)
     if not paths:
         raise SettingError("no images given")
     return predict_images(resolve_model(model, pretrained), paths, topk=topk, batch_size=batch_size,
-                          reject=reject)
+                          reject=reject, resize_mode=resize_mode, tta=tta, tta_scales=tta_scales)
 
 
 @torch.no_grad()
 def classify_images(classifier: nn.Module, paths: Sequence[str], top_k: int = 3, batch_size: int = 32
                     ) -> list[dict]:
-    """Top-k class names and probabilities (softmax of the logits) for each image file."""
+    """Top-k class names and probabilities for each image file: the softmax of the logits, or for a
+    multi-label head (a SigLIP zero-shot classifier) each logit's sigmoid, independent of the others."""
     transform = eval_transform(data_config(classifier))
+    independent = task_of(head_of(classifier)) == "multilabel"
     names = class_names(classifier) or [str(i) for i in range(classifier.num_classes)]
     device = next(classifier.parameters()).device
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
         images = torch.stack([transform(decode_image(path)) for path in chunk]).to(device)
-        probabilities = classifier(images).softmax(dim=-1)
+        logits = classifier(images)
+        probabilities = logits.sigmoid() if independent else logits.softmax(dim=-1)
         values, indices = probabilities.topk(min(top_k, len(names)), dim=-1)
         for path, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
             results.append({"image": str(path),

@@ -1,8 +1,8 @@
 """What a model argument means, the same for every command, `predict` and `serve`.
 
     MODEL        a registered name (`resnet50`), a folder written by `save_model` (a run folder
-                 means its `best/`), or, where the caller allows it, an exported `.onnx` file or
-                 OpenVINO IR (`.xml`)
+                 means its `best/`), `hf-hub:ORG/REPO` (a model pushed by `visionzoo push`), or, where
+                 the caller allows it, an exported `.onnx` file or OpenVINO IR (`.xml`)
     --pretrained none | default | ARCH.TAG | PATH (a weight file) | hf-hub:ORG/REPO
 
 Import-light on purpose: `parse_pretrained` and the ONNX path never import torch, so the
@@ -55,19 +55,29 @@ def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pr
     weights = parse_pretrained(pretrained)
     text = os.fspath(spec)
     path = Path(text)
-    if text.endswith((".onnx", ".xml")):
+    if text.endswith((".onnx", ".xml", ".tflite", ".pte")):
         if not allow_onnx:
-            raise SettingError(f"{text} is an exported model (ONNX or OpenVINO IR); this command needs a registered model name "
+            raise SettingError(f"{text} is an exported model (ONNX, OpenVINO IR, LiteRT or ExecuTorch); this command needs a registered model name "
                                "or a folder written by visionzoo.save_model")
         if weights is not None:
             raise SettingError(f"--pretrained does not apply to the exported model {text}; drop --pretrained")
         if not path.is_file():
-            raise FileNotFoundError(f"no such {'ONNX' if text.endswith('.onnx') else 'OpenVINO IR'} file: {text}")
+            raise FileNotFoundError(f"no such exported model file: {text}")
         from visionzoo.deploy.runtimes import open_exported
 
         return open_exported(text, runtime, threads=onnx_threads)
     if runtime is not None:
-        raise SettingError(f"--runtime applies to exported files (.onnx, .xml), not to {text}")
+        raise SettingError(f"--runtime applies to exported files (.onnx, .xml, .tflite, .pte), not to {text}")
+    if text.startswith("hf-hub:"):
+        if weights is not None:
+            raise SettingError(f"{text} is a pushed model that carries its own weights; drop --pretrained")
+        import visionzoo
+
+        return visionzoo.load_model(text).eval()
+    if isinstance(weights, str) and weights.startswith("hf-hub:") and not overrides:
+        pushed = _pushed_model(text, weights)
+        if pushed is not None:
+            return pushed
     if path.is_dir():
         if weights is not None:
             raise SettingError(f"{text} is a saved model that carries its own weights; drop --pretrained")
@@ -83,3 +93,19 @@ def resolve_model(spec: Any, pretrained: str | bool | None = None, *, default_pr
 
     chosen = default_pretrained if weights is None else weights
     return visionzoo.create_model(text, pretrained=chosen, **overrides).eval()
+
+
+def _pushed_model(name: str, spec: str):
+    """The model `visionzoo push` put at `spec` (`hf-hub:org/repo`), rebuilt exactly (its head, classes,
+    calibration) when it is a `name`; None when the repo holds other weights (a timm layout)."""
+    from visionzoo.weights import SAVED_MODEL_FORMAT, hub_config
+
+    config = hub_config(spec) or {}
+    if config.get("format") != SAVED_MODEL_FORMAT:
+        return None
+    if config.get("architecture") != name:
+        raise SettingError(f"{spec} holds a {config.get('architecture')}, not a {name}; pass {spec} as the model "
+                           "itself, or name its architecture")
+    import visionzoo
+
+    return visionzoo.load_model(spec).eval()

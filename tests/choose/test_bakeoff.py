@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import visionzoo
-from visionzoo.choose.bakeoff.halving import halving_verdict
 from visionzoo.choose.bakeoff.state import STATE_FILE
 from visionzoo.choose.candidates import Candidate, candidate_pool, spread
 
@@ -55,16 +54,19 @@ def test_json_shape_winner_export_and_plot(first):
     assert shape["target"] == "cpu" and shape["constraints"] == {}
     assert shape["data"]["train"] == 40 and shape["data"]["val"] == 20 and len(shape["data"]["classes"]) == 10
     assert [c["name"] for c in shape["candidates"]] and all(
-        set(c) == {"name", "weights", "probe_top1", "finetune_top1", "latency_ms", "engine", "params", "status"}
-        for c in shape["candidates"])
+        set(c) == {"name", "weights", "probe_top1", "finetune_top1", "latency_ms", "engine", "params", "status",
+                   "scores"} for c in shape["candidates"])
     probed = [c for c in shape["candidates"] if c["probe_top1"] is not None]
     assert len(probed) == 2 and all(0.0 <= c["probe_top1"] <= 1.0 for c in probed)
+    assert all(set(c["scores"]) == {"logme", "knn_loo", "linear"} and c["scores"]["linear"] == c["probe_top1"]
+               for c in probed)
     tuned = [c for c in shape["candidates"] if c["finetune_top1"] is not None]
     assert len(tuned) == 1  # --finetune-top 1; the other is not fine-tuned and says why
-    assert any(c["status"].startswith("not fine-tuned: probe rank 2") for c in shape["candidates"])
+    assert tuned[0]["name"] == max(probed, key=lambda c: c["scores"]["logme"])["name"]  # ranked by LogME
+    assert any(c["status"].startswith("not fine-tuned: LogME rank 2") for c in shape["candidates"])
     winner = shape["winner"]
     assert set(winner) == {"name", "weights", "top1", "scored_by", "status", "latency_ms", "engine", "run_dir",
-                           "export"}
+                           "export", "decision"}
     assert winner["name"] == tuned[0]["name"] and winner["top1"] == tuned[0]["finetune_top1"]
     assert winner["scored_by"] == "fine-tune" and winner["status"] == tuned[0]["status"] == "winner (fine-tuned)"
     assert Path(winner["export"]).is_file() and (Path(winner["run_dir"]) / "best" / "config.json").is_file()
@@ -114,7 +116,7 @@ def test_resume_after_kill_9(weight_files, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": SRC, "VISIONZOO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     args = [*[a for name, file in weight_files.items() for a in ("--weights", f"{name}={file}")], "--out", str(out),
-            "--image-size", "32", "--finetune-epochs", "1", "--finetune-top", "2", "--json"]
+            "--image-size", "32", "--finetune-epochs", "1", "--finetune-top", "2", "--finalists", "top", "--json"]
     killed = _cli(args, {**env, "VISIONZOO_BAKEOFF_KILL_AT": "after-finetune"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = json.loads((out / STATE_FILE).read_text())
@@ -135,7 +137,7 @@ def test_resume_after_kill_9(weight_files, tmp_path):
 
 def test_two_fine_tunes_run_at_once_one_per_device(weight_files, tmp_path):
     # enough epochs that each run outlasts the other's start-up (a 1-epoch run ends in under a second)
-    result = _run(weight_files, tmp_path / "out", finetune_top=2, devices=["cpu", "cpu"],
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, finalists="top", devices=["cpu", "cpu"],
                   finetune_settings={"epochs": 8})
     spans = []
     for c in result.candidates:
@@ -149,7 +151,7 @@ def test_two_fine_tunes_run_at_once_one_per_device(weight_files, tmp_path):
 def test_the_budget_stops_the_running_fine_tune_and_skips_the_rest(weight_files, tmp_path):
     # --budget-min bounds the whole run: measure and probe first (reused below), then fine-tune within seconds
     _run(weight_files, tmp_path / "out", finetune_top=0, finetune_settings={"epochs": 50})
-    result = _run(weight_files, tmp_path / "out", finetune_top=2, budget_min=20 / 60,
+    result = _run(weight_files, tmp_path / "out", finetune_top=2, finalists="top", budget_min=20 / 60,
                   finetune_settings={"epochs": 50})
     state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
     finetunes = [entry["finetune"] for entry in state["candidates"].values()]
@@ -206,17 +208,6 @@ def test_commercial_keeps_only_weights_whose_licence_allows_it(monkeypatch):
 # --- the pure parts -----------------------------------------------------------------------------
 
 
-def test_halving_stops_a_run_that_trails_at_the_same_epoch():
-    curves = {"leader": {1: 0.6, 2: 0.8, 3: 0.9}, "behind": {1: 0.5}}
-    assert halving_verdict("behind", curves, 3) == (1, 0.5, 0.6)
-    assert halving_verdict("leader", curves, 3) is None
-    curves["behind"] = {1: 0.6, 2: 0.81}  # ties stay; ahead at epoch 2 continues
-    assert halving_verdict("behind", curves, 3) is None
-    assert halving_verdict("behind", {"behind": {3: 0.1}, "leader": {3: 0.9}}, 3) is None  # the last epoch: no rung
-    three = {"a": {1: 0.9}, "b": {1: 0.8}, "c": {1: 0.7}}  # of three at a rung, the best two continue
-    assert [halving_verdict(k, three, 4) is None for k in "abc"] == [True, True, False]
-
-
 def test_spread_takes_families_before_sizes():
     pool = [Candidate(name=f"{family}{size}", weights="", family=family, params=size, top1=top1)
             for family, top1 in (("a", 80.0), ("b", 70.0)) for size in (1, 2, 3)]
@@ -246,11 +237,11 @@ def test_a_fine_tune_spec_and_the_command_it_shows(tmp_path):
     c = Candidate(name="convnext_atto", weights="w.pth", family="convnext", params=3_700_000)
     run_dir = tmp_path / "runs" / "convnext_atto"
     fresh = run_spec(c, DATA, run_dir, 6, 32, {"epochs": 6, "lr": 0.01, "ema": True}, "cpu", resume=False)
-    assert fresh["settings"] == {"recipe": finetune_recipe(), "epochs": 6, "val_every": 2, "image_size": 32,
+    assert fresh["settings"] == {"recipe": finetune_recipe(), "epochs": 6, "val_every": 3, "image_size": 32,
                                  "lr": 0.01, "ema": True, "device": "cpu", "progress": False}
     assert fresh["result"] == str(tmp_path / "runs" / "convnext_atto.result.json")
     assert command_line(fresh) == ["train", "--model", "convnext_atto", "--pretrained", "w.pth", "--data", DATA,
-                                   "--recipe", finetune_recipe(), "--epochs", "6", "--val-every", "2", "--out",
+                                   "--recipe", finetune_recipe(), "--epochs", "6", "--val-every", "3", "--out",
                                    str(run_dir), "--image-size", "32", "--lr", "0.01", "--ema"]
     resumed = run_spec(c, DATA, run_dir, 6, 32, {"lr": 0.01}, "cuda:1", resume=True)
     assert resumed["resume"] and resumed["settings"] == {"device": "cuda:1", "progress": False}
@@ -307,7 +298,8 @@ def test_the_winner_line_json_table_and_plot_tell_one_story(tmp_path, monkeypatc
     args = argparse.Namespace(data="builtin:shapes", target="cpu", latency_ms=None, max_params=None,
                               commercial=False, weights=None, candidates=2, finetune_top=1, budget_min=None,
                               out=str(tmp_path), plot=None, devices=None, image_size=None, progress=False,
-                              json=False, finetune_epochs=None)
+                              json=False, finetune_epochs=None, finalists="adaptive",
+                              rank_by="logme")
     capsys.readouterr()
     assert cli.cmd_bakeoff(args) == 0
     out = capsys.readouterr().out
@@ -333,3 +325,40 @@ def test_the_winner_line_json_table_and_plot_tell_one_story(tmp_path, monkeypatc
             f"winner: {tuned.name}, fine-tuned 94.8%"} <= set(legend)
     assert not any("blue" in text or "cyan" in text for text in legend)  # the legend shows colours, not names
     plt.close(fig)
+
+
+def test_a_named_candidate_without_pretrained_weights_is_refused(weight_files):
+    from visionzoo.errors import SettingError
+
+    # efficientnet_lite1 has no catalog weights: random weights must never win, so it is refused by name
+    usable, dropped = candidate_pool({"convnext_atto": weight_files["convnext_atto"]},
+                                     names=["convnext_atto", "efficientnet_lite1"])
+    assert [c.name for c in usable] == ["convnext_atto"] and usable[0].weights == weight_files["convnext_atto"]
+    [refused] = dropped
+    assert refused.name == "efficientnet_lite1" and refused.status.startswith("refused: efficientnet_lite1 has no "
+                                                                               "pretrained ImageNet weights")
+    assert "--weights efficientnet_lite1=FILE" in refused.status
+    with pytest.raises(SettingError, match="no named candidate has pretrained weights"):
+        candidate_pool(None, names=["efficientnet_lite1"])
+    from visionzoo.cli import build_parser
+
+    parse = lambda *given: build_parser().parse_args(["advise", "--data", "d", *given])  # noqa: E731
+    assert parse("--candidates", "3").candidates == 3
+    assert parse("--candidates", "resnet18, convnext_atto").candidates == ["resnet18", "convnext_atto"]
+    assert parse().finalists == "adaptive" and parse().rank_by == "logme"
+    with pytest.raises(SettingError, match="rank_by must be one of logme, knn_loo, linear"):
+        visionzoo.advise(data=DATA, weights=weight_files, rank_by="imagenet", progress=False)
+    with pytest.raises(SettingError, match="not among the candidates"):
+        candidate_pool({"convnext_atto": weight_files["convnext_atto"]}, names=["mobilenetv3_small_050"])
+
+
+def test_a_state_from_before_the_scores_resumes_and_gains_them(first, weight_files):
+    result, out, cache = first
+    state = json.loads((out / STATE_FILE).read_text())
+    for entry in state["candidates"].values():
+        entry.pop("scores")
+    (out / STATE_FILE).write_text(json.dumps(state))
+    again = _run(weight_files, out, cache_dir=cache)
+    assert again.embedded == 0  # the scores came from the embedding cache
+    assert {c.name: c.scores for c in again.candidates} == {c.name: c.scores for c in result.candidates}
+    assert all("scores" in entry for entry in json.loads((out / STATE_FILE).read_text())["candidates"].values())

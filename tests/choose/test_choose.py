@@ -181,3 +181,13 @@ def test_advise_gpu_no_measure_asks_for_no_gpu(capsys, tmp_path, monkeypatch):
     # a latency bound cannot be judged without a GPU to calibrate on: a usage error, not a guess
     assert main(["advise", "--target", "gpu", "--no-measure", "--latency-ms", "5"]) == 2
     assert "CUDA GPU" in capsys.readouterr().err
+
+
+def test_models_advise_cannot_rank_are_named_with_the_reason():
+    """A feature backbone has no ImageNet top-1 of its own: said, not silently dropped; a classifier with a
+    published figure is ranked."""
+    from visionzoo.choose.advice import left_out
+
+    missing = left_out()
+    assert missing["vit_small_patch16_dinov3"].startswith("a feature backbone")
+    assert "mobilenetv4_conv_small" not in missing and "resnet50" not in missing

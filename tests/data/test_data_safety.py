@@ -122,8 +122,8 @@ def test_an_unreadable_class_folder_is_an_error_naming_it_simulated(tmp_path, mo
     unreadable = str(tmp_path / "d" / "rose")
     real_scandir = os.scandir
 
-    def scandir(path="."):
-        if os.fspath(path) == unreadable:
+    def scandir(path="."):  # shutil.rmtree, cleaning tmp_path, lists folders by file descriptor (an int)
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) == unreadable:
             raise PermissionError(13, "Permission denied", unreadable)
         return real_scandir(path)
 

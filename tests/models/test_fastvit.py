@@ -86,7 +86,8 @@ def test_registered_as_an_edge_family():
     from visionzoo.registry import family_facts, get_card
 
     facts = family_facts("fastvit")
-    assert facts.edge and facts.lora_targets is None and facts.cam_layer.module == "final_conv"
+    assert facts.edge and facts.cam_layer.module == "final_conv"
+    assert "token_mixer" in facts.lora_targets.attention and "mlp" in facts.lora_targets.attention
     card = get_card("fastvit_t8")
     assert (card.year, card.recipe_style, card.input_size) == (2023, "vit", (3, 256, 256))
     assert is_reparameterizable("fastvit_sa12")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import visionzoo
-from harness import NUMERIC_PARAM_LIMIT, check_numeric_parity, check_structure_parity, parameter_count
+from harness import check_numeric_parity, check_structure_parity, numeric_parity_models, parameter_count
 
 ALL_MODELS = visionzoo.list_models()
 
@@ -15,7 +15,7 @@ def test_structure_matches_reference(name):
     check_structure_parity(name)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if parameter_count(n) <= NUMERIC_PARAM_LIMIT])
+@pytest.mark.parametrize("name", numeric_parity_models())
 def test_outputs_match_reference(name):
     check_numeric_parity(name)
 
@@ -40,6 +40,8 @@ DISPATCH_PARITY_MODELS = [
     "tf_efficientnet_b0", "efficientnet_lite0", "mobilenetv3_large_100", "convnext_tiny", "vit_base_patch16_224",
     "vit_small_patch14_dinov2", "vit_base_patch16_clip_quickgelu_224", "deit_tiny_distilled_patch16_224",
     "efficientvit_b0", "efficientvit_m0", "maxvit_tiny_tf_224",
+    "mobilenetv4_conv_small", "convnextv2_atto", "tf_efficientnetv2_b0", "fastvit_t8", "mobileone_s0",
+    "repvit_m1_0", "vit_small_patch16_dinov3", "vit_base_patch16_siglip_224",
 ]
 
 

@@ -325,3 +325,20 @@ def test_a_variant_without_published_weights_takes_its_familys_layer_names(tmp_p
     torch.save(visionzoo.create_model("efficientnet_lite1").state_dict(), path)  # a 1000-class checkpoint
     model = visionzoo.create_model("efficientnet_lite1", pretrained=str(path), num_classes=5)
     assert model.classifier.out_features == 5
+
+
+@pytest.mark.parametrize("name", ["mobileone_s0", "fastvit_t8"])
+def test_in_chans_one_adapts_every_branch_of_a_reparameterizable_stem(tmp_path, name):
+    """MobileOne's and FastViT's stems read the image through parallel branches: each is a first conv."""
+    torch.manual_seed(0)
+    source = visionzoo.create_model(name, num_classes=4).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that a branch left unadapted would show
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    grey = visionzoo.create_model(name, num_classes=4, in_chans=1, pretrained=str(tmp_path / "w.safetensors")).eval()
+    image = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():  # a grey image gives what the RGB model gives on three equal channels
+        torch.testing.assert_close(grey(image), source(image.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ from visionzoo.choose.candidates import Candidate, Constraints, candidate_pool, 
 from visionzoo.errors import SettingError
 from visionzoo.registry import family_facts
 
-__all__ = ["Advice", "advise", "plot_advice", "plot_evolution", "recommended_recipe"]
+__all__ = ["Advice", "advise", "left_out", "plot_advice", "plot_evolution", "recommended_recipe"]
 
 CALIBRATION_MODELS = ("resnet18", "mobilenetv3_large_100")
 
@@ -34,10 +34,11 @@ class Advice:
     picks: list[dict[str, Any]]
     candidates: list[Candidate] = field(default_factory=list)
     message: str = ""  # when nothing fits: which constraint rules everything out
+    left_out: dict[str, str] = field(default_factory=dict)  # registered models never ranked, each with why
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "constraints": self.constraints, "measured": self.measured,
-                "method": self.method, "picks": self.picks, "message": self.message}
+                "method": self.method, "picks": self.picks, "message": self.message, "left_out": self.left_out}
 
 
 def _measure(candidate: Candidate, target: str) -> None:
@@ -69,6 +70,24 @@ def _calibrate(target: str, measure: Callable[[Candidate, str], None]) -> tuple[
         points.append((probe.gmacs, probe.latency_ms))
     slope = sum(g * t for g, t in points) / sum(g * g for g, _ in points)
     return slope, 0.0
+
+
+def left_out() -> dict[str, str]:
+    """{architecture: why}: the registered models with catalogued weights but no published ImageNet-1k
+    top-1, which the shortlist and the evolution chart cannot rank (a feature backbone, or a classifier
+    whose authors publish no accuracy), said rather than silently dropped."""
+    from visionzoo.registry import list_models
+    from visionzoo.weights.catalog import default_weight, list_weights
+
+    ranked = {e.architecture for e in list_weights()
+              if e.num_classes == 1000 and e.imagenet and e.imagenet.get("top1") is not None}
+    out = {}
+    for name in list_models():
+        entry = default_weight(name)
+        if entry is not None and name not in ranked:
+            why = [note for note in entry.notes if "ImageNet top-1" in note]  # the catalog's own reason
+            out[name] = why[0] if why else "no published ImageNet-1k top-1 in the catalog"
+    return out
 
 
 def recommended_recipe(images_per_class: int | None) -> tuple[str, str]:
@@ -185,7 +204,8 @@ def advise(target: str = "cpu", *, latency_ms: float | None = None, max_params_m
     if not picks:
         message = nothing_fits(pool, constraints.violations)
     return Advice(target=target, constraints={k: v for k, v in asdict(constraints).items() if v is not None},
-                  measured=measure, method=method, picks=picks, candidates=pool, message=message)
+                  measured=measure, method=method, picks=picks, candidates=pool, message=message,
+                  left_out=left_out())
 
 
 def _describe(target: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Candidate:
     engine: str | None = None  # the deploy engine the bake-off measured latency in
     probe_top1: float | None = None  # bake-off: linear probe on the selection part of the user's validation
     knn_top1: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # bake-off: transferability scores (embed.scores)
     finetune_top1: float | None = None
     status: str = "candidate"  # bake-off: what happened to it, in words
     run_dir: str | None = None
@@ -52,7 +53,7 @@ class Candidate:
         """The bake-off's `--json` row."""
         return {"name": self.name, "weights": self.weights, "probe_top1": self.probe_top1,
                 "finetune_top1": self.finetune_top1, "latency_ms": self.latency_ms, "engine": self.engine,
-                "params": self.params, "status": self.status}
+                "params": self.params, "status": self.status, "scores": dict(self.scores)}
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,32 @@ class Constraints:
         return out
 
 
-def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = False, *, here: bool = False
-                   ) -> tuple[list[Candidate], list[Candidate]]:
+def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = False, *, here: bool = False,
+                   names: list[str] | None = None) -> tuple[list[Candidate], list[Candidate]]:
     """(usable, dropped) candidates with their static facts, best published top-1 first.
 
     `weights` ({model name: local weight file}) restricts the pool to those models with those files;
-    `commercial` keeps only catalog weights whose licence allows commercial use; `here` keeps only
-    catalog weights that can be had now (cached, or online), the others dropped as skipped, and
+    `names` picks models from the whole zoo instead (each with its `weights` file when given, else its
+    catalog weights; one without pretrained weights is refused, since random weights must never win a
+    bake-off); `commercial` keeps only catalog weights whose licence allows commercial use; `here` keeps
+    only catalog weights that can be had now (cached, or online), the others dropped as skipped, and
     raises at once, before any measuring, when none can."""
+    if names:
+        return _named_pool(names, weights or {}, commercial, here)
     if weights:
         return [_local_candidate(name, file) for name, file in weights.items()], []
+    best, dropped_by_licence = _catalog_best(commercial)
+    dropped = _not_here(best) if here else []  # first: when nothing can be had, it says so before any work
+    for architecture, entry in dropped_by_licence.items():
+        if architecture not in best and all(c.name != architecture for c in dropped):
+            dropped.append(_licence_dropped(entry))
+    usable = sorted((_catalog_candidate(entry) for entry in best.values()), key=lambda c: -(c.top1 or 0.0))
+    return usable, dropped
+
+
+def _catalog_best(commercial: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({architecture: its catalog entry with a published ImageNet-1k top-1}, {architecture: an entry
+    left out for its licence}): the default weight when it has a top-1, otherwise the best one that does."""
     from visionzoo.registry import list_models
     from visionzoo.weights.catalog import list_weights
 
@@ -100,20 +117,51 @@ def candidate_pool(weights: dict[str, str] | None = None, commercial: bool = Fal
             dropped_by_licence.setdefault(entry.architecture, entry)
             continue
         current = best.get(entry.architecture)
-        # the default weight when it has a published top-1, otherwise the best one that does
         if current is None or (entry.default and not current.default) or (
                 entry.default == current.default and entry.imagenet["top1"] > current.imagenet["top1"]):
             best[entry.architecture] = entry
-    dropped = _not_here(best) if here else []  # first: when nothing can be had, it says so before any work
-    for architecture, entry in dropped_by_licence.items():
-        if architecture not in best and all(c.name != architecture for c in dropped):
-            dropped.append(_catalog_candidate(entry))
-            dropped[-1].status = f"dropped: licence {entry.license} does not allow commercial use"
-    usable = sorted((_catalog_candidate(entry) for entry in best.values()), key=lambda c: -(c.top1 or 0.0))
-    return usable, dropped
+    return best, dropped_by_licence
 
 
-def _not_here(best: dict[str, Any]) -> list[Candidate]:
+def _licence_dropped(entry) -> Candidate:
+    c = _catalog_candidate(entry)
+    c.status = f"dropped: licence {entry.license} does not allow commercial use"
+    return c
+
+
+def _named_pool(names: list[str], weights: dict[str, str], commercial: bool, here: bool
+                ) -> tuple[list[Candidate], list[Candidate]]:
+    """The models the user named: a local weight file when given, else the catalog's weights; refused
+    when there are none (random weights must never win), skipped when they cannot be had here."""
+    from visionzoo.registry import get_card
+
+    best, dropped_by_licence = _catalog_best(commercial)
+    usable, chosen, dropped = [], {}, []
+    for name in dict.fromkeys(names):
+        card = get_card(name)  # an unknown name raises the unknown-model error with suggestions
+        if name in weights:
+            usable.append(_local_candidate(name, weights[name]))
+        elif name in best:
+            chosen[name] = best[name]
+        elif name in dropped_by_licence:
+            dropped.append(_licence_dropped(dropped_by_licence[name]))
+        else:
+            dropped.append(Candidate(name=name, weights="", family=card.family, year=card.year, status=(
+                f"refused: {name} has no pretrained ImageNet weights in the catalog, and random weights must never "
+                f"win a bake-off; give --weights {name}=FILE")))
+    for name in weights:
+        if name not in names:
+            raise SettingError(f"--weights {name}=... names a model that is not among the candidates "
+                               f"({', '.join(names)}); add it to --candidates or drop the --weights")
+    if not usable and not chosen:
+        raise SettingError("no named candidate has pretrained weights: "
+                           + "; ".join(c.status.removeprefix("refused: ").removeprefix("dropped: ") for c in dropped))
+    dropped += _not_here(chosen, raise_when_none=not usable) if here else []
+    usable += [_catalog_candidate(entry) for entry in chosen.values()]
+    return sorted(usable, key=lambda c: -(c.top1 or 0.0)), dropped
+
+
+def _not_here(best: dict[str, Any], raise_when_none: bool = True) -> list[Candidate]:
     """Removes from `best` the architectures whose weights cannot be had now and returns them as skipped
     candidates (no parameter count: measuring it would be work for a model that cannot be used)."""
     from visionzoo.registry import get_card
@@ -121,7 +169,7 @@ def _not_here(best: dict[str, Any]) -> list[Candidate]:
 
     reasons = {name: unobtainable_weights(name, entry.name) for name, entry in best.items()}
     missing = {name: reason for name, reason in reasons.items() if reason}
-    if missing and len(missing) == len(best):
+    if raise_when_none and missing and len(missing) == len(best):
         example = next(iter(missing.values()))
         raise WeightsNotAvailableError(
             f"none of the {len(best)} candidates' weights can be had here (e.g. {example}); give "

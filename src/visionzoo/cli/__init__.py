@@ -2,9 +2,10 @@
 
     catalog.py   list, info               predict.py   predict
     export.py    export                   features.py  embed, probe, zero-shot
-    choose.py    benchmark, advise, evolution
+    choose.py    benchmark, advise, evolution   share.py   push, runs
     serve.py     serve                    visionzoo.training.command: train, eval
-    audit.py     audit, explain
+    data.py      data pack
+    audit.py     audit, explain           tuning.py    lr-find, tune, soup
 
 Each command module has `add_parsers(subparsers)`, and handlers `cmd_*(args) -> exit code`
 that parse arguments and call library functions, nothing more. The arguments that mean the same
@@ -28,7 +29,9 @@ from typing import Callable
 from rich.markup import escape
 
 import visionzoo
-from visionzoo.cli import audit, catalog, choose, common, export, features, predict, serve
+from visionzoo.cli import audit, catalog, choose, common, export, features, predict, serve, tuning
+from visionzoo.cli import data as data_commands
+from visionzoo.cli import share as share_commands
 from visionzoo.cli.common import err_console, settle_model_argument
 from visionzoo.errors import UsageError
 from visionzoo.runtime import tune_allocator
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     training_command.add_commands(commands, common)  # train, eval
     serve.add_parsers(commands)
     audit.add_parsers(commands)  # audit, explain
+    data_commands.add_parsers(commands)  # data pack
+    tuning.add_parsers(commands)  # lr-find, tune, soup
+    share_commands.add_parsers(commands)  # push, runs
     return parser
 
 

@@ -74,7 +74,7 @@ def _print_weights(names: list[str], as_json: bool, title: str) -> int:
     for e in entries:
         acc = e.imagenet or {}
         row = [("* " if e.default else "  ") + e.name, f"{acc['top1']:.2f}" if acc else "-",
-               f"{acc['top5']:.2f}" if acc else "-", str(acc.get("eval_size", "-")), e.label_set or str(e.num_classes)]
+               f"{acc['top5']:.2f}" if acc.get("top5") is not None else "-", str(acc.get("eval_size", "-")), e.label_set or str(e.num_classes)]
         table.add_row(*row, *((e.pretraining, e.license) if wide else ()))
     console.print(table)
     return 0

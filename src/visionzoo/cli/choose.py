@@ -170,12 +170,23 @@ def _name_equals_file(text: str) -> tuple[str, str]:
     return name.strip(), file.strip()
 
 
+def _count_or_names(text: str) -> int | list[str]:
+    """--candidates N, or --candidates NAME,NAME (models from the zoo)."""
+    if text.strip().isdigit():
+        return int(text)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a number or model names like resnet18,convnext_atto, got {text!r}")
+    return names
+
+
 def cmd_bakeoff(args: argparse.Namespace) -> int:
     from visionzoo.choose.bakeoff import bakeoff
 
     result = bakeoff(args.data, target=args.target, latency_ms=args.latency_ms, max_params_m=args.max_params,
                      commercial=args.commercial, weights=dict(args.weights) if args.weights else None,
                      candidates=args.candidates, finetune_top=args.finetune_top, budget_min=args.budget_min,
+                     finalists=args.finalists, rank_by=args.rank_by,
                      out=args.out, plot=args.plot, devices=args.devices.split(",") if args.devices else None,
                      image_size=args.image_size, progress=args.progress and not args.json,
                      finetune_settings={"epochs": args.finetune_epochs} if args.finetune_epochs else None)
@@ -188,10 +199,12 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
                   f"{result.data['train']} train, {result.data['val']} val, {counted(len(result.data['classes']), 'class', 'classes')}",
                   highlight=False)
     table = Table(title="top-1 on your validation images; latency measured here")
-    for column in ["model", "weights", "probe", "fine-tuned", "ms", "engine", "params M", "MB", "status"]:
+    for column in ["model", "weights", "LogME", "probe", "fine-tuned", "ms", "engine", "params M", "MB", "status"]:
         table.add_column(column, justify="left" if column in ("model", "weights", "engine", "status") else "right")
     for c in result.candidates:
-        table.add_row(c.name, Path(c.weights).name, _percent(c.probe_top1), _percent(c.finetune_top1),
+        logme = c.scores.get("logme")
+        table.add_row(c.name, Path(c.weights).name, f"{logme:.3f}" if logme is not None else "-",
+                      _percent(c.probe_top1), _percent(c.finetune_top1),
                       f"{c.latency_ms:.2f}" if c.latency_ms is not None else "-", c.engine or "-",
                       f"{c.params / 1e6:.2f}", f"{c.size_mb:.1f}" if c.size_mb is not None else "-",
                       c.status.split(":")[0].split(" (")[0])
@@ -207,6 +220,8 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
                   f"{_percent(w['top1'])}, {w['latency_ms']:.2f} ms in {w['engine']}; "
                   + (f"run {w['run_dir']}; " if w["run_dir"] else "") + f"export {w['export']}",
                   highlight=False)
+    if w.get("decision"):
+        console.print(w["decision"], highlight=False, markup=False)
     for what, command in result.commands.items():
         console.print(f"{what}: {command}", highlight=False, markup=False)
     console.print(f"plot written to {result.plot}; state and table in {result.out}", highlight=False)
@@ -283,7 +298,8 @@ def add_parsers(commands) -> None:
     p.add_argument("--vs-timm", action="store_true", help="measure timm's model of the same name, interleaved")
     p.add_argument("--engine", metavar="NAME|all|auto",
                    help="measure inference engines instead: eager, compile, onnxruntime-fp32, onnxruntime-int8, "
-                        "openvino-fp32, openvino-bf16, openvino-int8 (comma-separated), all, or auto (also pick "
+                        "openvino-fp32, openvino-bf16, openvino-int8, litert-fp32, litert-int8, executorch-fp32, "
+                        "executorch-int8 (comma-separated), all, or auto (also pick "
                         "the fastest within the accuracy rule)")
     p.add_argument("--eval-data", metavar="DIR", help="labelled images for --engine auto's accuracy rule")
     p.add_argument("--no-cache", action="store_true", help="measure again even if cached")
@@ -311,8 +327,16 @@ def add_parsers(commands) -> None:
     bake.add_argument("--weights", type=_name_equals_file, action="append", metavar="NAME=FILE",
                       help="restrict the candidates to these models with these local weight files (repeatable); "
                            "without it, candidates whose weights are neither cached nor downloadable are skipped")
-    bake.add_argument("--candidates", type=int, default=8, metavar="N", help="at most N candidates (default 8)")
-    bake.add_argument("--finetune-top", type=int, default=2, metavar="K", help="fine-tune the K best probes")
+    bake.add_argument("--candidates", type=_count_or_names, default=8, metavar="N|NAME,NAME",
+                      help="at most N candidates from the zoo (default 8), or these models; one without "
+                           "pretrained weights is refused (give --weights NAME=FILE)")
+    bake.add_argument("--finetune-top", type=int, default=2, metavar="K",
+                      help="fine-tune at most K finalists: the best by --rank-by, and the next only while within "
+                           "its noise (default 2)")
+    bake.add_argument("--finalists", choices=["adaptive", "top"], default="adaptive",
+                      help="adaptive (default): as many finalists as the score gaps need; top: the K best")
+    bake.add_argument("--rank-by", choices=["logme", "knn_loo", "linear"], default="logme",
+                      help="the score that ranks the candidates before any fine-tune (default: logme)")
     bake.add_argument("--budget-min", type=float, metavar="M", help="minutes for the whole bake-off: no stage starts new work past them, "
                                                              "and the fine-tunes get what is left (default: no limit)")
     bake.add_argument("--finetune-epochs", type=int, metavar="E", help="epochs per fine-tune (default: the recipe's)")

@@ -16,7 +16,7 @@ from visionzoo.resolve import PRETRAINED_HELP
 
 __all__ = ["console", "err_console", "add_pretrained_argument", "add_model_argument", "settle_model_argument",
            "add_image_size_argument", "add_device_argument", "add_progress_argument", "PRETRAINED_RULE", "warn",
-           "print_engine_choice", "shown", "shown_markup"]
+           "print_engine_choice", "shown", "shown_markup", "add_resize_mode_argument"]
 
 # Piped or redirected output is read by programs and pagers, not a terminal 80 columns wide: tables
 # keep every cell whole and lines are not wrapped (rich would otherwise cut names to "effi…").
@@ -83,6 +83,13 @@ def add_image_size_argument(parser: argparse.ArgumentParser, help: str, dest: st
     """`--image-size S` (the older `--img-size` still read, not shown)."""
     parser.add_argument("--image-size", dest=dest, type=int, metavar="S", help=help)
     parser.add_argument("--img-size", dest=dest, type=int, metavar="S", help=argparse.SUPPRESS)
+
+
+def add_resize_mode_argument(parser: argparse.ArgumentParser) -> None:
+    """`--resize-mode crop|squash|letterbox` (`visionzoo.data.resize`), the same in every command."""
+    from visionzoo.data.resize import RESIZE_HELP, RESIZE_MODES
+
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, help=RESIZE_HELP)
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "cpu") -> None:

@@ -28,6 +28,7 @@ __all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_zero_shot"]
 def cmd_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from visionzoo.data.shards import looks_like_shards
     from visionzoo.embed.embeddings import build_backbone, embed_folder
     from visionzoo.resolve import parse_pretrained
 
@@ -38,8 +39,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = build_backbone(spec, allow_random=True)
     if not spec["pretrained"] and not Path(args.model).exists():
         warn(f"'{args.model}' has random weights (--pretrained none); its embeddings only test the mechanics")
-    result = embed_folder(model, args.data, args.out, batch_size=args.batch_size, patch_tokens=args.patch_tokens,
-                          workers=args.workers, device=args.device, model_spec=spec, progress=args.progress and not args.json)
+    if looks_like_shards(str(args.data)):  # tar shards: each torchrun process embeds its own (embed.sharded)
+        from visionzoo.embed.sharded import embed_shards
+
+        result = embed_shards(model, str(args.data), args.out, batch_size=args.batch_size,
+                              patch_tokens=args.patch_tokens, device=args.device, model_spec=spec)
+    else:
+        result = embed_folder(model, args.data, args.out, batch_size=args.batch_size, patch_tokens=args.patch_tokens,
+                              workers=args.workers, device=args.device, model_spec=spec,
+                              progress=args.progress and not args.json)
     skipped = getattr(result, "skipped", [])
     dim = int(result.embeddings.shape[-1]) if len(result) else 0
     summary = {"out": str(args.out), "images": len(result), "dim": dim, "classes": len(result.classes),
@@ -60,6 +68,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     train = load_embeddings(args.features)
     val = load_embeddings(args.val) if args.val else None
+    if args.scores:
+        return _print_scores(train, val, args)
     if args.save_model and args.method != "linear":
         raise UsageError("--save-model needs --method linear (a k-NN probe is not a layer)")
     result = run_probe(train, val, args.method, seed=args.seed)
@@ -88,6 +98,28 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_scores(train, val, args: argparse.Namespace) -> int:
+    """`probe --scores`: LogME, k-NN leave-one-out and the linear probe of one embedding file."""
+    from visionzoo.embed.scores import transferability
+
+    if args.save_model:
+        raise UsageError("--scores prints scores only; drop --save-model (or --scores)")
+    scores = transferability(train, val, seed=args.seed)
+    if args.json:
+        print(json.dumps({name: score.as_dict() for name, score in scores.items()}, indent=2))
+        return 0
+    linear = scores["linear"]
+    console.print(f"{args.features}: {len(train)} embeddings, {counted(len(train.classes), 'class', 'classes')}",
+                  highlight=False)
+    console.print(f"LogME {scores['logme'].value:.4f} (log evidence per image, mean over classes; higher is better)",
+                  highlight=False)
+    console.print(f"k-NN leave-one-out top-1 {100 * scores['knn_loo'].value:.2f}% (k={scores['knn_loo'].extra['k']})",
+                  highlight=False)
+    console.print(f"linear probe top-1 {100 * linear.value:.2f}% on {linear.extra['num_eval']} images "
+                  f"({linear.extra['evaluated_on']})", highlight=False)
+    return 0
+
+
 def cmd_zero_shot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -104,13 +136,15 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     pretrained = parse_pretrained(args.pretrained)
     if pretrained is False:
         warn("--pretrained none: random weights, the answers are meaningless")
+    tokenizer = _siglip_tokenizer(args, pretrained)
     clip = create_clip(args.model, pretrained=pretrained)
-    classifier = zero_shot_classifier(clip, labels, templates=args.template or None)
+    classifier = zero_shot_classifier(clip, labels, templates=args.template or None, tokenizer=tokenizer)
     results = classify_images(classifier, args.images, top_k=min(args.top_k, len(labels)))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    table = Table(title=f"zero-shot with {args.model}")
+    table = Table(title=f"zero-shot with {args.model}", caption=(
+        "sigmoid scores: independent probabilities; they need not sum to 1" if classifier.sigmoid else None))
     table.add_column("image")
     table.add_column("label")
     table.add_column("probability", justify="right")
@@ -123,6 +157,30 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _siglip_tokenizer(args: argparse.Namespace, pretrained):
+    """A SigLIP model's tokenizer: --tokenizer, else the one in the --pretrained Hub repo or beside the
+    --pretrained file; None for CLIP (its tokenizer comes with open_clip)."""
+    from pathlib import Path
+
+    from visionzoo.siglip_text import SIGLIP_MODELS, load_siglip_tokenizer
+
+    if args.model not in SIGLIP_MODELS:
+        if args.tokenizer:
+            raise UsageError(f"--tokenizer is for SigLIP models ({', '.join(SIGLIP_MODELS)}); "
+                             f"{args.model} uses CLIP's own tokenizer")
+        return None
+    source = args.tokenizer
+    if source is None and isinstance(pretrained, str) and pretrained.startswith("hf-hub:"):
+        source = pretrained.split("@")[0]  # the Hub repo of the weights ships the tokenizer too
+    elif source is None and isinstance(pretrained, str) and Path(pretrained).is_file():
+        source = Path(pretrained).with_name("tokenizer.json")
+    if source is None or (not str(source).startswith("hf-hub:") and not Path(source).exists()):
+        raise UsageError(f"{args.model} needs its tokenizer: pass --tokenizer path/to/tokenizer.json (it ships with "
+                         "the weights) or --tokenizer hf-hub:timm/ViT-B-16-SigLIP2"
+                         + (f"; found none at {source}" if source else ""))
+    return load_siglip_tokenizer(source, SIGLIP_MODELS[args.model][1].context_length)
+
+
 def add_parsers(commands) -> None:
     p = commands.add_parser("embed", help="cache a model's embeddings of a folder of images",
                             description="Embed every image of a class-per-folder tree (pooled features, optionally "
@@ -131,8 +189,10 @@ def add_parsers(commands) -> None:
     add_model_argument(p, "registered model name or saved model folder", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="class-per-folder images: DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ (every split "
-                        "is embedded, under train/'s classes), read as train reads them")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+                        "is embedded, under train/'s classes), read as train reads them; or tar shards (a packed "
+                        "folder or train-{000000..000099}.tar), split across torchrun processes")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file (tar shards: a folder of "
+                   "one file per process and index.json)")
     add_pretrained_argument(p)
     p.add_argument("--patch-tokens", action="store_true", help="also store the patch tokens (N, L, D)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
@@ -151,15 +211,22 @@ def add_parsers(commands) -> None:
     p.add_argument("--method", choices=["knn", "linear"], default="knn")
     p.add_argument("--save-model", metavar="DIR", help="save the linear probe as a model folder (backbone + head)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out splits")
+    p.add_argument("--scores", action="store_true",
+                   help="print transferability scores instead: LogME, k-NN leave-one-out top-1 and the linear probe")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_probe)
 
-    p = commands.add_parser("zero-shot", help="classify images by label names with CLIP",
+    p = commands.add_parser("zero-shot", help="classify images by label names with CLIP or SigLIP 2",
                             description="Zero-shot classification: CLIP compares each image with prompts made from "
-                                        "the labels (averaged over the 80 ImageNet templates unless --template).")
+                                        "the labels (averaged over the 80 ImageNet templates unless --template). "
+                                        "SigLIP 2 scores each label on its own (a sigmoid): independent "
+                                        "probabilities that need not sum to 1.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", required=True, help="comma-separated class names, e.g. 'cat,dog,car'")
-    p.add_argument("--model", default="ViT-B-32", help="CLIP model: ViT-B-32, ViT-B-16, ViT-L-14 (or -quickgelu)")
+    p.add_argument("--model", default="ViT-B-32", help="CLIP model: ViT-B-32, ViT-B-16, ViT-L-14 (or -quickgelu); "
+                   "or SigLIP 2: ViT-B-16-SigLIP2, ViT-B-16-SigLIP2-256 (sigmoid: independent probabilities per label)")
+    p.add_argument("--tokenizer", metavar="PATH", help="SigLIP only: its tokenizer.json (or folder, or "
+                   "hf-hub:REPO); default: the --pretrained Hub repo's, or tokenizer.json beside the --pretrained file")
     add_pretrained_argument(p, default="default", rule="default: the default weights; none is for testing only")
     p.add_argument("--template", action="append", metavar="T", help="prompt template with {} for the label; repeatable")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels to show per image (default: 3)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionzoo.cli.common import add_model_argument, add_pretrained_argument, console, warn
+from visionzoo.cli.common import add_model_argument, add_pretrained_argument, add_resize_mode_argument, console, warn
 from visionzoo.errors import UsageError
 
 __all__ = ["add_parsers", "cmd_serve"]
@@ -24,7 +24,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_request_pixels=args.max_request_pixels, max_decodes=args.max_decodes,
                              header_timeout_s=args.header_timeout_s, docs=args.docs)
     _check_port(args.host, args.port)  # before the model loads: a busy port is one line, not uvicorn's error
-    classifier = load_classifier(args.model, args.pretrained, threads=args.threads, runtime=args.runtime)
+    classifier = load_classifier(args.model, args.pretrained, threads=args.threads, runtime=args.runtime,
+                                 resize_mode=args.resize_mode)
     console.print(f"serving {classifier.name} on http://{args.host}:{args.port}/ (API: /v1/classify, /v1/model)")
     app = create_app(classifier, settings)
     limits = app.state.limits
@@ -56,8 +57,9 @@ def _check_port(host: str, port: int) -> None:
 def add_parsers(commands) -> None:
     p = commands.add_parser("serve", help="an HTTP API and a web page for a model",
                             description="Serve a model over HTTP with dynamic batching, and a page to try it.")
-    add_model_argument(p, "registered name, saved model, .onnx or .xml file", metavar="MODEL_OR_CHECKPOINT")
+    add_model_argument(p, "registered name, saved model, .onnx, .xml, .tflite or .pte file", metavar="MODEL_OR_CHECKPOINT")
     add_pretrained_argument(p)
+    add_resize_mode_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch the model runs (default: 32)")
@@ -76,8 +78,9 @@ def add_parsers(commands) -> None:
     p.add_argument("--docs", action="store_true",
                    help="serve /docs and /openapi.json (Swagger UI loads its scripts from a CDN; default: off)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the model")
-    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16"],
-                   help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml)")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino", "openvino-bf16", "litert", "executorch"],
+                   help="runtime for an exported file (default: onnxruntime for .onnx, OpenVINO for .xml, LiteRT "
+                        "for .tflite, ExecuTorch for .pte)")
     p.add_argument("--no-reject", dest="reject", action="store_false",
                    help="never answer 'unknown' (ignore the model's saved out-of-distribution threshold)")
     p.set_defaults(func=cmd_serve)

@@ -57,6 +57,8 @@ class ImageDataset(Dataset):
         """The decoded image before transforms: PIL image (files) or CHW uint8 tensor (arrays)."""
         if isinstance(self.samples, FileSamples):
             return decode_image(self.samples.paths[index])
+        if not isinstance(self.samples, ArraySamples):  # samples that decode themselves (EncodedSamples, data.hf)
+            return self.samples.decode(index)
         return torch.from_numpy(np.array(self.samples.images[index])).permute(2, 0, 1)  # a writable copy
 
     def __getitem__(self, item):

@@ -14,6 +14,9 @@
   device;
 - otherwise torchvision transforms per sample (`train_transform`, `eval_transform`).
 
+Tar shards (`data.shards.ShardSamples`) take a path of their own, `stream_loaders`: training batches
+streamed in order by `data.streaming`, through torchvision transforms per sample.
+
 The three give the same batches where they overlap (the resident and fast paths are tested
 equal). `cache_splits` and `scan_splits` are the optional steps before: decode once into the
 memory-mapped pixel cache, or check that every file decodes. This module knows nothing of
@@ -46,19 +49,23 @@ from visionzoo.data.datasets import (
     collate_skipping,
     scan_files,
 )
+from visionzoo.data.resize import resize_mode_of
 from visionzoo.data.samples import ArraySamples, FileSamples, Samples
+from visionzoo.data.shards import ShardSamples
+from visionzoo.data.streaming import ShardStream, StreamBatches, StreamPlan
 from visionzoo.data.transforms import (
     NormalizeInput,
     SeededCropFlip,
     crop_padding,
     eval_transform,
     eval_view,
+    image_hw,
     train_transform,
 )
 from visionzoo.errors import SettingError
 
 __all__ = ["Loaders", "build_loaders", "cache_splits", "cache_size", "scan_splits", "default_workers",
-           "fits_on_device", "class_counts", "NoSingleImageBatches", "RESIDENT_LIMIT_BYTES"]
+           "fits_on_device", "class_counts", "NoSingleImageBatches", "RESIDENT_LIMIT_BYTES", "stream_loaders"]
 
 RESIDENT_LIMIT_BYTES = 2 << 30
 
@@ -66,7 +73,7 @@ RESIDENT_LIMIT_BYTES = 2 << 30
 def default_workers(samples: Samples) -> int:
     """Loader processes for `samples`: most cores for files to decode, few for decoded arrays."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not isinstance(samples, FileSamples):
+    if isinstance(samples, ArraySamples):
         return 0 if cpus <= 2 else min(4, cpus // 2)  # decoded arrays: transforms only
     return max(1, min(8, cpus - 1))
 
@@ -142,7 +149,7 @@ class Loaders:
         return len(self.train)
 
 
-def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str, Any], image_size: int,
+def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str, Any], image_size: int | tuple[int, int],
                   batch_size: int, val_batch_size: int, augment: str, crop_padding_px: int | None = None,
                   alternate_flip: bool = False, balanced: bool = False, num_classes: int, workers: int | None = None,
                   seed: int = 0, device: torch.device, rank: int = 0, world: int = 1,
@@ -164,9 +171,16 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         no_single_image_batches: never a training batch of one image (`NoSingleImageBatches`; for
             models with BatchNorm), saying so through `say`.
     """
-    def fits(samples) -> bool:
-        return isinstance(samples, FileSamples) or (isinstance(samples, ArraySamples) and
-                                                    samples.images.shape[1:3] == (image_size, image_size))
+    if isinstance(train, ShardSamples):  # streamed from tar shards
+        return stream_loaders(train, val, data_config=data_config, image_size=image_size, batch_size=batch_size,
+                              val_batch_size=val_batch_size, augment=augment, crop_padding_px=crop_padding_px,
+                              workers=workers, seed=seed, device=device, rank=rank, world=world,
+                              refused={"balanced": balanced, "alternate_flip": alternate_flip}, say=say)
+
+    def fits(samples) -> bool:  # SeededCropFlip fits files by the crop resize mode only
+        square = isinstance(image_size, int)
+        return (isinstance(samples, FileSamples) and square and resize_mode_of(data_config) == "crop") or (
+            isinstance(samples, ArraySamples) and samples.images.shape[1:3] == image_hw(data_config, image_size))
 
     has_val = val is not None and len(val) > 0
     fast_input = (not photo_cache and augment in ("crop", "none") and fits(train) and (val is None or fits(val))
@@ -221,6 +235,31 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=val_batch_size, num_workers=workers,
                                                  collate_fn=collate_skipping, pin_memory=device.type == "cuda")
     return Loaders(train_set, val_set, sampler, train_loader, val_loader, normalize, resident)
+
+
+def stream_loaders(train: ShardSamples, val: Samples | None, *, data_config: dict[str, Any], image_size: int,
+                   batch_size: int, val_batch_size: int, augment: str, crop_padding_px: int | None, workers: int | None,
+                   seed: int, device: torch.device, rank: int, world: int, refused: dict[str, bool],
+                   say: Callable[[str], None] = print) -> Loaders:
+    """The loaders of a run on tar shards: training batches streamed (`data.streaming`), validation
+    from the val shards read into memory, both through torchvision transforms per sample."""
+    asked = [name for name, value in refused.items() if value]
+    if asked:
+        raise SettingError(f"{' and '.join(asked)} need random access to the images; shards are read in order. "
+                           "Use --class-balance weights, or train from the folder")
+    plan = StreamPlan(train, rank=rank, world=world, batch_size=batch_size, seed=seed)
+    say(f"streaming {len(train.urls)} shards: {sum(map(len, plan.layout[rank]))} on this "
+        f"process in {plan.lanes} lanes, {plan.batches} batches per epoch"
+        + (f"; {plan.left_out} of {len(train)} images left out each epoch (a different part every epoch) so that "
+           f"the {world} processes take the same number of steps" if plan.left_out else ""))
+    stream = ShardStream(train, plan, train_transform(data_config, augment, image_size, crop_padding_px))
+    workers = workers if workers is not None else default_workers(train)
+    batches = StreamBatches(stream, workers=workers, pin_memory=device.type == "cuda")
+    val_set = ImageDataset(val, eval_transform(data_config, image_size)) if val is not None and len(val) else None
+    val_loader = None if val_set is None else torch.utils.data.DataLoader(
+        val_set, batch_size=val_batch_size, num_workers=workers, collate_fn=collate_skipping,
+        pin_memory=device.type == "cuda")
+    return Loaders(stream, val_set, batches, batches, val_loader, None, False)
 
 
 class NoSingleImageBatches:

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from visionzoo.data.decode import is_image_file
+from visionzoo.data.decode import decode_image, is_image_file
 from visionzoo.errors import DataError
 
-__all__ = ["FileSamples", "ArraySamples", "Samples", "DataSplits", "image_files", "expand_image_paths"]
+__all__ = ["FileSamples", "ArraySamples", "EncodedSamples", "Samples", "DataSplits", "image_files", "expand_image_paths"]
 
 
 @dataclass
@@ -53,7 +53,26 @@ class ArraySamples:
         return ArraySamples(self.images[indices], self.labels[indices], names)
 
 
-Samples = FileSamples | ArraySamples
+class EncodedSamples:
+    """Images held as encoded bytes (a validation shard read whole into memory), decoded on access by
+    `decode(index)`; `names[index]` says where each came from. `data.hf.TableSamples` (rows of a
+    Hugging Face dataset) is the other kind of samples that decode themselves."""
+
+    def __init__(self, records: list[bytes], labels: np.ndarray, names: list[str]):
+        self.records, self.labels, self.names = records, np.asarray(labels), names
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, index: int):
+        """The RGB PIL image of sample `index` (an `ImageDecodeError` naming it when it does not decode)."""
+        return decode_image(self.records[index], path=self.names[index])
+
+    def subset(self, indices: np.ndarray) -> EncodedSamples:
+        return EncodedSamples([self.records[i] for i in indices], self.labels[indices], [self.names[i] for i in indices])
+
+
+Samples = FileSamples | ArraySamples | EncodedSamples
 
 
 @dataclass

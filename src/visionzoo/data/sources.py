@@ -18,6 +18,9 @@ Accepted specs:
     builtin:shapes      procedurally generated shapes, 10 classes, no download;
                         options as a query: builtin:shapes?size=32&train=2000&val=500&seed=0,
                         classes=circle,ring,... (only these), task=multilabel (1-3 shapes each)
+    shards/, PATTERN    WebDataset tar shards, streamed: a folder packed by `visionzoo data pack`, or
+                        train-{000000..000099}.tar (local, or any URL fsspec opens) (`data.shards`)
+    hf://datasets/O/N   a Hugging Face dataset; offline, a save_to_disk folder or parquet files (`data.hf`)
 
 Multi-label data (a CSV of `path,labels` with `|`-separated labels, a CSV of 0/1 class columns,
 a folder with a labels.csv; see `visionzoo.data.multilabel`) gives `DataSplits.task == "multilabel"`
@@ -33,10 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from visionzoo.data.archives import is_archive, unpack_archive
+from visionzoo.data.hf import hf_splits, looks_like_hf
 from visionzoo.data.layout import VAL_FOLDER_NAMES, class_folders, scan_tree, split_folders, tree_classes, tree_root
 from visionzoo.data.multilabel import iterative_split, looks_multilabel, read_multilabel_csv
 from visionzoo.data.samples import DataSplits, FileSamples
 from visionzoo.data.shapes import builtin_splits
+from visionzoo.data.shards import looks_like_shards, shard_splits
 from visionzoo.errors import DataError, SettingError
 
 __all__ = ["resolve_data", "stratified_split", "SPLIT_VALUES"]
@@ -63,11 +68,14 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def resolve_data(spec: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0, split: str = "train",
-                 task: str | None = None, max_unpack_gb: float | None = None) -> DataSplits:
+                 task: str | None = None, max_unpack_gb: float | None = None, image_column: str | None = None,
+                 label_column: str | None = None) -> DataSplits:
     """Interpret a `--data` value. `split="eval"` makes a tree without a validation folder count
     wholly as validation data (for `visionzoo eval`) instead of being split. `task` ("multiclass"
     or "multilabel"; None: inferred from the data) reads single-label rows as multi-label too.
-    `max_unpack_gb` raises the cap on what an archive may unpack to (`data.archives`)."""
+    `max_unpack_gb` raises the cap on what an archive may unpack to (`data.archives`).
+    `image_column` and `label_column` name the image and label of shards' samples and of a Hugging
+    Face dataset's rows (found when not named)."""
     if task not in (None, "multiclass", "multilabel"):
         raise SettingError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
     text = str(spec)
@@ -76,6 +84,11 @@ def resolve_data(spec: str | os.PathLike, *, val_fraction: float = 0.1, seed: in
         if task == "multilabel" and splits.task != "multilabel":
             raise DataError(f"{text} is single-label; add task=multilabel to its query for multi-label shapes")
         return splits
+    if looks_like_shards(text):  # WebDataset tar shards (data.shards, streamed by data.streaming)
+        return shard_splits(text, val_fraction=val_fraction, image_key=image_column, label_key=label_column,
+                            split=split)
+    if looks_like_hf(text):  # a Hugging Face dataset (data.hf)
+        return _from_table(text, image_column, label_column, val_fraction, seed, split)
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data {text!r} does not exist; give a folder, a .csv, a .tar/.tar.gz or builtin:shapes")
@@ -130,6 +143,18 @@ def _from_tree(root: Path, val_fraction: float, seed: int, split: str, descripti
     train_part, val_part = stratified_split(samples.labels, val_fraction, seed)
     return DataSplits(classes, samples.subset(train_part), samples.subset(val_part),
                       f"{description} (split {1 - val_fraction:.0%}/{val_fraction:.0%}, seed {seed})")
+
+
+def _from_table(text: str, image_column: str | None, label_column: str | None, val_fraction: float, seed: int,
+                split: str) -> DataSplits:
+    classes, train, val, description = hf_splits(text, image_column=image_column, label_column=label_column)
+    if split == "eval":
+        return DataSplits(classes, val or train, val or train, description)
+    if val is None:
+        train_part, val_part = stratified_split(train.labels, val_fraction, seed)
+        train, val = train.subset(train_part), train.subset(val_part)
+        description += f" (split {1 - val_fraction:.0%}/{val_fraction:.0%}, seed {seed})"
+    return DataSplits(classes, train, val, description)
 
 
 def _which(names: list[str], limit: int = 5) -> str:

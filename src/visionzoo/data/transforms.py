@@ -1,8 +1,13 @@
 """Train and eval transforms on torchvision.transforms.v2, from a model's data config.
 
 A data config is a dict in timm's shape: `input_size` (C, H, W), `interpolation`, `mean`,
-`std`, `crop_pct`. This module takes configs only; the config of a model comes from its spec
-(`visionzoo.factory.data_config`).
+`std`, `crop_pct`, and `resize_mode` (crop, squash or letterbox: how a photo of another shape
+becomes the input, `visionzoo.data.resize`). This module takes configs only; the config of a model
+comes from its spec (`visionzoo.factory.data_config`). Sizes are one side (square) or (H, W).
+
+With squash and letterbox, every preset first fits the whole photo to H x W as evaluation does
+(`FitToSize`) and augments that view, so the bars or the stretch a deployed model sees are the ones
+it trained on.
 
 Train presets, weakest to strongest:
     none     resize and centre-crop as at evaluation (linear probes on frozen features)
@@ -25,9 +30,10 @@ from torchvision.transforms import v2
 from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.data.datasets import crop_flip_shifts, resize_short_center_crop
 from visionzoo.data.presets import PRESETS
+from visionzoo.data.resize import cover_size, fill_colour, fit_image, letterbox_box, resize_mode_of
 from visionzoo.errors import SettingError
 
-__all__ = ["PRESETS", "eval_transform", "eval_view", "squash_transform", "train_transform",
+__all__ = ["PRESETS", "eval_transform", "eval_view", "train_transform", "image_hw", "FitToSize",
            "batch_mixer", "SeededCropFlip", "NormalizeInput", "AFFINE_INTERPOLATION", "interpolation_of"]
 
 # Rotations and shears of tensor images support nearest and bilinear only.
@@ -51,49 +57,101 @@ def _to_float_normalized(config: dict) -> list:
             v2.Normalize(mean=list(config.get("mean", IMAGENET_MEAN)), std=list(config.get("std", IMAGENET_STD)))]
 
 
-def eval_view(config: dict, image_size: int | None = None) -> v2.Compose:
-    """The evaluation view, kept uint8 (C, H, W): the shorter side resized to size / crop_pct with the
-    config's interpolation, then the centre size x size. Its one definition: `eval_transform` normalises
-    it, and the photo cache stores it for validation (`data.cache`), so training's validation and `eval`
-    compute the same pixels with the same arithmetic."""
-    size = image_size or int(config["input_size"][-1])
-    resize = int(math.floor(size / float(config.get("crop_pct", 0.875))))
-    return v2.Compose([v2.ToImage(), v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
-                       v2.CenterCrop(size)])
+def image_hw(config: dict, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+    """(H, W) of the input: `image_size` (one side or (H, W)), else the config's `input_size`."""
+    if image_size is None:
+        return int(config["input_size"][1]), int(config["input_size"][2])
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
 
 
-def eval_transform(config: dict, image_size: int | None = None) -> v2.Compose:
+class FitToSize:
+    """A photo (Pillow, or a uint8 tensor (C, H, W)) fitted to height x width by a resize mode.
+
+    Decoded photos go through `data.resize.fit_image`, the Pillow code the torch-free runtimes run,
+    so a letterboxed or squashed image is the same pixels here and in an exported file's predictor.
+    Tensors (arrays already in memory) are resized by torchvision with the same geometry."""
+
+    def __init__(self, mode: str, height: int, width: int, config: dict):
+        self.mode, self.height, self.width = mode, height, width
+        self.crop_pct = float(config.get("crop_pct", 0.875))
+        self.mean = tuple(config.get("mean", IMAGENET_MEAN))
+        self.interpolation = str(config.get("interpolation", "bicubic"))
+
+    def __call__(self, image):
+        if not isinstance(image, torch.Tensor) and hasattr(image, "convert"):
+            return fit_image(image.convert("RGB"), self.mode, self.height, self.width, crop_pct=self.crop_pct,
+                             mean=self.mean, interpolation=self.interpolation)
+        image = v2.functional.to_image(image)
+        interpolation = interpolation_of({"interpolation": self.interpolation})
+        height, width = image.shape[-2:]
+        if self.mode == "squash":
+            return v2.functional.resize(image, [self.height, self.width], interpolation=interpolation, antialias=True)
+        if self.mode == "letterbox":
+            new_width, new_height, left, top = letterbox_box(width, height, self.width, self.height)
+            resized = v2.functional.resize(image, [new_height, new_width], interpolation=interpolation,
+                                           antialias=True)
+            fill = torch.tensor(fill_colour(self.mean), dtype=torch.float32)
+            fill = fill if image.dtype == torch.uint8 else fill / 255
+            canvas = fill.to(image.dtype).view(-1, 1, 1).expand(image.shape[0], self.height, self.width).clone()
+            canvas[:, top:top + new_height, left:left + new_width] = resized
+            return canvas
+        new_width, new_height = cover_size(width, height, self.width, self.height, self.crop_pct)
+        resized = v2.functional.resize(image, [new_height, new_width], interpolation=interpolation, antialias=True)
+        return v2.functional.center_crop(resized, [self.height, self.width])
+
+
+def _fit(config: dict, height: int, width: int) -> list:
+    """The geometry steps of the evaluation view, ending in a uint8 tensor image (C, H, W)."""
+    mode = resize_mode_of(config)
+    if mode == "crop" and height == width:  # torchvision's own ops: the arithmetic every cache was built with
+        resize = int(math.floor(height / float(config.get("crop_pct", 0.875))))
+        return [v2.ToImage(), v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
+                v2.CenterCrop(height)]
+    return [FitToSize(mode, height, width, config), v2.ToImage()]
+
+
+def eval_view(config: dict, image_size: int | tuple[int, int] | None = None) -> v2.Compose:
+    """The evaluation view, kept uint8 (C, H, W): by the config's resize mode (`data.resize`), for crop
+    the shorter side resized to size / crop_pct with the config's interpolation, then the centre
+    H x W. Its one definition: `eval_transform` normalises it, and the photo cache stores it for
+    validation (`data.cache`), so training's validation and `eval` compute the same pixels with the
+    same arithmetic."""
+    return v2.Compose(_fit(config, *image_hw(config, image_size)))
+
+
+def eval_transform(config: dict, image_size: int | tuple[int, int] | None = None) -> v2.Compose:
     """The evaluation view (`eval_view`), normalised."""
     return v2.Compose([*eval_view(config, image_size).transforms, *_to_float_normalized(config)])
 
 
-def squash_transform(config: dict) -> v2.Compose:
-    """Resize both sides to the input size (timm's crop_mode "squash"), then normalise."""
-    height, width = config["input_size"][1:]
-    return v2.Compose([v2.ToImage(), v2.Resize((height, width), interpolation=interpolation_of(config), antialias=True),
-                       *_to_float_normalized(config)])
+def crop_padding(image_size: int | tuple[int, int], padding: int | None = None) -> int:
+    """The crop preset's reflect padding (its largest shift): `padding`, or 1/8 of the image's shorter side."""
+    side = image_size if isinstance(image_size, int) else min(image_size)
+    return max(1, side // 8) if padding is None else padding
 
 
-def crop_padding(image_size: int, padding: int | None = None) -> int:
-    """The crop preset's reflect padding (its largest shift): `padding`, or 1/8 of the image side."""
-    return max(1, image_size // 8) if padding is None else padding
-
-
-def train_transform(config: dict, preset: str = "light", image_size: int | None = None,
+def train_transform(config: dict, preset: str = "light", image_size: int | tuple[int, int] | None = None,
                     padding: int | None = None) -> v2.Compose:
     if preset not in PRESETS:
         raise SettingError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    size = image_size or int(config["input_size"][-1])
+    height, width = image_hw(config, image_size)
     interpolation = interpolation_of(config)
     if preset == "none":
-        return eval_transform(config, size)
+        return eval_transform(config, (height, width))
     if preset == "crop":
-        steps = [v2.ToImage(), v2.Resize(size, interpolation=interpolation, antialias=True), v2.CenterCrop(size),
-                 v2.RandomCrop(size, padding=crop_padding(size, padding), padding_mode="reflect"),
+        # as before resize modes: the photo's shorter side to the size, not size / crop_pct
+        steps = [*_fit({**config, "crop_pct": 1.0}, height, width),
+                 v2.RandomCrop((height, width), padding=crop_padding((height, width), padding),
+                               padding_mode="reflect"),
                  v2.RandomHorizontalFlip()]
         return v2.Compose(steps + _to_float_normalized(config))
     scale = (0.08, 1.0) if preset == "strong" else (0.35, 1.0)
-    steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True),
+    # crop: random regions of the photo itself; squash / letterbox: of the fitted view, bars and all
+    fitted = [v2.ToImage()] if resize_mode_of(config) == "crop" else _fit(config, height, width)
+    steps = [*fitted, v2.RandomResizedCrop((height, width), scale=scale, interpolation=interpolation, antialias=True),
              v2.RandomHorizontalFlip()]
     if preset == "medium":
         steps.append(v2.TrivialAugmentWide(interpolation=AFFINE_INTERPOLATION))

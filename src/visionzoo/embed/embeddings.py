@@ -39,9 +39,10 @@ from visionzoo.resolve import resolve_model
 from visionzoo.runtime import tune_allocator
 
 __all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
-           "pooled_and_tokens", "build_backbone", "scan_folder"]
+           "pooled_and_tokens", "build_backbone", "scan_folder", "EMBEDDING_INDEX"]
 
 FORMAT = "visionzoo-embeddings/1"
+EMBEDDING_INDEX = "index.json"  # in a folder of per-process embedding files (embed.sharded)
 
 
 @dataclass
@@ -70,7 +71,12 @@ def save_embeddings(result: Embeddings, path: str | Path) -> None:
 
 
 def load_embeddings(path: str | Path) -> Embeddings:
+    """An embeddings file, or a folder of them with their merged index (`embed.sharded`), as one set."""
     path = Path(path)
+    if path.is_dir() and (path / EMBEDDING_INDEX).is_file():
+        index = json.loads((path / EMBEDDING_INDEX).read_text())
+        parts = [load_embeddings(path / part["file"]) for part in index["parts"]]
+        return _concat(parts, index["classes"], parts[0].model, parts[0].data_config)
     if not path.is_file():
         raise FileNotFoundError(f"no embeddings file {path}; "
                                 f"make one with `visionzoo embed MODEL --data DIR --out {path}`")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from visionzoo import clip as clip_models
+from visionzoo import siglip_text
 from visionzoo.data.config import resolve_data_config, transforms_for
 from visionzoo.errors import SettingError
 from visionzoo.factory.spec import ModelSpec, find_spec, set_spec, spec_of
@@ -127,15 +128,20 @@ def create_model(
 
 
 def create_clip(name: str = "ViT-B-32", *, pretrained: bool | str = False,
-                text_config: clip_models.ClipTextConfig | None = None, **image_overrides: Any) -> clip_models.CLIP:
-    """Build a CLIP model by open_clip's name (`visionzoo.clip.CLIP_MODELS`).
+                text_config: clip_models.ClipTextConfig | siglip_text.SigLipTextConfig | None = None,
+                **image_overrides: Any) -> clip_models.CLIP | siglip_text.SigLIP:
+    """Build a CLIP model by open_clip's name (`visionzoo.clip.CLIP_MODELS`), or a SigLIP 2 pair
+    (`visionzoo.siglip_text.SIGLIP_MODELS`, e.g. 'ViT-B-16-SigLIP2').
 
     `pretrained` names weights for the whole model (image and text towers and logit scale).
     `text_config` replaces the text tower's configuration (small towers for tests);
     `image_overrides` go to the image tower's `create_model`.
     """
+    if name in siglip_text.SIGLIP_MODELS:
+        return _create_siglip(name, pretrained, text_config, image_overrides)
     if name not in clip_models.CLIP_MODELS:
-        raise SettingError(f"unknown CLIP model {name!r}; choose one of {', '.join(clip_models.CLIP_MODELS)}")
+        raise SettingError(f"unknown CLIP model {name!r}; choose one of "
+                           f"{', '.join([*clip_models.CLIP_MODELS, *siglip_text.SIGLIP_MODELS])}")
     image_name, default_text, embed_dim = clip_models.CLIP_MODELS[name]
     if pretrained is True and default_weight(name) is None:  # say so before building a model of a few hundred MB
         raise SettingError(f"CLIP model '{name}' has no default weights in the catalog; pass a weight file "
@@ -153,25 +159,50 @@ def create_clip(name: str = "ViT-B-32", *, pretrained: bool | str = False,
                                       weights=loaded.name if loaded else None))
 
 
-def zero_shot_classifier(model: clip_models.CLIP, class_names: Sequence[str], templates: Sequence[str] | None = None,
-                         batch_size: int = 256) -> clip_models.ZeroShotClassifier:
+def _create_siglip(name: str, pretrained: bool | str, text_config: siglip_text.SigLipTextConfig | None,
+                   image_overrides: dict[str, Any]) -> siglip_text.SigLIP:
+    """A SigLIP 2 pair: the registered image tower (pooled output, no classifier) and the text tower."""
+    image_name, default_text, _ = siglip_text.SIGLIP_MODELS[name]
+    if pretrained is True and default_weight(name) is None:
+        raise SettingError(f"SigLIP model '{name}' has no default weights in the catalog; pass a weight file "
+                           "(pretrained='path/to/open_clip_model.safetensors') or build with random weights")
+    visual = create_model(image_name, **image_overrides)  # its pooled output is the image embedding
+    text = siglip_text.SigLipTextTransformer(text_config or default_text, embed_dim=visual.num_features)
+    model = siglip_text.SigLIP(visual, text)
+    loaded = None
+    if pretrained:
+        loaded = load_pretrained(model, pretrained, architecture=name,
+                                 target_shapes={k: v.shape for k, v in model.state_dict().items()}, num_classes=0)
+    data = resolve_data_config(clip_models.clip_data_config(visual, sigmoid=True), loaded.config if loaded else None)
+    return set_spec(model, ModelSpec(name=name, overrides=image_overrides, data_config=data, class_names=None,
+                                      weights=loaded.name if loaded else None))
+
+
+def zero_shot_classifier(model: clip_models.CLIP | siglip_text.SigLIP, class_names: Sequence[str],
+                         templates: Sequence[str] | None = None, batch_size: int = 256,
+                         tokenizer: Any = None) -> clip_models.ZeroShotClassifier:
     """A classifier over `class_names` from a CLIP model, with no training.
 
     Each class weight is the normalised mean of the normalised text embeddings of its prompts,
     one per template (default: the 80 ImageNet templates of OpenAI's CLIP); a template has a `{}`
-    where the class name goes. The result shares the image tower with `model`.
+    where the class name goes. The result shares the image tower with `model`. A SigLIP pair needs
+    `tokenizer` (`SigLipTokenizer`); its classifier gives independent sigmoid probabilities per label.
     """
-    classifier = clip_models.make_zero_shot_classifier(model, class_names, templates, batch_size=batch_size)
+    classifier = clip_models.make_zero_shot_classifier(model, class_names, templates, batch_size=batch_size,
+                                                       tokenizer=tokenizer)
     return set_spec(classifier, zero_shot_spec(classifier, class_names, find_spec(model)))
 
 
 def zero_shot_spec(classifier: clip_models.ZeroShotClassifier, class_names: Sequence[str] | None,
                     clip_spec: ModelSpec | None) -> ModelSpec:
     # the card follows the image tower; preprocessing is CLIP's (short side resized, centre crop, CLIP mean / std)
+    # or SigLIP's; a SigLIP head's logits are independent per label, read through a sigmoid (task: multilabel)
     tower = spec_of(classifier.visual)
+    sigmoid = classifier.sigmoid
     return ModelSpec(name=tower.name, overrides=tower.overrides,
-                     data_config=resolve_data_config(clip_models.clip_data_config(classifier.visual)),
-                     class_names=class_names, weights=clip_spec.weights if clip_spec else tower.weights)
+                     data_config=resolve_data_config(clip_models.clip_data_config(classifier.visual, sigmoid)),
+                     class_names=class_names, weights=clip_spec.weights if clip_spec else tower.weights,
+                     head={"task": "multilabel"} if sigmoid else None)
 
 
 # --- facts about models ---------------------------------------------------------------------------------
@@ -254,15 +285,23 @@ def model_info(name: str) -> dict[str, Any]:
     return {**get_card(name).as_dict(), **model_complexity(name)}
 
 
-def size_overrides(card: ModelCard, img_size: int) -> dict[str, Any]:
-    """The overrides that build `card`'s model for square `img_size`-pixel inputs: `img_size` for the
+def size_overrides(card: ModelCard, img_size: int | tuple[int, int]) -> dict[str, Any]:
+    """The overrides that build `card`'s model for square `img_size`-pixel inputs, or (H, W) ones: `img_size` for the
     families whose structure depends on it (position embeddings, attention windows and their
     relative-position tables: ViT, DeiT, DINOv2, EVA, Swin, MaxViT, EfficientViT-M), none for the rest.
     Weights published at another size are resampled to it when loaded (`weights.adapt`).
 
     A model that cannot run at that size raises a one-line `SettingError` here, before any work: it is
     built and run once on the `meta` device (shapes only: no memory, no arithmetic, well under a second).
+    Rectangular sizes suit the convolutional families and the ViTs whose position embeddings are
+    resampled to an (H, W) patch grid; a family that cannot build or run one is told here in one line.
     """
+    if not isinstance(img_size, int):
+        height, width = (int(side) for side in img_size)
+        if height == width:
+            img_size = height
+        else:
+            return _rectangular_overrides(card, (height, width))
     if img_size == card.input_size[1]:
         return {}
     error = _failure_at(card, img_size)
@@ -275,20 +314,34 @@ def size_overrides(card: ModelCard, img_size: int) -> dict[str, Any]:
     return _img_size_override(card, img_size)
 
 
-def _img_size_override(card: ModelCard, img_size: int) -> dict[str, Any]:
+def _rectangular_overrides(card: ModelCard, size: tuple[int, int]) -> dict[str, Any]:
+    """`size_overrides` for an (H, W) input with H != W."""
+    error = _failure_at(card, size)
+    if error is not None:
+        # a TypeError: the family's config takes one side (windows, relative-position tables per square grid)
+        why = (f"the {card.family} family is built for square inputs only" if isinstance(error, TypeError)
+               else str(error).splitlines()[0][:300])
+        raise SettingError(f"model '{card.name}' cannot run on {size[0]}x{size[1]} images: {why}; use a square "
+                           "--image-size, or a convolutional model or a ViT (its position embeddings are resampled "
+                           "to the patch grid)")
+    return _img_size_override(card, size)
+
+
+def _img_size_override(card: ModelCard, img_size: int | tuple[int, int]) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(card.config)} if dataclasses.is_dataclass(card.config) else set()
     return {"img_size": img_size} if "img_size" in fields and img_size != card.input_size[1] else {}
 
 
-def _failure_at(card: ModelCard, img_size: int) -> Exception | None:
-    """What building and running `card`'s model at `img_size` raises on the meta device, or None."""
+def _failure_at(card: ModelCard, img_size: int | tuple[int, int]) -> Exception | None:
+    """What building and running `card`'s model at `img_size` (a side or (H, W)) raises on the meta device, or None."""
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     try:
         with torch.device("meta"), torch.no_grad():
             create_model(card.name, **_img_size_override(card, img_size)).eval()(
-                torch.empty(2, 3, img_size, img_size))
+                torch.empty(2, 3, height, width))
     except NotImplementedError:  # an operator without a meta kernel: the real run will tell
         return None
-    except (SettingError, RuntimeError, ValueError) as error:
+    except (SettingError, RuntimeError, ValueError, TypeError, AssertionError) as error:
         return error
     return None
 

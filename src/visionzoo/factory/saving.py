@@ -18,7 +18,7 @@ from visionzoo.errors import SettingError
 from visionzoo.factory.build import class_names, create_model, data_config, layer_names, zero_shot_spec
 from visionzoo.factory.spec import ModelSpec, find_spec, registered_name, set_spec, spec_of, with_spec
 from visionzoo.files import atomic_write, atomic_write_json, jsonable
-from visionzoo.weights import CONFIG_FILE, SAVED_MODEL_FORMAT, WEIGHTS_FILE, read_folder_config
+from visionzoo.weights import CONFIG_FILE, SAVED_MODEL_FORMAT, WEIGHTS_FILE, hub_model_folder, read_folder_config
 from visionzoo.weights.lora import ADAPTER_FILE, is_lora, read_adapter, write_adapter
 
 __all__ = ["save_model", "load_model"]
@@ -92,8 +92,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, classes: Sequence[s
 
 def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     """Rebuild a model written by `save_model`, in eval mode, with its weights and its spec (classes,
-    preprocessing, head, adapter)."""
-    folder = Path(path)
+    preprocessing, head, adapter). `path` is that folder, or `hf-hub:org/repo[@revision]` for one pushed
+    to the Hugging Face Hub (`visionzoo push`), read through the Hub's cache (offline: the cache only)."""
+    hub = os.fspath(path).startswith("hf-hub:")
+    folder = hub_model_folder(os.fspath(path)) if hub else Path(path)
     config = read_folder_config(folder) if folder.is_dir() else None
     if config and "format" not in config and "architecture" in config:
         return _load_facts_layout(folder, config)
@@ -117,7 +119,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
             model = create_model(config["architecture"], pretrained=str(folder), **kwargs)
     saved_data = config.get("preprocessing") or config.get("pretrained_cfg")
     with_spec(model, data_config=resolve_data_config(spec_of(model).data_config, saved_data),
-              weights=config.get("weights") or str(folder), head=config.get("head"), adapter=config.get("adapter"))
+              weights=os.fspath(path) if hub else config.get("weights") or str(folder), head=config.get("head"),
+              adapter=config.get("adapter"))
     return model.eval()
 
 
@@ -162,6 +165,8 @@ def _load_zero_shot(folder: Path, config: dict[str, Any], kwargs: dict[str, Any]
     tensors = load_file(str(folder / WEIGHTS_FILE))
     visual = create_model(config["architecture"], **{**kwargs, "num_classes": config["tower_outputs"]})
     head = tensors["head.weight"]
-    model = clip_models.ZeroShotClassifier(visual, head, float(head.norm(dim=1).mean()))
+    bias = tensors.get("head.bias")  # a SigLIP head: its logit bias, and sigmoid probabilities per label
+    model = clip_models.ZeroShotClassifier(visual, head, float(head.norm(dim=1).mean()),
+                                           None if bias is None else float(bias.mean()))
     model.load_state_dict(tensors)
     return set_spec(model, zero_shot_spec(model, config.get("class_names"), None))

@@ -1,5 +1,10 @@
 """Classification metrics from logits: top-1 and top-k, per-class precision / recall / F1, macro-F1,
-the confusion matrix and its plot, and the one expected calibration error (ECE) every command reports."""
+balanced accuracy, the confusion matrix and its plot, the per-class recall plot, and the one
+expected calibration error (ECE) every command reports.
+
+Balanced accuracy is the mean of the per-class recalls over the classes present in the evaluation
+set (scikit-learn's `balanced_accuracy_score`): on a long-tailed problem top-1 follows the big
+classes, while this weighs each class alike, so a model that never predicts the tail loses there."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from visionzoo.errors import SettingError
 from visionzoo.heads import printable
 
 __all__ = ["TOP_K", "reports_top_k", "classification_metrics", "expected_calibration_error", "calibration_gap",
-           "plot_confusion_matrix"]
+           "plot_confusion_matrix", "balanced_accuracy", "plot_per_class_recall"]
 
 
 def calibration_gap(confidence: np.ndarray, outcome: np.ndarray, bins: int = 15) -> float:
@@ -46,6 +51,15 @@ def reports_top_k(num_classes: int, k: int = TOP_K) -> bool:
     """Whether top-k accuracy means anything: only where k is below the number of classes
     (with 5 classes or fewer, top-5 is always 100%, so it is neither printed, stored nor plotted)."""
     return k < num_classes
+
+
+def balanced_accuracy(confusion: torch.Tensor) -> float:
+    """The mean recall of the classes that have images in the (true x predicted) `confusion` matrix."""
+    actual = confusion.sum(1).double()
+    present = actual > 0
+    if not bool(present.any()):
+        return 0.0
+    return float((confusion.diag().double()[present] / actual[present]).mean())
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -81,6 +95,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_nam
         "loss": float(nn.functional.cross_entropy(logits, labels)),
         "ece": expected_calibration_error(probabilities, labels),
         "macro_f1": float(f1.mean()),
+        "balanced_accuracy": balanced_accuracy(confusion),
         "count": count,
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
@@ -113,6 +128,33 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
     axis.set_ylabel("true")
     axis.set_title(title or "confusion matrix (rows normalised)")
     figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_per_class_recall(per_class: dict[str, dict[str, Any]], path: Path, train_counts: dict[str, int] | None = None,
+                          title: str = "") -> None:
+    """A bar per class of its recall; with `train_counts` (training images per class) the classes run
+    from the most trained to the least, each labelled with its count, so the tail sits at the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_class)
+    if train_counts:
+        names.sort(key=lambda name: -int(train_counts.get(name, 0)))
+    recalls = [per_class[name]["recall"] for name in names]
+    labels = [printable(name) + (f" ({train_counts.get(name, 0)})" if train_counts else "") for name in names]
+    figure, axis = plt.subplots(figsize=(min(4 + 0.35 * len(names), 30), 4.5))
+    axis.bar(range(len(names)), recalls, color="tab:blue")
+    if len(names) <= 60:
+        axis.set_xticks(range(len(names)), labels, rotation=90)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("recall")
+    axis.set_xlabel("class (training images), most trained first" if train_counts else "class")
+    axis.set_title(title or "per-class recall")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -68,7 +68,7 @@ class RotaryEmbeddingDinov3(nn.Module):
     def forward(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """(sin, cos) for every patch of `grid`, concatenated: (H*W, 2 * head_dim)."""
         num_bands = self.head_dim // 4
-        exponents = 2.0 * torch.arange(num_bands, dtype=torch.float32) / (self.head_dim // 2)
+        exponents = torch.arange(num_bands, dtype=torch.float32) * (2.0 / (self.head_dim // 2))
         periods = self.temperature ** exponents
         # patch centres, (i + 0.5) / size, mapped from [0, 1] to [-1, 1]
         axes = [torch.arange(0.5, size, dtype=torch.float32) / size for size in grid]

@@ -38,7 +38,7 @@ from visionzoo.models.mobileone import (
     fused_conv,
     identity_kernel,
 )
-from visionzoo.registry import CamLayer, VariantExtras, register_family
+from visionzoo.registry import CamLayer, LoraTargets, VariantExtras, register_family
 
 # --- re-parameterisable blocks -----------------------------------------------------------------
 
@@ -362,9 +362,13 @@ VARIANTS: dict[str, FastVitConfig] = {
 }
 
 # Trained with DeiT's AdamW recipe (weight decay 0.05, 300 epochs), at 256 px (timm's default configs).
-# The CAM reads final_conv: the last map, after SE, before pooling. No LoRA targets: family facts hold for
-# every variant and only SA12's last stage has attention (two blocks), which the others would not find.
+# The CAM reads final_conv: the last map, after SE, before pooling. LoRA: family facts hold for every
+# variant, and only SA12's last stage has attention (two blocks), so the targets are the attention's
+# projections where there are any and every block's ConvMlp (its 1x1 convolutions), as for ConvNeXt.
+FASTVIT_LORA_TARGETS = LoraTargets(r"stages\.\d+\.blocks\.\d+\.(token_mixer\.(qkv|proj)|mlp\.(fc1|fc2))")
+
 register_family(VARIANTS, family="fastvit",
                 paper="FastViT: A Fast Hybrid Vision Transformer using Structural Reparameterization", year=2023,
                 builder=FastVit, recipe_style="vit", cam_layer=CamLayer("final_conv"), edge=True,
+                lora_targets=FASTVIT_LORA_TARGETS,
                 extras={name: VariantExtras(input_size=(3, 256, 256)) for name in VARIANTS})

@@ -123,10 +123,23 @@ def parse_topk(request: Request, settings: ServeSettings) -> int:
     return int(raw)
 
 
-async def classify_one(service: Service, name: str, data: bytes, topk: int) -> dict[str, Any]:
+def parse_tta(request: Request) -> bool:
+    """`?tta=1`: average each image's output with its mirror's (both go through the batcher, as any image)."""
+    raw = request.query_params.get("tta", "0").lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise ApiError(422, f"tta must be 0 or 1, got {raw!r}")
+    return raw in ("1", "true")
+
+
+async def classify_one(service: Service, name: str, data: bytes, topk: int, tta: bool = False) -> dict[str, Any]:
     array = await service.decoders.run(service.prepare, name, data)
     try:
-        probs = await service.batcher.submit(array)
+        if tta:  # the mirror as in `evaluation.tta_logits` (the last axis is the width)
+            plain, mirrored = await asyncio.gather(service.batcher.submit(array),
+                                                   service.batcher.submit(np.ascontiguousarray(array[..., ::-1])))
+            probs = (plain + mirrored) / 2
+        else:
+            probs = await service.batcher.submit(array)
     except QueueFull:
         raise ApiError(503, "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
     except ModelError as error:
@@ -166,14 +179,14 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/classify")
     async def classify(request: Request):
         start = time.perf_counter()
-        topk = parse_topk(request, service.settings)
-        answer = await classify_one(service, *await one_image(service, request, "/v1/classify"), topk)
+        topk, tta = parse_topk(request, service.settings), parse_tta(request)
+        answer = await classify_one(service, *await one_image(service, request, "/v1/classify"), topk, tta)
         return {**answer, "model": classifier.name, "latency_ms": since(start)}
 
     @app.post("/v1/classify/batch")
     async def classify_batch(request: Request):
         start = time.perf_counter()
-        topk = parse_topk(request, service.settings)
+        topk, tta = parse_topk(request, service.settings), parse_tta(request)
         uploads = await read_uploads(request, service.settings)
         probed = await probe_uploads(service, uploads)
 
@@ -181,7 +194,7 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
             try:
                 if isinstance(probe, ApiError):
                     raise probe
-                return {"name": name, **await classify_one(service, name, data, topk)}
+                return {"name": name, **await classify_one(service, name, data, topk, tta)}
             except ApiError as error:
                 return {"name": name, "error": error.message, "status": error.status}
 

@@ -76,11 +76,12 @@ def public_card(card: Any) -> Any:
 
 
 def load_classifier(spec, pretrained: bool | str | None = None, threads: int | None = None,
-                    runtime: str | None = None) -> Classifier:
+                    runtime: str | None = None, resize_mode: str | None = None) -> Classifier:
     """A Classifier from a registered model name (with `pretrained` weights, default: the default weights),
     a saved model folder, an nn.Module, or an exported .onnx or OpenVINO .xml file (see `visionzoo.resolve`;
     an exported file runs without PyTorch, by `runtime`: onnxruntime, openvino or openvino-bf16, by default
-    the file's own: onnxruntime for .onnx, OpenVINO for .xml)."""
+    the file's own: onnxruntime for .onnx, OpenVINO for .xml). `resize_mode` (crop, squash, letterbox)
+    overrides the one the model or the file's metadata records (`visionzoo.data.resize`)."""
     from visionzoo.deploy.runtimes import EXPORTED_SUFFIXES, ExportedClassifier, OnnxClassifier, preprocess_image
     from visionzoo.resolve import resolve_model
 
@@ -89,16 +90,28 @@ def load_classifier(spec, pretrained: bool | str | None = None, threads: int | N
 
         torch.set_num_threads(threads)
     model = resolve_model(spec, pretrained, allow_onnx=True, onnx_threads=threads, runtime=runtime)
+    if resize_mode is not None:
+        from visionzoo.data.resize import check_resize_mode
+
+        check_resize_mode(resize_mode)
     if isinstance(model, ExportedClassifier):
         exported = model
-        card = {"architecture": exported.name, "weights": str(spec),
-                "format": "onnx" if str(spec).endswith(".onnx") else "openvino",
-                "runtime": "onnxruntime" if isinstance(exported, OnnxClassifier) else f"openvino-{exported.precision}",
+        if resize_mode is not None:
+            exported.preprocessing = {**exported.preprocessing, "resize_mode": resize_mode}
+        format = {".onnx": "onnx", ".tflite": "litert", ".pte": "executorch"}.get(Path(str(spec)).suffix, "openvino")
+        engine = format if format in ("litert", "executorch") else "openvino"
+        card = {"architecture": exported.name, "weights": str(spec), "format": format,
+                "runtime": "onnxruntime" if isinstance(exported, OnnxClassifier)
+                else f"{engine}-{getattr(exported, 'precision', 'fp32')}",
                 "preprocessing": exported.preprocessing, "num_classes": len(exported.class_names or []),
                 "classes": exported.class_names, "head": exported.head}
         return Classifier(exported.name, lambda image: preprocess_image(image, exported.preprocessing),
                           exported.predict_logits, exported.class_names, card, head=exported.head,
                           returns_logits=True)
+    if resize_mode is not None:
+        from visionzoo.factory import data_config, with_spec
+
+        model = with_spec(model, data_config={**data_config(model), "resize_mode": resize_mode})
     return _torch_classifier(model, served_folder(spec))
 
 

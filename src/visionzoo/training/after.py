@@ -100,6 +100,12 @@ def finish_run(run: PreparedRun, state: RunState, *, best_val: dict[str, Any] | 
                "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                "epochs": len(state.history), "history": state.history,
                "bad_files": len(state.bad_files), "time": phases.summary(), **cost}
+    if best_val is not None and "balanced_accuracy" in best_val:  # the tail's view of the best epoch
+        summary["best_val_balanced_accuracy"] = best_val["balanced_accuracy"]
+    best_record = next((r for r in state.history if state.best_epoch is not None and r["epoch"] == state.best_epoch + 1),
+                       {})
+    if "weights" in best_record:  # --ema: whether best/ holds the EMA or the raw weights (`validate_beside_ema`)
+        summary["best_weights"] = best_record["weights"]
     adapter = run.run_dir / "best" / ADAPTER_FILE
     if adapter.exists():
         summary["adapter_bytes"] = adapter.stat().st_size

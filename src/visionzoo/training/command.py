@@ -11,14 +11,41 @@ import sys
 from visionzoo.errors import SettingError
 from visionzoo.resolve import PRETRAINED_HELP, parse_pretrained
 
-__all__ = ["add_commands", "cmd_train", "cmd_eval"]
+__all__ = ["add_commands", "cmd_train", "cmd_eval", "add_settings_arguments", "settings_from_args"]
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict:
     from visionzoo.training.settings import TrainSettings
 
     names = {f.name for f in dataclasses.fields(TrainSettings)}
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    settings = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if isinstance(settings.get("image_size"), list):  # --image-size S or H W
+        settings["image_size"] = _one_or_two(settings["image_size"])
+    return settings
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The `TrainSettings` fields given on the command line (for lr-find and tune, which train too)."""
+    return _settings_from_args(args)
+
+
+def add_settings_arguments(p, shared) -> None:
+    """train's recipe, optimisation, augmentation, adaptation and data-loading arguments, for the commands
+    that run training steps of their own (lr-find, tune)."""
+    from visionzoo.data.presets import PRESETS
+    from visionzoo.training.settings import RECIPES
+
+    recipe = p.add_argument_group("recipe (as for train)")
+    recipe.add_argument("--recipe", choices=RECIPES, help="default: auto with --pretrained, else scratch")
+    recipe.add_argument("--epochs", type=int, help="default: 10, or the transfer recipes' data-size rule")
+    recipe.add_argument("--batch-size", type=int, help="default: 64, or the transfer recipes' data-size rule")
+    recipe.add_argument("--image-size", type=int, metavar="S", help="default: the model's")
+    recipe.add_argument("--seed", type=int, help="default: 0")
+    _add_optimisation_arguments(p.add_argument_group("optimisation"))
+    _add_augmentation_arguments(p.add_argument_group("augmentation"), PRESETS)
+    _add_adaptation_arguments(p.add_argument_group("adaptation and distillation"))
+    _add_data_arguments(p.add_argument_group("data"))
+    shared.add_device_argument(p, default=None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,6 +74,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _one_or_two(sides: list[int] | None) -> int | tuple[int, int] | None:
+    """`--image-size S` or `--image-size H W` as a side or (H, W)."""
+    if sides is None:
+        return None
+    if len(sides) > 2:
+        raise SettingError(f"--image-size takes one side or H W, got {' '.join(map(str, sides))}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -65,8 +101,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # The one --pretrained rule: a folder carries its own weights, a registered name gets its default ones.
     pretrained = args.pretrained if args.pretrained is not None or Path(args.model).exists() else "default"
     result = evaluate(args.model, args.data, pretrained=pretrained, batch_size=args.batch_size, device=args.device,
-                      workers=args.workers or 0, image_size=args.image_size, tta_flip=args.tta_flip,
-                      tta_shift=args.tta_shift, out=out, ood=args.ood, max_unpack_gb=args.max_unpack_gb)
+                      workers=args.workers or 0, image_size=_one_or_two(args.image_size), tta_flip=args.tta_flip,
+                      tta_shift=args.tta_shift, out=out, ood=args.ood, max_unpack_gb=args.max_unpack_gb,
+                      resize_mode=args.resize_mode)
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}))
         return 0
@@ -86,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         top5 = f"top-5 {result['top5']:.2%}, " if "top5" in result else ""  # only with more than 5 classes
         console.print(f"{result['data']}: {result['count']} images, top-1 {result['top1']:.2%}, {top5}"
-                      f"ECE {result['ece']:.4f}, macro F1 {result['macro_f1']:.4f}", highlight=False)
+                      f"balanced accuracy {result['balanced_accuracy']:.2%}, ECE {result['ece']:.4f}, "
+                      f"macro F1 {result['macro_f1']:.4f}", highlight=False)
         table = Table(title="per class")
         for column in ("class", "precision", "recall", "F1", "support"):
             table.add_column(column, justify="left" if column == "class" else "right")
@@ -111,6 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       f"{result['skipped'][0]['reason']})")
     if result.get("confusion_matrix_png"):
         console.print(f"confusion matrix: {result['confusion_matrix_png']}")
+    if result.get("per_class_recall_png"):
+        console.print(f"per-class recall: {result['per_class_recall_png']}")
     if result.get("per_class_ap_png"):
         console.print(f"per-class AP: {result['per_class_ap_png']}")
     return 0
@@ -124,6 +164,7 @@ def add_commands(commands, shared) -> None:
     """Add `train` and `eval` to the CLI's subcommand parsers. `shared` is `visionzoo.cli.common`,
     whose argument helpers every command uses (passed in: this layer does not import the CLI's)."""
     from visionzoo.data.presets import PRESETS
+    from visionzoo.data.resize import RESIZE_HELP, RESIZE_MODES
     from visionzoo.training.settings import RECIPES
 
     p = commands.add_parser(
@@ -145,8 +186,10 @@ def add_commands(commands, shared) -> None:
     recipe.add_argument("--epochs", type=int, help="default: 10, or the transfer recipes' data-size rule")
     recipe.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes "
                         "(default: 64, or the transfer recipes' data-size rule)")
-    recipe.add_argument("--image-size", type=int, metavar="S",
-                        help="train and validation resolution (default: the model's; small images from scratch: their own)")
+    recipe.add_argument("--image-size", type=int, nargs="+", metavar="S",
+                        help="train and validation resolution: one side, or H W for rectangular inputs (convolutional "
+                             "models and ViTs; default: the model's; small images from scratch: their own)")
+    recipe.add_argument("--resize-mode", choices=RESIZE_MODES, help=RESIZE_HELP)
     recipe.add_argument("--seed", type=int, help="default: 0")
     recipe.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                         help="deterministic kernels, slower (default: off)")
@@ -161,6 +204,8 @@ def add_commands(commands, shared) -> None:
 
 
 def _add_optimisation_arguments(group) -> None:
+    from visionzoo.training.balance import BALANCE_MODES
+
     group.add_argument("--lr", type=float, help="peak learning rate (default: base lr x batch / 256)")
     group.add_argument("--optimizer", choices=["sgd", "adamw"], help=_BY_RECIPE)
     group.add_argument("--weight-decay", type=float, help=_BY_RECIPE)
@@ -193,8 +238,13 @@ def _add_optimisation_arguments(group) -> None:
                        help="default: on in transfer runs of convolutional models")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the model (default: off)")
-    group.add_argument("--class-balance", choices=["none", "weights", "sampler"],
-                       help="for imbalanced data (default: none)")
+    group.add_argument("--class-balance", choices=BALANCE_MODES,
+                       help="for imbalanced classes: none, weights (inverse frequency), effective (Cui et al.'s "
+                            "effective-number weights), sampler (class-balanced draws), logit-adjust (Menon et al.'s "
+                            "loss; inference unchanged); default auto: none when nearly balanced, else logit-adjust")
+    group.add_argument("--balance-beta", type=float, metavar="B",
+                       help="effective: the effective number's beta (default: 0.999)")
+    group.add_argument("--balance-tau", type=float, metavar="T", help="logit-adjust: the prior's scale (default: 1)")
     group.add_argument("--early-stopping", type=int, metavar="EPOCHS",
                        help="stop after this many epochs without improvement (default: never)")
 
@@ -223,6 +273,10 @@ def _add_data_arguments(group) -> None:
     group.add_argument("--workers", type=int, help="data loader processes (default: by the CPUs and the data)")
     group.add_argument("--max-unpack-gb", type=float, metavar="GB", help="let a .tar/.tar.gz unpack to this many GB "
                        "(default: at most 100x its size, at least 1 GB, at most 50 GB)")
+    group.add_argument("--image-column", metavar="NAME", help="the image column of a Hugging Face dataset, or the "
+                       "image member of tar shards' samples (default: found)")
+    group.add_argument("--label-column", metavar="NAME", help="the label column of a Hugging Face dataset, or the "
+                       "label member of tar shards' samples (default: the ClassLabel column; cls)")
     group.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                        help="decode once into a uint8 cache (in memory when it fits, else memory-mapped; "
                             "default: on for transfer recipes)")
@@ -292,6 +346,12 @@ def _add_output_arguments(group, shared) -> None:
                        help="replace the run in a non-empty --out folder (only the files a run writes are removed)")
     group.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                        help="also checkpoint every N optimizer steps (default: at each epoch's end only)")
+    group.add_argument("--track", choices=["mlflow", "wandb"],
+                       help="also log parameters, metrics, plots and best/ to MLflow or W&B (pip install "
+                            "'visionzoo[mlflow]' or '[wandb]'; W&B offline without an API key; default: TensorBoard only)")
+    group.add_argument("--track-uri", metavar="URI",
+                       help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's default, mlflow.db "
+                            "in the working folder); W&B: its server")
     shared.add_device_argument(group, default=None)
     shared.add_progress_argument(group)
     group.set_defaults(progress=None)  # None: the settings' default, so a resumed run keeps its own
@@ -299,6 +359,8 @@ def _add_output_arguments(group, shared) -> None:
 
 
 def _add_eval(commands, shared) -> None:
+    from visionzoo.data.resize import RESIZE_HELP, RESIZE_MODES
+
     p = commands.add_parser(
         "eval", help="evaluate a model: top-1/5, per-class P/R/F1, calibration, confusion matrix",
         description="Evaluate a trained model folder (a run's best/ or last/), a run folder, or a registered model.")
@@ -309,7 +371,9 @@ def _add_eval(commands, shared) -> None:
     shared.add_pretrained_argument(p)
     p.add_argument("--batch-size", type=int, default=128, help="default: 128")
     p.add_argument("--workers", type=int, help="image decoding processes (default: 0)")
-    p.add_argument("--image-size", type=int, metavar="S", help="default: the model's")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="S",
+                   help="one side, or H W (default: the model's, as it was trained)")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, help=RESIZE_HELP)
     p.add_argument("--tta-flip", action="store_true", help="also average over the mirrored image")
     p.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
                    help="also average over views shifted by this many pixels (default: 0; small images: 1)")

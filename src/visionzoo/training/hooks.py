@@ -1,6 +1,6 @@
 """The trainer's hooks, each small enough to test alone: `CheckpointHook` (when and how a
 checkpoint is written), `BestModelTracker` (best validation top-1 and early stopping),
-`RunLogger` (progress bar, metrics files, TensorBoard) and `BadFileLog` (unreadable files).
+`RunLogger` (progress bar, metrics files, TensorBoard, an MLflow or W&B tracker) and `BadFileLog` (unreadable files).
 
 They keep no training state of their own that a resume would need: what must survive a kill
 lives in the `RunState` they are handed.
@@ -16,6 +16,7 @@ from typing import Any
 from visionzoo.training.checkpoint import CheckpointWriter
 from visionzoo.training.settings import TrainSettings
 from visionzoo.training.state import RunState
+from visionzoo.training.tracking import open_tracker
 
 __all__ = ["CheckpointHook", "BestModelTracker", "RunLogger", "BadFileLog"]
 
@@ -84,6 +85,7 @@ class RunLogger:
         self.closed = False
         self.run_dir = run_dir
         self.tensorboard = None
+        self.tracker = None
         self.progress = None
         self.task = None
         if not enabled:
@@ -91,6 +93,8 @@ class RunLogger:
         from rich.console import Console
 
         self.console = Console(stderr=True)
+        # --track mlflow | wandb: opened first, so that an unreachable server stops the run before it starts
+        self.tracker = open_tracker(settings.track, run_dir, settings.track_uri)
         self.steps_file = open(run_dir / "metrics_steps.jsonl", "a")
         if settings.tensorboard:
             try:
@@ -163,6 +167,7 @@ class RunLogger:
                 if key not in ("epoch", "step") and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
             self.tensorboard.flush()
+        self._track("log_epoch", record)
         self.print(line)
 
     def print(self, line: str) -> None:
@@ -182,6 +187,18 @@ class RunLogger:
         self.steps_file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+        # finish_run writes summary.json: without it the run was interrupted or failed
+        self._track("finish", (self.run_dir / "summary.json").exists())
+
+    def _track(self, method: str, argument: Any) -> None:
+        """Call the tracker; a tracker that fails mid-run is said once and dropped, the run goes on."""
+        if self.tracker is None:
+            return
+        try:
+            getattr(self.tracker, method)(argument)
+        except Exception as error:  # a tracking server gone away must not cost the run
+            self.tracker = None
+            self.print(f"experiment tracking stopped: {type(error).__name__}: {error}")
 
 
 class BadFileLog:

@@ -1,8 +1,10 @@
 """The training loss of a run, chosen from its settings in one place: `build_loss`.
 
-Single-label: cross-entropy with label smoothing and, with `class_balance="weights"`, per-class
-weights `N / (count * C)` (each class then weighs as much in total). Targets are class
-indices, or soft (N, C) targets after mixup / CutMix.
+Single-label: cross-entropy with label smoothing and, for imbalanced classes (`training.balance`),
+with `class_balance="weights"` per-class weights `N / (count * C)` (each class then weighs as much
+in total), with `"effective"` Cui et al.'s effective-number weights, with `"logit-adjust"` the
+logits shifted by tau * log(prior) inside the loss (Menon et al., 2021; the model and its
+inference are untouched). Targets are class indices, or soft (N, C) targets after mixup / CutMix.
 
 Multi-label (`task="multilabel"`): sigmoid outputs with binary cross-entropy (optional label
 smoothing) or, with `loss="asl"`, the asymmetric loss; `class_balance="weights"` weighs each
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from visionzoo.data.loaders import class_counts
 from visionzoo.errors import SettingError
+from visionzoo.training.balance import effective_number_weights, inverse_frequency_weights, log_prior
 from visionzoo.training.settings import TrainSettings
 from visionzoo.training.step import LossFn
 
@@ -45,19 +48,24 @@ def build_loss(settings: TrainSettings, train_labels: Iterable[int], num_classes
                                       dtype=torch.float32, device=device)
         loss = multilabel_loss(settings.loss or "bce", settings.label_smoothing or 0.0)
         return lambda logits, targets: loss(logits, targets, pos_weight)
-    class_weights = None
-    if settings.class_balance == "weights":
+    class_weights, adjustment = None, None
+    mode = settings.class_balance
+    if mode in ("weights", "effective", "logit-adjust"):
         counts = class_counts(train_labels, num_classes)
-        class_weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(counts), dtype=torch.float32,
-                                     device=device)
+        if mode == "logit-adjust":
+            adjustment = settings.balance_tau * log_prior(counts, device)
+        else:
+            weights = (inverse_frequency_weights(counts) if mode == "weights"
+                       else effective_number_weights(counts, settings.balance_beta))
+            class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     label_smoothing = settings.label_smoothing
 
     def cross_entropy(logits: torch.Tensor | tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
         if isinstance(logits, tuple):  # a distilled DeiT in training mode, with no teacher: both heads learn the labels
             return sum(cross_entropy(part, targets) for part in logits) / len(logits)
         # in float32 whatever the autocast precision: the loss and its gradient stay accurate
-        return nn.functional.cross_entropy(logits.float(), targets, weight=class_weights,
-                                           label_smoothing=label_smoothing)
+        logits = logits.float() if adjustment is None else logits.float() + adjustment
+        return nn.functional.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
 
     return cross_entropy
 

@@ -26,10 +26,20 @@ import torch.nn as nn
 import visionzoo
 from visionzoo.data.cache import CachePlan, cache_photos, plan_cache
 from visionzoo.data.datasets import ImageDataset, collate_skipping
-from visionzoo.data.loaders import Loaders, build_loaders, cache_size, cache_splits, default_workers, scan_splits
-from visionzoo.data.samples import DataSplits
+from visionzoo.data.loaders import (
+    Loaders,
+    build_loaders,
+    cache_size,
+    cache_splits,
+    class_counts,
+    default_workers,
+    scan_splits,
+)
+from visionzoo.data.resize import resize_mode_of
+from visionzoo.data.samples import ArraySamples, DataSplits, FileSamples
+from visionzoo.data.shards import ShardSamples
 from visionzoo.data.sources import resolve_data
-from visionzoo.data.transforms import eval_transform, eval_view
+from visionzoo.data.transforms import eval_transform, eval_view, image_hw
 from visionzoo.errors import DataError, SettingError
 from visionzoo.factory import data_config as model_data_config
 from visionzoo.factory import registered_name
@@ -149,7 +159,7 @@ class PreparedRun:
     new_head: bool
     adaptation: Adaptation
     data_config: dict[str, Any]
-    image_size: int
+    image_size: int | tuple[int, int]  # one side, or (H, W)
 
     @property
     def is_main(self) -> bool:
@@ -173,15 +183,20 @@ def prepare_run(model_or_name: nn.Module | str, data: Any, pretrained: bool | st
     model_name = model_or_name if isinstance(model_or_name, str) else registered_name(model_or_name)
     in_memory = isinstance(data, DataSplits)
     splits = data if in_memory else resolve_data(data, val_fraction=requested.val_fraction, seed=requested.seed,
-                                                 task=requested.task, max_unpack_gb=requested.max_unpack_gb)
+                                                 task=requested.task, max_unpack_gb=requested.max_unpack_gb,
+                                                 image_column=requested.image_column,
+                                                 label_column=requested.label_column)
     if requested.exclude:  # `visionzoo train --exclude audit/label_issues.csv`
         from visionzoo.data.exclude import exclude_files
 
         splits, _ = exclude_files(splits, requested.exclude)
     check_trainable(splits)
+    multilabel = (requested.task or splits.task) == "multilabel"
+    counts = None if multilabel else class_counts(splits.train.labels, len(splits.classes))
     settings = resolve_settings(requested, model_name, native_size=splits.native_size, pretrained=bool(pretrained),
                                 num_train=len(splits.train),
-                                num_val=len(splits.val) if splits.val is not None else None)
+                                num_val=len(splits.val) if splits.val is not None else None,
+                                class_counts=counts, multilabel=multilabel)
     task = head_task(splits, requested, settings)  # multiclass | multilabel; checks the head settings
     if settings.batch_size % (world * settings.grad_accum):
         raise SettingError(f"batch size {settings.batch_size} must be divisible by processes x grad_accum "
@@ -199,7 +214,9 @@ def prepare_run(model_or_name: nn.Module | str, data: Any, pretrained: bool | st
         tidy_run_folder(run_dir, fresh=fresh)
     data_config = model_data_config(model)
     image_size = settings.image_size or int(data_config["input_size"][-1])
-    data_config = {**data_config, "input_size": (3, image_size, image_size)}
+    data_config = {**data_config, "input_size": (3, *image_hw(data_config, image_size))}
+    # the mode the run trains with, stated in config.json, the saved model and every export's metadata
+    data_config["resize_mode"] = settings.resize_mode or resize_mode_of(data_config)
     if settings.augment in ("crop", "none") and not pretrained:
         # Trained on whole images (pad-and-crop keeps the full frame): evaluate on whole images too.
         data_config["crop_pct"] = 1.0
@@ -274,7 +291,11 @@ def prepare_data(run: PreparedRun, logger: RunLogger, bad_log: BadFileLog, phase
     # Inference batches of 64 at 224 px hold about 1 GB in EfficientNet's widest early layers (on
     # top of the model); 32 keeps a small fine-tune's peak memory under 2 GB.
     val_batch = max(run.micro_batch * s.grad_accum, 32)
-    photo_cache = bool(s.cache) and s.augment != "crop"
+    # the caches store each photo's centre (shorter side resized): the crop resize mode's view only
+    whole_photos = resize_mode_of(run.data_config) != "crop" or not isinstance(run.image_size, int)
+    if not isinstance(train_samples, (FileSamples, ArraySamples)):
+        whole_photos = True  # shards and dataset tables are decoded as they are read: no pixel caches
+    photo_cache = bool(s.cache) and s.augment != "crop" and not whole_photos
     cache_plan = None
     if photo_cache:
         # Large photos: decoded once at the size this run needs (room for RandomResizedCrop; the
@@ -290,7 +311,7 @@ def prepare_data(run: PreparedRun, logger: RunLogger, bad_log: BadFileLog, phase
             if run.world > 1 and run.rank == 0:
                 dist.barrier()
         bad_files.update((item.path, item.reason) for item in bad)
-    elif s.cache:
+    elif s.cache and not whole_photos:
         size = cache_size(run.image_size, run.data_config, s.cache_size)
         train_samples, val_samples, bad = cache_splits(train_samples, val_samples, size, rank=run.rank,
                                                        world=run.world)
@@ -312,6 +333,9 @@ def probe_init(run: PreparedRun, data: RunData, logger: RunLogger, phases: Measu
     """LP-FT's probe phase: the new head starts from a logistic regression on the training embeddings
     (evaluation view, one forward pass)."""
     loaders = data.loaders
+    if isinstance(loaders.train_samples, ShardSamples):
+        raise SettingError("--probe-init reads the training images in a pass of its own; streamed shards are read "
+                           "in order once per epoch: train without --probe-init")
     view = (eval_view(run.data_config, run.image_size)
             if loaders.normalize is not None else eval_transform(run.data_config, run.image_size))
     loader = torch.utils.data.DataLoader(ImageDataset(loaders.train_samples, view), batch_size=data.val_batch,
@@ -331,9 +355,28 @@ def describe(run: PreparedRun, data: RunData, teacher: Any | None) -> str:
     return (f"training {run.model_name or type(run.model).__name__} on {run.splits.description}: "
             f"{len(loaders.train_set)} train / {len(loaders.val_set) if loaders.val_set else 0} val images, "
             f"{counted(len(run.classes), 'class', 'classes')}, {s.recipe} recipe ({s.optimizer}, lr {s.lr:.3g}, "
-            f"{counted(s.epochs, 'epoch')} of batch {s.batch_size}, {run.image_size}px, augment {s.augment}), "
+            f"{counted(s.epochs, 'epoch')} of batch {s.batch_size}, {_size(run.image_size)}px, augment {s.augment}), "
             f"{counted(run.world, 'process', 'processes')} on {run.device.type}; {run.adaptation.describe(run.model)}"
-            + (f"; distilling from {teacher.description} ({s.distill})" if teacher is not None else ""))
+            + (f"; distilling from {teacher.description} ({s.distill})" if teacher is not None else "")
+            + _balance_line(run))
+
+
+def _size(image_size: int | tuple[int, int]) -> str:
+    return str(image_size) if isinstance(image_size, int) else f"{image_size[0]}x{image_size[1]}"
+
+
+def _balance_line(run: PreparedRun) -> str:
+    """'; class imbalance R (...), class balance MODE' for single-label runs (training.balance)."""
+    if run.task == "multilabel":
+        return ""
+    from rich.markup import escape
+
+    from visionzoo.heads import printable
+    from visionzoo.training.balance import describe_imbalance
+
+    counts = class_counts(run.splits.train.labels, len(run.classes))
+    names = [escape(printable(name)) for name in run.classes]  # the logger's console reads markup
+    return f"; {describe_imbalance(counts, names)}, class balance {run.settings.class_balance}"
 
 
 def write_config(run: PreparedRun, data: RunData) -> None:
@@ -355,6 +398,9 @@ def write_config(run: PreparedRun, data: RunData) -> None:
         "cache": dataclasses.asdict(data.cache_plan) if data.cache_plan is not None else None,
         "threads": {"intra_op": data.threads, "loader_workers": data.workers},
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in run.data_config.items()},
+        # training images per class: `eval` orders its per-class recall plot by them
+        "train_class_counts": (None if run.task == "multilabel" else
+                               dict(zip(run.classes, class_counts(run.splits.train.labels, len(run.classes)).tolist()))),
         "world_size": run.world,
         "visionzoo_version": visionzoo.__version__,
         "torch_version": torch.__version__,

@@ -29,7 +29,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionzoo.data.resize import RESIZE_MODES
 from visionzoo.errors import SettingError
+from visionzoo.training.balance import BALANCE_MODES, choose_balance
 
 __all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "check_settings", "model_style"]
 
@@ -68,7 +70,7 @@ class TrainSettings:
     cutmix: float = 0.0
     drop_path_rate: float | None = None
     drop_rate: float | None = None
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = None  # one side, or (H, W) for rectangular inputs
     ema: bool = False
     ema_decay: float = 0.9998
     grad_accum: int = 1
@@ -76,13 +78,18 @@ class TrainSettings:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool | None = None  # None: on in transfer runs of convolutional models
     compile: bool = False
-    class_balance: str = "none"  # none | weights | sampler
+    class_balance: str = "auto"  # auto | none | weights | effective | sampler | logit-adjust (training.balance)
+    balance_beta: float = 0.999  # effective: Cui et al.'s beta
+    balance_tau: float = 1.0  # logit-adjust: Menon et al.'s tau
+    resize_mode: str | None = None  # crop | squash | letterbox (data.resize); None: the model's preprocessing
     early_stopping: int | None = None  # epochs without improvement before stopping
     seed: int = 0
     deterministic: bool = False
     workers: int | None = None
     val_fraction: float = 0.1
     max_unpack_gb: float | None = None  # what an archive may unpack to; None: data.archives' cap
+    image_column: str | None = None  # shards' image member / a Hugging Face dataset's image column; None: found
+    label_column: str | None = None  # shards' label member / a Hugging Face dataset's label column; None: found
     cache: bool | None = None  # decode once into a uint8 cache (memory, or memory-mapped); None: on for transfer recipes
     cache_size: int | None = None
     scan: bool = False
@@ -92,6 +99,8 @@ class TrainSettings:
     tta_shift: int = 0  # and, when > 0, of those views shifted this many pixels (see evaluate.tta_logits)
     val_every: int = 1  # validate every N epochs (and always after the last)
     tensorboard: bool = True
+    track: str | None = None  # mlflow | wandb: also log to that tracker (training.tracking); None: none
+    track_uri: str | None = None  # MLflow's tracking URI (default MLFLOW_TRACKING_URI), W&B's server
     plots: bool = True
     progress: bool = True
     device: str | None = None
@@ -215,13 +224,15 @@ def _auto_adapt(recipe: str, model_name: str | None, num_train: int | None) -> t
 
 def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_size: int | None = None,
                      pretrained: bool = False, num_train: int | None = None,
-                     num_val: int | None = None) -> TrainSettings:
+                     num_val: int | None = None, class_counts: Any = None,
+                     multilabel: bool = False) -> TrainSettings:
     """Fill every None from the recipe for this model's style; returns a new object whose `sources`
     say which rule chose each setting ("user" for those given), after `check_settings`.
 
     `pretrained` picks `auto` when no recipe is named; `num_train` and `num_val` (image counts)
-    feed the transfer recipes' data-size rules (`visionzoo.training.recipes`)."""
-    resolved = dataclasses.replace(settings, sources={})
+    feed the transfer recipes' data-size rules (`visionzoo.training.recipes`); `class_counts` (training
+    images per class) and `multilabel` settle `class_balance="auto"` (`training.balance.choose_balance`)."""
+    resolved = dataclasses.replace(settings, sources={}, image_size=_image_size(settings.image_size))
     sources = resolved.sources
     for f in dataclasses.fields(TrainSettings):
         if f.name in ("sources", "extra") or getattr(settings, f.name) is None:
@@ -237,8 +248,21 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
     _adjust_to_the_run(resolved, settings, native_size=native_size, num_train=num_train, num_val=num_val)
     if resolved.adapt is None:
         resolved.adapt, sources["adapt"] = _auto_adapt(resolved.recipe, model_name, num_train)
+    resolved.class_balance, why = choose_balance(resolved.class_balance, class_counts, multilabel=multilabel)
+    if why != "user":
+        sources["class_balance"] = why
     check_settings(resolved)
     return resolved
+
+
+def _image_size(value: Any) -> int | tuple[int, int] | None:
+    """One side, or (H, W) when the sides differ; a list from the command line or a run's config.json."""
+    if value is None or isinstance(value, int):
+        return value
+    sides = [int(side) for side in value]
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise SettingError(f"image_size must be one side or H W, in pixels; got {value}")
+    return sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[0], sides[1])
 
 
 def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num_train: int | None) -> None:
@@ -316,7 +340,7 @@ def _adjust_to_the_run(resolved: TrainSettings, given: TrainSettings, *, native_
 _CHOICES = (("optimizer", ("sgd", "adamw"), "optimizer"), ("schedule", ("cosine", "linear"), "schedule"),
             ("precision", ("auto", "fp32", "bf16", "fp16"), "precision"), ("adapt", ADAPT_METHODS, "adapt method"),
             ("distill", ("soft", "hard"), "distillation"),
-            ("class_balance", ("none", "weights", "sampler"), "class balance"))
+            ("class_balance", BALANCE_MODES[1:], "class balance"))
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -332,10 +356,17 @@ def check_settings(s: TrainSettings) -> None:
         raise SettingError(f"weight_decay must be 0 or more, got {s.weight_decay}")
     if not 0 <= s.momentum < 1:
         raise SettingError(f"momentum must be in [0, 1), got {s.momentum}")
+    if s.track not in (None, "mlflow", "wandb"):
+        raise SettingError(f"track must be mlflow or wandb, got {s.track!r}")
     for name, allowed, what in _CHOICES:
         if getattr(s, name) not in allowed:
             choices = " or ".join(allowed) if len(allowed) == 2 else ", ".join(allowed[:-1]) + " or " + allowed[-1]
             raise SettingError(f"unknown {what} {getattr(s, name)!r}; choose {choices}")
+    if s.resize_mode is not None and s.resize_mode not in RESIZE_MODES:
+        raise SettingError(f"unknown resize mode {s.resize_mode!r}; choose crop, squash or letterbox")
+    if not 0 <= s.balance_beta < 1 or not s.balance_tau >= 0:
+        raise SettingError(f"balance_beta must be in [0, 1) and balance_tau 0 or more, got {s.balance_beta} and "
+                           f"{s.balance_tau}")
     if s.tta_shift < 0:
         raise SettingError(f"tta_shift must be 0 (off) or a positive number of pixels, got {s.tta_shift}")
     if not 0 <= s.warmup_start_ratio <= 1:

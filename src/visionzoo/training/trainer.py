@@ -69,7 +69,7 @@ from visionzoo.training.settings import TrainSettings
 from visionzoo.training.state import ExponentialMovingAverage, new_run_state
 from visionzoo.training.step import train_step
 from visionzoo.training.timing import MeasuringTimer
-from visionzoo.training.validation import epoch_report, validate
+from visionzoo.training.validation import epoch_report, validate, validate_beside_ema
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "ExponentialMovingAverage"]
 
@@ -420,8 +420,9 @@ class Trainer:
         loaders = self.data.loaders
         # --val-every N validates every Nth epoch and the last; best/ is only judged on validated epochs
         skip_validation = loaders.val is not None and (epoch + 1) % s.val_every != 0 and epoch + 1 < s.epochs
-        with self.phases.phase("validation"):
-            metrics = None if skip_validation else self._validate()
+        with self.phases.phase("validation"):  # with an EMA, it and the raw weights: best/ gets the better
+            metrics, best_module = (None, run.exported) if skip_validation else validate_beside_ema(
+                self._validate, run.model, run.ema.module if run.ema is not None else None, self.best.key)
         if metrics is not None:
             self.last_val = metrics
         improved = self.best.update(state, epoch, metrics)
@@ -429,13 +430,13 @@ class Trainer:
                   "lr": state.optimizer.param_groups[-1]["lr"], "img_per_s": round(self.epoch_speed, 1)}
         record, line, columns = epoch_report(record, metrics, epochs=s.epochs, task=run.task,
                                              num_classes=len(run.classes), has_val=loaders.val is not None,
-                                             improved=improved, phases=self.phases.epoch)
+                                             improved=improved, phases=self.phases.epoch, ema=run.ema is not None)
         state.history.append(record)
         self.logger.epoch(record, line, columns)
         if self.on_epoch is not None:
             self.on_epoch(record)
         if improved or (metrics is None and not skip_validation):
-            save_model(run.exported, run.run_dir / "best", classes=run.classes, preprocessing=run.data_config)
+            save_model(best_module, run.run_dir / "best", classes=run.classes, preprocessing=run.data_config)
         state.batches_done = self.data.batches_per_epoch
         state.epoch_loss_sum, state.epoch_images = 0.0, 0  # the next epoch starts its own sums
         self.checkpoints.save(state)

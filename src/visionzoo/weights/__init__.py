@@ -44,6 +44,7 @@ from visionzoo.weights.files import (
     WeightsNotAvailableError,
     check_finite,
     hub_download,
+    hub_snapshot,
     read_state_dict,
     url_download,
     why_unobtainable,
@@ -52,7 +53,8 @@ from visionzoo.weights.files import (
 __all__ = ["load_pretrained", "LoadedWeights", "read_folder_config", "WeightEntry", "catalog", "get_weight",
            "list_weights", "default_weight", "imagenet_class_names", "UnknownWeightError", "UnsafeCheckpointError",
            "DamagedWeightsError", "NonFiniteWeightsError", "WeightsNotAvailableError", "WeightsMismatchError", "ConversionError",
-           "SAVED_MODEL_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "unobtainable_weights"]
+           "SAVED_MODEL_FORMAT", "WEIGHTS_FILE", "CONFIG_FILE", "unobtainable_weights", "parse_hub_spec",
+           "hub_config", "hub_model_folder", "SAVED_MODEL_PATTERNS"]
 
 logger = logging.getLogger("visionzoo.weights")
 
@@ -92,17 +94,45 @@ def _entry_source(entry: WeightEntry) -> _Source:
     return _Source(path, f"'{entry.name}'", entry.name, entry.as_dict())
 
 
-def _hub_source(spec: str) -> _Source:
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+    """('org/repo', revision or None) of `hf-hub:org/repo[@revision]`."""
     repo, _, revision = spec[len("hf-hub:"):].partition("@")
-    if repo.count("/") != 1:
-        raise SettingError(f"hf-hub weights are named 'hf-hub:org/repo[@revision]', got {spec!r}")
-    path = hub_download(repo, ["model.safetensors", "pytorch_model.bin"], revision or None)
-    entry = None
+    if not spec.startswith("hf-hub:") or repo.count("/") != 1:
+        raise SettingError(f"Hub models are named 'hf-hub:org/repo[@revision]', got {spec!r}")
+    return repo, revision or None
+
+
+# What a model saved by `save_model` (or pushed by `visionzoo push`) needs from its Hub repo: config.json
+# and the weights or adapter files; the plots, card and exported files beside them are not downloaded.
+SAVED_MODEL_PATTERNS = ["*.json", "*.safetensors"]
+
+
+def hub_model_folder(spec: str) -> Path:
+    """The local snapshot folder of a `hf-hub:org/repo[@revision]` model written by `save_model` (see
+    `files.hub_snapshot`: a folder placed by hand, the Hugging Face cache, or a download)."""
+    repo, revision = parse_hub_spec(spec)
+    return hub_snapshot(repo, revision, SAVED_MODEL_PATTERNS)
+
+
+def hub_config(spec: str) -> dict[str, Any] | None:
+    """The config.json of the Hub repo `hf-hub:org/repo[@revision]` names (a timm layout, or a model
+    written by `save_model` when its `format` is `SAVED_MODEL_FORMAT`); None when it has none or it
+    cannot be had."""
+    repo, revision = parse_hub_spec(spec)
     try:
-        config_path = hub_download(repo, ["config.json"], revision or None)
-        entry = _timm_hub_config(json.loads(config_path.read_text()))
+        return json.loads(hub_download(repo, ["config.json"], revision).read_text())
     except (WeightsNotAvailableError, ValueError):
-        pass  # a repo without config.json: the model's own defaults apply
+        return None
+
+
+def _hub_source(spec: str) -> _Source:
+    repo, revision = parse_hub_spec(spec)
+    config = hub_config(spec) or {}  # without one, the model's own defaults apply
+    if config.get("format") == SAVED_MODEL_FORMAT:  # pushed by visionzoo: its classes and preprocessing too
+        source = _local_source(hub_model_folder(spec))
+        return dataclasses.replace(source, description=spec, name=spec)
+    entry = _timm_hub_config(config) if config else None
+    path = hub_download(repo, ["model.safetensors", "pytorch_model.bin"], revision)
     return _Source(path, spec, spec, entry, (entry or {}).pop("class_names", None))
 
 
@@ -161,9 +191,9 @@ def unobtainable_weights(architecture: str, pretrained: bool | str | os.PathLike
         return why_unobtainable(entry.hub, entry.url) if entry is not None else None
     spec = os.fspath(pretrained)
     if spec.startswith("hf-hub:"):
-        repo, _, revision = spec[len("hf-hub:"):].partition("@")
+        repo, revision = parse_hub_spec(spec)
         return why_unobtainable({"repo": repo, "files": ["model.safetensors", "pytorch_model.bin"],
-                                 "revision": revision or None}, None)
+                                 "revision": revision}, None)
     if spec in catalog():
         entry = get_weight(spec)
         return why_unobtainable(entry.hub, entry.url)

@@ -124,7 +124,9 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, sou
                        ", ".join(dropped), getattr(model, "num_classes", -1))
 
     # First convolution for another number of input channels.
-    conv_keys = [f"{first_conv}.weight"] if first_conv else [
+    # The named one, and every other convolution that takes the image: reparameterizable stems
+    # (MobileOne, FastViT) read it through parallel branches, each a first convolution of its own.
+    conv_keys = ([f"{first_conv}.weight"] if first_conv else []) + [
         k for k, v in state_dict.items() if v.ndim == 4 and v.shape[1] == 3 and k in target
         and target[k].ndim == 4 and target[k].shape[1] != 3 and target[k].shape[0] == v.shape[0]]
     for key in conv_keys:

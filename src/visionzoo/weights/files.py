@@ -22,7 +22,8 @@ from visionzoo.data.archives import cache_root
 from visionzoo.errors import SettingError, UsageError
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "DamagedWeightsError", "NonFiniteWeightsError",
-           "WeightsNotAvailableError", "read_state_dict", "check_finite", "weights_home", "hub_download", "url_download",
+           "WeightsNotAvailableError", "read_state_dict", "check_finite", "weights_home", "hub_download", "hub_snapshot",
+           "url_download",
            "why_unobtainable"]
 
 logger = logging.getLogger("visionzoo.weights")
@@ -276,6 +277,32 @@ def hub_download(repo: str, files: list[str] | tuple[str, ...], revision: str | 
     raise WeightsNotAvailableError(
         f"cannot get weights from Hub repository '{repo}'{' offline' if _offline() else ''} ({'; '.join(reasons)}). Download {files[0]} from "
         f"https://huggingface.co/{repo} and place it in {manual}/ (or set HF_HUB_CACHE to a cache that holds it)")
+
+
+def hub_snapshot(repo: str, revision: str | None = None, patterns: list[str] | None = None) -> Path:
+    """The local folder of `repo` (the files matching `patterns`, default all), through huggingface_hub's
+    snapshot cache, as `hub_download` gets one file: a folder placed by hand at `weights_home()/<repo>/`
+    (holding config.json) first; offline (HF_HUB_OFFLINE=1, or no network) the cache only."""
+    manual = weights_home() / repo
+    if (manual / "config.json").is_file():
+        return manual
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    cache_only = _offline() or not _reachable(constants.ENDPOINT)
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=patterns,
+                                                      cache_dir=os.environ.get("HF_HUB_CACHE"),
+                                                      local_files_only=cache_only))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise WeightsNotAvailableError(f"Hub repository '{repo}'{'@' + revision if revision else ''} does not "
+                                       "exist or is private (log in with `hf auth login` for a private one)") from None
+    except LocalEntryNotFoundError:
+        why = "offline (HF_HUB_OFFLINE=1)" if _offline() else "the Hub is unreachable"
+        raise WeightsNotAvailableError(
+            f"Hub repository '{repo}' is not in the Hugging Face cache and {why}; download it once online, or "
+            f"place its files in {manual}/ (or set HF_HUB_CACHE to a cache that holds it)") from None
 
 
 def url_download(url: str) -> Path:

@@ -6,14 +6,20 @@ of the engine one deploys with; so this measures both here:
 1. candidates (`latency`): registered models with weights that meet every constraint, latency measured on
    this machine in the deploy engine (edge/cpu: onnxruntime fp32 and int8, the faster; gpu: eager
    PyTorch on CUDA), at most N, spread across families and sizes;
-2. probe (`probe`): train and validation images embedded once per candidate (`embeddings.embed_samples`,
-   cached by file contents, model and weights, reused across runs), scored by a linear probe
-   (the ranking) and k-NN (`probe.run_probe`) on validation;
-3. fine-tune (`finetune`, `halving`): the top K by probe score with the transfer recipe, one
-   `visionzoo.training.worker` process per device, within what is left of the budget; asynchronous successive halving (ASHA, eta 2): at each
-   validated epoch before the last a run continues only while it is in the better half of the
-   runs that reached that epoch, so a candidate that trails the leader at the same point stops;
-4. result (`result`): a table, the winner's run folder and export in --out, a Pareto plot, the commands.
+2. scores (`probe`): train and validation images embedded once per candidate (`embeddings.embed_samples`,
+   cached by file contents, model and weights, reused across runs), scored before any training
+   (`visionzoo.embed.scores`): LogME and k-NN leave-one-out on the training images, the linear probe
+   and k-NN on the validation selection;
+3. fine-tune (`finetune`, `decision`): the finalists, ranked by `rank_by` (default LogME,
+   `decision.RANKING_SCORE`): the leader, and the next ones (at most --finetune-top in all) only
+   while they are within the noise of it or lead another score (`decision.choose_finalists`;
+   finalists="top" takes the K best regardless), with the transfer
+   recipe, one `visionzoo.training.worker` process per device, within what is left of the budget;
+   successive halving (ASHA, eta 2) with one rung at half the schedule, where a run stops only when it
+   is out of the better half and trails the leader by more than the selection's standard error;
+4. result (`result`): the best fine-tune on the selection, or, when the finished finalists end within
+   one standard error of each other there, the best on the full validation set (and the result says
+   how close it was); a table, the winner's run folder and export in --out, a Pareto plot, the commands.
 
 --budget-min bounds the whole run: each stage starts no new work past the deadline (`state.Deadline`), an
 embedding stops between batches, and the fine-tunes get what is left less a tenth kept for the result.
@@ -35,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from visionzoo.choose.bakeoff.data import SELECTION_IMAGES, selection, split_csv
+from visionzoo.choose.bakeoff.decision import RANKING_SCORE, SCORE_NAMES, choose_finalists
 from visionzoo.choose.bakeoff.finetune import FineTuneScheduler, fine_tune_all, planned_epochs, record_outcomes
 from visionzoo.choose.bakeoff.latency import MeasureFn, measure_latency, shortlist
-from visionzoo.choose.bakeoff.probe import probe_all
+from visionzoo.choose.bakeoff.probe import per_class_scores, probe_all
 from visionzoo.choose.bakeoff.result import BakeoffResult, choose_winner, plot_bakeoff, write_result
 from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, Deadline, kill_point
 from visionzoo.choose.candidates import Candidate, candidate_pool
@@ -48,7 +55,8 @@ __all__ = ["BakeoffResult", "bakeoff", "plot_bakeoff"]
 
 def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float | None = None,
             max_params_m: float | None = None, commercial: bool = False, weights: dict[str, str] | None = None,
-            candidates: int = 8, finetune_top: int = 2, budget_min: float | None = None,
+            candidates: int | list[str] = 8, finetune_top: int = 2, finalists: str = "adaptive",
+            rank_by: str = RANKING_SCORE, budget_min: float | None = None,
             out: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
             devices: list[str] | None = None, image_size: int | None = None,
             finetune_settings: dict[str, Any] | None = None, selection_images: int = SELECTION_IMAGES,
@@ -56,6 +64,10 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
             measure_fn: MeasureFn | None = None) -> BakeoffResult:
     """Choose a model on `data` (a folder, CSV, archive or builtin:shapes) for `target`; see the module docstring.
 
+    `candidates` is how many to take from the zoo, or the zoo names to take (a model without pretrained
+    weights is refused: random weights must never win); `finetune_top` bounds the finalists, which
+    `finalists="adaptive"` picks by the gaps in the ranking score `rank_by` ("logme", "knn_loo" or
+    "linear") and `"top"` takes as the K best;
     `image_size` trains, embeds and measures every candidate at that side (default: each model's
     own); `finetune_settings` adds `visionzoo train` settings (e.g. {"epochs": 3}); `cache_dir`
     holds the embeddings (default: the visionzoo cache, shared by every run); `measure_fn`
@@ -66,11 +78,15 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
 
     deadline = Deadline.after(budget_min)  # the whole run, from now
     data_text = str(data)
+    names = [candidates] if isinstance(candidates, str) else list(candidates) if not isinstance(candidates, int) else None
+    if names is not None:
+        candidates = len(names)
     request = BakeoffRequest(
         data=data_text, target=target, out=Path(out or f"bakeoff-{Path(data_text).stem or 'data'}"),
         cache_dir=Path(cache_dir) if cache_dir else cache_root() / "embeddings", devices=tuple(devices or ["cpu"]),
         latency_ms=latency_ms, max_params_m=max_params_m, commercial=commercial, weights=weights,
-        candidates=candidates, finetune_top=finetune_top, budget_min=budget_min, plot=plot, image_size=image_size,
+        candidates=candidates, finetune_top=finetune_top, finalists=finalists, rank_by=rank_by,
+        names=tuple(names or ()), budget_min=budget_min, plot=plot, image_size=image_size,
         finetune_settings=dict(finetune_settings or {}), selection_images=selection_images, progress=progress,
         max_measured=max_measured)
     _check(request)
@@ -79,7 +95,11 @@ def bakeoff(data: str | os.PathLike, *, target: str = "cpu", latency_ms: float |
         say(f"bake-off on {data_text} for target {target}"
             + (f" within --budget-min {budget_min:g}" if budget_min else "")
             + ": checking that each candidate's weights are here (a local file, or the Hugging Face cache)")
-        pool = candidate_pool(request.weights, request.commercial, here=True)  # raises at once when none are
+        pool = candidate_pool(request.weights, request.commercial, here=True,  # raises at once when none are
+                              names=list(request.names) or None)
+        for c in pool[1]:
+            if c.status.startswith("refused"):
+                say(f"{c.name}: {c.status}")
         skipped = [c.name for c in pool[1] if c.status.startswith("skipped")]
         if skipped:
             say(f"skipped {len(skipped)} candidate{'s' if len(skipped) != 1 else ''} whose weights are not here "
@@ -116,6 +136,10 @@ def _check(request: BakeoffRequest) -> None:
     if request.candidates < 1 or request.finetune_top < 0:
         raise SettingError(f"--candidates must be >= 1 and --finetune-top >= 0, got {request.candidates} and "
                            f"{request.finetune_top}")
+    if request.finalists not in ("adaptive", "top"):
+        raise SettingError(f"finalists must be 'adaptive' or 'top', got {request.finalists!r}")
+    if request.rank_by not in SCORE_NAMES:
+        raise SettingError(f"rank_by must be one of {', '.join(SCORE_NAMES)}, got {request.rank_by!r}")
     if request.target == "gpu":
         import torch
 
@@ -154,19 +178,45 @@ def _run(request: BakeoffRequest, state: BakeoffState, splits, measure: MeasureF
     if not probed:
         result.message = f"--budget-min {request.budget_min:g} ran out before any candidate was probed; raise it"
         return write_result(result, request.plot, request.out)
-    ranked = sorted(probed, key=lambda c: (-c.probe_top1, -(c.knn_top1 or 0), c.latency_ms))
-    finalists = ranked[:request.finetune_top]
-    for rank, c in enumerate(ranked[request.finetune_top:], request.finetune_top + 1):
-        c.status = f"not fine-tuned: probe rank {rank} > --finetune-top {request.finetune_top}"
+    ranked, finalists = _finalists(probed, request, state)
     with _timed(seconds, "finetune"):
         if finalists:
-            stages.say(f"fine-tune: the {len(finalists)} best by probe")
+            stages.say(f"fine-tune: {', '.join(c.name for c in finalists)} (by {SCORE_NAMES[request.rank_by]}"
+                       + ("; a clear leader" if len(finalists) == 1 < min(len(ranked), request.finetune_top)
+                          else "") + ")")
         _fine_tune(finalists, request, state, train_data, splits, len(chosen_val), bars, overall, probe_work,
                    deadline)
     with _timed(seconds, "result"):
         stages.say("result: scoring and exporting the winner")
-        result.winner, result.commands = choose_winner(ranked, finalists, request, state, splits, kept)
+        result.winner, result.commands = choose_winner(ranked, finalists, request, state, splits, kept,
+                                                       len(chosen_val))
+        if result.winner.get("decision"):
+            stages.say(result.winner["decision"])
     return write_result(result, request.plot, request.out)
+
+
+def _finalists(probed: list[Candidate], request: BakeoffRequest, state: BakeoffState
+               ) -> tuple[list[Candidate], list[Candidate]]:
+    """(the probed candidates ranked by the ranking score, the finalists); the others say why not."""
+    def score(c: Candidate) -> float:
+        value = c.scores.get(request.rank_by)
+        return value if value is not None else c.probe_top1
+
+    ranked = sorted(probed, key=lambda c: (-score(c), -c.probe_top1, c.latency_ms))
+    if request.finalists == "top":
+        names = [c.name for c in ranked[:request.finetune_top]]
+        left_out = {c.name: f"rank {rank} > --finetune-top {request.finetune_top}"
+                    for rank, c in enumerate(ranked[request.finetune_top:], request.finetune_top + 1)}
+    else:
+        others = [max(ranked, key=lambda c, name=name: c.scores.get(name, float("-inf"))).name
+                  for name in SCORE_NAMES if name != request.rank_by]
+        names, left_out = choose_finalists({c.name: score(c) for c in ranked},
+                                           per_class_scores(state, [c.name for c in ranked], request.rank_by),
+                                           request.finetune_top, other_leaders=others)
+    for c in ranked:
+        if c.name in left_out:
+            c.status = f"not fine-tuned: {SCORE_NAMES[request.rank_by]} {left_out[c.name]}"
+    return ranked, [c for c in ranked if c.name in names]
 
 
 def _fine_tune(finalists: list[Candidate], request: BakeoffRequest, state: BakeoffState, train_data: str, splits,
@@ -179,7 +229,7 @@ def _fine_tune(finalists: list[Candidate], request: BakeoffRequest, state: Bakeo
     task = bars.add_task("fine-tune", total=total)
     bars.update(overall, total=probe_work + total)
     scheduler = FineTuneScheduler(finalists, state, train_data, request, epochs_of,
-                                  _epoch_progress(bars, task, overall))
+                                  _epoch_progress(bars, task, overall), num_val)
     left = deadline.left_s()
     if left is not None:  # what is left of the whole run, less a tenth of it kept for scoring and exporting the winner
         left -= 6 * request.budget_min

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionzoo.choose.bakeoff.halving import halving_verdict, rung_every
+from visionzoo.choose.bakeoff.decision import halving_verdict, rung_every
 from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, kill_point
 from visionzoo.choose.candidates import Candidate
 from visionzoo.training.worker import command_line
@@ -110,6 +110,7 @@ class FineTuneScheduler:
     request: BakeoffRequest
     epochs_of: dict[str, int]
     progress: Progress
+    num_val: int | None = None  # validation images each run is scored on (the selection): the halving's noise
     queue: list[Candidate] = field(init=False)  # waiting to start
     free: list[str] = field(init=False)  # devices with no run
     running: dict[str, tuple[subprocess.Popen, str]] = field(init=False, default_factory=dict)  # name -> (process, device)
@@ -173,11 +174,12 @@ class FineTuneScheduler:
         report = run_result(entry["run_dir"])
         self.curves[key] = _curve(report)
         self.progress(key, max(self.curves[key], default=0), entry["epochs"])
-        verdict = halving_verdict(key, self.curves, entry["epochs"])
+        verdict = halving_verdict(key, self.curves, entry["epochs"], self.num_val)
         if verdict and code is None:
             epoch, mine, leader = verdict
             self.stop(key, f"stopped at epoch {epoch} of {entry['epochs']} by successive halving: val top-1 "
-                           f"{100 * mine:.1f}% below the leader's {100 * leader:.1f}% at the same epoch")
+                           f"{100 * mine:.1f}% below the leader's {100 * leader:.1f}% at the same epoch, by more "
+                           "than the selection's standard error")
             return
         if code is None:
             return

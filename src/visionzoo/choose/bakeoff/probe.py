@@ -1,5 +1,9 @@
-"""Stage 2 of the bake-off: each chosen candidate scored by a linear probe (the ranking) and k-NN on
-frozen embeddings of the user's images, embedded once per model and weights and cached by contents."""
+"""Stage 2 of the bake-off: each chosen candidate's transferability scores (`visionzoo.embed.scores`:
+LogME and k-NN leave-one-out on the training embeddings, the linear probe and k-NN on the selection) from
+frozen embeddings of the user's images, embedded once per model and weights and cached by contents.
+
+The state keeps, per candidate, probe_top1 and knn_top1 (as before) and "scores": {name: {"value",
+"per_class"}}; a state written before the scores existed gets them on the next run, from the cache."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState, BudgetSpent, Deadline, kill_point
 from visionzoo.choose.candidates import Candidate
 
-__all__ = ["probe_candidate", "probe_all", "weights_identity"]
+__all__ = ["per_class_scores", "probe_candidate", "probe_all", "weights_identity"]
 
 
 def weights_identity(weights: str) -> str:
@@ -35,11 +39,12 @@ def _data_config(model, image_size: int | None) -> dict[str, Any]:
 
 
 def probe_candidate(c: Candidate, splits, selection, cache_dir: Path, image_size: int | None,
-                    device: str, progress: Callable[[int], None]) -> tuple[float, float, int]:
-    """(linear top-1, k-NN top-1, images embedded now) of one candidate."""
+                    device: str, progress: Callable[[int], None]) -> tuple[float, float, int, dict[str, Any]]:
+    """(linear top-1, k-NN top-1, images embedded now, {score: {"value", "per_class"}}) of one candidate."""
     import visionzoo
     from visionzoo.embed.embeddings import embed_samples
     from visionzoo.embed.probe import run_probe
+    from visionzoo.embed.scores import transferability
 
     model = visionzoo.create_model(c.name, pretrained=c.weights)
     config = _data_config(model, image_size)
@@ -48,9 +53,10 @@ def probe_candidate(c: Candidate, splits, selection, cache_dir: Path, image_size
                                  device=device, on_batch=progress)
              for part, samples in (("train", splits.train), ("val", selection))}
     embedded = sum(result.embedded for result in parts.values())  # type: ignore[attr-defined]
-    linear = run_probe(parts["train"], parts["val"], "linear").top1
+    scores = transferability(parts["train"], parts["val"])
     knn = run_probe(parts["train"], parts["val"], "knn").top1
-    return linear, knn, embedded
+    saved = {name: {"value": score.value, "per_class": score.per_class} for name, score in scores.items()}
+    return scores["linear"].value, knn, embedded, saved
 
 
 def probe_all(chosen: list[Candidate], request: BakeoffRequest, state: BakeoffState, splits, selection,
@@ -67,13 +73,13 @@ def probe_all(chosen: list[Candidate], request: BakeoffRequest, state: BakeoffSt
 
     for c in chosen:
         saved = state.get(c.name)
-        if saved.get("probe_top1") is None:
+        if saved.get("probe_top1") is None or "scores" not in saved:  # an older state: scores from the cache
             if deadline.passed():
                 c.status = deadline.reason("not probed")
                 continue
             bars.update(task, description=f"probe: embedding with {c.name}")
             try:
-                saved["probe_top1"], saved["knn_top1"], count = probe_candidate(
+                saved["probe_top1"], saved["knn_top1"], count, saved["scores"] = probe_candidate(
                     c, splits, selection, request.cache_dir, request.image_size, request.devices[0], advance)
             except BudgetSpent:
                 c.status = deadline.reason("not probed (stopped while embedding)")
@@ -84,6 +90,12 @@ def probe_all(chosen: list[Candidate], request: BakeoffRequest, state: BakeoffSt
         else:
             bars.advance(task, per_candidate)
         c.probe_top1, c.knn_top1 = saved["probe_top1"], saved["knn_top1"]
+        c.scores = {name: score["value"] for name, score in saved["scores"].items()}
         c.status = "probed"
         bars.advance(overall, 1 + per_candidate // 64)
     return embedded
+
+
+def per_class_scores(state: BakeoffState, names: list[str], score: str) -> dict[str, list[float]]:
+    """{candidate: its `score` per class}, as saved by `probe_all`, for the finalists' noise."""
+    return {name: list(state.get(name).get("scores", {}).get(score, {}).get("per_class", [])) for name in names}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from visionzoo.choose.bakeoff.data import split_csv
+from visionzoo.choose.bakeoff.decision import close_to_leader, closeness
 from visionzoo.choose.bakeoff.state import BakeoffRequest, BakeoffState
 from visionzoo.choose.candidates import Candidate, pareto_front
 from visionzoo.files import atomic_write_json
@@ -53,15 +54,19 @@ class BakeoffResult:
 
 
 def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: BakeoffRequest,
-                  state: BakeoffState, splits, selection_kept) -> tuple[dict[str, Any], dict[str, str]]:
-    """(the winner's --json entry, the commands that reproduce it); exports it into OUT/winner."""
+                  state: BakeoffState, splits, selection_kept, num_selection: int | None = None
+                  ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the winner's --json entry, the commands that reproduce it); exports it into OUT/winner.
+
+    The winner is the best fine-tune on the selection (a finished run before a stopped one), unless the
+    finished finalists end within one standard error of each other there: then the full validation set
+    decides (`decision.close_to_leader`), and the entry's "decision" says how close it was."""
     tuned = [c for c in finalists if scored_by(c)[1] == FINE_TUNED]
-    winner = (max(tuned, key=lambda c: (c.status == "fine-tuned", c.finetune_top1, -c.latency_ms)) if tuned
-              else ranked[0])
-    basis = scored_by(winner)[1]
-    if selection_kept is not None and basis == FINE_TUNED:  # the fine-tunes saw only the selection
-        full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
-        winner.finetune_top1 = _full_val_top1(winner, state, str(full_val))
+    decision = None
+    if tuned:
+        winner, decision = _decide(tuned, request, state, splits, selection_kept, num_selection)
+    else:
+        winner = ranked[0]
     saved = state.data.get("winner") or {}
     if saved.get("name") == winner.name and Path(saved.get("export", "")).exists():
         export_path, export_command = saved["export"], saved["export_command"]
@@ -74,7 +79,7 @@ def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: 
         winner.status = "winner (fine-tuned" + ("" if winner.status == "fine-tuned" else f"; {winner.status}") + ")"
     entry = {"name": winner.name, "weights": winner.weights, "top1": top1, "scored_by": basis,
              "status": winner.status, "latency_ms": winner.latency_ms, "engine": winner.engine,
-             "run_dir": winner.run_dir if basis == FINE_TUNED else None, "export": export_path}
+             "run_dir": winner.run_dir if basis == FINE_TUNED else None, "export": export_path, "decision": decision}
     state.data["winner"] = {**entry, "export_command": export_command}
     state.save()
     commands = {"export": export_command}
@@ -82,6 +87,31 @@ def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: 
     if finetune and finetune.get("command"):
         commands["train"] = "visionzoo " + " ".join(shlex.quote(a) for a in finetune["command"])
     return entry, commands
+
+
+def _decide(tuned: list[Candidate], request: BakeoffRequest, state: BakeoffState, splits, selection_kept,
+            num_selection: int | None) -> tuple[Candidate, str | None]:
+    """(the winner among the fine-tuned finalists, how it was decided when that was close)."""
+    finished = [c for c in tuned if c.status == "fine-tuned"] or tuned
+    on_selection = {c.name: c.finetune_top1 for c in finished}
+    leader = max(finished, key=lambda c: (c.finetune_top1, -(c.latency_ms or 0.0)))
+    size = num_selection or (len(splits.val) if splits is not None else 0)
+    close = close_to_leader(on_selection, size) if size else [leader.name]
+    if len(close) < 2:
+        if selection_kept is not None:  # the fine-tunes saw only the selection: the winner on all of val
+            full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
+            leader.finetune_top1 = _full_val_top1(leader, state, str(full_val))
+        return leader, None
+    close_top1 = {name: on_selection[name] for name in close}
+    if selection_kept is None:  # the selection was all of val: nothing more to decide on
+        return leader, closeness(close_top1, size)
+    full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
+    contenders = [c for c in finished if c.name in close]
+    on_full = {c.name: _full_val_top1(c, state, str(full_val)) for c in contenders}
+    for c in contenders:  # each is now scored on every validation image, as the table shows
+        c.finetune_top1 = on_full[c.name]
+    winner = max(contenders, key=lambda c: (on_full[c.name], -(c.latency_ms or 0.0)))
+    return winner, closeness(close_top1, size, on_full, len(splits.val))
 
 
 def _calibration_dir(data: str) -> str | None:

@@ -61,8 +61,10 @@ class Deadline:
 
 
 class BakeoffState:
-    """{"request": ..., "candidates": {name: {latency_ms, engine, probe_top1, knn_top1, finetune: {...},
-    full_val_top1}}, "finetune_seconds": ..., "winner": {...}}; a saved state of another request is an error."""
+    """{"request": ..., "candidates": {name: {latency_ms, engine, probe_top1, knn_top1, scores: {score:
+    {value, per_class}}, finetune: {...}, full_val_top1}}, "finetune_seconds": ..., "winner": {...}}; a saved
+    state of another request is an error. Fields are only ever added: a state written before one existed
+    still resumes (`probe.probe_all` fills the scores in from the embedding cache)."""
 
     def __init__(self, out: Path, request: dict[str, Any]):
         self.path = out / STATE_FILE
@@ -103,6 +105,9 @@ class BakeoffRequest:
     weights: dict[str, str] | None = None
     candidates: int = 8
     finetune_top: int = 2
+    finalists: str = "adaptive"  # "adaptive": by the gaps in the ranking score (decision.choose_finalists); "top"
+    names: tuple[str, ...] = ()  # the zoo models asked for by name (--candidates NAME,NAME)
+    rank_by: str = "logme"  # the transferability score that ranks the candidates (decision.SCORE_NAMES)
     budget_min: float | None = None
     plot: str | None = None
     image_size: int | None = None

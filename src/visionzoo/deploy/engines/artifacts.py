@@ -54,11 +54,16 @@ class Artifacts:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"exported model {path} does not exist")
-        kind = {".onnx": "onnx", ".xml": "ir"}.get(path.suffix)
+        kind = {".onnx": "onnx", ".xml": "ir", ".tflite": "litert", ".pte": "executorch"}.get(path.suffix)
         if kind is None:
-            raise SettingError(f"{path} is neither an ONNX file (.onnx) nor an OpenVINO IR (.xml)")
+            raise SettingError(f"{path} is not an ONNX file (.onnx), OpenVINO IR (.xml), LiteRT (.tflite) "
+                               "or ExecuTorch (.pte) file")
         artifacts = cls(None, **options)
         artifacts._files[kind] = artifacts.source = path
+        if kind in ("litert", "executorch"):  # filed by precision too, as `edge` makes them
+            del artifacts._files[kind]
+            precision = artifacts._edge_metadata(path).get("visionzoo.precision", "fp32")
+            artifacts._files[f"{kind}-{'int8' if precision == 'int8' else 'fp32'}"] = path
         return artifacts
 
     @property
@@ -95,9 +100,43 @@ class Artifacts:
             from visionzoo.deploy.runtimes import onnx_metadata
 
             return onnx_metadata(self._files["onnx"])
+        if self.source is not None and self.source.suffix in (".tflite", ".pte"):
+            return self._edge_metadata(self.source)
         from visionzoo.deploy.runtimes.openvino import read_exported
 
         return read_exported(self._files["ir"])[1]
+
+    @staticmethod
+    def _edge_metadata(path: Path) -> dict[str, str]:
+        from visionzoo.deploy.runtimes import open_exported
+
+        return open_exported(path).metadata
+
+    def edge_available(self, format: str, precision: str) -> bool:
+        """Whether there is a `format` ('litert', 'executorch') file of `precision`, or a model to make one."""
+        return self.model is not None or f"{format}-{precision}" in self._files
+
+    def edge(self, format: str, precision: str = "fp32") -> Path:
+        """The model as a LiteRT (.tflite) or ExecuTorch (.pte) file in fp32 (verified against the model as
+        given) or int8 (calibrated on the calibration images)."""
+        key = f"{format}-{precision}"
+        if key not in self._files:
+            if self.model is None:
+                raise SettingError(f"no {precision} {format} file for {self.source}: export the model with "
+                                   f"--format {format}{' --int8' if precision == 'int8' else ''}")
+            from visionzoo.deploy.export.edge import EDGE_SUFFIXES, check_edge, write_edge
+            from visionzoo.deploy.export.quantize import calibration_batches
+
+            calibration = None
+            if precision == "int8":
+                calibration = calibration_batches(self.calibration_images(), self.preprocessing)
+            out = self.folder / f"model.{precision}{EDGE_SUFFIXES[format]}"
+            result = write_edge(self.model, out, format, precision, img_size=self.img_size, calibration=calibration,
+                                float_file=self._files.get(f"{format}-fp32"))
+            if precision != "int8":
+                check_edge(result, self.unfused, precision, self.img_size)
+            self._files[key] = result.path
+        return self._files[key]
 
     def onnx_available(self) -> bool:
         """Whether there is an ONNX file, or a PyTorch model to export one from."""
@@ -162,7 +201,7 @@ def artifacts_for(model_or_export, img_size: int | None = None, *, reparameteriz
     if isinstance(model_or_export, nn.Module):
         return Artifacts(model_or_export, img_size=img_size, reparameterize=reparameterize)
     path = Path(model_or_export)
-    if path.suffix in (".onnx", ".xml"):
+    if path.suffix in (".onnx", ".xml", ".tflite", ".pte"):
         return Artifacts.from_file(path)
     from visionzoo.factory import create_model
     from visionzoo.registry import get_card

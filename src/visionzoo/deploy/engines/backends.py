@@ -1,6 +1,6 @@
 """The engines: one way each to run the model (PyTorch eager and torch.compile, onnxruntime fp32 and
-int8, OpenVINO fp32, bf16 and int8), behind one small interface, and `ENGINES`, the names
-`--engine` takes."""
+int8, OpenVINO fp32, bf16 and int8, LiteRT and ExecuTorch fp32 and int8 with XNNPACK), behind one
+small interface, and `ENGINES`, the names `--engine` takes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from visionzoo.deploy.engines.artifacts import Artifacts
 from visionzoo.errors import SettingError
 
 __all__ = ["Engine", "EagerEngine", "CompileEngine", "OnnxRuntimeEngine", "OnnxRuntimeInt8Engine", "OpenVinoEngine",
-           "OpenVinoBf16Engine", "OpenVinoInt8Engine", "ENGINES", "engine_names", "create_engine", "available_engines"]
+           "OpenVinoBf16Engine", "OpenVinoInt8Engine", "LiteRTEngine", "LiteRTInt8Engine", "ExecuTorchEngine",
+           "ExecuTorchInt8Engine", "ENGINES", "engine_names", "create_engine", "available_engines"]
 
 
 class Engine:
@@ -181,9 +182,62 @@ class OpenVinoInt8Engine(OpenVinoEngine):
         return self.artifacts.ir_int8()
 
 
+class LiteRTEngine(Engine):
+    """LiteRT's interpreter (XNNPACK delegate, its CPU default) on the .tflite export, a fixed batch of one:
+    the torch-free predictor a phone runs (`visionzoo.deploy.runtimes.litert`)."""
+
+    name, precision = "litert-fp32", "fp32"
+    format, runtime_module, export_module = "litert", "ai_edge_litert.interpreter", "litert_torch"
+
+    def unavailable(self) -> str | None:
+        import importlib.util
+
+        needed = [self.runtime_module] + ([self.export_module] if self.artifacts.model is not None else [])
+        for module in needed:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:
+                found = False
+            if not found:
+                return f"{module} is not installed: pip install 'visionzoo[{self.format}]'"
+        if not self.artifacts.edge_available(self.format, self.precision):
+            return f"needs the PyTorch model or a {self.precision} {self.format} file"
+        return None
+
+    def file(self) -> Path:
+        return self.artifacts.edge(self.format, self.precision)
+
+    def load(self) -> None:
+        from visionzoo.deploy.runtimes import open_exported
+
+        self.classifier = open_exported(self.file(), threads=self.threads)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_logits(batch)
+
+
+class LiteRTInt8Engine(LiteRTEngine):
+    """Full-integer int8 (ai-edge-quantizer, calibrated), int8 input and output."""
+
+    name, precision = "litert-int8", "int8"
+
+
+class ExecuTorchEngine(LiteRTEngine):
+    """ExecuTorch's runtime on the XNNPACK-lowered .pte program, a fixed batch of one."""
+
+    name, precision = "executorch-fp32", "fp32"
+    format, runtime_module, export_module = "executorch", "executorch.runtime", "executorch.exir"
+
+
+class ExecuTorchInt8Engine(ExecuTorchEngine):
+    """PT2E int8 with the XNNPACK quantizer, calibrated."""
+
+    name, precision = "executorch-int8", "int8"
+
+
 ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (
     EagerEngine, CompileEngine, OnnxRuntimeEngine, OnnxRuntimeInt8Engine, OpenVinoEngine, OpenVinoBf16Engine,
-    OpenVinoInt8Engine)}
+    OpenVinoInt8Engine, LiteRTEngine, LiteRTInt8Engine, ExecuTorchEngine, ExecuTorchInt8Engine)}
 
 
 def engine_names() -> list[str]:

@@ -51,7 +51,7 @@ def _identity(model_or_export, img_size: int | None, reparameterize: bool = True
         form = _form(model_or_export, reparameterize)
         return name, hashlib.sha256(f"{model_or_export!r}|{shapes}|{img_size}{form}".encode()).hexdigest()[:16]
     path = Path(model_or_export)
-    if path.suffix in (".onnx", ".xml"):
+    if path.suffix in (".onnx", ".xml", ".tflite", ".pte"):
         stat = path.stat()
         return path.stem, hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return str(model_or_export), f"registered|{img_size}{_form(str(model_or_export), reparameterize)}"
@@ -71,9 +71,9 @@ def _cache_file(name: str, fingerprint: str, engine: str, batch_size: int, threa
     from visionzoo.factory import cache_dir, code_fingerprint
 
     versions = []
-    for module in ("onnxruntime", "openvino", "nncf"):
+    for module in ("onnxruntime", "openvino", "nncf", "ai_edge_litert", "executorch"):
         try:
-            versions.append(__import__(module).__version__)
+            versions.append(getattr(__import__(module), "__version__", "?"))
         except ImportError:
             versions.append("-")
     machine = f"{platform.node()}|{cpu_name()}|{os.cpu_count()}|{torch.__version__}|{'|'.join(versions)}"

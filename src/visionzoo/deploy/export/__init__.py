@@ -1,4 +1,5 @@
-"""Deployment: export to ONNX, OpenVINO IR or TorchScript, BN folding, int8 quantisation, and verification.
+"""Deployment: export to ONNX, OpenVINO IR, TorchScript, LiteRT (.tflite), ExecuTorch (.pte) or Core ML
+(.mlpackage; the last three in `edge`), BN folding, int8 quantisation, and verification.
 
 `export_model` is what `visionzoo export` runs: build or load the model, fuse a re-parameterisable
 network's training branches (RepViT, MobileOne, FastViT; `reparameterize=False` keeps them),
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from visionzoo.deploy.export.edge import EDGE_FORMATS, export_edge
 from visionzoo.deploy.export.fold_bn import fold_batchnorm
 from visionzoo.deploy.export.images import image_files, synthetic_photos
 from visionzoo.deploy.export.onnx import (
@@ -37,8 +39,9 @@ __all__ = ["export_model", "fold_batchnorm", "export_onnx", "export_torchscript"
            "verify_torchscript", "verify_openvino", "quantize_int8", "ExportReport", "onnx_top1", "classifier_top1",
            "exported_top1", "FORMATS", "SUFFIXES"]
 
-FORMATS = ("onnx", "openvino", "torchscript")
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
+FORMATS = ("onnx", "openvino", "torchscript", "litert", "executorch", "coreml")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt", "litert": ".tflite", "executorch": ".pte",
+            "coreml": ".mlpackage"}
 
 
 @dataclass
@@ -55,6 +58,8 @@ class ExportReport:
     int8_scheme: str | None = None  # 'int8-static-qdq', 'int8-dynamic' or 'int8-nncf[-transformer]', from the file
     merged_adapter: bool = False  # a LoRA adapter was merged first; `checks` compare with the unmerged model
     reparameterized: bool = False  # training branches were fused first; `checks` compare with the unfused model
+    notes: dict[str, Any] = field(default_factory=dict)  # litert, executorch, coreml: precision, int8 kind, what ran
+    verification: list[dict[str, Any]] = field(default_factory=list)  # `visionzoo.deploy.verify` on labelled images
 
     def as_dict(self) -> dict[str, Any]:
         return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
@@ -135,9 +140,18 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
                  dynamic_batch: bool = True, opset: int = 18, exporter: str = "auto", fold_bn: bool = False,
                  int8: bool = False, int8_scheme: str = "auto",
                  calib_dir: str | Path | None = None, calib_count: int = 64, eval_dir: str | Path | None = None,
-                 eval_limit: int | None = None, verify: bool = True, reparameterize: bool = True) -> ExportReport:
+                 eval_limit: int | None = None, verify: bool = True, reparameterize: bool = True,
+                 resize_mode: str | None = None, precision: str | None = None,
+                 int8_input: str = "int8") -> ExportReport:
+    """`precision` (litert: fp32 or fp16; executorch: fp32; coreml: fp16) and `int8_input` (litert --int8:
+    int8 or uint8) apply to the phone formats only (`visionzoo.deploy.export.edge`)."""
     out = Path(out)
     name = model_name(model)
+    if resize_mode is not None:  # into the model's spec, whence the file's metadata and every runtime read it
+        from visionzoo.data.resize import check_resize_mode
+        from visionzoo.factory import data_config
+
+        model = with_spec(model, data_config={**data_config(model), "resize_mode": check_resize_mode(resize_mode)})
     model = model.eval()
     # A LoRA model is exported with its adapter merged into the base weights, and a re-parameterisable
     # one with its training branches fused; the file is verified against the model as given, so the
@@ -152,7 +166,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
     if format not in FORMATS:
         raise SettingError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if int8 and format == "torchscript":
-        raise SettingError("--int8 needs --format onnx or --format openvino")
+        raise SettingError("--int8 needs --format onnx, openvino, litert, executorch or coreml")
     if int8 and (int8_scheme == "static" or format == "openvino") and calib_dir is None:
         raise SettingError(f"{'OpenVINO' if format == 'openvino' else 'static'} --int8 needs --calib DIR "
                            "(a folder of calibration images)")
@@ -167,6 +181,14 @@ def export_model(model: nn.Module, out: str | Path, *, format: str = "onnx", img
 
         openvino_core()
     real = _real_inputs(model, img_size, calib_dir) if verify else None
+    if format in EDGE_FORMATS:
+        result, int8_path, notes = export_edge(model, out, format=format, reference=reference, precision=precision,
+                                               img_size=img_size, int8=int8, int8_input=int8_input,
+                                               calib_dir=calib_dir, calib_count=calib_count, verify=verify, real=real)
+        return ExportReport(model=name, path=result.path, format=format, verified=result.verified if verify else None,
+                            max_relative_difference=result.max_relative_difference, checks=result.checks or [],
+                            int8_path=int8_path, int8_scheme=notes.get("int8"), merged_adapter=merged,
+                            reparameterized=fused, notes=notes)
     batch_sizes = (1, 3) if format == "torchscript" or dynamic_batch else (1,)
     if format in ("onnx", "openvino"):
         result = _export_onnx_checked(model, out, exporter, verify, img_size=img_size, dynamic_batch=dynamic_batch,

@@ -15,36 +15,30 @@ from PIL import Image
 
 from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.data.decode import ImageDecodeError, decode_image
+from visionzoo.data.resize import fit_image, resize_mode_of
 from visionzoo.errors import require_extra
 from visionzoo.heads import error_record, probabilities, result_record, softmax
 
 __all__ = ["ExportedClassifier", "onnx_metadata", "preprocess_image"]
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
-
 
 def preprocess_image(image: Image.Image, preprocessing: dict[str, Any]) -> np.ndarray:
-    """Resize the shorter side to size / crop_pct, centre-crop, scale to [0, 1] and normalise.
+    """Fit the photo to the input by the metadata's resize mode (`visionzoo.data.resize`: crop, the
+    default, resizes the shorter side to size / crop_pct and centre-crops; squash stretches; letterbox
+    keeps the aspect ratio and pads with the mean colour), scale to [0, 1] and normalise.
 
-    Mirrors the PyTorch eval transform (torchvision's Resize + CenterCrop on a PIL image,
-    which also resizes with Pillow): same sizes, same rounding, same filter.
-    Returns a float32 array (C, H, W).
+    The one preprocessing of every torch-free runtime (ONNX, OpenVINO and those added later): the
+    geometry is `data.resize.fit_image`, the Pillow code the PyTorch eval transform runs on decoded
+    photos in squash and letterbox mode (in crop mode it mirrors torchvision's Resize + CenterCrop:
+    same sizes, same rounding, same filter). Returns a float32 array (C, H, W).
     """
     _, height, width = preprocessing["input_size"]
-    crop_pct = float(preprocessing.get("crop_pct", 1.0))
-    resample = _RESAMPLE[preprocessing.get("interpolation", "bilinear")]
-    scale_size = int(height / crop_pct) if height == width else None
-    w, h = image.size
-    if scale_size is not None:  # shorter side to scale_size, aspect kept, as torchvision truncates
-        new_w, new_h = (scale_size, int(scale_size * h / w)) if w <= h else (int(scale_size * w / h), scale_size)
-    else:
-        new_w, new_h = int(width / crop_pct), int(height / crop_pct)
-    image = image.resize((new_w, new_h), resample)
-    left, top = int(round((new_w - width) / 2.0)), int(round((new_h - height) / 2.0))
-    image = image.crop((left, top, left + width, top + height))
+    mean = preprocessing.get("mean", IMAGENET_MEAN)
+    image = fit_image(image, resize_mode_of(preprocessing), int(height), int(width),
+                      crop_pct=float(preprocessing.get("crop_pct", 1.0)), mean=mean,
+                      interpolation=preprocessing.get("interpolation", "bilinear"))
     array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, C)
-    mean = np.asarray(preprocessing.get("mean", IMAGENET_MEAN), dtype=np.float32)
+    mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(preprocessing.get("std", IMAGENET_STD), dtype=np.float32)
     return ((array - mean) / std).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
@@ -72,8 +66,12 @@ class ExportedClassifier:
             return self.class_names[index]
         return str(index)
 
-    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        """The graph's raw logits (N, num_classes) for a preprocessed float32 batch (N, C, H, W)."""
+    def predict_logits(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+        """The graph's raw logits (N, num_classes) for a preprocessed float32 batch (N, C, H, W); with `tta`,
+        the mean of the image's and its mirror's, run as one batch (as `evaluation.tta_logits` with flip)."""
+        if tta:
+            both = self.predict_logits(np.concatenate([batch, batch[..., ::-1]]))
+            return (both[:len(batch)] + both[len(batch):]) / 2
         outputs = []
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start:start + self.max_batch], dtype=np.float32)
@@ -87,14 +85,14 @@ class ExportedClassifier:
         return softmax(logits) if self.head is None else probabilities(logits, self.head)
 
     def predict_files(self, paths: list[str | Path], *, topk: int = 5, batch_size: int = 16,
-                      reject: bool = True) -> list[dict[str, Any]]:
+                      reject: bool = True, tta: bool = False) -> list[dict[str, Any]]:
         """One result per path, in order; unreadable images get `{"path", "error"}`, the rest predictions.
-        `reject=False` leaves out the head's unknown rule."""
+        `reject=False` leaves out the head's unknown rule; `tta` averages each image with its mirror."""
         results: list[dict[str, Any]] = [{} for _ in paths]
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
-            logits = self.predict_logits(np.stack([array for _, array in pending]))
+            logits = self.predict_logits(np.stack([array for _, array in pending]), tta=tta)
             for (index, _), row in zip(pending, logits):
                 results[index] = result_record(str(paths[index]), row, self.class_names, topk, self.head,
                                                reject=reject)

@@ -90,12 +90,13 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
     data_config = _embedding_config(backbone, spec, model, image_size, sizes[good])
     key = hashlib.sha1(json.dumps([spec, list(data_config["input_size"]), settings.seed], sort_keys=True, default=str)
                        .encode()).hexdigest()[:10]
-    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="visionzoo-audit-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # A module given in Python has no name to rebuild it by: its embeddings are not cached between audits
-    cache_dir = Path(tempfile.mkdtemp(prefix="visionzoo-audit-")) if isinstance(model, torch.nn.Module) else out_dir
-    embeddings, embedded = (_embed(files, good, backbone, spec, data_config, cache_dir / f"embeddings-{key}.safetensors",
-                                   batch_size, workers, device, progress) if len(good) else (torch.zeros(0, 1), good))
+    # Without --out, or for a module given in Python (no name to rebuild it by), the embeddings are not kept
+    with tempfile.TemporaryDirectory(prefix="visionzoo-audit-") as scratch:
+        cache_dir = Path(scratch) if out is None or isinstance(model, torch.nn.Module) else Path(out)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        embeddings, embedded = (
+            _embed(files, good, backbone, spec, data_config, cache_dir / f"embeddings-{key}.safetensors",
+                   batch_size, workers, device, progress) if len(good) else (torch.zeros(0, 1), good))
     for i in good[~embedded]:
         unreadable[int(i)] = "the embedder could not read it"
     good = good[embedded]
@@ -112,7 +113,7 @@ def audit(data: str | os.PathLike, *, model: Any = None, pretrained: Any = None,
                          **{f"{finding}": len(report[finding]) for finding in CSV_FIELDS},
                          "settings": dataclasses.asdict(settings)}
     if out is not None:
-        write_report(report, out_dir)
+        write_report(report, Path(out))
     return report
 
 

@@ -2,7 +2,8 @@
 
 A tree's split folders (train, val, validation, valid, test) are the splits, in that order (a
 leak's `path` is the image in the later split); a tree without them is one split, `train`. A CSV
-is read by `resolve_data` (its split column makes train and val); an archive is unpacked first.
+is read by `resolve_data` (its split column makes train and val); an archive is unpacked first, and
+tar shards (`data.shards`) are written once as such a tree in the cache folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from visionzoo.data.archives import is_archive, unpack_archive
 from visionzoo.data.layout import class_folders, scan_tree, split_folders, tree_root
 from visionzoo.data.samples import FileSamples
+from visionzoo.data.shards import looks_like_shards, unpack_shards
 from visionzoo.data.sources import resolve_data
 from visionzoo.errors import DataError
 
@@ -38,6 +40,8 @@ def collect_files(data: str | os.PathLike, *, max_unpack_gb: float | None = None
     text = str(data)
     if text.startswith("builtin:"):
         raise DataError(f"audit reads image files; {text} is generated in memory (give a folder, CSV or archive)")
+    if looks_like_shards(text):  # tar shards: written once as a tree in the cache, as an archive is unpacked
+        return collect_files(unpack_shards(text), max_unpack_gb=max_unpack_gb)
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data {text!r} does not exist; give a folder, a .csv or a .tar/.tar.gz")

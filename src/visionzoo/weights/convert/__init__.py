@@ -11,7 +11,7 @@ Layouts: torchvision's VGG, ViT, Swin, ConvNeXt, EfficientNet and MobileNetV3; D
 legacy keys (`norm.1` for `norm1`); the official ConvNeXt, Swin and DINOv2 checkpoints
 (DeiT's official checkpoints already use timm's names inside a `model` wrapper, which
 `read_state_dict` removes); OpenAI CLIP and open_clip checkpoints, image tower alone or both
-towers into `visionzoo.clip.CLIP`; and
+towers into `visionzoo.clip.CLIP`; open_clip's SigLIP 2 pairs (`visual.trunk.`); and
 efficientnet_pytorch (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`).
 """
 
@@ -24,6 +24,7 @@ import torch
 from visionzoo.weights.convert.base import ConversionError, Converter, Mapping, Shapes, reshape_to_ours
 from visionzoo.weights.convert.efficientnet_pytorch import EfficientNetPyTorch
 from visionzoo.weights.convert.official import CLIPImageTower, CLIPModel, ConvNeXtOfficial, DINOv2Official, SwinOfficial
+from visionzoo.weights.convert.siglip import SigLIPModel
 from visionzoo.weights.convert.torchvision import (
     DenseNetLegacy,
     TorchvisionConvNeXt,
@@ -43,7 +44,7 @@ logger = logging.getLogger("visionzoo.weights")
 CONVERTERS: tuple[Converter, ...] = (
     EfficientNetPyTorch(), TorchvisionVGG(), TorchvisionViT(), TorchvisionSwin(), TorchvisionConvNeXt(),
     TorchvisionEfficientNet(), TorchvisionMobileNetV3(), DenseNetLegacy(), ConvNeXtOfficial(), SwinOfficial(),
-    DINOv2Official(), CLIPModel(), CLIPImageTower(),
+    DINOv2Official(), CLIPModel(), CLIPImageTower(), SigLIPModel(),
 )
 
 
