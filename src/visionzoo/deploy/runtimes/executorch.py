@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -47,12 +46,7 @@ class ExecuTorchClassifier(ExportedClassifier):
             raise SettingError(f"{path} has no visionzoo metadata; export it with `visionzoo export --format executorch`")
         raw = program.load_method(METADATA_METHOD).execute([])[0]
         metadata: dict[str, str] = json.loads(bytes(raw.numpy().astype(np.uint8)).decode())
-        self.path = path
-        self.metadata = metadata
-        self.name = metadata.get("visionzoo.model", path.stem)
-        self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
-        self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
-        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
+        self.read_metadata(path, metadata)
         self.precision = metadata.get("visionzoo.precision", "fp32")
         self.method = program.load_method("forward")
         self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])  # a fixed batch (1)

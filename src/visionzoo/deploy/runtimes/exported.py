@@ -7,6 +7,7 @@ lazily, to read an ONNX file's metadata).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def preprocess_image(image: Image.Image, preprocessing: dict[str, Any]) -> np.nd
 class ExportedClassifier:
     """An exported visionzoo model with its own preprocessing and labels, run by some runtime.
 
-    A subclass sets `path`, `name`, `preprocessing`, `class_names` and `max_batch`, and
+    A subclass sets `path`, `name`, `preprocessing`, `class_names` (`read_metadata`) and `max_batch`, and
     implements `logits(batch)`; prediction, batching and bad-file handling are shared here.
     """
 
@@ -56,6 +57,15 @@ class ExportedClassifier:
     class_names: list[str] | None
     head: dict[str, Any] | None = None  # temperature, thresholds, OOD rule (metadata `visionzoo.head`)
     max_batch: int = 32
+
+    def read_metadata(self, path: Path, metadata: dict[str, str]) -> None:
+        """Take the file's own description (the `visionzoo.*` keys every export writes, whatever its format)."""
+        self.path = path
+        self.metadata = metadata
+        self.name = metadata.get("visionzoo.model", path.stem)
+        self.preprocessing = json.loads(metadata["visionzoo.preprocessing"])
+        self.class_names = json.loads(metadata.get("visionzoo.class_names", "null"))
+        self.head = json.loads(metadata.get("visionzoo.head", "null"))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, num_classes) for a preprocessed float32 batch no larger than `max_batch`."""

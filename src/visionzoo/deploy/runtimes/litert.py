@@ -11,7 +11,6 @@ and its output dequantised with the output's, so every caller sees float logits.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +73,7 @@ class LiteRTClassifier(ExportedClassifier):
             self.interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as error:
             raise SettingError(f"{path} is not a loadable LiteRT model: {str(error).splitlines()[0]}") from None
-        self.path = path
-        self.metadata = metadata
-        self.name = metadata.get("visionzoo.model", path.stem)
-        self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
-        self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
-        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
+        self.read_metadata(path, metadata)
         self.precision = metadata.get("visionzoo.precision", "fp32")
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]

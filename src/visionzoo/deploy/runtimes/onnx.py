@@ -13,9 +13,7 @@ or `"unknown"`; see `visionzoo.heads`), or `{"path", "error"}` for an image that
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -47,11 +45,7 @@ class OnnxClassifier(ExportedClassifier):
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "visionzoo.preprocessing" not in metadata:
             raise SettingError(f"{path} has no visionzoo preprocessing metadata; export it with `visionzoo export`")
-        self.path = path
-        self.name = metadata.get("visionzoo.model", path.stem)
-        self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
-        self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
-        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
+        self.read_metadata(path, metadata)
         self.input_name = self.session.get_inputs()[0].name
         fixed_batch = self.session.get_inputs()[0].shape[0]
         self.max_batch = fixed_batch if isinstance(fixed_batch, int) else 32

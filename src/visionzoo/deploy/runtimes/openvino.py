@@ -14,7 +14,6 @@ changes the outputs; here fp32 is the default, and bf16 is used only when asked
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +104,7 @@ class OpenVinoClassifier(ExportedClassifier):
                  hint: str = "LATENCY"):
         path = Path(path)
         model, metadata = read_exported(path)
-        self.path = path
-        self.metadata = metadata
-        self.name = metadata.get("visionzoo.model", path.stem)
-        self.preprocessing: dict[str, Any] = json.loads(metadata["visionzoo.preprocessing"])
-        self.class_names: list[str] | None = json.loads(metadata.get("visionzoo.class_names", "null"))
-        self.head: dict[str, Any] | None = json.loads(metadata.get("visionzoo.head", "null"))
+        self.read_metadata(path, metadata)
         self.quantization = metadata.get("visionzoo.quantization")
         self.precision = precision or metadata.get("visionzoo.precision", "fp32")
         self.compiled = openvino_core().compile_model(model, "CPU", compile_config(self.precision, threads, hint))
