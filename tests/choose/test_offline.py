@@ -36,8 +36,8 @@ def _cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Com
                           text=True, env=env, timeout=timeout, check=False)
 
 
-def _fake_latency(c: Candidate, target: str, image_size: int | None) -> tuple[float, str]:
-    return 1.0, "fake"
+def _fake_latency(c: Candidate, target: str, image_size: int | None) -> tuple[float, str, str]:
+    return 1.0, "fake", "cached 1 h ago, load 0.30"  # as the engine layer says a figure it reused
 
 
 def test_offline_without_weights_fails_fast_naming_the_weights_flag(offline, tmp_path):
@@ -78,6 +78,7 @@ def test_candidates_whose_weights_are_not_here_are_skipped_by_name(offline, monk
     status = {c.name: c.status for c in result.candidates}
     assert status[AWAY].startswith("skipped: weights not here") and f"--weights {AWAY}=FILE" in status[AWAY]
     assert result.winner["name"] == HERE
+    assert next(c for c in result.candidates if c.name == HERE).latency_note == "cached 1 h ago, load 0.30"
     said = capsys.readouterr().err
     assert f"skipped 1 candidate whose weights are not here ({AWAY}); add one with --weights NAME=FILE" in said
 

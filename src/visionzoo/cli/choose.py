@@ -209,6 +209,9 @@ def cmd_bakeoff(args: argparse.Namespace) -> int:
                       f"{c.params / 1e6:.2f}", f"{c.size_mb:.1f}" if c.size_mb is not None else "-",
                       c.status.split(":")[0].split(" (")[0])
     console.print(table)
+    cached = [f"{c.name} ({c.latency_note})" for c in result.candidates if c.latency_note]
+    if cached:
+        console.print(f"latency reused from this machine's cache: {', '.join(cached)}", highlight=False, markup=False)
     for c in result.candidates:
         if c.status not in ("probed", "fine-tuned") and not c.status.startswith("winner"):
             console.print(f"{c.name}: {c.status}", highlight=False, markup=False)

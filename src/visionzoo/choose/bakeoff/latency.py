@@ -12,20 +12,23 @@ from visionzoo.errors import SettingError
 
 __all__ = ["MeasureFn", "measure_latency", "shortlist"]
 
-MeasureFn = Callable[[Candidate, str, int | None], tuple[float, str]]  # (candidate, target, image side) -> (ms, engine)
+# (candidate, target, image side) -> (ms, engine) or (ms, engine, note): the note says when a figure was
+# reused from the per-machine cache ("cached 3 h ago, load 0.40"), as advise and benchmark say it
+MeasureFn = Callable[[Candidate, str, int | None], tuple]
 _FLAGS = {"latency_ms": "--latency-ms", "max_params": "--max-params"}  # how the bake-off's messages name them
 
 
-def measure_latency(c: Candidate, target: str, image_size: int | None) -> tuple[float, str]:
-    """(latency ms, engine) in the target's deploy engine, cached per machine by the engine layer:
-    edge/cpu, onnxruntime fp32 and int8 at batch 1, the faster; gpu, eager bf16 per image at batch 64."""
+def measure_latency(c: Candidate, target: str, image_size: int | None) -> tuple[float, str, str]:
+    """(latency ms, engine, cache note) in the target's deploy engine, cached per machine by the engine
+    layer: edge/cpu, onnxruntime fp32 and int8 at batch 1, the faster; gpu, eager bf16 per image at batch
+    64. The note is empty for a figure measured now."""
     if target == "gpu":
-        return _eager_latency(c, target, image_size), "pytorch-eager-bf16"
+        return _eager_latency(c, target, image_size), "pytorch-eager-bf16", ""
     try:
         from visionzoo.deploy.engines import artifacts_for, measure_engine_latency
     except ImportError:  # the engine layer is not installed here: eager PyTorch, as `advise` measures
-        return _eager_latency(c, target, image_size), "pytorch-eager"
-    best: tuple[float, str] | None = None
+        return _eager_latency(c, target, image_size), "pytorch-eager", ""
+    best: tuple[float, str, str] | None = None
     failures = []
     shared = artifacts_for(c.name, image_size)  # one ONNX export for both engines (files are made on first use)
     for engine in ("onnxruntime-fp32", "onnxruntime-int8"):
@@ -36,7 +39,7 @@ def measure_latency(c: Candidate, target: str, image_size: int | None) -> tuple[
             failures.append(f"{engine}: {str(error).splitlines()[0][:200]}")
             continue
         if best is None or figures["p50"] < best[0]:
-            best = (figures["p50"], engine)
+            best = (figures["p50"], engine, figures.get("cache_note", "") if figures.get("cached") else "")
     if best is None:
         raise SettingError(f"could not measure {c.name} in any deploy engine: {'; '.join(failures)}")
     return best
@@ -78,9 +81,11 @@ def shortlist(request: BakeoffRequest, state: BakeoffState, bars, measure: Measu
                 c.status = deadline.reason("not measured")
                 continue
             bars.update(task, description=f"candidates: measuring {c.name}")
-            saved["latency_ms"], saved["engine"] = measure(c, request.target, request.image_size)
+            figures = measure(c, request.target, request.image_size)
+            saved["latency_ms"], saved["engine"] = figures[:2]
+            saved["latency_note"] = figures[2] if len(figures) > 2 else ""
             state.save()
-        c.latency_ms, c.engine = saved["latency_ms"], saved["engine"]
+        c.latency_ms, c.engine, c.latency_note = saved["latency_ms"], saved["engine"], saved.get("latency_note", "")
         measured.append(c)
         bars.advance(task)
         if request.latency_ms is not None and c.latency_ms > request.latency_ms:
