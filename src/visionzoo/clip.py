@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.errors import MissingExtraError, SettingError
+from visionzoo.layers.init import init_text_tower_
 from visionzoo.layers.mlp import QuickGELU
 
 __all__ = ["ClipTextConfig", "TextTransformer", "CLIP", "ZeroShotClassifier", "CLIP_MODELS", "clip_data_config",
@@ -156,13 +157,7 @@ class TextTransformer(nn.Module):
     def _init_weights(self) -> None:
         """CLIP's initialisation: residual projections scaled down with depth."""
         width, layers = self.config.width, self.config.layers
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
-            nn.init.normal_(block.attn.out_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
+        init_text_tower_(self.token_embedding, self.positional_embedding, self.transformer.resblocks, width, layers)
         nn.init.normal_(self.text_projection, std=width**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.errors import SettingError, UsageError, require_extra
+from visionzoo.layers.init import init_text_tower_
 
 __all__ = ["SigLipTextConfig", "SigLipTextTransformer", "SigLIP", "SigLipTokenizer", "SIGLIP_MODELS",
            "load_siglip_tokenizer"]
@@ -104,13 +105,7 @@ class SigLipTextTransformer(nn.Module):
     def _init_weights(self) -> None:
         """open_clip's initialisation: residual projections scaled down with depth."""
         width, layers = self.config.width, self.config.layers
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=width**-0.5)
-            nn.init.normal_(block.attn.out_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
-            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.mlp.c_proj.weight, std=width**-0.5 * (2 * layers) ** -0.5)
+        init_text_tower_(self.token_embedding, self.positional_embedding, self.transformer.resblocks, width, layers)
         nn.init.normal_(self.text_projection.weight, std=width**-0.5)
         nn.init.zeros_(self.text_projection.bias)
 
