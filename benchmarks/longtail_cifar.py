@@ -21,7 +21,8 @@ AUTO_MIN_RATIO, none below), printed with the reason it gives.
 Prints, per model and mode: top-1, balanced accuracy (mean per-class recall; on the balanced test
 set it equals top-1 up to rounding), and the tail's recall (the three smallest classes), then auto
 against none. `--ratios 100 10 3` repeats everything at other ratios: the measurement behind
-AUTO_MIN_RATIO. `--quick` (a smoke run that shows the script works, not a measurement): 200 down to
+AUTO_MIN_RATIO. `--largest 1000 --test-per-class 200` is a shorter protocol (a fifth of the images) with
+the same profile. `--quick` (a smoke run that shows the script works, not a measurement): 200 down to
 2 training images per class at ratio 100, 20 test images per class, Lite0 at 48 px for 1 epoch,
 ResNet-18 for 2.
 """
@@ -79,10 +80,10 @@ def lite0_weights() -> str:
     return str(files[0])
 
 
-def arm_settings(model: str, quick: bool) -> tuple[str, dict]:
+def arm_settings(model: str, quick: bool, lite0_size: int = 128) -> tuple[str, dict]:
     """(registered name, train() keywords) of an arm."""
     if model == "lite0":
-        return "efficientnet_lite0", dict(pretrained=lite0_weights(), image_size=48 if quick else 128,
+        return "efficientnet_lite0", dict(pretrained=lite0_weights(), image_size=48 if quick else lite0_size,
                                           epochs=1 if quick else 6, batch_size=32)
     return "resnet18", dict(image_size=32, epochs=2 if quick else 30, batch_size=64 if quick else 128)
 
@@ -108,6 +109,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lite0", "resnet18"], choices=["lite0", "resnet18"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--largest", type=int, default=None,
+                        help="training images of the head class (default 5000, as Cao et al.; smaller for a shorter run)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default 1000)")
+    parser.add_argument("--lite0-size", type=int, default=128, help="Lite0's image size (default 128)")
     args = parser.parse_args()
     import torch
 
@@ -118,6 +123,7 @@ def main() -> None:
     if not ARCHIVE.exists():
         sys.exit(f"{ARCHIVE} is missing (see ../shared/data/README.md)")
     largest, test_per_class = (200, 20) if args.quick else (5000, 1000)
+    largest, test_per_class = args.largest or largest, args.test_per_class or test_per_class
     for ratio in args.ratios:
         counts = per_class_counts(ratio, largest)
         chosen, why = choose_balance("auto", counts)
@@ -127,7 +133,7 @@ def main() -> None:
         try:
             data = prepare(root / "data", counts, test_per_class)
             for model in args.models:
-                name, settings = arm_settings(model, args.quick)
+                name, settings = arm_settings(model, args.quick, args.lite0_size)
                 rows = {}
                 for mode in args.modes:
                     rows[mode] = run_mode(name, settings, data, mode, root / f"{model}-{mode}")

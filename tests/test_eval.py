@@ -193,24 +193,53 @@ def _photo_tree(root, sizes=((37, 53), (80, 45), (64, 64), (29, 90), (120, 70), 
     return root
 
 
-@pytest.mark.parametrize("cache", [True, False], ids=["photo-cache", "plain"])
-def test_train_last_validation_and_eval_agree_exactly_on_the_same_photos(tmp_path, capsys, one_thread, cache):
-    """Training's validation (the photo cache's evaluation view, cut once, or the plain transforms) and
-    `eval` see the same pixels: the same top-1 on the same count of images."""
+@pytest.mark.parametrize("augment, cache", [("light", True), ("light", False), ("crop", True), ("crop", False)],
+                         ids=["photo-cache", "plain", "pixel-cache-crop", "fast-crop"])
+def test_train_last_validation_and_eval_agree_exactly_on_the_same_photos(tmp_path, capsys, monkeypatch, one_thread,
+                                                                         augment, cache):
+    """Training's validation and `eval` see the same pixels (issue 30), on every input path: the photo
+    cache (its evaluation view, cut once), the plain transforms, the pixel cache of the crop preset
+    (its validation images cut once as the evaluation view, kept on the device) and the crop preset's
+    fast path of files (crop_pct 1, normalised on the device): the same correct count, and logits
+    equal to float rounding."""
+    import visionzoo.evaluation
+    import visionzoo.training.validation
+
     data = _photo_tree(tmp_path / "photos")
     run = tmp_path / "run"
+    seen: dict[str, list] = {"train": [], "eval": []}
+
+    def recording(into: str, original):
+        def predict_logits(*args, **kwargs):
+            result = original(*args, **kwargs)
+            seen[into].append(result)
+            return result
+        return predict_logits
+
+    monkeypatch.setattr(visionzoo.training.validation, "predict_logits",
+                        recording("train", visionzoo.training.validation.predict_logits))
+    monkeypatch.setattr(visionzoo.evaluation, "predict_logits", recording("eval", visionzoo.evaluation.predict_logits))
     code = main(["train", "--model", "resnet18", "--data", str(data), "--recipe", "finetune", "--epochs", "1",
-                 "--batch-size", "8", "--image-size", "24", "--out", str(run), "--workers", "0", "--no-progress",
-                 *(["--cache"] if cache else ["--no-cache"])])
+                 "--augment", augment, "--batch-size", "8", "--image-size", "24", "--out", str(run), "--workers", "0",
+                 "--no-progress", *(["--cache"] if cache else ["--no-cache"])])
     assert code == 0, capsys.readouterr().err
-    resolved = json.loads((run / "config.json").read_text())["resolved"]
-    assert resolved["cache"] is cache
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["cache"] is cache
+    assert (config["data_config"]["crop_pct"] == 1.0) is (augment == "crop")  # crop: the fast paths
     last = json.loads((run / "summary.json").read_text())["history"][-1]
     capsys.readouterr()
     assert main(["eval", str(run / "last"), "--data", str(data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 24 and not result["skipped"]
     assert last["val_top1"] == round(result["top1"], 6)
-    # the same pixels, not just the same verdicts: the loss agrees to float rounding (batching, normalising
-    # uint8 on the device), far below what a different resize or crop moves it by
-    assert last["val_loss"] == pytest.approx(result["calibration"]["nll_before"], abs=1e-4)
+    # the same images in the same order: eval's logits against the last validation's, image by image
+    train_logits, train_labels, train_indices, _ = seen["train"][-1]
+    eval_logits, eval_labels, eval_indices, _ = seen["eval"][-1]
+    order, eval_order = train_indices.argsort(), eval_indices.argsort()
+    assert torch.equal(train_labels[order], eval_labels[eval_order])
+    correct = (train_logits.argmax(1) == train_labels).sum()
+    assert int(correct) == int((eval_logits.argmax(1) == eval_labels).sum()) == round(result["top1"] * 24)
+    # the same pixels, not just the same verdicts: a different resize or crop moves these logits by 1e-2
+    # and more; batching may move them by float rounding only
+    torch.testing.assert_close(train_logits[order], eval_logits[eval_order], atol=1e-4, rtol=1e-4)
+    assert last["val_loss"] == pytest.approx(result["calibration"]["nll_before"], abs=1e-5)

@@ -16,17 +16,23 @@ shapes in a temporary folder, the working directory of every command. A `Step` m
 (tens of CPU-seconds, and tested elsewhere) is reported as a skip with its reason, and walked
 with `VISIONZOO_README_WALK=full`.
 
+The walk is split into chains (`Step.chain`): the commands of a chain run in README order in their
+own folder, because a later one reads what an earlier one wrote (`mine`: train, then eval and audit
+its run); a command nothing depends on is a chain alone. Each chain is one test, so pytest-xdist
+spreads the walk over its workers. The quick-start run, which three chains use, is trained once per
+test run (`quickstart_run`: the first chain to need it trains it under a file lock; the others wait,
+then hard-link its folder).
+
 A newcomer's shell starts one Python process per command, and importing PyTorch costs seconds
-each time on two cores; so the commands run in forked children of one process that imported
-visionzoo once (`CommandRunner`): each child has its own exit code, output and timeout, and runs
-`visionzoo.cli.main` as the `visionzoo` script does. `visionzoo --help` runs the real console
-script, so the entry point is walked too.
+each time on two cores; so the commands run in forked children of one process per pytest worker
+that imported visionzoo once (`CommandRunner`): each child has its own folder, cache, exit code,
+output and timeout, and runs `visionzoo.cli.main` as the `visionzoo` script does. `visionzoo --help`
+runs the real console script, so the entry point is walked too.
 
 Numbers two commands report about the same model and data must agree: train's best validation
 top-1 and eval's top-1 of `best/` on the same data; predict's probability and explain's for the
-same image. The walk is one test (its commands build on each other, and pytest-xdist would run a
-shared fixture once per worker) that lists every problem it met; `logs/` in its folder keeps each
-command's output and `logs/times.txt` what each cost.
+same image (the `quickstart` chain). Each chain's test lists every problem it met; `logs/` in its
+folder keeps each command's output and `logs/times.txt` what each cost.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class Step:
     shapes: dict[str, str] = field(default_factory=dict)  # builtin:shapes options over SHAPES_QUERY
     why: str = ""  # why anything above is needed
     slow: str = ""  # why it is left out of the default walk (VISIONZOO_README_WALK=full runs it)
+    chain: str = ""  # the commands of one chain run in order in one folder (a command's output is a later one's input)
 
 
 SKIPPED: dict[str, str] = {
@@ -111,9 +118,12 @@ QUICKSTART_WHY = ("at lr 0.2 a few steps leave a model that answers one class fo
 SMALL = ("--image-size", "64")
 SMALL_WHY = "a convolutional network computes the same function at 64 px as at 224, in a twelfth of the time"
 MULTILABEL_WHY = "the multi-label section's photos/ holds labels.csv with rows such as 'img/001.jpg,cat|dog'"
+# The quick-start run is trained once per session (`quickstart_run`) and copied into these chains' folders.
+QUICKSTART, QUICKSTART_DEPLOY, QUICKSTART_SHARE = "quickstart", "quickstart-deploy", "quickstart-share"
+ON_QUICKSTART = (QUICKSTART, QUICKSTART_DEPLOY, QUICKSTART_SHARE)
 
 WALK: dict[str, Step] = {
-    QUICKSTART_TRAIN: Step(epochs=3, shapes=QUICKSTART_SHAPES, why=QUICKSTART_WHY),
+    QUICKSTART_TRAIN: Step(epochs=3, shapes=QUICKSTART_SHAPES, why=QUICKSTART_WHY, chain=QUICKSTART),
     # Training on your images
     "visionzoo train --model convnext_tiny --pretrained default --recipe finetune --data photos/ --epochs 10":
         Step(extra=SMALL, why=SMALL_WHY),
@@ -121,46 +131,49 @@ WALK: dict[str, Step] = {
         Step(extra=SMALL, why=SMALL_WHY),
     "visionzoo train --model resnet50 --pretrained default --recipe linear-probe --data labels.csv":
         Step(extra=SMALL, why=SMALL_WHY),
-    "visionzoo train --model resnet18 --data images.tar.gz --scan --cache": Step(),
+    "visionzoo train --model resnet18 --data images.tar.gz --scan --cache": Step(chain="archive"),
     "visionzoo train --resume runs/resnet18-shapes-20260101-120000": Step(
         placeholders={"runs/resnet18-shapes-20260101-120000": "runs/resnet18-images-*"},
-        why="the README's run folder stands for a resnet18 run; the archive's run is one"),
-    "visionzoo train --model resnet18 --data photos/ --out runs/mine --overwrite": Step(),
-    QUICKSTART_EVAL: Step(shapes=QUICKSTART_SHAPES, why=QUICKSTART_WHY),
+        why="the README's run folder stands for a resnet18 run; the archive's run is one", chain="archive"),
+    "visionzoo train --model resnet18 --data photos/ --out runs/mine --overwrite": Step(chain="mine"),
+    QUICKSTART_EVAL: Step(shapes=QUICKSTART_SHAPES, why=QUICKSTART_WHY, chain=QUICKSTART),
     "visionzoo train --model efficientnet_lite0 --pretrained efficientnet-lite0.pth --data photos/":
         Step(extra=SMALL, why=SMALL_WHY),
     # Adapting big backbones cheaply, and distilling into a small one
     "visionzoo train --model vit_base_patch16_224 --pretrained default --recipe finetune --data photos/ --adapt lora "
     "--lora-rank 8": Step(swap={"vit_base_patch16_224": "vit_tiny_patch16_224"}, extra=("--out", "runs/vit-lora"),
                           why="ViT-B's 86M parameters take minutes on two cores, ViT-Ti the same code seconds; "
-                              "the export below names runs/vit-lora"),
+                              "the export below names runs/vit-lora", chain="vit-lora"),
     "visionzoo train --model convnext_tiny --pretrained default --recipe finetune --data photos/ --adapt freeze "
     "--freeze-stages 2": Step(extra=SMALL, why=SMALL_WHY),
     "visionzoo train --model resnet50 --pretrained default --recipe finetune --data photos/ --adapt lp-ft":
-        Step(extra=SMALL, why=SMALL_WHY),
+        Step(extra=SMALL, why=SMALL_WHY, chain="teacher"),
     "visionzoo train --model mobilenetv3_small_100 --data photos/ --teacher runs/resnet50-photos-.../ --distill soft":
-        Step(placeholders={"runs/resnet50-photos-.../": "runs/resnet50-photos-*"}, extra=SMALL, why=SMALL_WHY),
-    "visionzoo export runs/vit-lora/best --out vit.onnx": Step(),
+        Step(placeholders={"runs/resnet50-photos-.../": "runs/resnet50-photos-*"}, extra=SMALL, why=SMALL_WHY,
+             chain="teacher"),
+    "visionzoo export runs/vit-lora/best --out vit.onnx": Step(chain="vit-lora"),
     # Multi-label data, calibrated probabilities and "unknown"
     "visionzoo train --model resnet50 --pretrained default --recipe finetune --data photos/ --epochs 10": Step(
         swap=MULTILABEL, extra=("--out", "runs/multilabel", *SMALL),
-        why=MULTILABEL_WHY + "; runs/.../best below is this run; " + SMALL_WHY),
+        why=MULTILABEL_WHY + "; runs/.../best below is this run; " + SMALL_WHY, chain="multilabel"),
     "visionzoo train --model resnet18 --data builtin:shapes?task=multilabel --loss asl": Step(),
     "visionzoo eval runs/.../best --data photos/ --json": Step(
-        swap=MULTILABEL, placeholders={"runs/.../best": "runs/multilabel/best"}, why=MULTILABEL_WHY),
-    "visionzoo predict runs/.../best photo.jpg --json": Step(placeholders={"runs/.../best": "runs/multilabel/best"}),
+        swap=MULTILABEL, placeholders={"runs/.../best": "runs/multilabel/best"}, why=MULTILABEL_WHY,
+        chain="multilabel"),
+    "visionzoo predict runs/.../best photo.jpg --json": Step(placeholders={"runs/.../best": "runs/multilabel/best"},
+                                                              chain="multilabel"),
     "visionzoo eval runs/.../best --data photos/ --ood not-my-classes/": Step(
-        placeholders={"runs/.../best": "runs/mine/best"}, why="unknowns are scored for single-label models"),
+        placeholders={"runs/.../best": "runs/mine/best"}, why="unknowns are scored for single-label models",
+        chain="mine"),
     # Auditing data, explaining predictions
-    "visionzoo audit --data photos/ --model resnet50 --out audit": Step(),
+    "visionzoo audit --data photos/ --model resnet50 --out audit": Step(chain="audit"),
     "visionzoo audit --data labels.csv --model runs/cifar/best --out audit-csv --json": Step(
-        placeholders={"runs/cifar/best": "runs/mine/best"}, why="a model trained on the photos"),
-    "visionzoo train --model resnet50 --data photos/ --exclude audit/label_issues.csv": Step(),
-    EXPLAIN: Step(placeholders={"runs/cifar/best": "runs/quickstart/best"}, why="a model trained on shapes"),
+        placeholders={"runs/cifar/best": "runs/mine/best"}, why="a model trained on the photos", chain="mine"),
+    "visionzoo train --model resnet50 --data photos/ --exclude audit/label_issues.csv": Step(chain="audit"),
+    EXPLAIN: Step(placeholders={"runs/cifar/best": "runs/quickstart/best"}, why="a model trained on shapes",
+                  chain=QUICKSTART),
     # Command line
-    "visionzoo list": Step(swap={"visionzoo list": "visionzoo list 'efficientnet*'"},
-                           why="the whole table measures every model once on an empty cache (about 30 CPU-seconds); "
-                               "one family's rows run the same code"),
+    "visionzoo list": Step(),  # instant: the package ships every model's params and GMACs (factory/complexity.json)
     "visionzoo list 'resnet*' --json": Step(),
     "visionzoo list --family resnet": Step(),
     "visionzoo info resnet50": Step(),
@@ -169,8 +182,8 @@ WALK: dict[str, Step] = {
     "visionzoo predict resnet50 cat.jpg --pretrained resnet50.pth": Step(),
     "visionzoo embed vit_base_patch14_dinov2 --pretrained default --data photos/ --out photos.safetensors": Step(
         swap={"vit_base_patch14_dinov2": "vit_small_patch14_dinov2"},
-        why="DINOv2 ViT-B embeds at 518 px, minutes on two cores; ViT-S is the same code"),
-    "visionzoo probe --features photos.safetensors --method linear --save-model probe/": Step(),
+        why="DINOv2 ViT-B embeds at 518 px, minutes on two cores; ViT-S is the same code", chain="embed"),
+    "visionzoo probe --features photos.safetensors --method linear --save-model probe/": Step(chain="embed"),
     "visionzoo zero-shot cat.jpg --labels \"cat,dog,car\" --pretrained W": Step(
         swap={"--pretrained W": "--pretrained none"},
         why="W stands for CLIP weights (600 MB for ViT-B-32); 'none' runs the same path with random weights",
@@ -192,45 +205,48 @@ WALK: dict[str, Step] = {
     "visionzoo advise --target gpu --min-top1 85 --no-measure --json": Step(),
     "visionzoo evolution --plot evolution.png": Step(),
     # Deploying
-    "visionzoo export resnet50 --format onnx --out resnet50.onnx": Step(),
+    "visionzoo export resnet50 --format onnx --out resnet50.onnx": Step(chain="onnx"),
     "visionzoo export resnet50 --pretrained resnet50.pth --out resnet50.onnx": Step(),
-    "visionzoo export runs/quickstart/best --fold-bn --int8 --calib photos/train --eval-data photos/val": Step(),
+    "visionzoo export runs/quickstart/best --fold-bn --int8 --calib photos/train --eval-data photos/val": Step(
+        chain=QUICKSTART_DEPLOY),
     "visionzoo export convnext_tiny --format torchscript": Step(),
-    "visionzoo predict resnet50.onnx cat.jpg --topk 5 --json": Step(),
+    "visionzoo predict resnet50.onnx cat.jpg --topk 5 --json": Step(chain="onnx"),
     "visionzoo export resnet50 --format openvino --out resnet50.xml": Step(),
     "visionzoo export resnet50 --format openvino --int8 --calib photos/train": Step(),
-    "visionzoo export runs/quickstart/best --engine auto --calib photos/train --eval-data photos/val": Step(),
+    "visionzoo export runs/quickstart/best --engine auto --calib photos/train --eval-data photos/val": Step(
+        chain=QUICKSTART_DEPLOY),
     "visionzoo benchmark resnet50 --engine all": Step(
         slow="torch.compile and six more engines of ResNet-50 at 224 px: minutes on two cores "
              "(tests/deploy/test_engines.py checks each engine)"),
     # Phones: each export is tens of CPU-seconds; tests/deploy/test_litert.py, test_executorch.py and
     # test_coreml.py export, run and verify each format on a small model
     "visionzoo export efficientnet_lite0 --format litert --int8 --calib photos/train --verify photos/val": Step(
-        slow="LiteRT conversion and int8 calibration of Lite0 (tests/deploy/test_litert.py)"),
+        slow="LiteRT conversion and int8 calibration of Lite0 (tests/deploy/test_litert.py)", chain="litert"),
     "visionzoo export efficientnet_lite0 --format executorch --int8 --calib photos/train --verify photos/val": Step(
         slow="two XNNPACK lowerings of Lite0 (tests/deploy/test_executorch.py)"),
     "visionzoo export efficientnet_lite0 --format coreml --int8": Step(
         slow="two Core ML conversions of Lite0 (tests/deploy/test_coreml.py)"),
     "visionzoo predict efficientnet_lite0.tflite cat.jpg --topk 5": Step(
-        slow="needs the LiteRT export above (tests/deploy/test_litert.py predicts without PyTorch)"),
+        slow="needs the LiteRT export above (tests/deploy/test_litert.py predicts without PyTorch)", chain="litert"),
     "visionzoo benchmark efficientnet_lite0 --engine litert-fp32,litert-int8,executorch-int8,onnxruntime-int8": Step(
         slow="four exports of Lite0 and their timing (tests/deploy/test_litert.py, test_executorch.py)"),
     # Sets larger than a folder
-    "visionzoo data pack photos/ --out shards/ --shard-size 1GB": Step(),
-    "visionzoo train resnet50 --data shards/": Step(extra=SMALL, why=SMALL_WHY),
+    "visionzoo data pack photos/ --out shards/ --shard-size 1GB": Step(chain="shards"),
+    "visionzoo train resnet50 --data shards/": Step(extra=SMALL, why=SMALL_WHY, chain="shards"),
     "visionzoo train resnet50 --data my_dataset/": Step(
         swap={"my_dataset/": "hf-photos/"}, extra=SMALL,
         why="my_dataset/ stands for a Hugging Face dataset saved with save_to_disk; the walk saves the photos as "
             "one; " + SMALL_WHY),
     # Sharing and comparing runs
-    "visionzoo push runs/quickstart --repo OWNER/shapes-resnet18 --to-folder shapes-card": Step(),
+    "visionzoo push runs/quickstart --repo OWNER/shapes-resnet18 --to-folder shapes-card": Step(chain=QUICKSTART_SHARE),
     "visionzoo predict hf-hub:OWNER/shapes-resnet18 cat.jpg": Step(
-        swap={"hf-hub:OWNER/shapes-resnet18": "shapes-card"}, why="the pushed folder is what the Hub serves"),
+        swap={"hf-hub:OWNER/shapes-resnet18": "shapes-card"}, why="the pushed folder is what the Hub serves",
+        chain=QUICKSTART_SHARE),
     "visionzoo train --model resnet18 --data photos/ --track mlflow": Step(),
-    "visionzoo runs runs/ --sort top1 --plot top1 --against time": Step(),
+    "visionzoo runs runs/ --sort top1 --plot top1 --against time": Step(chain="teacher"),  # two runs to compare
     # Serving: the server runs in the background while the README's curl line asks it
-    SERVE: Step(),
-    CURL: Step(),
+    SERVE: Step(chain="serve"),
+    CURL: Step(chain="serve"),
 }
 
 
@@ -445,8 +461,7 @@ class LocalWeights:
         return path
 
 
-# ---------------------------------------------------------------------------------------------
-# Running commands: forked children of one process that imported visionzoo once
+# Running commands: forked children of one process per pytest worker that imported visionzoo once
 
 _RUNNER_SOURCE = r"""
 import json, os, signal, sys, time
@@ -459,6 +474,7 @@ for line in sys.stdin:
     if pid == 0:
         os.setpgid(0, 0)
         os.chdir(job["cwd"])
+        os.environ["VISIONZOO_CACHE"] = job["cache"]
         with open(job["log"], "wb") as log:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
@@ -499,17 +515,17 @@ class Result:
 
 
 class CommandRunner:
-    def __init__(self, sandbox: Path):
-        self.sandbox = sandbox
-        self.count = 0
-        self.process = subprocess.Popen([sys.executable, "-c", _RUNNER_SOURCE], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=_environment(sandbox))
+    """Runs commands in any folder, each in a forked child (its own cache: `sandbox/cache`)."""
 
-    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> Result:
-        self.count += 1
-        log = self.sandbox / "logs" / f"{self.count:02d}-{argv[0]}.log"
-        log.parent.mkdir(exist_ok=True)
-        job = {"argv": argv, "cwd": str(self.sandbox), "log": str(log), "timeout": timeout}
+    def __init__(self, home: Path):
+        self.process = subprocess.Popen([sys.executable, "-c", _RUNNER_SOURCE], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=_environment(home))
+
+    def run(self, argv: list[str], sandbox: Path, timeout: float = COMMAND_TIMEOUT_S) -> Result:
+        logs = sandbox / "logs"
+        logs.mkdir(exist_ok=True)
+        log = logs / f"{len(list(logs.glob('*.log'))) + 1:02d}-{argv[0]}.log"
+        job = {"argv": argv, "cwd": str(sandbox), "log": str(log), "timeout": timeout, "cache": str(sandbox / "cache")}
         self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
         answer = json.loads(self.process.stdout.readline())
@@ -537,7 +553,98 @@ def _free_port() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The walk
+# The walk: independent chains, each a test in its own folder, so that pytest-xdist spreads them
+
+
+FULL_WALK = os.environ.get("VISIONZOO_README_WALK") == "full"
+SLOW = [c for c, step in WALK.items() if step.slow]
+
+
+def readme_chains(walk: dict[str, Step] = WALK, full: bool = FULL_WALK) -> dict[str, list[str]]:
+    """The walked commands grouped into chains, each in README order: a command with a `chain` runs after
+    the earlier ones of its chain, in their folder; one without is a chain alone."""
+    chains: dict[str, list[str]] = {}
+    for command, step in walk.items():
+        if not step.slow or full:
+            chains.setdefault(step.chain or command, []).append(command)
+    return chains
+
+
+CHAINS = readme_chains()
+LOCAL_FILES = (("efficientnet-lite0.pth", "efficientnet_lite0"), ("lite0.pth", "efficientnet_lite0"),
+               ("my-ckpt.pth", "resnet18"), ("convnext_tiny.pth", "convnext_tiny"),
+               ("resnet50.pth", "resnet50"))  # the local weight files the README's offline lines name
+
+
+def test_chains_keep_readme_order_and_every_walked_command():
+    walk = {"a": Step(chain="x"), "b": Step(), "c": Step(chain="x"), "d": Step(slow="s", chain="x")}
+    assert readme_chains(walk, full=False) == {"x": ["a", "c"], "b": ["b"]}
+    assert readme_chains(walk, full=True) == {"x": ["a", "c", "d"], "b": ["b"]}
+    walked = [c for chain in readme_chains(full=True).values() for c in chain]
+    assert sorted(walked) == sorted(WALK) and len(walked) == len(set(walked))
+
+
+@pytest.fixture(scope="session")
+def readme_home(tmp_path_factory):
+    """This worker's files the README names (copied into each chain's folder), the local weight files (made
+    once per worker, linked), and the one process the commands are forked from."""
+    home = tmp_path_factory.mktemp("readme-home")
+    make_sandbox(home / "files")
+    runner = CommandRunner(home)
+    yield home, LocalWeights(home / "weights"), runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the worker's own one without xdist)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return tmp_path_factory.mktemp("readme-shared")
+    folder = tmp_path_factory.getbasetemp().parent / f"readme-shared-{run}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def sandbox(tmp_path, readme_home) -> Path:
+    home, weights, _ = readme_home
+    shutil.copytree(home / "files", tmp_path, dirs_exist_ok=True)
+    for local, model in LOCAL_FILES:
+        (tmp_path / local).symlink_to(weights(model))
+    return tmp_path
+
+
+@pytest.fixture
+def quickstart_run(readme_home, shared_folder):
+    """`quickstart(sandbox)`: the README's quick-start training, run once per test run (the first chain that
+    needs it trains it, under a lock the other workers wait on), its run folder hard-linked into `sandbox`,
+    and its result."""
+    from filelock import FileLock
+
+    home, weights, runner = readme_home
+
+    def quickstart(sandbox: Path) -> Result:
+        folder = shared_folder / "quickstart"
+        with FileLock(str(shared_folder / "quickstart.lock")):
+            if not (folder / "result.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                shutil.copytree(home / "files", folder)
+                result = runner.run(rewrite(QUICKSTART_TRAIN, WALK[QUICKSTART_TRAIN], folder, weights), folder)
+                (folder / "result.json").write_text(json.dumps(result.__dict__))
+        result = Result(**json.loads((folder / "result.json").read_text()))
+        if (folder / "runs" / "quickstart").exists():  # files are replaced, never edited in place: links suffice
+            shutil.copytree(folder / "runs" / "quickstart", sandbox / "runs" / "quickstart", copy_function=_link)
+        return result
+
+    return quickstart
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
 
 
 def _json_of(output: str):
@@ -552,25 +659,20 @@ def _best_val_top1(output: str) -> float:
     return float(found[-1])
 
 
-def walk_readme(sandbox: Path) -> tuple[dict[str, Result], dict[str, str], dict[str, Result]]:
-    """Run every WALK command in README order in `sandbox`; their results by README command, the
-    commands that could not be rewritten (a placeholder an earlier failure did not write), and the
-    extra commands whose numbers are compared with the README's."""
-    make_sandbox(sandbox)
-    weights = LocalWeights(sandbox / "weights")
-    for local, model in (("efficientnet-lite0.pth", "efficientnet_lite0"), ("lite0.pth", "efficientnet_lite0"),
-                         ("my-ckpt.pth", "resnet18"), ("convnext_tiny.pth", "convnext_tiny"),
-                         ("resnet50.pth", "resnet50")):  # the local files the README's offline lines name
-        (sandbox / local).symlink_to(weights(model))
-    runner = CommandRunner(sandbox)
+def walk_chain(commands: list[str], sandbox: Path, runner: CommandRunner, weights,
+               quickstart) -> tuple[dict[str, Result], dict[str, str]]:
+    """Run a chain's commands in order in `sandbox`; their results by README command, and the commands
+    that could not be rewritten (a placeholder an earlier failure did not write)."""
     results: dict[str, Result] = {}
     failures: dict[str, str] = {}
-    extra: dict[str, Result] = {}
     server = None
     try:
-        for command, step in WALK.items():
-            if step.slow and not FULL_WALK:
-                continue
+        for command in commands:
+            step = WALK[command]
+            if command == QUICKSTART_TRAIN or (step.chain in ON_QUICKSTART and QUICKSTART_TRAIN not in results):
+                results[QUICKSTART_TRAIN] = quickstart(sandbox)
+                if command == QUICKSTART_TRAIN:
+                    continue
             if command == HELP:
                 started = time.monotonic()
                 done = subprocess.run([str(VISIONZOO_SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
@@ -589,20 +691,19 @@ def walk_readme(sandbox: Path) -> tuple[dict[str, Result], dict[str, str], dict[
             except AssertionError as error:
                 failures[command] = str(error)
                 continue
-            results[command] = runner.run(argv)
-        # the quick-start model's probabilities for the same images, from predict and from explain
-        extra[AGREE_PREDICT] = runner.run(shlex.split(AGREE_PREDICT)[1:])
-        extra[AGREE_EXPLAIN] = runner.run(shlex.split(AGREE_EXPLAIN)[1:])
+            results[command] = runner.run(argv, sandbox)
+        if EXPLAIN in commands:  # the quick-start model's probabilities for the same images, from predict and explain
+            for extra in (AGREE_PREDICT, AGREE_EXPLAIN):
+                results[extra] = runner.run(shlex.split(extra)[1:], sandbox)
     finally:
-        runner.close()
         if server is not None:
             server[0].kill()
             server[0].wait()
         # what each command cost, for whoever trims the walk's time
+        (sandbox / "logs").mkdir(exist_ok=True)
         (sandbox / "logs" / "times.txt").write_text("".join(
-            f"{r.rc:4d} {r.seconds:7.1f} s {r.cpu_seconds:7.1f} cpu-s  {command}\n"
-            for command, r in {**results, **extra}.items()))
-    return results, failures, extra
+            f"{r.rc:4d} {r.seconds:7.1f} s {r.cpu_seconds:7.1f} cpu-s  {command}\n" for command, r in results.items()))
+    return results, failures
 
 
 AGREE_PREDICT = "visionzoo predict runs/quickstart/best cat.jpg dog.jpg --json --no-reject"
@@ -612,12 +713,11 @@ AGREE_EXPLAIN = "visionzoo explain runs/quickstart/best cat.jpg dog.jpg --json -
 def _start_server(sandbox: Path, argv: list[str]):
     port = _free_port()
     argv = [arg if arg != "8000" else str(port) for arg in argv]
+    (sandbox / "logs").mkdir(exist_ok=True)
     log = open(sandbox / "logs" / "serve.log", "wb")
     process = subprocess.Popen([str(VISIONZOO_SCRIPT), *argv], cwd=sandbox, env=_environment(sandbox),
                                stdout=log, stderr=subprocess.STDOUT)
     return process, port, argv
-
-
 def _classify_with_curl_line(sandbox: Path, server) -> Result:
     """The README's curl line against the server the line before started (its port replaced)."""
     process, port, argv = server
@@ -649,10 +749,6 @@ def _classify_with_curl_line(sandbox: Path, server) -> Result:
                   time.monotonic() - started, False)
 
 
-FULL_WALK = os.environ.get("VISIONZOO_README_WALK") == "full"
-SLOW = [c for c, step in WALK.items() if step.slow]
-
-
 def _problem(command: str, result: Result) -> str | None:
     """Why `result` of README `command` is wrong, or None."""
     shown = f"README: {command}\nran: visionzoo {shlex.join(result.argv)}\n--- output ---\n{result.output[-3000:]}"
@@ -666,11 +762,17 @@ def _problem(command: str, result: Result) -> str | None:
     return None
 
 
-def test_the_readme_walks_offline_and_its_numbers_agree(tmp_path):
-    """One test, so that pytest-xdist runs the walk once (its commands depend on each other)."""
-    results, failures, extra = walk_readme(tmp_path)
+def _chain_id(chain: str) -> str:
+    """A named chain's name; a command alone as its words, e.g. `list resnet* --json`."""
+    return chain if " " not in chain else " ".join(re.sub(r"[\[\]'\"|]", " ", chain).split()[1:])
+
+
+@pytest.mark.parametrize("chain", list(CHAINS), ids=[_chain_id(c) for c in CHAINS])
+def test_readme_chain_walks_offline_and_its_numbers_agree(chain, sandbox, readme_home, quickstart_run):
+    _, weights, runner = readme_home
+    results, failures = walk_chain(CHAINS[chain], sandbox, runner, weights, quickstart_run)
     problems = [f"README: {command}\n{why}" for command, why in failures.items()]
-    problems += [p for command, result in {**results, **extra}.items() if (p := _problem(command, result))]
+    problems += [p for command, result in results.items() if (p := _problem(command, result))]
 
     # train's best validation top-1 and eval's top-1 of best/ on the same validation images
     train, evaluation = results.get(QUICKSTART_TRAIN), results.get(QUICKSTART_EVAL)
@@ -682,7 +784,7 @@ def test_the_readme_walks_offline_and_its_numbers_agree(tmp_path):
                             f"same images\n{train.output[-600:]}\n{evaluation.output[:300]}")
 
     # predict's probability and explain's, for the same image and model
-    predicted, explained = extra.get(AGREE_PREDICT), extra.get(AGREE_EXPLAIN)
+    predicted, explained = results.get(AGREE_PREDICT), results.get(AGREE_EXPLAIN)
     if predicted and explained and not _problem(AGREE_PREDICT, predicted) and not _problem(AGREE_EXPLAIN, explained):
         top = {Path(r["path"]).name: r["predictions"][0] for r in _json_of(predicted.output)}
         for record in _json_of(explained.output):
@@ -690,7 +792,7 @@ def test_the_readme_walks_offline_and_its_numbers_agree(tmp_path):
             said, shown = (top[name]["label"], top[name]["prob"]), (record["label"], record["probability"])
             if said[0] != shown[0] or abs(said[1] - shown[1]) >= 1e-4:
                 problems.append(f"{name}: predict says {said[0]} {said[1]:.4f}, explain {shown[0]} {shown[1]:.4f}")
-    assert not problems, f"{len(problems)} problems in the README walk:\n\n" + "\n\n".join(problems)
+    assert not problems, f"{len(problems)} problems in the README chain '{chain}':\n\n" + "\n\n".join(problems)
 
 
 @pytest.mark.parametrize("command", SLOW, ids=[f"slow{i}" for i in range(len(SLOW))])

@@ -227,17 +227,16 @@ def load_siglip_tokenizer(source: str | Path, context_length: int = 64) -> SigLi
     text = str(source)
     if not text.startswith("hf-hub:"):
         return SigLipTokenizer(source, context_length)
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from visionzoo.weights.files import hub_download
 
-    repo = text[len("hf-hub:"):]
-    try:
-        path = hf_hub_download(repo, "tokenizer.json")
+    repo, _, revision = text[len("hf-hub:"):].partition("@")
+    try:  # the visionzoo cache, the Hugging Face cache (offline too), then the Hub
+        path = hub_download(repo, ["tokenizer.json"], revision or None)
     except Exception as error:  # offline, no such repo, no such file: all one answer for the user
-        raise UsageError(f"cannot fetch tokenizer.json from the Hub repo {repo!r} ({type(error).__name__}); "
+        raise UsageError(f"cannot get tokenizer.json from the Hub repo {repo!r} ({error}); "
                          "pass a local tokenizer.json instead") from error
-    try:
-        hf_hub_download(repo, "tokenizer_config.json")  # lands beside tokenizer.json in the snapshot
-    except EntryNotFoundError:
+    try:  # lands beside tokenizer.json (one snapshot folder), where the tokenizer reads it
+        hub_download(repo, ["tokenizer_config.json"], revision or None)
+    except UsageError:  # optional: without it, the tokenizer file's own padding settings apply
         pass
     return SigLipTokenizer(path, context_length)

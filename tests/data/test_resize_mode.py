@@ -55,7 +55,7 @@ def test_squash_stretches_and_crop_cuts():
     assert cropped[0, 8, 0] < 50  # the centre crop cut it off
 
 
-@pytest.mark.parametrize("mode", ["letterbox", "squash"])
+@pytest.mark.parametrize("mode", ["letterbox", "squash", "crop"])
 @pytest.mark.parametrize("size", [(3, 16, 16), (3, 16, 24), (3, 24, 16)])
 def test_pytorch_and_torch_free_preprocessing_give_the_same_pixels(mode, size):
     config = _config(mode, size)

@@ -18,15 +18,17 @@ pytest.importorskip("onnxruntime")
 CLASSES = ["blue", "red"]
 
 
-def colour_classifier(data, classes=CLASSES, size=32):
+def colour_classifier(data, classes=CLASSES, size=32, **overrides):
     """resnet18 (random body) whose head separates the colour folders: the class-mean difference of the
-    pooled features, from one forward pass (no training), so every image of `data` is classified right."""
+    pooled features, from one forward pass (no training), so every image of `data` is classified right.
+    `overrides` change the body (e.g. `layers=(1, 1, 1, 1)`: one block a stage, for exporters whose cost
+    grows with the graph)."""
     from visionzoo.data.decode import decode_image
     from visionzoo.deploy.export.onnx import model_preprocessing
     from visionzoo.deploy.runtimes import preprocess_image
 
     torch.manual_seed(0)
-    model = visionzoo.create_model("resnet18", num_classes=len(classes)).eval()
+    model = visionzoo.create_model("resnet18", num_classes=len(classes), **overrides).eval()
     visionzoo.with_spec(model, class_names=list(classes))
     files = sorted(data.rglob("*.png"))
     x = torch.stack([torch.from_numpy(preprocess_image(decode_image(f), model_preprocessing(model, size)))

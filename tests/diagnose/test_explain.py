@@ -98,47 +98,59 @@ def test_token_reshape_puts_each_patch_token_at_its_grid_position():
 
 
 def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's correlation of two maps; 0 where either is constant (no ranking to agree with)."""
+    if a.std() < 1e-6 or b.std() < 1e-6:
+        return 0.0
     ranks = [np.argsort(np.argsort(x.ravel())).astype(np.float64) for x in (a, b)]
     return float(np.corrcoef(*ranks)[0, 1])
 
 
 def test_sanity_check_cam_changes_when_the_trained_weights_are_randomised(one_thread):
     """Adebayo et al., 2018: a saliency method that explains the model must change when the model's
-    weights are re-initialised. A few SGD steps on generated shapes make the trained model."""
+    weights are re-initialised. Sixty AdamW steps on generated shapes make the trained model (25 SGD
+    steps left it at chance, comparing one random model with another).
+
+    The trained weights, and so every number below, differ between CPUs (kernels differ in the last
+    bits and training amplifies that), so no single image decides: each statistic is over twelve
+    images, with a margin. Measured (default and AVX2-only oneDNN kernels, three other seeds): median
+    change 0.22 to 0.40, mean rank correlation -0.18 to 0.52 (a 2x2 map at 64 px ranks coarsely);
+    a CAM that ignored the weights gives 0 and 1."""
     from visionzoo.data.shapes import make_shapes
 
     torch.manual_seed(0)
-    size = 96
+    size = 64
     shapes = make_shapes(160, size=size, seed=3)
     images = torch.from_numpy(shapes.images).permute(0, 3, 1, 2).float() / 255
     images = (images - 0.45) / 0.25
     labels = torch.from_numpy(shapes.labels)
     model = visionzoo.create_model("resnet18", num_classes=10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    for _ in range(25):
+    for _ in range(60):
         batch = torch.randint(0, len(images), (32,))
         loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval()
-    probe = images[:6]
-    classes = labels[:6].tolist()
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.6, f"the model did not learn the shapes (0.97 to 1.00 over three seeds; chance 0.10): {accuracy}"
+    probe = images[:12]
+    classes = labels[:12].tolist()
     trained, _ = cam_maps(model, probe, target_classes=classes)
     # Grad-CAM's ReLU can leave an image with no positive evidence (an all-zero map); most have a map
-    shown = [i for i in range(6) if trained[i].std() > 1e-3]
-    assert len(shown) >= 4
+    shown = [i for i in range(12) if trained[i].std() > 1e-3]
+    assert len(shown) >= 8, len(shown)
 
     torch.manual_seed(1)  # every weight re-initialised: the same architecture, fresh weights
     model.load_state_dict(visionzoo.create_model("resnet18", num_classes=10).state_dict())
     after, _ = cam_maps(model.eval(), probe, target_classes=classes)
-    correlations = [_rank_correlation(trained[i], after[i]) for i in shown if after[i].std() > 1e-6]
-    changed = [np.abs(trained[i] - after[i]).mean() for i in shown]
-    # The median, not the minimum: one image's map can change little by chance (0.044 on one Xeon's
-    # oneDNN kernels, 0.05+ on another CPU), while a CAM that ignored the weights changes on none.
-    assert np.median(changed) > 0.05 and sum(c > 0.02 for c in changed) >= len(changed) - 1, changed
-    assert not correlations or np.mean(correlations) < 0.7, correlations
+    changed = [float(np.abs(trained[i] - after[i]).mean()) for i in shown]
+    correlations = [_rank_correlation(trained[i], after[i]) for i in shown]
+    # The median and the mean, never one image: a single map can change little by chance.
+    assert np.median(changed) > 0.1, changed
+    assert np.mean(correlations) < 0.8, correlations
 
 
 def test_explain_cli_writes_overlays_for_a_run_folder(tmp_path, one_thread, capsys):

@@ -30,7 +30,7 @@ from visionzoo.metrics.calibration import (
 )
 
 KNOWN = SHAPE_CLASSES[:5]
-KNOWN_SHAPES = f"builtin:shapes?size=16&train=80&val=60&classes={','.join(KNOWN)}"
+KNOWN_SHAPES = f"builtin:shapes?size=16&train=80&val=200&classes={','.join(KNOWN)}"
 
 
 def test_temperature_fit_recovers_the_temperature_that_drew_the_labels():
@@ -161,11 +161,14 @@ def test_held_out_shapes_are_scored_as_unknowns_by_eval_ood(held_out_run, tmp_pa
     ood = result["ood"]
     assert ood["images"] == int((unknown.labels >= 5).sum()) and 0 <= ood["auroc"] <= 1 and 0 <= ood["fpr95"] <= 1
     assert set(ood["scores"]) == {"energy", "msp"}
-    # The threshold was chosen on these validation images to keep 95% of them: floor(5% of n) fall
-    # below it. Eval recomputes their scores, and another CPU's kernels can move the image that sits
-    # on the threshold to either side of it in the last bits: one image more is within the rule.
+    # The threshold is the score of the k-th lowest of these validation images, k = floor(5% of n), so
+    # k fall below it. Eval recomputes the scores (another batch size, thread count, CPU), which moves
+    # them by about 1e-8 (measured: its neighbours sit about 1e-4 from the threshold), but the image
+    # whose score *is* the threshold can land below it: within one image of k (100 images: 4% to 6%).
+    assert ood["threshold"] == head["ood"]["threshold"]
     count = result["count"]
-    assert ood["rejected_in_distribution"] <= (np.floor(0.05 * count) + 1) / count + 1e-9
+    rejected = round(ood["rejected_in_distribution"] * count)
+    assert count >= 100 and abs(rejected - np.floor(0.05 * count)) <= 1, (rejected, count)
     assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(result["calibration"])
     assert (tmp_path / "eval" / "reliability.png").exists() and (tmp_path / "eval" / "confusion_matrix.png").exists()
 

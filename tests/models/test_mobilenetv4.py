@@ -28,7 +28,7 @@ def _meta_pair(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
 def _block_signature(block: nn.Module) -> tuple:
     """What a block is, in terms both implementations share: its kind and its convolutions' shapes."""
     kind = {"UniversalInvertedResidual": "uib", "MobileAttention": "mqa", "EdgeResidual": "fused_ib",
-            "FusedInvertedResidual": "fused_ib", "ConvBnAct": "conv", "ConvBlock": "conv"}[type(block).__name__]
+            "FusedMBConv": "fused_ib", "ConvBnAct": "conv", "ConvBlock": "conv"}[type(block).__name__]
     convs = tuple((name, tuple(m.weight.shape), m.stride, m.groups) for name, m in block.named_modules()
                   if isinstance(m, nn.Conv2d))
     return kind, convs, getattr(block, "has_skip", None)
@@ -91,3 +91,12 @@ def test_registered_as_an_edge_family_with_the_cam_on_the_last_stage():
     assert get_card("mobilenetv4_conv_small").input_size == (3, 224, 224)
     assert get_card("mobilenetv4_conv_large").input_size == (3, 384, 384)
     assert get_card("mobilenetv4_hybrid_medium").year == 2024
+
+
+def test_a_width_multiplier_is_refused():
+    """MobileNetV4's config extends MobileNetV3's, whose width multiplier V4's tables do not take: it would
+    scale the stem alone, so it is refused rather than half applied."""
+    from visionzoo.errors import SettingError
+
+    with pytest.raises(SettingError, match="no width multiplier"):
+        visionzoo.create_model("mobilenetv4_conv_small", width=0.5)

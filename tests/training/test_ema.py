@@ -68,3 +68,24 @@ def test_best_holds_the_raw_weights_when_they_validate_better_and_the_summary_sa
     best_weights = load_file(run / "best" / "model.safetensors")
     last_weights = load_file(run / "last" / "model.safetensors")  # last/ is the EMA
     assert not torch.equal(best_weights["fc.weight"], last_weights["fc.weight"])
+
+
+def test_the_ema_of_a_transfer_run_averages_over_a_third_of_its_steps():
+    from visionzoo.errors import SettingError
+    from visionzoo.training.recipes import ema_decay_for, transfer_plan
+    from visionzoo.training.settings import TrainSettings, resolve_settings
+
+    assert ema_decay_for(60) == pytest.approx(0.95)  # a time constant of 20 steps
+    assert ema_decay_for(3000) == pytest.approx(0.999)
+    assert ema_decay_for(10) == 0.9 and ema_decay_for(10**7) == 0.9998  # the bounds
+    plan = transfer_plan(300, epochs=4)  # 19 steps per epoch at batch 16: 76 steps
+    assert plan["ema_decay"] == (pytest.approx(1 - 3 / 76), "an average over about a third of the run's 76 "
+                                                             "optimizer steps")
+    assert transfer_plan(300, ema_decay=0.99)["ema_decay"] == (0.99, "user")
+    auto = resolve_settings(TrainSettings(ema=True, epochs=4), "resnet18", pretrained=True, num_train=300)
+    assert auto.ema and auto.ema_decay == pytest.approx(1 - 3 / 76) and auto.sources["ema"] == "user"
+    assert resolve_settings(TrainSettings(), "resnet18").ema_decay == 0.9998  # from scratch: the usual
+    assert resolve_settings(TrainSettings(), "resnet18", pretrained=True, num_train=300).sources["ema"].startswith(
+        "recipe auto")
+    with pytest.raises(SettingError, match="ema_decay must be in \\[0, 1\\), got 1.0"):
+        resolve_settings(TrainSettings(ema_decay=1.0), "resnet18")

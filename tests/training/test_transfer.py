@@ -108,11 +108,14 @@ def test_auto_is_the_default_with_weights_and_probe_init_starts_the_head_from_a_
 
 
 def test_the_schedule_is_counted_in_steps_with_a_floor_for_tiny_sets():
-    tiny = transfer_plan(80)  # 5 steps per epoch at batch 16: 20 epochs reach the floor of 100 steps
+    tiny = transfer_plan(80)  # 5 steps per epoch at batch 16: 10 epochs reach the floor of 50 steps
     batch, epochs, warmup = (tiny[k][0] for k in ("batch_size", "epochs", "warmup_steps"))
     steps = epochs * math.ceil(80 / batch)
-    assert batch == 16 and steps >= size_rule(80).min_steps and epochs == 20 and warmup == round(0.1 * steps)
-    assert "floor of 100 optimizer steps" in tiny["epochs"][1]
+    assert batch == 16 and steps >= size_rule(80).min_steps and epochs == 10 and warmup == round(0.1 * steps)
+    assert "floor of 50 optimizer steps" in tiny["epochs"][1]
+    # the transfer benchmark's 300 photos: 19 steps per epoch, 3 epochs (the bucket's own) pass the floor
+    assert transfer_plan(300)["epochs"] == (3, "data-size rule for <= 1000 images (BiT small (<20k): short "
+                                               "schedule): 3 epochs")
     big = transfer_plan(100_000)
     assert big["batch_size"][0] == 64 and big["epochs"][0] == size_rule(100_000).epochs
     assert transfer_plan(80, epochs=3)["epochs"] == (3, "user")
@@ -124,7 +127,8 @@ def test_the_schedule_is_counted_in_steps_with_a_floor_for_tiny_sets():
 
 def test_a_tiny_set_gets_the_floor_of_optimizer_steps_and_the_warmup_in_steps(tmp_path, one_thread):
     data = _photos(tmp_path / "photos", train=5, val=1)  # 10 training images
-    result = visionzoo.train(Small(), data, out=tmp_path / "run", recipe="finetune", image_size=16, lr=0.01, **QUIET)
+    result = visionzoo.train(Small(), data, out=tmp_path / "run", recipe="finetune", image_size=16, lr=0.01,
+                             early_stopping=0, **QUIET)  # every step of the plan, however the validation goes
     plan = transfer_plan(10)
     steps = plan["epochs"][0] * math.ceil(10 / plan["batch_size"][0])
     assert result.history[-1]["step"] == steps >= 50  # 5 epochs of batch 8 would be 10 steps

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import visionzoo
+from visionzoo.factory import create_clip
 from visionzoo.registry import get_card
+from visionzoo.siglip_text import SIGLIP_MODELS
 from visionzoo.weights import catalog, default_weight, get_weight, imagenet_class_names, list_weights
 from visionzoo.weights.catalog import UnknownWeightError
 
@@ -114,6 +116,35 @@ def test_newer_families_carry_their_published_figures():
         assert any(note.startswith("a feature backbone") for note in entry.notes)
 
 
+def test_dinov3_distilled_convnext_weights_are_feature_backbones_of_the_convnext_family():
+    """DINOv3's ConvNeXt students: entries of the existing ConvNeXt variants, under DINOv3's own licence,
+    with no classifier (so never ranked by ImageNet top-1, and the entry says why)."""
+    for size in ("tiny", "small", "base", "large"):
+        entry = get_weight(f"convnext_{size}.dinov3_lvd1689m")
+        assert entry.architecture == f"convnext_{size}" and not entry.default
+        assert entry.hub["repo"] == f"timm/convnext_{size}.dinov3_lvd1689m"
+        assert entry.license == "dinov3-license" and entry.pretraining.startswith("LVD-1689M")
+        assert entry.num_classes == 0 and entry.label_set is None and entry.imagenet is None
+        assert entry.input_size == (3, 224, 224) and entry.crop_pct == 1.0
+        assert entry.mean == (0.485, 0.456, 0.406) and entry.first_conv == "stem.0"
+        assert any(note.startswith("a feature backbone") for note in entry.notes)
+        assert default_weight(f"convnext_{size}").label_set == "imagenet-1k"  # the family's default stays a classifier
+
+
+def test_siglip2_pairs_are_catalogued_with_their_open_clip_files():
+    """The pairs `create_clip` builds: the open_clip file of the Hub repo that also ships the tokenizer, and
+    open_clip's preprocessing (the whole image squashed to the input, normalised to [-1, 1])."""
+    assert {e.architecture for e in ENTRIES if e.architecture in SIGLIP_MODELS} == set(SIGLIP_MODELS)
+    entry = default_weight("ViT-B-16-SigLIP2")
+    assert entry.name == "ViT-B-16-SigLIP2.webli"
+    assert entry.hub == {"repo": "timm/ViT-B-16-SigLIP2",
+                         "files": ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]}
+    assert entry.license == "apache-2.0" and "SigLIP 2" in entry.pretraining
+    assert entry.input_size == (3, 224, 224) and default_weight("ViT-B-16-SigLIP2-256").input_size == (3, 256, 256)
+    assert (entry.crop_mode, entry.crop_pct, entry.mean, entry.std) == ("squash", 1.0, (0.5,) * 3, (0.5,) * 3)
+    assert entry.num_classes == 0 and entry.label_set is None and not entry.classifier
+
+
 def test_unknown_weight_suggests_close_names():
     with pytest.raises(UnknownWeightError, match="resnet50.a1_in1k"):
         get_weight("resnet50.a1_in1")
@@ -147,11 +178,16 @@ def test_catalog_covers_every_registered_model_with_published_weights():
 @pytest.mark.parametrize("name", sorted({e.architecture for e in ENTRIES}))
 def test_catalogued_architecture_resolves(name):
     """Every catalogued architecture that is registered builds, and the entry's layer names exist in it."""
-    if name not in visionzoo.list_models():
-        pytest.skip(f"{name} is not registered yet")  # reported, not passed: the model file has not landed
     entry = default_weight(name)
-    with torch.device("meta"):
-        keys = set(visionzoo.create_model(name, num_classes=max(entry.num_classes, 1)).state_dict())
+    if name in SIGLIP_MODELS:  # an image-text pair, built as `create_clip` builds it
+        with torch.device("meta"):
+            keys = set(create_clip(name).state_dict())
+        assert {"logit_scale", "logit_bias", "text.token_embedding.weight"} <= keys
+    elif name not in visionzoo.list_models():
+        pytest.skip(f"{name} is not registered yet")  # reported, not passed: the model file has not landed
+    else:
+        with torch.device("meta"):
+            keys = set(visionzoo.create_model(name, num_classes=max(entry.num_classes, 1)).state_dict())
     assert f"{entry.first_conv}.weight" in keys
     for prefix in entry.classifier:
         assert any(k.startswith(prefix + ".") for k in keys), f"classifier {prefix} not in {name}"

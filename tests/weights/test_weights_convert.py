@@ -166,6 +166,27 @@ def test_dinov2_official_chunked_blocks():
     assert set(_convert(source, ours, "DINOv2 official")) == set(ours.state_dict())
 
 
+def test_dinov3_official_convnext_loads_as_a_feature_backbone(tmp_path):
+    """Meta's DINOv3 ConvNeXt checkpoints: the official ConvNeXt names, no classifier, and per-stage feature
+    norms the backbone does not use; the features equal timm's ConvNeXt on the same weights."""
+    from safetensors.torch import save_file
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.create_model("convnext_atto", num_classes=0).eval()
+    with torch.device("meta"):
+        target = visionzoo.create_model("convnext_atto", num_classes=0)
+    converter = next(c for c in CONVERTERS if c.name == "ConvNeXt official")
+    source = to_source_layout(converter, {k: reference.state_dict()[k] for k in target.state_dict()})
+    assert "downsample_layers.0.0.weight" in source and not any(k.startswith("head") for k in source)
+    source.update({f"norms.{i}.weight": torch.ones(40) for i in range(4)})
+    save_file({k: v.contiguous() for k, v in source.items()}, str(tmp_path / "dinov3_convnext.safetensors"))
+    ours = visionzoo.create_model("convnext_atto", num_classes=0, pretrained=str(tmp_path / "dinov3_convnext.safetensors"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_deit_official_checkpoint_loads_as_is(tmp_path):
     """DeiT's official checkpoints hold timm's names inside {"model": ...}; no renaming is needed."""
     ours = _randomized(visionzoo.create_model("deit_tiny_distilled_patch16_224", depth=1))

@@ -52,11 +52,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dim = int(result.embeddings.shape[-1]) if len(result) else 0
     summary = {"out": str(args.out), "images": len(result), "dim": dim, "classes": len(result.classes),
                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    # a train/ val/ tree: one file per split, --out holding train/ (embed.embeddings.split_files)
+    splits = {name: {"out": str(Path(args.out).with_name(result.splits[name])), "images": len(part)}
+              for name, part in getattr(result, "parts", {}).items() if name in result.splits}
+    if splits:
+        summary["split"], summary["splits"] = result.split, splits
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    where = f"{args.out} ({result.split})" if splits else str(args.out)
+    others = "".join(f"; {counted(part['images'], 'embedding')} to {part['out']} ({name})"
+                     for name, part in splits.items() if name != result.split)
     console.print(f"wrote {counted(summary['images'], 'embedding')} of dimension {summary['dim']} "
-                  f"({counted(summary['classes'], 'class', 'classes')}) to {args.out}")
+                  f"({counted(summary['classes'], 'class', 'classes')}) to {where}{others}", highlight=False)
     for path, reason in skipped:
         err_console.print(f"skipped {path}: {reason}", highlight=False)
     return 0
@@ -170,7 +178,10 @@ def _siglip_tokenizer(args: argparse.Namespace, pretrained):
                              f"{args.model} uses CLIP's own tokenizer")
         return None
     source = args.tokenizer
-    if source is None and isinstance(pretrained, str) and pretrained.startswith("hf-hub:"):
+    entry = _catalog_entry(args.model, pretrained)
+    if source is None and entry is not None and entry.hub:
+        source = f"hf-hub:{entry.hub['repo']}"  # the catalogued pair's Hub repo ships its tokenizer
+    elif source is None and isinstance(pretrained, str) and pretrained.startswith("hf-hub:"):
         source = pretrained.split("@")[0]  # the Hub repo of the weights ships the tokenizer too
     elif source is None and isinstance(pretrained, str) and Path(pretrained).is_file():
         source = Path(pretrained).with_name("tokenizer.json")
@@ -181,18 +192,30 @@ def _siglip_tokenizer(args: argparse.Namespace, pretrained):
     return load_siglip_tokenizer(source, SIGLIP_MODELS[args.model][1].context_length)
 
 
+def _catalog_entry(model: str, pretrained):
+    """The catalog entry `--pretrained` names for a pair (`default`, or `MODEL.TAG`), else None."""
+    from visionzoo.weights import catalog, default_weight
+
+    if pretrained is True:
+        return default_weight(model)
+    return catalog().get(pretrained) if isinstance(pretrained, str) else None
+
+
 def add_parsers(commands) -> None:
     p = commands.add_parser("embed", help="cache a model's embeddings of a folder of images",
                             description="Embed every image of a class-per-folder tree (pooled features, optionally "
-                                        "patch tokens) into one safetensors file with paths and labels. Resumable: "
-                                        "a rerun skips images already done.")
+                                        "patch tokens) into a safetensors file with paths and labels, one file per "
+                                        "split of a train/ val/ tree. Resumable: a rerun skips images already done.")
     add_model_argument(p, "registered model name or saved model folder", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("--data", required=True, metavar="DIR",
-                   help="class-per-folder images: DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ (every split "
-                        "is embedded, under train/'s classes), read as train reads them; or tar shards (a packed "
-                        "folder or train-{000000..000099}.tar), split across torchrun processes")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file (tar shards: a folder of "
-                   "one file per process and index.json)")
+                   help="class-per-folder images: DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ (each split "
+                        "embedded into its own file, under train/'s classes; folders beside the splits such as logs/ "
+                        "are no classes), read as train reads them; or tar shards (a packed folder or "
+                        "train-{000000..000099}.tar), split across torchrun processes")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file; a train/ val/ tree writes "
+                   "one file per split, FILE holding train/ and FILE's name with .val (.test, ...) before the suffix "
+                   "the others (photos.val.safetensors), which probe scores on; tar shards: a folder of one file per "
+                   "process and index.json")
     add_pretrained_argument(p)
     p.add_argument("--patch-tokens", action="store_true", help="also store the patch tokens (N, L, D)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
@@ -207,7 +230,8 @@ def add_parsers(commands) -> None:
                                         "`visionzoo embed`; k or the L2 strength is chosen on held-out training "
                                         "embeddings. Reports top-1 and a confusion matrix.")
     p.add_argument("--features", required=True, metavar="FILE", help="training embeddings (.safetensors)")
-    p.add_argument("--val", metavar="FILE", help="validation embeddings (default: hold out 20%% of --features)")
+    p.add_argument("--val", metavar="FILE", help="validation embeddings (default: the val split embedded with --features "
+                   "when embed read a train/ val/ tree, else 20%% of --features held out)")
     p.add_argument("--method", choices=["knn", "linear"], default="knn")
     p.add_argument("--save-model", metavar="DIR", help="save the linear probe as a model folder (backbone + head)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out splits")

@@ -29,7 +29,7 @@ from visionzoo.data.decode import ImageDecodeError, decode_image
 from visionzoo.data.samples import ArraySamples, FileSamples, Samples
 
 __all__ = ["ImageDataset", "Skipped", "collate_skipping", "ResumableSampler", "ResidentBatches", "crop_flip_batch",
-           "crop_flip_shifts", "crop_shifted", "scan_files", "cache_pixels", "resize_short_center_crop"]
+           "crop_flip_shifts", "crop_shifted", "scan_files", "cache_pixels", "resize_short_center_crop", "ViewSamples"]
 
 
 @dataclass(frozen=True)
@@ -311,8 +311,20 @@ def scan_files(samples: Samples, *, workers: int = 0, progress: Callable[[int], 
 # --- the pixel cache ---------------------------------------------------------------------------
 
 
+@dataclass
+class ViewSamples(ArraySamples):
+    """Decoded images stored as a view already (`cache_pixels` with `view`: the evaluation view), so
+    validating them is a normalisation only: applying the view again would resize twice."""
+
+    def subset(self, indices: np.ndarray) -> ViewSamples:
+        names = [self.names[i] for i in indices] if self.names is not None else None
+        return ViewSamples(self.images[indices], self.labels[indices], names)
+
+
 def resize_short_center_crop(image, size: int) -> np.ndarray:
-    """PIL image -> (size, size, 3) uint8: shorter side resized to `size`, then centre-cropped."""
+    """PIL image -> (size, size, 3) uint8: shorter side resized to `size`, then centre-cropped. For
+    training inputs only (Pillow's `reducing_gap` shortcut: fast on large photos, a little softer);
+    validation and evaluation take the evaluation view (`transforms.eval_view`)."""
     from PIL import Image
 
     width, height = image.size
@@ -351,20 +363,22 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, view: Callabl
     Later runs over the same files (same paths, sizes and mtimes) and size reopen the file
     without decoding. Images are resized on the shorter side and centre-cropped square; with
     `view`, a transform of the decoded image to a (3, size, size) uint8 tensor (the evaluation view,
-    `transforms.eval_view`), each image is stored as that view instead, computed once.
+    `transforms.eval_view`), each image is stored as that view instead, computed once, and the
+    result is `ViewSamples` (arrays given are returned as they are: they were not viewed).
     With `in_memory`, the pixels are decoded into an ordinary array instead (no file, nothing
     reused across runs): for sets that fit in memory (`visionzoo.data.cache` decides).
     Bad files are left out and returned.
     """
     if isinstance(samples, ArraySamples):
         return samples, []
+    cached = ArraySamples if view is None else ViewSamples
     side = size
     if in_memory:
         images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
         ok, bad = _decode_into(images, samples, size, view, workers, progress)
         keep = np.flatnonzero(ok)
         images = images if len(keep) == len(samples) else images[keep]
-        return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
+        return cached(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
     fingerprint = hashlib.sha1((str(size) if view is None else f"{size}:{view!r}").encode())
     for path in samples.paths:
         try:
@@ -383,7 +397,7 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, view: Callabl
         bad = [Skipped(p, r) for p, r in meta["bad"]]
         if progress:
             progress(len(samples))
-        return ArraySamples(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
+        return cached(images, samples.labels[keep], [samples.paths[i] for i in keep]), bad
 
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(folder)  # the half-written files of a killed run
@@ -405,7 +419,7 @@ def cache_pixels(samples: Samples, size: int, *, workers: int = 0, view: Callabl
     tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
     tmp_meta.write_text(json.dumps({"kept": keep.tolist(), "bad": [[b.path, b.reason] for b in bad]}))
     os.replace(tmp_meta, meta_path)
-    return ArraySamples(np.load(pixels, mmap_mode="r"), samples.labels[keep], [samples.paths[i] for i in keep]), bad
+    return cached(np.load(pixels, mmap_mode="r"), samples.labels[keep], [samples.paths[i] for i in keep]), bad
 
 
 def _decode_into(images: np.ndarray, samples: FileSamples, size: int, view: Callable | None, workers: int,

@@ -9,10 +9,13 @@
   images are cropped and flipped per sample from the sampler's seed (`SeededCropFlip`) and
   normalised as a batch on the device (`Loaders.normalize`);
 - photos: arrays from the decoded-uint8 photo cache (`data.cache.cache_photos`, `photo_cache=True`)
-  are augmented as uint8 per sample (RandomResizedCrop and flip, `uint8_train_transform`), the
-  validation arrays already are the evaluation view, and both are normalised as a batch on the
-  device;
-- otherwise torchvision transforms per sample (`train_transform`, `eval_transform`).
+  are augmented as uint8 per sample (RandomResizedCrop and flip, `uint8_train_transform`) and
+  normalised as a batch on the device;
+- otherwise torchvision transforms per sample (`train_transform`).
+
+Whichever path, the validation images are the evaluation view (`eval_view`, the pixels `eval`
+computes): applied per image, or stored so by a cache (`ViewSamples`), and normalised with
+`eval_transform`'s arithmetic, so a run's last validation and `eval` of the saved model agree.
 
 Tar shards (`data.shards.ShardSamples`) take a path of their own, `stream_loaders`: training batches
 streamed in order by `data.streaming`, through torchvision transforms per sample.
@@ -45,6 +48,7 @@ from visionzoo.data.datasets import (
     ResidentBatches,
     ResumableSampler,
     Skipped,
+    ViewSamples,
     cache_pixels,
     collate_skipping,
     scan_files,
@@ -60,6 +64,7 @@ from visionzoo.data.transforms import (
     eval_transform,
     eval_view,
     image_hw,
+    normalize_view,
     train_transform,
 )
 from visionzoo.errors import SettingError
@@ -103,20 +108,20 @@ def scan_splits(splits: dict[str, Samples | None]) -> dict[str, list[Skipped]]:
             for name, samples in splits.items() if samples is not None}
 
 
-def cache_splits(train: Samples, val: Samples | None, size: int, *, rank: int = 0,
-                 world: int = 1) -> tuple[Samples, Samples | None, list[Skipped]]:
-    """`train` and `val` decoded once into the memory-mapped pixel cache at `size` (`cache_pixels`),
-    and the files that did not decode. Under torchrun rank 0 builds each cache first and the other
-    ranks then open it."""
+def cache_splits(train: Samples, val: Samples | None, size: int, *, data_config: dict[str, Any],
+                 image_size: int, rank: int = 0, world: int = 1) -> tuple[Samples, Samples | None, list[Skipped]]:
+    """`train` decoded once into the memory-mapped pixel cache at `size` (`cache_pixels`), `val` as
+    its evaluation view at `image_size` (`eval_view`: what `eval` computes, cut once), and the files
+    that did not decode. Under torchrun rank 0 builds each cache first and the other ranks then open it."""
     cached: list[Samples | None] = []
     bad: list[Skipped] = []
-    for samples in (train, val):
+    for samples, side, view in ((train, size, None), (val, image_size, eval_view(data_config, image_size))):
         if samples is None:
             cached.append(None)
             continue
         if world > 1 and rank != 0:
             dist.barrier()  # let rank 0 build the cache first
-        array, skipped = cache_pixels(samples, size, workers=default_workers(samples))
+        array, skipped = cache_pixels(samples, side, workers=default_workers(samples), view=view)
         if world > 1 and rank == 0:
             dist.barrier()
         bad.extend(skipped)
@@ -167,7 +172,7 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
         balanced: draw training images in inverse proportion to their class's size.
         workers: loader processes; None: `default_workers(train)`.
         photo_cache: `train` and `val` come from `data.cache.cache_photos` (uint8 arrays, the
-            validation ones at the evaluation view).
+            validation ones at the evaluation view, `ViewSamples`).
         no_single_image_batches: never a training batch of one image (`NoSingleImageBatches`; for
             models with BatchNorm), saying so through `say`.
     """
@@ -185,22 +190,25 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
     has_val = val is not None and len(val) > 0
     fast_input = (not photo_cache and augment in ("crop", "none") and fits(train) and (val is None or fits(val))
                   and float(data_config.get("crop_pct", 0.875)) == 1.0)
+    # Validation sees what `eval` sees: the evaluation view (`eval_view`), applied here or stored so by a
+    # cache (`ViewSamples`), normalised with eval's arithmetic (on the device by `NormalizeInput`).
+    # Only the training images take the faster resizes.
+    viewed = isinstance(val, ViewSamples)
     if fast_input:
         padding = crop_padding(image_size, crop_padding_px) if augment == "crop" else 0
         normalize = NormalizeInput(data_config["mean"], data_config["std"]).to(device)
         train_set = ImageDataset(train, SeededCropFlip(padding, image_size))
-        val_set = ImageDataset(val, SeededCropFlip(0, image_size)) if has_val else None
+        val_view = None if viewed else eval_view(data_config, image_size)
     elif photo_cache:  # uint8 in, uint8 out (float for the presets without a uint8 form), normalised on the device
         normalize = NormalizeInput(data_config["mean"], data_config["std"]).to(device)
         train_set = ImageDataset(train, uint8_train_transform(data_config, augment, image_size)
                                  or train_transform(data_config, augment, image_size, crop_padding_px))
-        at_size = has_val and isinstance(val, ArraySamples) and val.images.shape[1:3] == (image_size, image_size)
-        view = None if at_size else eval_view(data_config, image_size)
-        val_set = ImageDataset(val, view) if has_val else None
+        val_view = None if viewed else eval_view(data_config, image_size)
     else:
         normalize = None
         train_set = ImageDataset(train, train_transform(data_config, augment, image_size, crop_padding_px))
-        val_set = ImageDataset(val, eval_transform(data_config, image_size)) if has_val else None
+        val_view = normalize_view(data_config) if viewed else eval_transform(data_config, image_size)
+    val_set = ImageDataset(val, val_view) if has_val else None
     weights = None
     if balanced:
         if np.ndim(train.labels) == 2:  # multi-label: per label (see data.multilabel)
@@ -217,6 +225,8 @@ def build_loaders(train: Samples, val: Samples | None, *, data_config: dict[str,
     workers = workers if workers is not None else default_workers(train)
     # Decoded arrays that fit are kept whole on the device and augmented a batch at a time
     # (the same batches as the per-sample path); otherwise a DataLoader feeds the device.
+    # Validation arrays on the device are used as they are: the view already (`ViewSamples`), or arrays
+    # at the size, which the evaluation view at crop_pct 1 (the fast path's) leaves unchanged.
     resident = fast_input and fits_on_device(train, val, device)
     if resident:
         train_loader = ResidentBatches(train, batch_size, sampler=sampler, padding=train_set.transform.padding,

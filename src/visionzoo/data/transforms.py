@@ -20,8 +20,6 @@ Train presets, weakest to strongest:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -33,7 +31,7 @@ from visionzoo.data.presets import PRESETS
 from visionzoo.data.resize import cover_size, fill_colour, fit_image, letterbox_box, resize_mode_of
 from visionzoo.errors import SettingError
 
-__all__ = ["PRESETS", "eval_transform", "eval_view", "train_transform", "image_hw", "FitToSize",
+__all__ = ["PRESETS", "eval_transform", "eval_view", "normalize_view", "train_transform", "image_hw", "FitToSize",
            "batch_mixer", "SeededCropFlip", "NormalizeInput", "AFFINE_INTERPOLATION", "interpolation_of"]
 
 # Rotations and shears of tensor images support nearest and bilinear only.
@@ -80,6 +78,10 @@ class FitToSize:
         self.mean = tuple(config.get("mean", IMAGENET_MEAN))
         self.interpolation = str(config.get("interpolation", "bicubic"))
 
+    def __repr__(self) -> str:  # what the pixel cache fingerprints its stored view by: no object address
+        return (f"FitToSize(mode={self.mode}, height={self.height}, width={self.width}, crop_pct={self.crop_pct}, "
+                f"mean={self.mean}, interpolation={self.interpolation})")
+
     def __call__(self, image):
         if not isinstance(image, torch.Tensor) and hasattr(image, "convert"):
             return fit_image(image.convert("RGB"), self.mode, self.height, self.width, crop_pct=self.crop_pct,
@@ -105,26 +107,28 @@ class FitToSize:
 
 def _fit(config: dict, height: int, width: int) -> list:
     """The geometry steps of the evaluation view, ending in a uint8 tensor image (C, H, W)."""
-    mode = resize_mode_of(config)
-    if mode == "crop" and height == width:  # torchvision's own ops: the arithmetic every cache was built with
-        resize = int(math.floor(height / float(config.get("crop_pct", 0.875))))
-        return [v2.ToImage(), v2.Resize(resize, interpolation=interpolation_of(config), antialias=True),
-                v2.CenterCrop(height)]
-    return [FitToSize(mode, height, width, config), v2.ToImage()]
+    return [FitToSize(resize_mode_of(config), height, width, config), v2.ToImage()]
 
 
 def eval_view(config: dict, image_size: int | tuple[int, int] | None = None) -> v2.Compose:
     """The evaluation view, kept uint8 (C, H, W): by the config's resize mode (`data.resize`), for crop
     the shorter side resized to size / crop_pct with the config's interpolation, then the centre
-    H x W. Its one definition: `eval_transform` normalises it, and the photo cache stores it for
-    validation (`data.cache`), so training's validation and `eval` compute the same pixels with the
-    same arithmetic."""
+    H x W; decoded photos through `data.resize.fit_image`, the Pillow code of the torch-free runtimes
+    (and of timm's evaluation). Its one definition: `eval_transform` normalises it, the pixel caches
+    store it for validation (`data.cache`, `loaders.cache_splits`) and every other validation path
+    applies it (`loaders.build_loaders`), so training's validation and `eval` compute the same pixels
+    with the same arithmetic."""
     return v2.Compose(_fit(config, *image_hw(config, image_size)))
 
 
 def eval_transform(config: dict, image_size: int | tuple[int, int] | None = None) -> v2.Compose:
     """The evaluation view (`eval_view`), normalised."""
     return v2.Compose([*eval_view(config, image_size).transforms, *_to_float_normalized(config)])
+
+
+def normalize_view(config: dict) -> v2.Compose:
+    """`eval_transform`'s last steps alone: for uint8 images stored as the evaluation view already."""
+    return v2.Compose([v2.ToImage(), *_to_float_normalized(config)])
 
 
 def crop_padding(image_size: int | tuple[int, int], padding: int | None = None) -> int:
@@ -215,14 +219,16 @@ class SeededCropFlip:
 
 
 class NormalizeInput(nn.Module):
-    """uint8 images -> normalised float, as the first layer of the model (fast path)."""
+    """uint8 images -> normalised float, as the first layer of the model (fast path). The arithmetic of
+    `eval_transform`'s `ToDtype(scale=True)` and `Normalize` (x / 255, minus the mean, over the std,
+    in float32), so a batch normalised here on the device is bit for bit the images `eval` feeds."""
 
     def __init__(self, mean, std):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             return images
-        return (images.float() - self.mean) / self.std
+        return images.float().mul_(1.0 / 255).sub_(self.mean).div_(self.std)

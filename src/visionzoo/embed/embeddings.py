@@ -1,4 +1,4 @@
-"""Embeddings of a folder of images, cached in one safetensors file, resumable.
+"""Embeddings of a folder of images, cached in safetensors files, resumable.
 
 `embed_folder(model, "photos/", "photos.safetensors")` runs the model over every image of a
 class-per-folder tree and writes its pooled features (`forward_head(pre_logits=True)`), and
@@ -7,9 +7,17 @@ metadata. Nothing is lost when a run stops: finished images are written to shard
 `FILE.partial/` every `shard_size` images, a rerun skips every file already in a shard (or
 already in FILE), and the shards are merged into FILE at the end.
 
+The folder is read by the rules every command reads a data folder with (`data.layout`). A tree of
+split folders (train/, val/, ...) gives one file per split, as `train` and `eval` keep them apart:
+FILE holds train/ (the first split when there is no train/), and each other split the file named
+with the split before the suffix (`photos.val.safetensors`, `split_files`). Each file records its
+split and the files of the others, so a probe fits on train/ and scores on val/
+(`validation_split`) when it is given FILE alone.
+
 The file holds tensors `embeddings` (N, D) float32, `labels` (N,) int64 and, with
 `patch_tokens=True`, `patch_tokens` (N, L, D); its metadata holds JSON strings `paths`,
-`classes`, `model` (how to rebuild the backbone) and `data_config` (the preprocessing).
+`classes`, `model` (how to rebuild the backbone), `data_config` (the preprocessing) and, for a
+split, `split` and `splits` ({split: file name beside it}).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from visionzoo.data.datasets import ImageDataset, collate_skipping
-from visionzoo.data.layout import scan_tree, split_folders, tree_classes, tree_root
+from visionzoo.data.layout import VAL_FOLDER_NAMES, scan_tree, split_folders, tree_classes, tree_root
 from visionzoo.data.samples import FileSamples
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError
@@ -39,7 +47,7 @@ from visionzoo.resolve import resolve_model
 from visionzoo.runtime import tune_allocator
 
 __all__ = ["Embeddings", "embed_folder", "embed_samples", "samples_digest", "load_embeddings", "save_embeddings",
-           "pooled_and_tokens", "build_backbone", "scan_folder", "EMBEDDING_INDEX"]
+           "pooled_and_tokens", "build_backbone", "scan_folder", "split_files", "validation_split", "EMBEDDING_INDEX"]
 
 FORMAT = "visionzoo-embeddings/1"
 EMBEDDING_INDEX = "index.json"  # in a folder of per-process embedding files (embed.sharded)
@@ -56,6 +64,9 @@ class Embeddings:
     patch_tokens: torch.Tensor | None = None  # (N, L, D)
     model: dict[str, Any] = field(default_factory=dict)  # spec, pretrained, overrides of the backbone
     data_config: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the split folder the images came from (train, val, ...), None for one set
+    splits: dict[str, str] = field(default_factory=dict)  # every split embedded with it: its file beside this one
+    source: Path | None = field(default=None, compare=False)  # the file it was read from (not stored)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -67,6 +78,8 @@ def save_embeddings(result: Embeddings, path: str | Path) -> None:
         tensors["patch_tokens"] = result.patch_tokens.float().contiguous()
     metadata = {"format": FORMAT, "paths": json.dumps(result.paths), "classes": json.dumps(result.classes),
                 "model": json.dumps(result.model), "data_config": json.dumps(jsonable(result.data_config))}
+    if result.split is not None:
+        metadata.update(split=result.split, splits=json.dumps(result.splits))
     atomic_write(Path(path), save(tensors, metadata=metadata))
 
 
@@ -88,7 +101,24 @@ def load_embeddings(path: str | Path) -> Embeddings:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     return Embeddings(tensors["embeddings"], tensors["labels"], json.loads(metadata["paths"]),
                       json.loads(metadata["classes"]), tensors.get("patch_tokens"), json.loads(metadata["model"]),
-                      json.loads(metadata["data_config"]))
+                      json.loads(metadata["data_config"]), metadata.get("split"),
+                      json.loads(metadata.get("splits", "{}")), path)
+
+
+def validation_split(embeddings: Embeddings) -> Embeddings | None:
+    """The validation split embedded with `embeddings` (read from its file beside theirs): the first of
+    val, validation, valid, test that the tree held, as training validates on; None for embeddings of
+    one set, or of a validation split themselves."""
+    if embeddings.split is None or embeddings.split in VAL_FOLDER_NAMES or embeddings.source is None:
+        return None
+    name = next((split for split in VAL_FOLDER_NAMES if split in embeddings.splits), None)
+    if name is None:
+        return None
+    path = Path(embeddings.source).parent / embeddings.splits[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"{embeddings.source} was embedded with its {name} split in {path}, which is "
+                                "gone; embed the folder again, or give the validation embeddings (--val FILE)")
+    return load_embeddings(path)
 
 
 def pooled_and_tokens(model: nn.Module, images: torch.Tensor, patch_tokens: bool = False
@@ -128,11 +158,12 @@ def build_backbone(spec: dict[str, Any], *, allow_random: bool = False) -> nn.Mo
     return resolve_model(name, spec["pretrained"], **spec.get("overrides", {}))
 
 
-def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
-    """Every image of a class-per-folder tree and its class names, by the rules training reads a tree
-    with (`data.layout`): a wrapping folder is unwrapped; a tree of split folders (train/, val/, ...)
-    gives the images of every split under the class folders of train/, and folders beside the splits
-    (logs/, __pycache__/) are no classes."""
+def scan_folder(root: str | Path) -> tuple[dict[str | None, FileSamples], list[str]]:
+    """The images of a class-per-folder tree by split, and its class names, by the rules training reads
+    a tree with (`data.layout`): a wrapping folder is unwrapped; a tree of split folders (train/,
+    val/, ...) gives each split's images under the class folders of train/ ({split: samples}, in
+    `SPLIT_FOLDERS` order), and folders beside the splits (logs/, __pycache__/) are no classes; a plain
+    class tree gives {None: samples}."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
@@ -141,12 +172,19 @@ def scan_folder(root: str | Path) -> tuple[FileSamples, list[str]]:
     if not classes:
         raise DataError(f"{root} holds no class folders; expected {root}/CLASS/IMAGE files "
                         f"or {root}/train/CLASS/IMAGE and {root}/val/CLASS/IMAGE")
-    parts = [scan_tree(root / split, classes) for split in split_folders(root)] or [scan_tree(root, classes)]
-    samples = FileSamples([path for part in parts for path in part.paths],
-                          np.concatenate([part.labels for part in parts]))
-    if not len(samples):
+    splits: dict[str | None, FileSamples] = {split: scan_tree(root / split, classes) for split in split_folders(root)}
+    splits = {split: samples for split, samples in splits.items() if len(samples)} or {None: scan_tree(root, classes)}
+    if not any(len(samples) for samples in splits.values()):
         raise DataError(f"no images under {root} (looked in {len(classes)} class folders)")
-    return samples, classes
+    return splits, classes
+
+
+def split_files(out: str | Path, splits: list[str | None]) -> dict[str | None, Path]:
+    """Where each split's embeddings go: the first split (train/ where there is one) to `out`, each
+    other to `out`'s name with the split before its suffix (photos.safetensors -> photos.val.safetensors)."""
+    out = Path(out)
+    return {split: out if position == 0 else out.with_name(f"{out.stem}.{split}{out.suffix}")
+            for position, split in enumerate(splits)}
 
 
 def _read_shards(folder: Path) -> list[Embeddings]:
@@ -163,31 +201,54 @@ def _concat(parts: list[Embeddings], classes: list[str], model: dict, data_confi
         torch.cat(tokens) if tokens and all(t is not None for t in tokens) else None, model, data_config)
 
 
-@torch.no_grad()
 def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[str]], out: str | Path, *,
                  batch_size: int = 64, patch_tokens: bool = False, shard_size: int = 512, workers: int = 0,
                  device: str | torch.device = "cpu", model_spec: dict[str, Any] | None = None,
                  progress: bool = True, max_images: int | None = None,
                  data_config: dict[str, Any] | None = None) -> Embeddings:
     """Embed every image of the class-per-folder tree `data` (or of `(samples, class names)`,
-    as `visionzoo audit` gives) and write them to `out`. `data_config` replaces the model's
-    preprocessing (e.g. a smaller input size).
+    as `visionzoo audit` gives) and write them to `out`: a tree of split folders one file per split
+    (`split_files`; see the module docstring). `data_config` replaces the model's preprocessing (e.g.
+    a smaller input size). Returns the embeddings written to `out`; `result.parts` has every split's
+    ({split: Embeddings}) and `result.skipped` the files of every split that did not decode.
 
-    Resumable: images already in `out` or in its `out.partial/` shards are skipped. `model_spec`
+    Resumable: images already in a split's file or in its `.partial/` shards are skipped. `model_spec`
     (e.g. {"spec": "resnet50", "pretrained": "default"}) is recorded so that a probe can be saved
     as a model on the same backbone. `max_images` stops after that many new images (as an
     interruption would; used to test resuming).
     """
     tune_allocator()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    samples, classes = data if isinstance(data, tuple) else scan_folder(data)
+    splits, classes = ({None: data[0]}, data[1]) if isinstance(data, tuple) else scan_folder(data)
+    files = split_files(out, list(splits))
+    names = {split: path.name for split, path in files.items() if split is not None}
     data_config = data_config or model_data_config(model)
     made = find_spec(model)
     spec = dict(model_spec or {"spec": made.name if made else None})
+    parts: dict[str | None, Embeddings] = {}
+    skipped: list[tuple[str, str]] = []
+    for split, samples in splits.items():
+        left = None if max_images is None else max(0, max_images - sum(p.embedded for p in parts.values()))  # type: ignore[attr-defined]
+        parts[split] = _embed_set(model, samples, classes, files[split], source=str(data if split is None else
+                                  f"{data}/{split}"), batch_size=batch_size, patch_tokens=patch_tokens,
+                                  shard_size=shard_size, workers=workers, device=device, spec=spec,
+                                  progress=progress, max_images=left, data_config=data_config, split=split,
+                                  splits=names)
+        skipped += parts[split].skipped  # type: ignore[attr-defined]
+    result = next(iter(parts.values()))
+    result.parts = {split or "all": part for split, part in parts.items()}  # type: ignore[attr-defined]
+    result.skipped = skipped  # type: ignore[attr-defined]
+    return result
 
+
+@torch.no_grad()
+def _embed_set(model: nn.Module, samples: FileSamples, classes: list[str], out: Path, *, source: str,
+               batch_size: int, patch_tokens: bool, shard_size: int, workers: int, device: str | torch.device,
+               spec: dict[str, Any], progress: bool, max_images: int | None, data_config: dict[str, Any],
+               split: str | None, splits: dict[str, str]) -> Embeddings:
+    """`embed_folder` for one set of samples, written to `out` (resumably, through `out.partial/`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    partial = out.with_name(out.name + ".partial")
     done = _read_shards(partial)
     if out.is_file():
         done.insert(0, load_embeddings(out))
@@ -197,7 +258,7 @@ def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[st
                              f"(pretrained={part.model.get('pretrained')!r}), not of {spec.get('spec')!r} "
                              f"(pretrained={spec.get('pretrained')!r}); write to a new --out file")
         if part.classes != classes:
-            raise DataError(f"{out} was made from classes {part.classes[:5]}... but {data} has {classes[:5]}...; "
+            raise DataError(f"{out} was made from classes {part.classes[:5]}... but {source} has {classes[:5]}...; "
                              "write to a new --out file")
         if (part.patch_tokens is not None) != patch_tokens and len(part):
             raise DataError(f"{out} was made {'with' if part.patch_tokens is not None else 'without'} patch tokens; "
@@ -224,7 +285,8 @@ def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[st
             shard_index += 1
             pending = []
 
-    columns = [TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    columns = [TextColumn("embedding" + (f" {split}" if split else "")), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn()]
     with Progress(*columns, transient=True, disable=not progress) as bar:
         task = bar.add_task("embed", total=len(todo))
         try:
@@ -241,14 +303,28 @@ def embed_folder(model: nn.Module, data: str | Path | tuple[FileSamples, list[st
         finally:  # also on Ctrl-C: what was computed is kept for the rerun
             flush()
 
+    wanted = set(samples.paths)  # a file written from other images (all splits in one, as before) keeps only these
+    done = [_rows(part, [path in wanted for path in part.paths]) for part in done]
     result = _concat(done, classes, spec, data_config) if done else Embeddings(
         torch.empty(0), torch.empty(0, dtype=torch.long), [], classes, model=spec, data_config=data_config)
+    result.split, result.splits = split, dict(splits)
     result.skipped = [(s.path, s.reason) for s in skipped]  # type: ignore[attr-defined]
+    result.embedded = len(todo)  # type: ignore[attr-defined]
     if max_images is None or len(todo) == 0 or len(finished) + len(todo) == len(samples):
         if len(result):
             save_embeddings(result, out)
+            result.source = out
         shutil.rmtree(partial, ignore_errors=True)
     return result
+
+
+def _rows(part: Embeddings, keep: list[bool]) -> Embeddings:
+    if all(keep):
+        return part
+    mask = torch.tensor(keep, dtype=torch.bool)
+    return Embeddings(part.embeddings[mask], part.labels[mask], [p for p, k in zip(part.paths, keep) if k],
+                      part.classes, part.patch_tokens[mask] if part.patch_tokens is not None else None,
+                      part.model, part.data_config)
 
 
 # --- a cache keyed by contents -----------------------------------------------------------------

@@ -9,8 +9,10 @@ Both answer "how good are these frozen features for my classes?" in seconds:
 
 Hyperparameters (k, or the L2 strength) are chosen on a stratified 20% of the training
 embeddings held out from fitting; the chosen model is refitted on all training embeddings and
-reported on the validation embeddings (or, when none are given, on a stratified 20% of the
-input held out from the start). Nothing is tuned on the numbers that are reported.
+reported on the validation embeddings: those given, else the validation split embedded with the
+training ones (`embed` of a train/ val/ tree writes one file per split, `validation_split`), else
+a stratified 20% of the input held out from the start. Nothing is tuned on the numbers that are
+reported.
 
 A linear probe saves as an ordinary model folder: the backbone that made the embeddings
 with its classifier replaced by the probe, which predict and eval load like any other.
@@ -27,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.data.sources import stratified_split
-from visionzoo.embed.embeddings import Embeddings, build_backbone
+from visionzoo.embed.embeddings import Embeddings, build_backbone, validation_split
 from visionzoo.errors import SettingError
 from visionzoo.factory import save_model
 
@@ -52,7 +54,7 @@ class ProbeResult:
     classes: list[str]
     num_train: int
     num_eval: int
-    evaluated_on: str  # "validation file" or "20% of the input held out"
+    evaluated_on: str  # "validation file", "val split in FILE" or "20% of the input held out"
     weight: torch.Tensor | None = None  # linear probe on raw (unstandardised) features: logits = x @ W.T + b
     bias: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,13 +147,17 @@ def _confusion(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) 
 def run_probe(train: Embeddings, val: Embeddings | None = None, method: Literal["knn", "linear"] = "knn", *,
               ks: tuple[int, ...] = DEFAULT_KS, weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS,
               seed: int = 0) -> ProbeResult:
-    """Choose the hyperparameter on held-out training embeddings, refit, evaluate (see module docstring)."""
+    """Choose the hyperparameter on held-out training embeddings, refit, evaluate (see module docstring).
+    Without `val`, the validation split embedded with `train` is used when there is one."""
     if method not in ("knn", "linear"):
         raise SettingError(f"method must be 'knn' or 'linear', got {method!r}")
     num_classes = len(train.classes)
     x, y = train.embeddings.float(), train.labels.long()
+    val = val if val is not None else validation_split(train)
     if val is not None:
-        eval_x, eval_y, evaluated_on = val.embeddings.float(), _align_labels(train, val), "validation file"
+        evaluated_on = (f"{val.split} split in {Path(val.source).name}" if val.split and val.source
+                        else "validation file")
+        eval_x, eval_y = val.embeddings.float(), _align_labels(train, val)
     else:
         keep, held = _split(y, seed)
         x, y, eval_x, eval_y = x[keep], y[keep], x[held], y[held]

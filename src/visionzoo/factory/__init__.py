@@ -19,6 +19,7 @@ from visionzoo.factory.build import (
     create_clip,
     create_model,
     data_config,
+    measure_complexity,
     model_complexity,
     model_info,
     size_overrides,
@@ -30,6 +31,6 @@ from visionzoo.factory.saving import load_model, save_model
 from visionzoo.factory.spec import ModelSpec, find_spec, model_name, registered_name, spec_of, with_spec
 
 __all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
-           "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "data_config", "transforms",
-           "class_names", "save_model", "load_model", "size_overrides", "cache_dir", "code_fingerprint",
+           "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "measure_complexity", "data_config",
+           "transforms", "class_names", "save_model", "load_model", "size_overrides", "cache_dir", "code_fingerprint",
            "Reparameterizable", "is_reparameterizable", "reparameterized"]

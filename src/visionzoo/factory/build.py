@@ -20,6 +20,7 @@ from visionzoo import clip as clip_models
 from visionzoo import siglip_text
 from visionzoo.data.config import resolve_data_config, transforms_for
 from visionzoo.errors import SettingError
+from visionzoo.factory.complexity import shipped_complexity
 from visionzoo.factory.spec import ModelSpec, find_spec, set_spec, spec_of
 from visionzoo.features import FeatureExtractor
 from visionzoo.files import atomic_write_json
@@ -28,6 +29,7 @@ from visionzoo.registry import ModelCard, get_card, list_models
 from visionzoo.weights import catalog, default_weight, imagenet_class_names, load_pretrained
 
 __all__ = ["create_model", "create_clip", "zero_shot_classifier", "zero_shot_spec", "model_info", "model_complexity",
+           "measure_complexity",
            "data_config", "transforms", "class_names", "layer_names", "size_overrides", "cache_dir",
            "code_fingerprint"]
 
@@ -258,11 +260,24 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def model_complexity(name: str) -> dict[str, float | int]:
-    """`{"params": int, "gmacs": float}` for a registered variant at its default input size, measured on
-    the `meta` device and cached on disk (keyed by a fingerprint of the model code and the variant's config),
-    so that `visionzoo list` is instant after its first run."""
+def measure_complexity(name: str) -> dict[str, float | int]:
+    """`{"params": int, "gmacs": float}` of a registered variant at its default input size, measured now on
+    the `meta` device (no memory, no arithmetic; the FLOP counter's trace costs up to a few CPU-seconds)."""
     card = get_card(name)
+    with torch.device("meta"):
+        model = create_model(name)
+    return {"params": count_params(model), "gmacs": round(count_gmacs(model, card.input_size), 4)}
+
+
+def model_complexity(name: str) -> dict[str, float | int]:
+    """`{"params": int, "gmacs": float}` for a registered variant at its default input size: from the table
+    shipped with the package (`factory/complexity.py`) where its row is current, else measured
+    (`measure_complexity`) and cached on disk (keyed by a fingerprint of the model code and the variant's
+    config), so that `visionzoo list` is instant on a fresh install and after its first run."""
+    card = get_card(name)
+    shipped = shipped_complexity(card)
+    if shipped is not None:
+        return shipped
     key = hashlib.sha256(f"{code_fingerprint()}|{torch.__version__}|{card.name}|{card.config!r}|"
                          f"{card.input_size}|{card.num_classes}".encode()).hexdigest()[:24]
     cache_file = cache_dir() / "complexity" / f"{card.name}-{key}.json"
@@ -270,9 +285,7 @@ def model_complexity(name: str) -> dict[str, float | int]:
         return json.loads(cache_file.read_text())
     except (OSError, ValueError):
         pass
-    with torch.device("meta"):
-        model = create_model(name)
-    result = {"params": count_params(model), "gmacs": round(count_gmacs(model, card.input_size), 4)}
+    result = measure_complexity(name)
     try:
         atomic_write_json(cache_file, result, indent=None)
     except OSError:

@@ -1,4 +1,4 @@
-"""The mobile convolution blocks of MobileNetV2/V3 and EfficientNet (V1 and V2).
+"""The mobile convolution blocks of MobileNetV2/V3 and EfficientNet (V1 and V2), and MobileNetV4's FusedIB.
 
 Sandler et al., 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks" (the
 inverted residual, called MBConv in MnasNet and EfficientNet); Howard et al., 2017,
@@ -84,8 +84,8 @@ class FusedMBConv(nn.Module):
 
     The inverted residual with its 1x1 expansion and kxk depthwise conv fused into one dense kxk
     conv, which makes better use of accelerators in the early, high-resolution stages (EfficientNetV2,
-    section 3.2). Residual and linear projection as in `InvertedResidual`. timm calls it `EdgeResidual`;
-    its names (`conv_exp`, `bn1`, `conv_pwl`, `bn2`) are kept for weight compatibility.
+    section 3.2; MobileNetV4's FusedIB). Residual and linear projection as in `InvertedResidual`. timm calls
+    it `EdgeResidual`; its names (`conv_exp`, `bn1`, `conv_pwl`, `bn2`) are kept for weight compatibility.
     """
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,

@@ -5,7 +5,8 @@ rows read "block type, expansion, kernel, stride, output channels, repeats, sque
 excitation, activation". A family writes that table as `BlockSpec` rows; `build_stages`
 scales it by a width and a depth multiplier and builds the blocks, one `nn.Sequential` per
 stage, with the stochastic-depth rate of each block and the feature levels for
-`features_only`.
+`features_only`. A family with blocks of its own (MobileNetV4) stacks them with `stack_stages`,
+which `build_stages` uses too: one rule for strides, stochastic-depth rates and feature levels.
 
 The scaling rules are EfficientNet's (and timm's, whose weights these models load):
 channels are multiplied by the width multiplier and rounded to a multiple of 8, never
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch.nn as nn
 
@@ -97,20 +98,19 @@ class BuiltStages:
     out_chs: int
 
 
-def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: float, act_layer: type[nn.Module],
-                 norm_act: NormActLayer, se_layer: SeFactory | None, padding: PaddingMode = "",
-                 drop_path_rate: float = 0.0, fixed_depth_stages: tuple[int, ...] = (),
-                 round_limit: float = 0.9) -> BuiltStages:
-    """Build the blocks of `table` after a stem of `in_chs` channels and stride 2.
+# make_block(row, in_chs, stride, drop_path) -> (block, out_chs): how a family turns one table row into a block
+BlockFactory = Callable[[Any, int, int, float], tuple[nn.Module, int]]
 
-    `fixed_depth_stages` are stage indices whose repeats are not scaled (EfficientNet-Lite's
-    first and last). Block `i` of `n` drops its residual branch with rate
-    `drop_path_rate * i / n`, as in the TF reference. A feature level is taken where the
-    resolution is about to halve and at the end. `round_limit` is `round_channels`'s, for the
-    output widths.
+
+def stack_stages(rows_per_stage: Sequence[Sequence[Any]], in_chs: int, make_block: BlockFactory, *,
+                 drop_path_rate: float = 0.0) -> BuiltStages:
+    """One `nn.Sequential` per stage of `rows_per_stage` (a row per block, each with a `stride`), after a
+    stem of `in_chs` channels and stride 2 named `bn1`.
+
+    Only a stage's first block has its row's stride. Block `i` of `n` drops its residual branch with
+    rate `drop_path_rate * i / n`, as in the TF reference. A feature level is taken where the
+    resolution is about to halve and at the end; the stem is one when the first stage downsamples.
     """
-    rows_per_stage = [scale_depth(stage, 1.0 if index in fixed_depth_stages else depth)
-                      for index, stage in enumerate(table)]
     total_blocks = sum(len(rows) for rows in rows_per_stage)
     reduction = 2
     feature_info = []
@@ -120,39 +120,54 @@ def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: 
     stages, block_index = [], 0
     for stage_index, rows in enumerate(rows_per_stage):
         blocks = []
-        for index_in_stage, spec in enumerate(rows):
-            stride = spec.stride if index_in_stage == 0 else 1
-            out_chs = round_channels(spec.out_chs, width, round_limit=round_limit)
-            act = spec.act or act_layer
-            drop_path = drop_path_rate * block_index / total_blocks
-            if spec.block == "ds":
-                se = se_layer(in_chs, spec, act) if se_layer is not None and spec.se_ratio else None
-                block = DepthwiseSeparableConv(in_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
-                                               drop_path)
-            elif spec.block == "ir":
-                mid_chs = make_divisible(in_chs * spec.expansion)
-                se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
-                block = InvertedResidual(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
-                                         drop_path)
-            elif spec.block == "er":
-                mid_chs = make_divisible(in_chs * spec.expansion)
-                se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
-                block = FusedMBConv(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
-                                    drop_path)
-            elif spec.block == "conv":
-                block = ConvBlock(in_chs, out_chs, spec.kernel, stride, act, norm_act, padding, spec.skip, drop_path)
-            else:
-                raise SettingError(f"unknown block type {spec.block!r} in stage {stage_index}; "
-                                 "use 'ds', 'ir', 'er' or 'conv'")
-            reduction *= stride
+        for index_in_stage, row in enumerate(rows):
+            stride = row.stride if index_in_stage == 0 else 1
+            block, in_chs = make_block(row, in_chs, stride, drop_path_rate * block_index / total_blocks)
             blocks.append(block)
-            in_chs = out_chs
+            reduction *= stride
             block_index += 1
         stages.append(nn.Sequential(*blocks))
         is_last = stage_index + 1 == len(rows_per_stage)
         if is_last or rows_per_stage[stage_index + 1][0].stride > 1:
             feature_info.append(FeatureInfo(f"blocks.{stage_index}", in_chs, reduction))
     return BuiltStages(stages, feature_info, in_chs)
+
+
+def build_stages(table: tuple[Stage, ...], in_chs: int, *, width: float, depth: float, act_layer: type[nn.Module],
+                 norm_act: NormActLayer, se_layer: SeFactory | None, padding: PaddingMode = "",
+                 drop_path_rate: float = 0.0, fixed_depth_stages: tuple[int, ...] = (),
+                 round_limit: float = 0.9) -> BuiltStages:
+    """Build the blocks of `table` after a stem of `in_chs` channels and stride 2 (see `stack_stages`).
+
+    `fixed_depth_stages` are stage indices whose repeats are not scaled (EfficientNet-Lite's
+    first and last). `round_limit` is `round_channels`'s, for the output widths.
+    """
+
+    def make_block(spec: BlockSpec, in_chs: int, stride: int, drop_path: float) -> tuple[nn.Module, int]:
+        out_chs = round_channels(spec.out_chs, width, round_limit=round_limit)
+        act = spec.act or act_layer
+        if spec.block == "ds":
+            se = se_layer(in_chs, spec, act) if se_layer is not None and spec.se_ratio else None
+            return DepthwiseSeparableConv(in_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
+                                          drop_path), out_chs
+        if spec.block == "ir":
+            mid_chs = make_divisible(in_chs * spec.expansion)
+            se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
+            return InvertedResidual(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
+                                    drop_path), out_chs
+        if spec.block == "er":
+            mid_chs = make_divisible(in_chs * spec.expansion)
+            se = se_layer(mid_chs, spec, act) if se_layer is not None and spec.se_ratio else None
+            return FusedMBConv(in_chs, mid_chs, out_chs, spec.kernel, stride, act, norm_act, se, padding,
+                               drop_path), out_chs
+        if spec.block == "conv":
+            return ConvBlock(in_chs, out_chs, spec.kernel, stride, act, norm_act, padding, spec.skip,
+                             drop_path), out_chs
+        raise SettingError(f"unknown block type {spec.block!r} in a stage table; use 'ds', 'ir', 'er' or 'conv'")
+
+    rows_per_stage = [scale_depth(stage, 1.0 if index in fixed_depth_stages else depth)
+                      for index, stage in enumerate(table)]
+    return stack_stages(rows_per_stage, in_chs, make_block, drop_path_rate=drop_path_rate)
 
 
 def init_weights_tf_style(model: nn.Module) -> None:

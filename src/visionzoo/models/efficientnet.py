@@ -7,6 +7,10 @@ squeeze-excitation, ReLU6 instead of swish, and a stem and head that do not grow
 B0 is the stage table below (the paper's Table 1); B1-B7 scale its widths and repeats by
 the compound-scaling multipliers (and train at larger resolutions). The `tf_` variants pad
 as TensorFlow's "SAME" and use BN eps 1e-3, which the weights ported from TensorFlow need.
+
+EfficientNetV2 (`visionzoo.models.efficientnetv2`) builds this network from its own stage tables,
+through the config's `stages`, `stem_chs` and `round_limit`.
+
 Module names follow timm's `efficientnet.py`, so its weights load with strict=True.
 """
 
@@ -46,14 +50,16 @@ class EfficientNetConfig:
     """EfficientNet and EfficientNet-Lite: Tan and Le, 2019, "EfficientNet: Rethinking Model Scaling for
     Convolutional Neural Networks"."""
 
-    width: float  # channel multiplier (rounded to multiples of 8)
-    depth: float  # repeats multiplier (rounded up per stage)
-    resolution: int  # the paper's input resolution for this scale (the card's input_size is timm's)
-    dropout: float  # the paper's dropout before the classifier; models build with drop_rate=0, as timm's do
+    width: float = 1.0  # channel multiplier (rounded to multiples of 8)
+    depth: float = 1.0  # repeats multiplier (rounded up per stage)
+    stages: tuple[Stage, ...] = EFFICIENTNET_B0_STAGES  # the stage table, before width and depth scaling
+    stem_chs: int = STEM_CHS  # the stride-2 3x3 stem conv's width, before width scaling
+    head_chs: int = HEAD_CHS  # the 1x1 conv before pooling, before width scaling
     act_layer: type[nn.Module] = nn.SiLU  # swish
-    squeeze_excite: bool = True
-    fixed_stem_head: bool = False  # Lite: stem 32 and head 1280 channels at every width
+    squeeze_excite: bool = True  # in the blocks whose row has an se_ratio
+    fixed_stem_head: bool = False  # Lite: stem and head keep their widths (32, 1280) at every width
     fixed_first_last_depth: bool = False  # Lite: the first and last stages keep one block at every depth
+    round_limit: float = 0.9  # width rounding never falls below this share of the exact width (see stage_table)
     padding: PaddingMode = ""  # "same": TensorFlow padding, for weights trained in TF
     bn_eps: float = 1e-5  # 1e-3 for weights trained in TF
 
@@ -64,7 +70,7 @@ def efficientnet_se(channels: int, spec: BlockSpec, act_layer: type[nn.Module]) 
 
 
 class EfficientNet(nn.Module):
-    """EfficientNet B0-B7 and EfficientNet-Lite (Tan & Le, 2019)."""
+    """EfficientNet B0-B7 and EfficientNet-Lite (Tan & Le, 2019); EfficientNetV2 through its config."""
 
     def __init__(self, config: EfficientNetConfig, *, num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg"):
@@ -73,17 +79,19 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         norm_act = partial(BatchNormAct2d, eps=config.bn_eps)
-        stem_chs = STEM_CHS if config.fixed_stem_head else round_channels(STEM_CHS, config.width)
-        head_chs = HEAD_CHS if config.fixed_stem_head else round_channels(HEAD_CHS, config.width)
+        stem_head_width = 1.0 if config.fixed_stem_head else config.width
+        stem_chs = round_channels(config.stem_chs, stem_head_width, round_limit=config.round_limit)
+        head_chs = round_channels(config.head_chs, stem_head_width, round_limit=config.round_limit)
 
         self.conv_stem = create_conv2d(in_chans, stem_chs, 3, stride=2, padding=config.padding)
         self.bn1 = norm_act(stem_chs, act_layer=config.act_layer)
-        last_stage = len(EFFICIENTNET_B0_STAGES) - 1
+        last_stage = len(config.stages) - 1
         built = build_stages(
-            EFFICIENTNET_B0_STAGES, stem_chs, width=config.width, depth=config.depth,
+            config.stages, stem_chs, width=config.width, depth=config.depth,
             act_layer=config.act_layer, norm_act=norm_act,
             se_layer=efficientnet_se if config.squeeze_excite else None, padding=config.padding,
             drop_path_rate=drop_path_rate, fixed_depth_stages=(0, last_stage) if config.fixed_first_last_depth else (),
+            round_limit=config.round_limit,
         )
         self.blocks = nn.Sequential(*built.stages)
         self.feature_info = built.feature_info
@@ -100,7 +108,7 @@ class EfficientNet(nn.Module):
         self.classifier = make_classifier(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn1(self.conv_stem(x))
+        x = self.bn1(self.conv_stem(x))  # (N, stem, H/2, W/2)
         x = self.blocks(x)
         return self.bn2(self.conv_head(x))  # (N, num_features, H/32, W/32)
 
@@ -118,7 +126,8 @@ class EfficientNet(nn.Module):
 _TF = {"padding": "same", "bn_eps": 1e-3}
 _LITE = {"act_layer": nn.ReLU6, "squeeze_excite": False, "fixed_stem_head": True, "fixed_first_last_depth": True}
 
-# name: (width, depth, paper resolution, dropout)
+# name: (width, depth, paper resolution, dropout); the last two are the paper's training recipe, kept here
+# as its table gives them: models build with drop_rate=0, as timm's do
 SCALES: dict[str, tuple[float, float, int, float]] = {
     "b0": (1.0, 1.0, 224, 0.2),
     "b1": (1.0, 1.1, 240, 0.2),
@@ -150,7 +159,8 @@ INPUT_SIZES: dict[str, int] = {
 # each scale in PyTorch padding (timm's own weights) and TensorFlow's (ported weights):
 # efficientnet_b0, tf_efficientnet_b0, efficientnet_b1, ...
 VARIANTS: dict[str, EfficientNetConfig] = {
-    f"{prefix}_{scale}": EfficientNetConfig(*SCALES[scale], **(_LITE if scale.startswith("lite") else {}), **padding)
+    f"{prefix}_{scale}": EfficientNetConfig(*SCALES[scale][:2], **(_LITE if scale.startswith("lite") else {}),
+                                            **padding)
     for scale in SCALES for prefix, padding in (("efficientnet", {}), ("tf_efficientnet", _TF))
 }
 

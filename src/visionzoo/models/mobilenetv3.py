@@ -6,6 +6,9 @@ ones, and an "efficient last stage": global pooling comes before the last 1x1 co
 which has no batch norm. The stage tables below are the paper's Tables 1 and 2, with each
 expansion written as a ratio of the block's input width, so that width multipliers scale
 the expanded widths as timm does (whose weights these models load with strict=True).
+
+MobileNetV4 (`visionzoo.models.mobilenetv4`) builds this network (stem, stages, efficient last stage)
+with its own stages and a batch norm after the head convolution, through its config.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from visionzoo.layers.pool import GlobalPool, make_classifier
 from visionzoo.layers.squeeze_excite import SqueezeExcite
 from visionzoo.layers.stage_table import (
     BlockSpec,
+    BuiltStages,
     Stage,
     build_stages,
     init_weights_tf_style,
@@ -60,23 +64,31 @@ SMALL_STAGES: tuple[Stage, ...] = (
 STEM_CHS = 16
 
 
-@dataclass(frozen=True)
-class MobileNetV3Config:
-    """MobileNetV3: Howard et al., 2019, "Searching for MobileNetV3"."""
-
-    stages: tuple[Stage, ...]  # LARGE_STAGES or SMALL_STAGES
-    width: float  # channel multiplier
-    head_chs: int  # width of the 1x1 conv after pooling: 1280 (large) or 1024 (small), at every multiplier
-
-
 def mobilenetv3_se(channels: int, spec: BlockSpec, act_layer: type[nn.Module]) -> SqueezeExcite:
     """MobileNetV3's SE: a quarter of the expanded width, rounded to 8; always ReLU, gated by hard sigmoid."""
     return SqueezeExcite(channels, make_divisible(channels * spec.se_ratio), act_layer=nn.ReLU,
                          gate_layer=nn.Hardsigmoid)
 
 
+@dataclass(frozen=True)
+class MobileNetV3Config:
+    """MobileNetV3: Howard et al., 2019, "Searching for MobileNetV3"."""
+
+    stages: tuple[Stage, ...]  # LARGE_STAGES or SMALL_STAGES
+    width: float = 1.0  # channel multiplier
+    head_chs: int = 1280  # width of the 1x1 conv after pooling: 1280 (large) or 1024 (small), at every multiplier
+    stem_chs: int = STEM_CHS  # the stride-2 3x3 stem conv's width, before width scaling
+    act_layer: type[nn.Module] = nn.Hardswish  # the network's; ReLU where a row says so
+    head_norm: bool = False  # MobileNetV4: a batch norm after the head conv, in place of its bias
+
+    def build_blocks(self, in_chs: int, drop_path_rate: float) -> BuiltStages:
+        """The blocks of the stage table, scaled by `width`, after a stem of `in_chs` channels."""
+        return build_stages(self.stages, in_chs, width=self.width, depth=1.0, act_layer=self.act_layer,
+                            norm_act=BatchNormAct2d, se_layer=mobilenetv3_se, drop_path_rate=drop_path_rate)
+
+
 class MobileNetV3(nn.Module):
-    """MobileNetV3 Large and Small (Howard et al., 2019).
+    """MobileNetV3 Large and Small (Howard et al., 2019); MobileNetV4 through its config.
 
     `forward_features` returns the last stage's map (960 channels for Large); the head pools
     it and applies the 1x1 conv to `num_features` (1280) channels, which `pre_logits` returns.
@@ -88,20 +100,23 @@ class MobileNetV3(nn.Module):
         self.config = config
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        act_layer = nn.Hardswish
+        act_layer = config.act_layer
         # timm keeps the stem at 16 channels below width 0.75
-        stem_chs = STEM_CHS if config.width < 0.75 else round_channels(STEM_CHS, config.width)
+        stem_chs = config.stem_chs if config.width < 0.75 else round_channels(config.stem_chs, config.width)
 
         self.conv_stem = create_conv2d(in_chans, stem_chs, 3, stride=2)
         self.bn1 = BatchNormAct2d(stem_chs, act_layer=act_layer)
-        built = build_stages(config.stages, stem_chs, width=config.width, depth=1.0, act_layer=act_layer,
-                             norm_act=BatchNormAct2d, se_layer=mobilenetv3_se, drop_path_rate=drop_path_rate)
+        built = config.build_blocks(stem_chs, drop_path_rate)
         self.blocks = nn.Sequential(*built.stages)
         self.feature_info = built.feature_info
 
+        # The "efficient last stage": pooling, then a 1x1 conv with a bias and an activation (V3), or
+        # without a bias and with a batch norm and activation (V4). The unused one of `norm_head` and
+        # `act2` is an identity; both names are timm's.
         self.global_pool = GlobalPool(global_pool)
-        self.conv_head = nn.Conv2d(built.out_chs, config.head_chs, 1, bias=True)
-        self.act2 = act_layer(inplace=True)
+        self.conv_head = nn.Conv2d(built.out_chs, config.head_chs, 1, bias=not config.head_norm)
+        self.norm_head = BatchNormAct2d(config.head_chs, act_layer=act_layer) if config.head_norm else nn.Identity()
+        self.act2 = nn.Identity() if config.head_norm else act_layer(inplace=True)
         self.num_features = config.head_chs
         self.classifier = make_classifier(self.num_features, num_classes)
         init_weights_tf_style(self)
@@ -116,7 +131,7 @@ class MobileNetV3(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)[:, :, None, None]  # (N, C) -> (N, C, 1, 1) for the 1x1 conv
-        x = self.act2(self.conv_head(x)).flatten(1)  # (N, num_features)
+        x = self.act2(self.norm_head(self.conv_head(x))).flatten(1)  # (N, num_features)
         x = nn.functional.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.classifier(x)
 

@@ -9,16 +9,19 @@ only) and FFN (neither). The early, high-resolution stages use plain and fused c
 which every head shares one key and one value projection (multi-query), optionally computed
 on a map downsampled by a strided depthwise convolution, with a layer scale on every block.
 
-The head is MobileNetV3's "efficient last stage" (global pooling before a 1x1 convolution to
-1280 channels), with batch norm after that convolution. The stage tables are the paper's
-Tables 11-13 (conv) and 14-15 (hybrid), as timm's `mobilenetv3.py` writes them; module names
-follow timm's `_efficientnet_blocks.py`, so its weights load with strict=True.
+The network around the blocks is MobileNetV3's (`visionzoo.models.mobilenetv3`): a stride-2 3x3
+stem, the stages, and the "efficient last stage" (global pooling before a 1x1 convolution to 1280
+channels), here with batch norm after that convolution. This file holds the blocks, the stage tables
+(the paper's Tables 11-13 (conv) and 14-15 (hybrid), as timm's `mobilenetv3.py` writes them) and the
+config that builds them into that network. Module names follow timm's `_efficientnet_blocks.py`, so
+its weights load with strict=True.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -26,13 +29,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.errors import SettingError
-from visionzoo.features import FeatureInfo
 from visionzoo.layers.conv_bn_act import ConvBnAct
 from visionzoo.layers.drop import DropPath
-from visionzoo.layers.inverted_residual import ConvBlock
+from visionzoo.layers.inverted_residual import ConvBlock, FusedMBConv
 from visionzoo.layers.norm_act import BatchNormAct2d
-from visionzoo.layers.pool import GlobalPool, make_classifier
-from visionzoo.layers.stage_table import init_weights_tf_style, make_divisible
+from visionzoo.layers.stage_table import BuiltStages, make_divisible, stack_stages
+from visionzoo.models.mobilenetv3 import MobileNetV3, MobileNetV3Config
 from visionzoo.registry import CamLayer, VariantExtras, register_family
 
 
@@ -92,29 +94,6 @@ class UniversalInvertedResidual(nn.Module):
         x = self.pw_exp(self.dw_start(x))
         x = self.pw_proj(self.dw_mid(x))
         x = self.layer_scale(x)
-        return self.drop_path(x) + shortcut if self.has_skip else x
-
-
-class FusedInvertedResidual(nn.Module):
-    """FusedIB: a full kxk convolution expands (and strides), a 1x1 projects; MobileNetV4's first stage.
-
-    timm calls it EdgeResidual (EfficientNet-EdgeTPU); its names (`conv_exp`, `bn1`, `conv_pwl`, `bn2`) are kept.
-    """
-
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int = 1, expansion: float = 1.0,
-                 act_layer: type[nn.Module] = nn.ReLU, drop_path: float = 0.0):
-        super().__init__()
-        self.has_skip = stride == 1 and in_chs == out_chs
-        mid_chs = make_divisible(in_chs * expansion)
-        self.conv_exp = nn.Conv2d(in_chs, mid_chs, kernel, stride=stride, padding=kernel // 2, bias=False)
-        self.bn1 = BatchNormAct2d(mid_chs, act_layer=act_layer)
-        self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
-        self.bn2 = BatchNormAct2d(out_chs, act_layer=None)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.bn2(self.conv_pwl(self.bn1(self.conv_exp(x))))
         return self.drop_path(x) + shortcut if self.has_skip else x
 
 
@@ -272,109 +251,63 @@ HYBRID_LARGE_STAGES: tuple[Stage, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class MobileNetV4Config:
-    """MobileNetV4: Qin et al., 2024, "MobileNetV4: Universal Models for the Mobile Ecosystem"."""
-
-    stages: tuple[Stage, ...]  # one of the tables above
-    stem_chs: int  # the stride-2 3x3 stem: 32 (small, medium) or 24 (large)
-    act_layer: type[nn.Module] = nn.ReLU  # GELU for hybrid_large
-    layer_scale: float | None = None  # initial layer scale of UIB and MQA blocks; 1e-5 in the hybrids
-    head_chs: int = 1280  # width of the 1x1 conv after pooling
-
-
-def build_block(row: Row, in_chs: int, stride: int, act_layer: type[nn.Module], layer_scale: float | None,
-                drop_path: float) -> nn.Module:
+def build_block(row: Row, in_chs: int, stride: int, drop_path: float, *, act_layer: type[nn.Module],
+                layer_scale: float | None) -> tuple[nn.Module, int]:
+    """The block of one table row, and its output width."""
     if row.block == "conv":
-        return ConvBlock(in_chs, row.out_chs, row.kernel, stride, act_layer)
-    if row.block == "fused_ib":
-        return FusedInvertedResidual(in_chs, row.out_chs, row.kernel, stride, row.expansion, act_layer, drop_path)
+        return ConvBlock(in_chs, row.out_chs, row.kernel, stride, act_layer), row.out_chs
+    if row.block == "fused_ib":  # timm's EdgeResidual (EfficientNet-EdgeTPU): EfficientNetV2's fused MBConv
+        mid_chs = make_divisible(in_chs * row.expansion)
+        block = FusedMBConv(in_chs, mid_chs, row.out_chs, row.kernel, stride, act_layer, drop_path=drop_path)
+        return block, row.out_chs
     if row.block == "uib":
         return UniversalInvertedResidual(in_chs, row.out_chs, row.start_kernel, row.kernel, stride, row.expansion,
-                                         act_layer, layer_scale, drop_path)
+                                         act_layer, layer_scale, drop_path), row.out_chs
     if row.block == "mqa":
         return MobileAttention(in_chs, row.out_chs, row.num_heads, row.key_dim, row.kv_stride, row.kernel,
-                               layer_scale, drop_path)
+                               layer_scale, drop_path), row.out_chs
     raise SettingError(f"unknown MobileNetV4 block {row.block!r}; use 'conv', 'fused_ib', 'uib' or 'mqa'")
 
 
-class MobileNetV4(nn.Module):
-    """MobileNetV4 conv and hybrid models (Qin et al., 2024).
+@dataclass(frozen=True)
+class MobileNetV4Config(MobileNetV3Config):
+    """MobileNetV4: Qin et al., 2024, "MobileNetV4: Universal Models for the Mobile Ecosystem".
+    MobileNetV3's config with V4's stage tables, blocks and defaults (no width multiplier)."""
 
-    `forward_features` returns the last stage's map (960 channels); the head pools it and applies
-    the 1x1 conv and BN-act to `num_features` (1280) channels, which `pre_logits` returns.
-    """
+    stages: tuple[Stage, ...]  # one of the tables above
+    stem_chs: int = 32  # the stride-2 3x3 stem: 32 (small, medium) or 24 (large)
+    act_layer: type[nn.Module] = nn.ReLU  # GELU for hybrid_large
+    head_norm: bool = True  # a batch norm after the head conv, which has no bias
+    layer_scale: float | None = None  # initial layer scale of UIB and MQA blocks; 1e-5 in the hybrids
 
-    def __init__(self, config: MobileNetV4Config, *, num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg"):
-        super().__init__()
-        self.config = config
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        act_layer = config.act_layer
+    def __post_init__(self) -> None:
+        if self.width != 1.0:  # the field is MobileNetV3's; V4's tables give every width
+            raise SettingError(f"MobileNetV4 has no width multiplier; got width={self.width}. Leave it at 1.0")
 
-        self.conv_stem = nn.Conv2d(in_chans, config.stem_chs, 3, stride=2, padding=1, bias=False)
-        self.bn1 = BatchNormAct2d(config.stem_chs, act_layer=act_layer)
-        rows_per_stage = [[row for row in stage for _ in range(row.repeats)] for stage in config.stages]
-        total_blocks = sum(len(rows) for rows in rows_per_stage)
-        in_chs, reduction, block_index = config.stem_chs, 2, 0
-        self.feature_info = [FeatureInfo("bn1", in_chs, reduction)]  # every variant's first block strides
-        stages = []
-        for stage_index, rows in enumerate(rows_per_stage):
-            blocks = []
-            for index_in_stage, row in enumerate(rows):
-                stride = row.stride if index_in_stage == 0 else 1
-                # stochastic depth grows linearly with the block's index over the whole network
-                drop_path = drop_path_rate * block_index / total_blocks
-                blocks.append(build_block(row, in_chs, stride, act_layer, config.layer_scale, drop_path))
-                in_chs, reduction, block_index = row.out_chs, reduction * stride, block_index + 1
-            stages.append(nn.Sequential(*blocks))
-            is_last = stage_index + 1 == len(rows_per_stage)
-            if is_last or rows_per_stage[stage_index + 1][0].stride > 1:  # a level where the resolution halves
-                self.feature_info.append(FeatureInfo(f"blocks.{stage_index}", in_chs, reduction))
-        self.blocks = nn.Sequential(*stages)
-
-        self.global_pool = GlobalPool(global_pool)
-        self.conv_head = nn.Conv2d(in_chs, config.head_chs, 1, bias=False)
-        self.norm_head = BatchNormAct2d(config.head_chs, act_layer=act_layer)
-        self.num_features = config.head_chs
-        self.classifier = make_classifier(self.num_features, num_classes)
-        init_weights_tf_style(self)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = make_classifier(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn1(self.conv_stem(x))
-        return self.blocks(x)  # (N, 960, H/32, W/32)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)[:, :, None, None]  # (N, C) -> (N, C, 1, 1) for the 1x1 conv
-        x = self.norm_head(self.conv_head(x)).flatten(1)  # (N, num_features)
-        x = F.dropout(x, self.drop_rate, self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def build_blocks(self, in_chs: int, drop_path_rate: float) -> BuiltStages:
+        """The blocks of the stage table, after a stem of `in_chs` channels."""
+        rows_per_stage = [[row for row in stage for _ in range(row.repeats)] for stage in self.stages]
+        make_block = partial(build_block, act_layer=self.act_layer, layer_scale=self.layer_scale)
+        return stack_stages(rows_per_stage, in_chs, make_block, drop_path_rate=drop_path_rate)
 
 
 # --- variants ------------------------------------------------------------------------------
 
 VARIANTS: dict[str, MobileNetV4Config] = {
-    "mobilenetv4_conv_small": MobileNetV4Config(CONV_SMALL_STAGES, 32),
-    "mobilenetv4_conv_medium": MobileNetV4Config(CONV_MEDIUM_STAGES, 32),
-    "mobilenetv4_conv_large": MobileNetV4Config(CONV_LARGE_STAGES, 24),
-    "mobilenetv4_hybrid_medium": MobileNetV4Config(HYBRID_MEDIUM_STAGES, 32, layer_scale=1e-5),
-    "mobilenetv4_hybrid_large": MobileNetV4Config(HYBRID_LARGE_STAGES, 24, GELU, layer_scale=1e-5),
+    "mobilenetv4_conv_small": MobileNetV4Config(CONV_SMALL_STAGES, stem_chs=32),
+    "mobilenetv4_conv_medium": MobileNetV4Config(CONV_MEDIUM_STAGES, stem_chs=32),
+    "mobilenetv4_conv_large": MobileNetV4Config(CONV_LARGE_STAGES, stem_chs=24),
+    "mobilenetv4_hybrid_medium": MobileNetV4Config(HYBRID_MEDIUM_STAGES, stem_chs=32, layer_scale=1e-5),
+    "mobilenetv4_hybrid_large": MobileNetV4Config(HYBRID_LARGE_STAGES, stem_chs=24, act_layer=GELU, layer_scale=1e-5),
 }
 
 # The resolution each variant's published weights were trained at (timm's default configs).
 _INPUT_SIZES = {"mobilenetv4_conv_medium": 256, "mobilenetv4_conv_large": 384, "mobilenetv4_hybrid_medium": 256,
                 "mobilenetv4_hybrid_large": 384}
 
-# The CAM reads the last block: the head convolution comes after the global pooling, as in MobileNetV3.
-# No LoRA targets: the hybrids' few attention blocks are 1x1 convolutions, where a low-rank update saves little.
+# The network is MobileNetV3's. The CAM reads the last block: the head convolution comes after the
+# global pooling, as in MobileNetV3. No LoRA targets: the hybrids' few attention blocks are 1x1
+# convolutions, where a low-rank update saves little.
 register_family(VARIANTS, family="mobilenetv4", paper="MobileNetV4: Universal Models for the Mobile Ecosystem",
-                year=2024, builder=MobileNetV4, recipe_style="convnet", cam_layer=CamLayer("blocks"), edge=True,
+                year=2024, builder=MobileNetV3, recipe_style="convnet", cam_layer=CamLayer("blocks"), edge=True,
                 extras={name: VariantExtras(input_size=(3, size, size)) for name, size in _INPUT_SIZES.items()})

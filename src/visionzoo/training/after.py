@@ -69,11 +69,12 @@ def after_training_steps(settings: TrainSettings) -> list[AfterTrainingStep]:
 
 def finish_run(run: PreparedRun, state: RunState, *, best_val: dict[str, Any] | None,
                last_val: dict[str, Any] | None, validate: Validate, val_set: Any, logger: RunLogger,
-               phases: MeasuringTimer, cost: dict[str, Any]) -> None:
+               phases: MeasuringTimer, cost: dict[str, Any], stopped_early: str | None = None) -> None:
     """On rank 0 after the last epoch: last/ (with the head facts fitted on its own, the last,
     validation; best/ gets its own from `heads.fit_head_step`), best/ if no epoch wrote one, the
     after-training steps, plots and summary.json. `best_val`: the best epoch's validation when this
-    process ran it; `cost`: `cost_summary`'s numbers."""
+    process ran it; `cost`: `cost_summary`'s numbers; `stopped_early`: why early stopping ended the
+    run before its last epoch (summary.json's `stopped_early`), None when it ran them all."""
     exported = run.exported
     with_head(exported, fit_run_head(last_val, run.task, run.settings) if last_val is not None
               else {"task": run.task})
@@ -100,6 +101,8 @@ def finish_run(run: PreparedRun, state: RunState, *, best_val: dict[str, Any] | 
                "best_epoch": None if state.best_epoch is None else state.best_epoch + 1,
                "epochs": len(state.history), "history": state.history,
                "bad_files": len(state.bad_files), "time": phases.summary(), **cost}
+    if stopped_early:
+        summary["stopped_early"] = stopped_early
     if best_val is not None and "balanced_accuracy" in best_val:  # the tail's view of the best epoch
         summary["best_val_balanced_accuracy"] = best_val["balanced_accuracy"]
     best_record = next((r for r in state.history if state.best_epoch is not None and r["epoch"] == state.best_epoch + 1),

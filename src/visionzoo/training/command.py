@@ -228,8 +228,10 @@ def _add_optimisation_arguments(group) -> None:
     group.add_argument("--head-lr-scale", type=float, help=f"head lr / backbone lr ({_BY_RECIPE})")
     group.add_argument("--label-smoothing", type=float, help=_BY_RECIPE)
     group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                       help="keep an EMA of the weights (default: off)")
-    group.add_argument("--ema-decay", type=float, help="default: 0.9998")
+                       help="keep an EMA of the weights, validated beside them; best/ holds the better "
+                            "(default: off)")
+    group.add_argument("--ema-decay", type=float, help="default: 0.9998; in transfer runs, an average over a third "
+                       "of the optimizer steps (1 - 3 / steps, within 0.9 and 0.9998)")
     group.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default: 1)")
     group.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value (default: no clipping)")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
@@ -245,8 +247,10 @@ def _add_optimisation_arguments(group) -> None:
     group.add_argument("--balance-beta", type=float, metavar="B",
                        help="effective: the effective number's beta (default: 0.999)")
     group.add_argument("--balance-tau", type=float, metavar="T", help="logit-adjust: the prior's scale (default: 1)")
-    group.add_argument("--early-stopping", type=int, metavar="EPOCHS",
-                       help="stop after this many epochs without improvement (default: never)")
+    group.add_argument("--early-stopping", type=int, metavar="N",
+                       help="stop after N validations without improvement of val top-1 (mAP when multi-label); "
+                            "best/ keeps the best epoch (default: 2 in transfer runs, auto and finetune; never in "
+                            "others; 0: never)")
 
 
 def _add_augmentation_arguments(group, presets: tuple[str, ...]) -> None:

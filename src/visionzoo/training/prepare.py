@@ -313,8 +313,8 @@ def prepare_data(run: PreparedRun, logger: RunLogger, bad_log: BadFileLog, phase
         bad_files.update((item.path, item.reason) for item in bad)
     elif s.cache and not whole_photos:
         size = cache_size(run.image_size, run.data_config, s.cache_size)
-        train_samples, val_samples, bad = cache_splits(train_samples, val_samples, size, rank=run.rank,
-                                                       world=run.world)
+        train_samples, val_samples, bad = cache_splits(train_samples, val_samples, size, data_config=run.data_config,
+                                                       image_size=run.image_size, rank=run.rank, world=run.world)
         bad_files.update((item.path, item.reason) for item in bad)
     loaders = build_loaders(
         train_samples, val_samples, data_config=run.data_config, image_size=run.image_size,

@@ -71,8 +71,8 @@ class TrainSettings:
     drop_path_rate: float | None = None
     drop_rate: float | None = None
     image_size: int | tuple[int, int] | None = None  # one side, or (H, W) for rectangular inputs
-    ema: bool = False
-    ema_decay: float = 0.9998
+    ema: bool | None = None  # keep an EMA of the weights, validated beside them; None: the recipe's (off)
+    ema_decay: float | None = None  # None: 0.9998, or in transfer runs from the steps (recipes.transfer_plan)
     grad_accum: int = 1
     clip_grad: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -82,7 +82,8 @@ class TrainSettings:
     balance_beta: float = 0.999  # effective: Cui et al.'s beta
     balance_tau: float = 1.0  # logit-adjust: Menon et al.'s tau
     resize_mode: str | None = None  # crop | squash | letterbox (data.resize); None: the model's preprocessing
-    early_stopping: int | None = None  # epochs without improvement before stopping
+    early_stopping: int | None = None  # validations without improvement before stopping (0: never); None: 2 in
+    # transfer runs (recipes.TRANSFER_PATIENCE), never otherwise
     seed: int = 0
     deterministic: bool = False
     workers: int | None = None
@@ -182,6 +183,10 @@ _DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 # freezes its stem and first stage: unfrozen, convnext_tiny at batch 16 peaked at 3.25 GB RSS on
 # 245 photos. Rates are not batch-scaled (chosen at the small batches of the size rules); the ViT
 # and ConvNeXt rows follow their fine-tuning papers' rates and are not yet measured here.
+# EMA (`ema`) stays off in auto until benchmarks/transfer_cpu.py's ema arm shows it winning: with it on,
+# every validation runs twice (the average and the raw weights), which on that benchmark's 5,000
+# validation photos costs about as much as training. With --ema, transfer runs average over a third of
+# their steps (recipes.ema_decay_for), not over the 5,000 steps of 0.9998.
 _AUTO = {
     "convnet": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, label_smoothing=0.1, augment="light",
                     head_lr_scale=10.0, drop_path_rate=0.0, probe_init=False, freeze_stages=2, freeze_bn=True),
@@ -277,7 +282,9 @@ def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num
     transfer = resolved.recipe in TRANSFER_RECIPES
     if transfer and num_train is not None:
         for name, (value, why) in transfer_plan(num_train, batch_size=given.batch_size, epochs=given.epochs,
-                                                warmup_steps=given.warmup_steps).items():
+                                                warmup_steps=given.warmup_steps,
+                                                early_stopping=given.early_stopping,
+                                                ema_decay=given.ema_decay).items():
             if getattr(resolved, name) is None:
                 setattr(resolved, name, value)
                 sources[name] = why
@@ -287,7 +294,7 @@ def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num
         if style != "vit":
             defaults.setdefault("channels_last", True)
     for name, value in (("epochs", 10), ("batch_size", 64), ("cache", False), ("probe_init", False),
-                        ("freeze_bn", False), ("channels_last", False)):
+                        ("freeze_bn", False), ("channels_last", False), ("ema", False), ("ema_decay", 0.9998)):
         defaults.setdefault(name, value)
     for name, value in defaults.items():
         if getattr(resolved, name) is None and value is not None:
@@ -347,6 +354,8 @@ def check_settings(s: TrainSettings) -> None:
     """Raise a SettingError naming the first resolved setting out of its range, with its value."""
     if s.head_init_std is not None and not s.head_init_std >= 0:
         raise SettingError(f"head_init_std must be 0 (zeros) or a positive std, got {s.head_init_std}")
+    if s.early_stopping is not None and s.early_stopping < 0:
+        raise SettingError(f"early_stopping must be 0 (never) or a number of validations, got {s.early_stopping}")
     for name in ("epochs", "batch_size", "grad_accum", "val_every"):
         if getattr(s, name) < 1:
             raise SettingError(f"{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
@@ -354,6 +363,8 @@ def check_settings(s: TrainSettings) -> None:
         raise SettingError(f"lr must be 0 or more, got {s.lr}")
     if not s.weight_decay >= 0:
         raise SettingError(f"weight_decay must be 0 or more, got {s.weight_decay}")
+    if not 0 <= s.ema_decay < 1:
+        raise SettingError(f"ema_decay must be in [0, 1), got {s.ema_decay}")
     if not 0 <= s.momentum < 1:
         raise SettingError(f"momentum must be in [0, 1), got {s.momentum}")
     if s.track not in (None, "mlflow", "wandb"):

@@ -207,7 +207,7 @@ class Trainer:
                            validate=lambda model: self._validate(model), val_set=self.data.loaders.val_set,
                            logger=self.logger, phases=self.phases,
                            cost=cost_summary(run, train_seconds=self.train_seconds, train_steps=self.train_steps,
-                                             teacher=self.teacher))
+                                             teacher=self.teacher), stopped_early=self._stopped_early())
             return self._result(interrupted)
         finally:
             torch.set_num_threads(threads)
@@ -239,6 +239,11 @@ class Trainer:
     def _loop(self, start_epoch: int, batches_done: int) -> bool:
         """The epochs; True when Ctrl-C interrupted them."""
         state = self.state
+        if start_epoch > 0 and self.best.should_stop(state):  # resumed after the epoch that stopped it early
+            if start_epoch < self.run_parts.settings.epochs:
+                self.logger.print(f"the run had stopped early ({self._stopped_early()}): nothing more to train; "
+                                  f"resume with --early-stopping 0 to train on")
+            return False
         try:
             for epoch in range(start_epoch, self.run_parts.settings.epochs):
                 self.train_epoch(epoch, batches_done)
@@ -441,9 +446,18 @@ class Trainer:
         state.epoch_loss_sum, state.epoch_images = 0.0, 0  # the next epoch starts its own sums
         self.checkpoints.save(state)
         self.bad_log.write(state.bad_files)
-        if self.best.should_stop(state):
-            unit = "epochs" if s.val_every == 1 else f"validations (one every {s.val_every} epochs)"
-            metric = "mAP" if run.task == "multilabel" else "top-1"
-            self.logger.print(f"early stopping: val {metric} has not improved for {state.stale_epochs} {unit}")
+        if self.best.should_stop(state) and epoch + 1 < s.epochs:
+            self.logger.print(f"early stopping: {self._stopped_early()}")
             return True
         return False
+
+    def _stopped_early(self) -> str | None:
+        """Why the run ended before its last epoch (patience ran out: `--early-stopping`), or None."""
+        run, s, state = self.run_parts, self.run_parts.settings, self.state
+        if not state.history or state.history[-1]["epoch"] >= s.epochs or not self.best.should_stop(state):
+            return None
+        unit = ("epoch" if s.val_every == 1 else "validation") + "s" * (state.stale_epochs > 1) + (
+            f" (one every {s.val_every} epochs)" if s.val_every > 1 else "")
+        metric = "mAP" if run.task == "multilabel" else "top-1"
+        return (f"val {metric} had not improved for {state.stale_epochs} {unit} after epoch {state.epoch + 1} of "
+                f"{s.epochs}; best/ holds epoch {state.best_epoch + 1}")

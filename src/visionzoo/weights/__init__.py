@@ -263,6 +263,7 @@ def _convert_if_needed(target: Mapping[str, torch.Size], state_dict: dict[str, t
     logger.info("%s: converting from the %s layout", description, converter.name)
     try:
         return convert_state_dict(converter, state_dict, dict(target),
-                                  flexible=(*classifier, "pos_embed", "relative_position_bias_table"))
+                                  flexible=(*classifier, "pos_embed", "relative_position_bias_table"),
+                                  optional=classifier)
     except ConversionError as error:
         raise ConversionError(f"{description}: {error}") from None

@@ -45,8 +45,12 @@ def probe_candidate(c: Candidate, splits, selection, cache_dir: Path, image_size
     from visionzoo.embed.embeddings import embed_samples
     from visionzoo.embed.probe import run_probe
     from visionzoo.embed.scores import transferability
+    from visionzoo.factory import size_overrides
+    from visionzoo.registry import get_card
 
-    model = visionzoo.create_model(c.name, pretrained=c.weights)
+    # built for the side it is fed at, as training builds it: a ViT's position table is resampled to it
+    overrides = size_overrides(get_card(c.name), image_size) if image_size else {}
+    model = visionzoo.create_model(c.name, pretrained=c.weights, **overrides)
     config = _data_config(model, image_size)
     identity = {"model": c.name, "weights": weights_identity(c.weights)}
     parts = {part: embed_samples(model, samples, splits.classes, cache_dir, identity=identity, data_config=config,

@@ -63,10 +63,15 @@ def _shown(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def convert_state_dict(converter: Converter, state_dict: dict[str, torch.Tensor], target: Shapes, *,
-                       flexible: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                       flexible: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """`state_dict` in our names. Every planned key must be present with our shape, except keys
-    under a `flexible` prefix (classifier, position tables), whose shapes the adapter checks."""
+    under a `flexible` prefix (classifier, position tables), whose shapes the adapter checks, and
+    keys under an `optional` prefix (the classifier: a feature backbone ships none), which may be absent."""
     plan = converter.plan(set(state_dict), target)
     out, used, missing, mismatched = {}, set(), [], []
     for ours, mapping in plan.items():
@@ -74,12 +79,12 @@ def convert_state_dict(converter: Converter, state_dict: dict[str, torch.Tensor]
             out[ours] = mapping.fill(target[ours])
             continue
         if mapping.source not in state_dict:
-            if not ours.endswith("num_batches_tracked"):
+            if not ours.endswith("num_batches_tracked") and not _under(ours, optional):
                 missing.append(f"{mapping.source} (for {ours})")
             continue
         tensor = state_dict[mapping.source]
         used.add(mapping.source)
-        flexible_key = any(ours == p or ours.startswith(p + ".") or ours.endswith(p) for p in flexible)
+        flexible_key = _under(ours, flexible) or any(ours.endswith(p) for p in flexible)
         if mapping.to_ours is not None:
             if mapping.to_ours is not reshape_to_ours or tensor.numel() == target[ours].numel():
                 tensor = mapping.to_ours(tensor, target[ours])

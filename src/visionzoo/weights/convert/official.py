@@ -12,7 +12,12 @@ from visionzoo.weights.convert.base import Converter, Mapping, block_indices, pr
 
 
 class ConvNeXtOfficial(Converter):
+    """Facebook's ConvNeXt checkpoints, and Meta's DINOv3 (and EUPE) ConvNeXt students in the same names;
+    those carry per-stage feature norms (`norms.`) and distillation projectors (`projectors.`) that only
+    the teachers' training reads, and no classifier: dropped, as timm's checkpoint filter drops them."""
+
     name = "ConvNeXt official"
+    ignored = (r"^norms\.", r"^projectors\.")
 
     def detect(self, source_keys, target):
         return "downsample_layers.0.0.weight" in source_keys and "stem.0.weight" in target
