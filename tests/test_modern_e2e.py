@@ -265,9 +265,10 @@ def test_siglip2_pair_resolves_by_catalog_name_offline(siglip_cache):
     images, tokens = torch.randn(2, 3, 32, 32), torch.randint(4, SMALL_TEXT["vocab_size"], (3, 64))
     with torch.no_grad():
         expected = siglip_cache(images, tokens)
-    for pretrained in (True, "ViT-B-16-SigLIP2.webli"):
+    for pretrained in (True, "ViT-B-16-SigLIP2.webli", "hf-hub:timm/ViT-B-16-SigLIP2"):
         pair = _small_pair(pretrained)
-        assert spec_of(pair).weights == "ViT-B-16-SigLIP2.webli"
+        assert spec_of(pair).weights == (pretrained if isinstance(pretrained, str) and pretrained.startswith("hf-hub:")
+                                         else "ViT-B-16-SigLIP2.webli")
         with torch.no_grad():
             torch.testing.assert_close(pair(images, tokens), expected, rtol=0, atol=0)
         config = visionzoo.data_config(pair)

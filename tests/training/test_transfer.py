@@ -108,14 +108,13 @@ def test_auto_is_the_default_with_weights_and_probe_init_starts_the_head_from_a_
 
 
 def test_the_schedule_is_counted_in_steps_with_a_floor_for_tiny_sets():
-    tiny = transfer_plan(80)  # 5 steps per epoch at batch 16: 10 epochs reach the floor of 50 steps
+    tiny = transfer_plan(80)  # 5 steps per epoch at batch 16: 20 epochs reach the floor of 100 steps
     batch, epochs, warmup = (tiny[k][0] for k in ("batch_size", "epochs", "warmup_steps"))
     steps = epochs * math.ceil(80 / batch)
-    assert batch == 16 and steps >= size_rule(80).min_steps and epochs == 10 and warmup == round(0.1 * steps)
-    assert "floor of 50 optimizer steps" in tiny["epochs"][1]
-    # the transfer benchmark's 300 photos: 19 steps per epoch, 3 epochs (the bucket's own) pass the floor
-    assert transfer_plan(300)["epochs"] == (3, "data-size rule for <= 1000 images (BiT small (<20k): short "
-                                               "schedule): 3 epochs")
+    assert batch == 16 and steps >= size_rule(80).min_steps and epochs == 20 and warmup == round(0.1 * steps)
+    assert "floor of 100 optimizer steps" in tiny["epochs"][1]
+    # the transfer benchmark's 300 photos: 19 steps per epoch, so 6 epochs reach the floor
+    assert transfer_plan(300)["epochs"][0] == 6
     big = transfer_plan(100_000)
     assert big["batch_size"][0] == 64 and big["epochs"][0] == size_rule(100_000).epochs
     assert transfer_plan(80, epochs=3)["epochs"] == (3, "user")

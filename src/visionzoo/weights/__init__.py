@@ -132,7 +132,9 @@ def _hub_source(spec: str) -> _Source:
         source = _local_source(hub_model_folder(spec))
         return dataclasses.replace(source, description=spec, name=spec)
     entry = _timm_hub_config(config) if config else None
-    path = hub_download(repo, ["model.safetensors", "pytorch_model.bin"], revision)
+    # timm's layout first; open_clip's file names for image-text pairs (timm/ViT-B-16-SigLIP2 ships only those)
+    path = hub_download(repo, ["model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                               "open_clip_pytorch_model.bin"], revision)
     return _Source(path, spec, spec, entry, (entry or {}).pop("class_names", None))
 
 
