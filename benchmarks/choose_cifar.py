@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
+
+from bakeoff_cpu import timed  # a subprocess timed, its output logged
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -90,14 +90,9 @@ def run(command: list[str], env: dict, log: Path) -> tuple[float, str]:
         saved = json.loads(done.read_text())
         if saved["command"] == command:
             return saved["wall_s"], saved["stdout"]
-    started = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    log.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}); see {log}:\n{result.stderr[-2000:]}")
-    done.write_text(json.dumps({"command": command, "wall_s": wall, "stdout": result.stdout}))
-    return wall, result.stdout
+    wall, stdout = timed(command, env, log)
+    done.write_text(json.dumps({"command": command, "wall_s": wall, "stdout": stdout}))
+    return wall, stdout
 
 
 def kendall_tau(scores: dict[str, float], truth: dict[str, float]) -> float:

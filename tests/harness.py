@@ -12,6 +12,7 @@ on the meta device instead (numeric runs of them would not fit the suite's time 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -94,7 +95,27 @@ def reference_model(name: str, **kwargs: Any) -> nn.Module:
         import torchvision.models
 
         return torchvision.models.get_model(ref_name, weights=None, **kwargs)
+    if library == "airbench":
+        return airbench_reference(card.config.widths, **kwargs)
     raise ValueError(f"no reference builder for library '{library}' (model '{name}')")
+
+
+def airbench_reference(widths: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
+    """airbench's `make_net94` at these widths with fp32 weights on the CPU (its builder calls `.half()` and
+    `.cuda()`, made no-ops while it runs); skips the test when the airbench package is not installed."""
+    import pytest
+
+    airbench94 = pytest.importorskip("airbench.lib_airbench94", reason="airbench is not installed "
+                                     "(pip install airbench==0.1.8): no reference for the airbench family")
+    if num_classes != 10:
+        raise ValueError(f"airbench's make_net94 has 10 outputs, asked for {num_classes}")
+    cuda, half = nn.Module.cuda, nn.Module.half
+    nn.Module.cuda = nn.Module.half = lambda self, *args, **kwargs: self
+    try:
+        net = airbench94.make_net94(widths=dict(zip(("block1", "block2", "block3"), widths)))
+    finally:
+        nn.Module.cuda, nn.Module.half = cuda, half
+    return net.float().to(memory_format=torch.contiguous_format)
 
 
 def perturb_constant_tensors(model: nn.Module, scale: float = 0.1) -> int:
@@ -208,3 +229,18 @@ def numeric_parity_models() -> list[str]:
     for name in small:
         smallest.setdefault(_kind(name), name)
     return sorted(set(smallest.values()) | set(_ALSO_NUMERIC))
+
+
+def cache_hub_repo(cache: os.PathLike, repo: str, files: dict[str, bytes]) -> None:
+    """Lay files out as huggingface_hub's cache does after a download (refs/main -> snapshot), so that
+    Hub names resolve offline from `cache` (HF_HUB_CACHE)."""
+    folder = os.path.join(cache, "models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    os.makedirs(os.path.join(folder, "refs"), exist_ok=True)
+    with open(os.path.join(folder, "refs", "main"), "w") as handle:
+        handle.write(commit)
+    snapshot = os.path.join(folder, "snapshots", commit)
+    os.makedirs(snapshot, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(snapshot, name), "wb") as handle:
+            handle.write(data)

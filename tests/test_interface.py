@@ -23,7 +23,7 @@ SMALL_MODELS = numeric_parity_models()
 
 # Families whose convolutions and pools are unpadded (as in their papers): their maps come out a
 # few pixels smaller than input / stride.
-UNPADDED_FAMILIES = {"alexnet", "inception_v3"}
+UNPADDED_FAMILIES = {"alexnet", "inception_v3", "airbench"}  # airbench: its 2x2 whitening conv
 
 
 def _has_stages(name: str) -> bool:

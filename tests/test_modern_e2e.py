@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import visionzoo
+from harness import cache_hub_repo
 from visionzoo import cli
 from visionzoo.factory import spec_of
 from visionzoo.weights import default_weight
@@ -50,20 +51,6 @@ def weight_files(tmp_path_factory) -> dict[str, str]:
         files[name] = str(folder / f"{name}.safetensors")
         save_file({k: v.contiguous() for k, v in visionzoo.create_model(name).state_dict().items()}, files[name])
     return files
-
-
-def _cache_repo(cache: os.PathLike, repo: str, files: dict[str, bytes]) -> None:
-    """Lay files out as huggingface_hub's cache does after a download (refs/main -> snapshot)."""
-    folder = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    os.makedirs(os.path.join(folder, "refs"), exist_ok=True)
-    with open(os.path.join(folder, "refs", "main"), "w") as handle:
-        handle.write(commit)
-    snapshot = os.path.join(folder, "snapshots", commit)
-    os.makedirs(snapshot, exist_ok=True)
-    for name, data in files.items():
-        with open(os.path.join(snapshot, name), "wb") as handle:
-            handle.write(data)
 
 
 def _safetensors_bytes(state: dict[str, torch.Tensor], tmp_path) -> bytes:
@@ -196,7 +183,7 @@ def test_convnext_loads_dinov3_distilled_weights_by_name(tmp_path):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     reference = timm.create_model("convnext_tiny", num_classes=0).eval()
-    _cache_repo(os.environ["HF_HUB_CACHE"], "timm/convnext_tiny.dinov3_lvd1689m",
+    cache_hub_repo(os.environ["HF_HUB_CACHE"], "timm/convnext_tiny.dinov3_lvd1689m",
                 {"model.safetensors": _safetensors_bytes(reference.state_dict(), tmp_path)})
     model = visionzoo.create_model("convnext_tiny", pretrained="convnext_tiny.dinov3_lvd1689m", num_classes=0).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -256,7 +243,7 @@ def siglip_cache(tmp_path):
         pair.logit_bias.fill_(-2.5)
     state = {("visual.trunk." + k[len("visual."):] if k.startswith("visual.") else k): v
              for k, v in pair.state_dict().items()}
-    _cache_repo(os.environ["HF_HUB_CACHE"], "timm/ViT-B-16-SigLIP2",
+    cache_hub_repo(os.environ["HF_HUB_CACHE"], "timm/ViT-B-16-SigLIP2",
                 {"open_clip_model.safetensors": _safetensors_bytes(state, tmp_path), **_tokenizer_files(tmp_path)})
     return pair
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from visionzoo.errors import MissingExtraError, SettingError
+from visionzoo.layers.dual_encoder import DualEncoder
 from visionzoo.layers.init import init_text_tower_
 from visionzoo.layers.mlp import QuickGELU
 
@@ -174,31 +175,18 @@ class TextTransformer(nn.Module):
 # --- the paired model ----------------------------------------------------------------------
 
 
-class CLIP(nn.Module):
+class CLIP(DualEncoder):
     """An image tower and a text tower embedding into one space, with a learned logit scale
     (Radford et al., 2021). `visual` is a registered CLIP ViT whose `head` is the image projection."""
 
     def __init__(self, visual: nn.Module, text: TextTransformer, init_logit_scale: float = math.log(1 / 0.07)):
-        super().__init__()
-        if getattr(visual, "num_classes", None) != text.embed_dim:
-            raise SettingError(f"the image tower outputs {getattr(visual, 'num_classes', None)} features but the text "
-                             f"tower {text.embed_dim}; build the image tower with num_classes={text.embed_dim}")
-        self.visual = visual
-        self.text = text
+        super().__init__(visual, text, getattr(visual, "num_classes", None),
+                         f"build the image tower with num_classes={text.embed_dim}")
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.embed_dim = text.embed_dim
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.visual(images)
-        return F.normalize(features, dim=-1) if normalize else features
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.text(tokens)
-        return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N images, M texts): scaled cosine similarities."""
-        return self.logit_scale.exp() * self.encode_image(images, True) @ self.encode_text(tokens, True).T
+        return self.logit_scale.exp() * self.cosine(images, tokens)
 
 
 _B = ClipTextConfig(width=512, layers=12, heads=8)

@@ -69,6 +69,8 @@ class ModelCard:
     num_classes: int = 1000
     reference: str = ""  # e.g. "timm:resnet50" or "torchvision:alexnet"
     defaults: dict[str, Any] = field(default_factory=dict)  # builder kwargs this variant sets
+    # preprocessing of the architecture itself, under what weights say (e.g. CIFAR's mean and std)
+    data_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference_library(self) -> str:
@@ -146,6 +148,7 @@ class VariantExtras:
     num_classes: int | None = None  # 0: published as a backbone, without a classifier
     reference: str | None = None  # 'library:name' where the reference model has another name
     defaults: dict[str, Any] | None = None  # builder kwargs this variant sets
+    data_config: dict[str, Any] | None = None  # its preprocessing where no weights give one (mean, std, crop_pct)
     edge: bool | None = None  # for a variant of its own family: whether that family is built for the edge
 
 
@@ -210,7 +213,7 @@ def register_family(
         size = getattr(config, "img_size", 224)
         facts = dict(family=family, paper=paper, year=year, builder=builder, recipe_style=recipe_style,
                      input_size=(3, size, size), num_classes=1000, reference=f"{reference_library}:{name}",
-                     defaults={})
+                     defaults={}, data_config={})
         extra = extras.get(name, VariantExtras())
         facts.update({f.name: getattr(extra, f.name) for f in dataclasses.fields(extra)
                       if getattr(extra, f.name) is not None})

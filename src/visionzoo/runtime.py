@@ -17,6 +17,9 @@ reused) and the trim threshold to 2 GiB (freed memory stays in the process for t
 so the peak RSS stays what the peak of live tensors needs. It is called by the command line and
 by `visionzoo.train`; set VISIONZOO_MALLOC=0 to leave the allocator alone. It does nothing on a
 C library other than glibc.
+
+`bf16_native(device)` says whether a device computes bf16 natively (a CPU with AVX512-BF16 or AMX,
+a GPU that supports it), where bf16 autocast is faster than fp32 rather than emulated and slower.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["tune_allocator"]
+__all__ = ["tune_allocator", "bf16_native"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 _MMAP_THRESHOLD = 1 << 30
@@ -50,3 +53,19 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         _tuned = False
     return _tuned
+
+
+def bf16_native(device) -> bool:
+    """Whether `device` (a `torch.device`) computes bf16 natively (so bf16 autocast is faster, not slower)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                flags = cpuinfo.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False

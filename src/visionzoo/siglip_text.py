@@ -26,9 +26,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from visionzoo.errors import SettingError, UsageError, require_extra
+from visionzoo.layers.dual_encoder import DualEncoder
 from visionzoo.layers.init import init_text_tower_
 
 __all__ = ["SigLipTextConfig", "SigLipTextTransformer", "SigLIP", "SigLipTokenizer", "SIGLIP_MODELS",
@@ -122,36 +122,21 @@ class SigLipTextTransformer(nn.Module):
 # --- the paired model ----------------------------------------------------------------------
 
 
-class SigLIP(nn.Module):
+class SigLIP(DualEncoder):
     """SigLIP 2's image and text towers with a learned logit scale and bias (Zhai et al., 2023; Tschannen
     et al., 2025). `visual` is a registered SigLIP image tower (no classifier: its pooled output is the
     image embedding). `forward` gives logits whose sigmoid is the probability that image and text match."""
 
     def __init__(self, visual: nn.Module, text: SigLipTextTransformer, init_logit_scale: float = 2.302585,
                  init_logit_bias: float = -10.0):  # log(10) and -10: the paper's initialisation
-        super().__init__()
         width = getattr(visual, "num_features", None) if getattr(visual, "num_classes", 0) == 0 else visual.num_classes
-        if width != text.embed_dim:
-            raise SettingError(f"the image tower outputs {width} features but the text tower {text.embed_dim}; "
-                               f"build the text tower with embed_dim={width}")
-        self.visual = visual
-        self.text = text
+        super().__init__(visual, text, width, f"build the text tower with embed_dim={width}")
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
-        self.embed_dim = text.embed_dim
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.visual(images)
-        return F.normalize(features, dim=-1) if normalize else features
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.text(tokens)
-        return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (N images, M texts): scale * cosine similarity + bias; each one's sigmoid stands alone."""
-        cosine = self.encode_image(images, True) @ self.encode_text(tokens, True).T
-        return self.logit_scale.exp() * cosine + self.logit_bias
+        return self.logit_scale.exp() * self.cosine(images, tokens) + self.logit_bias
 
 
 # open_clip's model names -> (image tower, text config, embedding width)

@@ -97,8 +97,8 @@ def _close_finalists(tmp_path, monkeypatch, selection_kept, full):
 
     evaluated = []
     monkeypatch.setattr(stage, "export_winner", lambda c, *args: ("model.onnx", "visionzoo export"))
-    monkeypatch.setattr(stage, "split_csv", lambda path, classes, parts: path)
-    monkeypatch.setattr(stage, "_full_val_top1", lambda c, state, data: evaluated.append(c.name) or full[c.name])
+    monkeypatch.setattr(stage, "_rest_of_val", lambda request, splits, kept: None)
+    monkeypatch.setattr(stage, "_full_val_top1", lambda c, state, rest: evaluated.append(c.name) or full[c.name])
     lite0 = Candidate("efficientnet_lite0", "a.pth", latency_ms=2.0, finetune_top1=0.833, status="fine-tuned",
                       run_dir=str(tmp_path / "lite0"))
     lite2 = Candidate("efficientnet_lite2", "b.pth", latency_ms=4.0, finetune_top1=0.829, status="fine-tuned",
@@ -124,3 +124,31 @@ def test_a_close_finish_on_the_whole_validation_set_says_so_and_evaluates_nothin
     winner, evaluated = _close_finalists(tmp_path, monkeypatch, None, {})
     assert evaluated == [] and winner["name"] == "efficientnet_lite0"
     assert "nothing more can tell them apart" in winner["decision"]
+
+
+def test_the_full_validation_top1_scores_only_the_images_outside_the_selection(tmp_path, monkeypatch):
+    """The selection's part comes from the fine-tune's own validation of best/; evaluate sees the rest, once."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import visionzoo.evaluation
+    from visionzoo.choose.bakeoff import result as stage
+    from visionzoo.choose.bakeoff.state import BakeoffState
+    from visionzoo.choose.candidates import Candidate
+    from visionzoo.data.samples import FileSamples
+
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(10)]
+    splits = SimpleNamespace(classes=["a", "b"], val=FileSamples(paths, np.array([0, 1] * 5)))
+    rest = stage._rest_of_val(SimpleNamespace(out=tmp_path), splits, np.array([0, 3, 4, 7]))
+    rows = (tmp_path / "val-rest.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == [paths[i] for i in (1, 2, 5, 6, 8, 9)]
+    assert (rest.num_rest, rest.num_selection) == (6, 4)
+
+    seen = []
+    monkeypatch.setattr(visionzoo.evaluation, "evaluate", lambda model, data: seen.append(data) or {"top1": 0.5})
+    state = BakeoffState(tmp_path, {})
+    tuned = Candidate("resnet18", "w", finetune_top1=0.75, status="fine-tuned", run_dir=str(tmp_path / "run"))
+    assert stage._full_val_top1(tuned, state, rest) == pytest.approx((3 + 3) / 10)  # 3 of 4 and 3 of 6
+    assert seen == [rest.csv]
+    assert stage._full_val_top1(tuned, state, rest) == pytest.approx(0.6) and len(seen) == 1  # saved, not redone

@@ -74,3 +74,60 @@ def test_a_program_without_metadata_is_refused(tmp_path):
         open_exported(tmp_path / "x.pte")
     with pytest.raises(SettingError, match="runs only with --runtime executorch"):
         open_exported(tmp_path / "x.pte", "onnxruntime")
+
+
+def _relu6_net() -> torch.nn.Module:
+    """conv -> BN -> ReLU6 twice, then a linear head; BN scales spread the pre-activations over about +-40,
+    so most of a conv output's range is what ReLU6 clips away (as in MobileNet and EfficientNet-Lite)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        net[1].weight.fill_(12.0)
+        net[4].weight.fill_(12.0)
+    return net
+
+
+def test_relu6_outputs_are_quantised_on_their_own_range():
+    """XNNPACK's quantizer gives a hardtanh (ReLU6) the quantisation of its input, the raw convolution
+    output; ours fuses conv -> ReLU6, so every ReLU6 output is quantised over about [0, 6]."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from visionzoo.deploy.export.executorch import xnnpack_quantizer
+
+    net = _relu6_net()
+    x = torch.randn(8, 3, 16, 16)
+    prepared = prepare_pt2e(torch.export.export(net, (x[:1],)).module(), xnnpack_quantizer())
+    with torch.no_grad():
+        for image in x:
+            prepared(image[None])
+    converted = convert_pt2e(prepared)
+    clamps = [n for n in converted.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(clamps) == 2
+    for clamp in clamps:
+        assert "conv" in str(clamp.args[0].target)  # no quantise/dequantise pair between conv and clamp
+        (quantize,) = clamp.users
+        assert "quantize_per_tensor" in str(quantize.target) and quantize.args[1] <= 6.0 / 255 * 1.01
+
+
+def test_int8_program_of_a_relu6_network_stays_close_to_eager(tmp_path):
+    """The lowered int8 program fuses the clamp into the convolution and computes what the annotation says:
+    with the ReLU6 outputs quantised on the conv's range this network's logits were off by about a third."""
+    from visionzoo.deploy.export.executorch import export_executorch
+    from visionzoo.deploy.export.onnx import model_preprocessing
+    from visionzoo.deploy.runtimes import open_exported
+
+    net = _relu6_net()
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((16, 3, 16, 16)).astype(np.float32)]
+    metadata = {"visionzoo.preprocessing": json.dumps(model_preprocessing(net, 16))}
+    result = export_executorch(net, tmp_path / "n.int8.pte", metadata, img_size=16, precision="int8",
+                               calibration=calibration)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    error = np.abs(open_exported(result.path).predict_logits(x) - expected).max() / np.abs(expected).max()
+    assert error <= 0.05, error

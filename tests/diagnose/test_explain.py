@@ -44,6 +44,7 @@ CAM_CASES = {
     "repvit": ("repvit_m0_9", 64, {}),
     "fastvit": ("fastvit_t8", 64, {}),
     "mobileone": ("mobileone_s0", 64, {}),
+    "airbench": ("airbench_cifar_w32", 64, {}),  # a 7x7 map from its last conv group
 }
 
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import visionzoo
+from harness import cache_hub_repo
 from visionzoo.layers.pos_embed import resample_abs_pos_embed
 from visionzoo.weights import (
     NonFiniteWeightsError,
@@ -49,20 +50,6 @@ def _trained(name: str = "resnet18", **kwargs) -> torch.nn.Module:
 def _same_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor = X) -> None:
     with torch.no_grad():
         torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
-
-
-def _cache_repo(cache: os.PathLike, repo: str, files: dict[str, bytes]) -> None:
-    """Lay files out as huggingface_hub's cache does after a download (refs/main -> snapshot)."""
-    folder = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    os.makedirs(os.path.join(folder, "refs"), exist_ok=True)
-    with open(os.path.join(folder, "refs", "main"), "w") as handle:
-        handle.write(commit)
-    snapshot = os.path.join(folder, "snapshots", commit)
-    os.makedirs(snapshot, exist_ok=True)
-    for name, data in files.items():
-        with open(os.path.join(snapshot, name), "wb") as handle:
-            handle.write(data)
 
 
 def _safetensors_bytes(model: torch.nn.Module, tmp_path) -> bytes:
@@ -165,7 +152,7 @@ def test_non_finite_values_are_reported_by_name(tmp_path):
 def test_default_and_named_weights_from_the_hub_cache(tmp_path):
     source = _trained()
     data = _safetensors_bytes(source, tmp_path)
-    _cache_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": data})
+    cache_hub_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": data})
     model = visionzoo.create_model("resnet18", pretrained=True)
     _same_outputs(source, model)
     assert visionzoo.spec_of(model).weights == "resnet18.a1_in1k"
@@ -201,7 +188,7 @@ def test_unreachable_hub_answers_at_once_and_uses_the_cache(tmp_path, monkeypatc
         visionzoo.create_model("resnet18", pretrained="resnet18.tv_in1k")
     assert time.perf_counter() - started < 10 and files._REACHABLE == {"hub.invalid": False}
     source = _trained()
-    _cache_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": _safetensors_bytes(source, tmp_path)})
+    cache_hub_repo(tmp_path / "hf-cache", "timm/resnet18.a1_in1k", {"model.safetensors": _safetensors_bytes(source, tmp_path)})
     _same_outputs(source, visionzoo.create_model("resnet18", pretrained=True))
 
 
@@ -216,7 +203,7 @@ def test_hf_hub_repo_in_timm_layout(tmp_path):
     config = {"architecture": "resnet18", "num_classes": 1000,
               "pretrained_cfg": {"input_size": [3, 192, 192], "crop_pct": 1.0, "interpolation": "bicubic",
                                  "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "classifier": "fc"}}
-    _cache_repo(tmp_path / "hf-cache", "someone/my-resnet",
+    cache_hub_repo(tmp_path / "hf-cache", "someone/my-resnet",
                 {"model.safetensors": _safetensors_bytes(source, tmp_path), "config.json": json.dumps(config).encode()})
     model = visionzoo.create_model("resnet18", pretrained="hf-hub:someone/my-resnet")
     _same_outputs(source, model)

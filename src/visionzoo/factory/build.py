@@ -119,7 +119,7 @@ def create_model(
         loaded = load_pretrained(model, pretrained, architecture=name,
                                  target_shapes={k: v.shape for k, v in reference.state_dict().items()},
                                  classifier=classifier, first_conv=first_conv, num_classes=num_classes)
-    data = resolve_data_config(_default_entry_config(name), loaded.config if loaded else None,
+    data = resolve_data_config(card.data_config, _default_entry_config(name), loaded.config if loaded else None,
                                input_size=tuple(card.input_size), img_size=overrides.get("img_size"))
     spec = ModelSpec(name=name, overrides=overrides, data_config=data,
                      class_names=loaded.class_names if loaded else None, weights=loaded.name if loaded else None)
@@ -213,10 +213,13 @@ def zero_shot_spec(classifier: clip_models.ZeroShotClassifier, class_names: Sequ
 def data_config(model: nn.Module | str) -> dict[str, Any]:
     """Preprocessing for `model` (a model made by visionzoo, or a registered name): from the weights
     the model was built with, else its architecture's default weight, else ImageNet defaults at the
-    card's input size. A module visionzoo did not make gets the ImageNet defaults."""
+    card's input size, under the card's own preprocessing (`ModelCard.data_config`). A module visionzoo did not
+    make gets the ImageNet defaults."""
     if isinstance(model, str):
-        size = tuple(get_card(model).input_size) if model in list_models() else (3, 224, 224)
-        return resolve_data_config(_default_entry_config(model), input_size=size)
+        card = get_card(model) if model in list_models() else None
+        size = tuple(card.input_size) if card is not None else (3, 224, 224)
+        return resolve_data_config(card.data_config if card is not None else None, _default_entry_config(model),
+                                   input_size=size)
     spec = find_spec(model)
     return resolve_data_config(spec.data_config if spec is not None else None)
 

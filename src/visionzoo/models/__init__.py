@@ -7,7 +7,9 @@ Every model here shares one interface:
 - `reset_classifier(num_classes)`; `num_classes`; `num_features` (width of pooled features)
 - `feature_info`: list of `visionzoo.features.FeatureInfo` for `features_only` (hierarchical models)
 - constructor `Model(config, *, num_classes, in_chans, **options)` with no data-dependent work,
-  so it builds under `with torch.device("meta"):`
+  so it builds under `with torch.device("meta"):`; weights computed from data (airbench's patch
+  whitening) come from a method `init_from_data(images)`, which `train` calls on a run from scratch
+  (`visionzoo.training.data_init`)
 
 Each file ends the same way: `VARIANTS: dict[str, Config]` (name -> the family's frozen config),
 then one `visionzoo.registry.register_family` call stating the family's paper, year, builder and

@@ -182,7 +182,8 @@ def add_commands(commands, shared) -> None:
     model.add_argument("--drop-path-rate", type=float, help=f"stochastic depth ({_BY_RECIPE})")
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--recipe", choices=RECIPES, help="scratch (default without --pretrained), auto (default with "
-                        "it: settings from the data size), finetune or linear-probe")
+                        "it: settings from the data size), finetune, linear-probe, or cifar-speed (airbench94's "
+                        "CIFAR-10 recipe, for --model airbench_cifar*)")
     recipe.add_argument("--epochs", type=int, help="default: 10, or the transfer recipes' data-size rule")
     recipe.add_argument("--batch-size", type=int, help="global batch size, split across torchrun processes "
                         "(default: 64, or the transfer recipes' data-size rule)")

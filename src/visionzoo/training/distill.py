@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 from visionzoo.errors import SettingError
 from visionzoo.factory import class_names, create_model, data_config, load_model
+from visionzoo.runtime import bf16_native
 from visionzoo.training.settings import TrainSettings
 from visionzoo.training.step import LossFn
 
-__all__ = ["Teacher", "DistillTargets", "load_teacher", "distillation_loss", "bf16_native"]
+__all__ = ["Teacher", "DistillTargets", "load_teacher", "distillation_loss"]
 
 
 class DistillTargets(NamedTuple):
@@ -50,19 +51,6 @@ class DistillTargets(NamedTuple):
 
     labels: torch.Tensor  # class indices, or soft (N, C) targets after mixup / CutMix
     teacher_logits: torch.Tensor  # (N, C) float32
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively (so a bf16 teacher is faster, not slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
 
 
 class Teacher:

@@ -16,6 +16,8 @@ recipes:
   (a floor of optimizer steps) and warm-up steps from the number of training images, by the
   rules of `visionzoo.training.recipes` (BiT-HyperRule, fastai's fine_tune, LP-FT); a new
   classifier starts at zero (BiT) instead of the reference's ImageNet initialisation.
+- Named recipes (`cifar-speed`: airbench94's, for the airbench family): one published recipe set
+  whole, whatever the model's style (`visionzoo.training.recipes.CIFAR_SPEED`); the rest from `scratch`.
 
 Learning rates scale linearly with the global batch size (`base_lr * batch / 256`), except
 in `auto`, whose rates were chosen at its small batches. Every field can be overridden; the
@@ -32,10 +34,11 @@ from typing import Any
 from visionzoo.data.resize import RESIZE_MODES
 from visionzoo.errors import SettingError
 from visionzoo.training.balance import BALANCE_MODES, choose_balance
+from visionzoo.training.recipes import NAMED_RECIPES
 
 __all__ = ["TrainSettings", "RECIPES", "ADAPT_METHODS", "resolve_settings", "check_settings", "model_style"]
 
-RECIPES = ("scratch", "finetune", "linear-probe", "auto")
+RECIPES = ("scratch", "finetune", "linear-probe", "auto", *NAMED_RECIPES)  # named: training.recipes
 ADAPT_METHODS = ("full", "lora", "freeze", "lp-ft")  # see training.adapt
 
 
@@ -119,7 +122,9 @@ class TrainSettings:
     head_init_std: float | None = None  # a NEW classifier's weights ~ N(0, std), 0: zeros; None: the reference init
     probe_init: bool | None = None  # LP-FT: start the new head from a linear probe on the training embeddings
     freeze_bn: bool | None = None  # BatchNorm keeps its running statistics (eval mode) while its affine params train
-    sources: dict[str, str] = field(default_factory=dict)  # filled by resolve_settings: which rule chose each setting
+    # filled by resolve_settings: which rule chose each setting; as requested, "user" for each setting the caller
+    # gave (`train` records them), so that a given value wins over a named recipe's even where it is the default
+    sources: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # How much of the network trains (training.adapt): full | lora | freeze | lp-ft; None: full
     adapt: str | None = None
@@ -242,13 +247,16 @@ def resolve_settings(settings: TrainSettings, model_name: str | None, *, native_
     for f in dataclasses.fields(TrainSettings):
         if f.name in ("sources", "extra") or getattr(settings, f.name) is None:
             continue
-        given = f.default is dataclasses.MISSING or getattr(settings, f.name) != f.default
+        given = (f.name in settings.sources or f.default is dataclasses.MISSING
+                 or getattr(settings, f.name) != f.default)
         sources[f.name] = "user" if given else "default"
     if resolved.recipe is None:
         resolved.recipe = "auto" if pretrained else "scratch"
         sources["recipe"] = "auto: weights were given (--pretrained)" if pretrained else "scratch: no weights given"
     if resolved.recipe not in RECIPES:
         raise SettingError(f"unknown recipe {resolved.recipe!r}; choose one of {', '.join(RECIPES)}")
+    if resolved.recipe in NAMED_RECIPES:
+        _apply_named_recipe(resolved, num_train)
     _apply_recipe(resolved, settings, model_style(model_name), num_train)
     _adjust_to_the_run(resolved, settings, native_size=native_size, num_train=num_train, num_val=num_val)
     if resolved.adapt is None:
@@ -270,12 +278,32 @@ def _image_size(value: Any) -> int | tuple[int, int] | None:
     return sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[0], sides[1])
 
 
+def _apply_named_recipe(resolved: TrainSettings, num_train: int | None) -> None:
+    """Set what a named recipe (`recipes.NAMED_RECIPES`) sets, where the user gave nothing: its fixed settings,
+    then those that depend on the run (`recipes.named_plan`); `_apply_recipe` fills the rest."""
+    from visionzoo.training.recipes import CIFAR_SPEED, named_plan
+
+    sources, recipe = resolved.sources, resolved.recipe
+    for name, value in CIFAR_SPEED.items():
+        if sources.get(name) != "user":
+            setattr(resolved, name, value)
+            sources[name] = f"recipe {recipe} (airbench94, Jordan 2024)"
+    for name, (value, why) in named_plan(recipe, num_train, epochs=resolved.epochs, batch_size=resolved.batch_size,
+                                         device=resolved.device).items():
+        if sources.get(name) != "user" and not (name == "warmup_steps" and sources.get("warmup_epochs") == "user"):
+            setattr(resolved, name, value)
+            sources[name] = why
+
+
 def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num_train: int | None) -> None:
-    """Fill the Nones of `resolved` from the transfer recipes' data-size rules and the recipe table."""
+    """Fill the Nones of `resolved` from the transfer recipes' data-size rules and the recipe table (a named
+    recipe's gaps from `scratch`)."""
     from visionzoo.training.recipes import TRANSFER_RECIPES, transfer_plan
 
     sources = resolved.sources
-    key = (resolved.recipe, "any") if resolved.recipe == "linear-probe" else (resolved.recipe, style)
+    named = resolved.recipe in NAMED_RECIPES
+    table = "scratch" if named else resolved.recipe
+    key = (table, "any") if table == "linear-probe" else (table, style)
     defaults = dict(_DEFAULTS[key])
     defaults.setdefault("layer_decay", 1.0)
     defaults.setdefault("freeze_backbone", False)
@@ -300,7 +328,7 @@ def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num
         if getattr(resolved, name) is None and value is not None:
             setattr(resolved, name, value)
             sources[name] = f"recipe {resolved.recipe} ({style})"
-    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last:
+    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last and not named:
         sources["channels_last"] = ("transfer run of a convolutional model: channels-last memory (NHWC), the layout "
                                     "oneDNN's CPU convolutions and cuDNN's tensor cores run fastest in")
     if "head_init_std" in sources and sources["head_init_std"] != "user":

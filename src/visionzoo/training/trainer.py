@@ -50,6 +50,7 @@ from visionzoo.factory import save_model
 from visionzoo.runtime import tune_allocator
 from visionzoo.training.after import cost_summary, finish_run
 from visionzoo.training.checkpoint import load_checkpoint
+from visionzoo.training.data_init import initialise_from_data, wants_data_init
 from visionzoo.training.distill import DistillTargets, distillation_loss, load_teacher
 from visionzoo.training.freeze import set_batchnorm_eval, set_frozen_eval
 from visionzoo.training.hooks import BadFileLog, BestModelTracker, CheckpointHook, RunLogger
@@ -133,7 +134,7 @@ def train(model_or_name: nn.Module | str | None = None, data: str | Path | DataS
             raise SettingError("train needs a model and data (or resume=RUN_DIR)")
         if out is not None:  # every rank checks, before any writes: the process group is not up yet
             check_out_folder(out, overwrite)
-        request = _Request(model_or_name, data, pretrained, TrainSettings(**settings))
+        request = _Request(model_or_name, data, pretrained, _requested({}, settings))
     tune_allocator()
     started = start_distributed()
     succeeded = False
@@ -159,8 +160,17 @@ def _resume_request(run_dir: Path, model_or_name, data, settings: dict[str, Any]
                            f"data again to resume: visionzoo.train(model, data, resume={str(run_dir)!r})")
     restart = not (run_dir / "checkpoint" / "latest.json").exists()
     return _Request(model_or_name, data if data is not None else saved["data"], saved.get("pretrained") or False,
-                    TrainSettings(**{**saved["requested"], **settings}), run_dir,
+                    _requested(saved["requested"], settings), run_dir,
                     None if restart else load_checkpoint(run_dir / "checkpoint"), restart)
+
+
+def _requested(saved: dict[str, Any], settings: dict[str, Any]) -> TrainSettings:
+    """The settings as asked: a resumed run's saved ones, updated by `settings`; each name the caller gave is
+    recorded as "user" in `sources`, so that a value given wins over a named recipe's even where it equals the
+    field's default (`--no-tta-flip` against `--recipe cifar-speed`)."""
+    named = sorted(k for k, v in settings.items() if v is not None and k not in ("sources", "extra"))
+    given = {**saved.get("sources", {}), **dict.fromkeys(named, "user")}
+    return TrainSettings(**{**saved, **settings, "sources": given})
 
 
 class Trainer:
@@ -189,6 +199,8 @@ class Trainer:
         threads = torch.get_num_threads()
         try:
             self.data = prepare_data(run, self.logger, self.bad_log, self.phases)
+            if self.resume_state is None and not run.pretrained and wants_data_init(run.model):
+                initialise_from_data(run, self.data, self.logger)  # airbench's whitening (training.data_init)
             if s.probe_init and run.new_head and self.resume_state is None:
                 probe_init(run, self.data, self.logger, self.phases)
             self.loss_fn = build_loss(s, self.data.loaders.train_samples.labels, len(run.classes), run.device)

@@ -99,15 +99,14 @@ def _decide(tuned: list[Candidate], request: BakeoffRequest, state: BakeoffState
     close = close_to_leader(on_selection, size) if size else [leader.name]
     if len(close) < 2:
         if selection_kept is not None:  # the fine-tunes saw only the selection: the winner on all of val
-            full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
-            leader.finetune_top1 = _full_val_top1(leader, state, str(full_val))
+            leader.finetune_top1 = _full_val_top1(leader, state, _rest_of_val(request, splits, selection_kept))
         return leader, None
     close_top1 = {name: on_selection[name] for name in close}
     if selection_kept is None:  # the selection was all of val: nothing more to decide on
         return leader, closeness(close_top1, size)
-    full_val = split_csv(request.out / "val.csv", splits.classes, [(splits.val, "val")])
+    rest = _rest_of_val(request, splits, selection_kept)
     contenders = [c for c in finished if c.name in close]
-    on_full = {c.name: _full_val_top1(c, state, str(full_val)) for c in contenders}
+    on_full = {c.name: _full_val_top1(c, state, rest) for c in contenders}
     for c in contenders:  # each is now scored on every validation image, as the table shows
         c.finetune_top1 = on_full[c.name]
     winner = max(contenders, key=lambda c: (on_full[c.name], -(c.latency_ms or 0.0)))
@@ -121,13 +120,35 @@ def _calibration_dir(data: str) -> str | None:
     return data if Path(data).is_dir() else None
 
 
-def _full_val_top1(c: Candidate, state: BakeoffState, data: str) -> float:
-    """The winner's best model evaluated on every validation image."""
+@dataclass(frozen=True)
+class RestOfVal:
+    """The validation images outside the selection, as a CSV, and how many images each part holds."""
+
+    csv: str
+    num_rest: int
+    num_selection: int
+
+
+def _rest_of_val(request: BakeoffRequest, splits, selection_kept) -> RestOfVal:
+    import numpy as np
+
+    kept = set(int(i) for i in selection_kept)
+    rest = np.asarray([i for i in range(len(splits.val)) if i not in kept], dtype=np.int64)
+    csv = split_csv(request.out / "val-rest.csv", splits.classes, [(splits.val.subset(rest), "val")])
+    return RestOfVal(str(csv), len(rest), len(kept))
+
+
+def _full_val_top1(c: Candidate, state: BakeoffState, rest: RestOfVal) -> float:
+    """A fine-tuned finalist's top-1 on every validation image, each scored once: its best/ model's
+    validation on the selection, which its fine-tune already measured (`finetune_top1`: training's
+    validation is `evaluate`'s, one preprocessing path), with `evaluate` of best/ on the rest only."""
     saved = state.get(c.name)
     if saved.get("full_val_top1") is None:
         from visionzoo.evaluation import evaluate
 
-        saved["full_val_top1"] = float(evaluate(str(Path(c.run_dir) / "best"), data)["top1"])
+        on_rest = float(evaluate(str(Path(c.run_dir) / "best"), rest.csv)["top1"]) if rest.num_rest else 0.0
+        correct = round(c.finetune_top1 * rest.num_selection) + round(on_rest * rest.num_rest)
+        saved["full_val_top1"] = correct / (rest.num_selection + rest.num_rest)
         state.save()
     return saved["full_val_top1"]
 

@@ -156,6 +156,7 @@ def export_edge(model: nn.Module, out: Path, *, format: str, reference: nn.Modul
         if verify and format == "coreml":
             check_coreml_structure(written, reference, img_size)
         notes["int8"] = {"litert": f"full-integer, {int8_input} input and int8 output",
-                         "executorch": "PT2E, XNNPACK quantizer (weights per channel, activations per tensor)",
+                         "executorch": "PT2E, XNNPACK quantizer (weights per channel, activations per tensor, "
+                                       "conv -> ReLU6 fused)",
                          "coreml": "int8 weights (linear, symmetric), fp16 activations"}[format]
     return result, int8_path, notes
