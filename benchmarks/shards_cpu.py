@@ -4,6 +4,7 @@ the same run, with the same settings (batch 128, augment crop, no pixel cache, d
 
     .venv/bin/python benchmarks/shards_cpu.py            # all 50,000 training images
     .venv/bin/python benchmarks/shards_cpu.py --quick    # 200 per class (2,000), to check it runs
+    .venv/bin/python benchmarks/shards_cpu.py --per-class 1000   # 10,000 images: the same comparison, shorter
 
 Data: the shared CIFAR-10 (../shared/data/cifar10-jpg.tar.gz, or $VISIONZOO_SHARED_DATA), unpacked
 into a temporary folder. The three sources hold the same JPEG bytes: `visionzoo data pack` writes
@@ -58,6 +59,7 @@ def hf_dataset(folder: Path, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 images per class instead of all 5,000")
+    parser.add_argument("--per-class", type=int, help="this many training images per class (default: all 5,000)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=None, help="loader processes (default: the trainer's)")
     args = parser.parse_args()
@@ -66,9 +68,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        folder = unpack_train(scratch / "cifar10", 200 if args.quick else None)
+        per_class = 200 if args.quick else args.per_class
+        folder = unpack_train(scratch / "cifar10", per_class)
         started = time.perf_counter()
-        pack_shards(folder, scratch / "shards", shard_size="4MB" if args.quick else "64MB", seed=0)
+        pack_shards(folder, scratch / "shards", shard_size="4MB" if per_class else "64MB", seed=0)
         pack_seconds = time.perf_counter() - started
         started = time.perf_counter()
         hf = hf_dataset(folder, scratch / "hf")
@@ -82,7 +85,7 @@ def main() -> None:
             wall = time.perf_counter() - started
             record = result.history[-1]
             rows.append((name, record["img_per_s"], wall, record.get("val_top1")))
-        print(f"\nCIFAR-10 train ({'quick: 2,000' if args.quick else '50,000'} images), resnet18 at 32 px, "
+        print(f"\nCIFAR-10 train ({10 * per_class if per_class else 50_000:,} images), resnet18 at 32 px, "
               f"batch {args.batch_size}, 1 epoch; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"packing: {pack_seconds:.1f} s (shards), {hf_seconds:.1f} s (HF save_to_disk)")
         print(f"{'source':<12}{'train img/s':>12}{'wall s':>9}{'val top-1':>11}")
