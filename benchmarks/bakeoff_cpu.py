@@ -126,10 +126,13 @@ def main() -> None:
             wall, _ = timed(cli + ["train", "--model", name, "--pretrained", file, "--data", str(data), "--recipe",
                                    recipe, "--out", str(out), "--no-progress", *same], env, work / f"exhaustive-{name}.log")
             summary = json.loads((out / "summary.json").read_text())
-            rows[name] = {"top1": summary["best_val_top1"], "wall_s": wall}
+            last = summary["history"][-1].get("val_top1") if summary.get("history") else None
+            rows[name] = {"top1": summary["best_val_top1"], "last_top1": last, "wall_s": wall,
+                          "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs")}
             total += wall
-            print(f"exhaustive: {name:20s} top-1 {summary['best_val_top1']:.2%}  wall {wall:.1f} s "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(f"exhaustive: {name:20s} top-1 {summary['best_val_top1']:.2%} (best of {summary.get('epochs')} "
+                  f"epochs, epoch {summary.get('best_epoch')}; last {last if last is None else f'{last:.2%}'})  "
+                  f"wall {wall:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
         best = max(rows, key=lambda n: rows[n]["top1"])
         results["exhaustive"] = {"wall_s": total, "rows": rows, "winner": best}
         print(f"exhaustive: winner {best} top-1 {rows[best]['top1']:.2%}, wall {total:.1f} s", flush=True)
@@ -139,9 +142,17 @@ def main() -> None:
         probes = {c["name"]: c["probe_top1"] for c in bake["candidates"]}
         names = list(full["rows"])
         rho = spearman([probes[n] for n in names], [full["rows"][n]["top1"] for n in names])
-        gap = 100 * (full["rows"][full["winner"]]["top1"] - bake["winner"]["top1"])
-        print(f"RESULT bake-off winner {bake['winner']['name']} {bake['winner']['top1']:.2%} vs exhaustive "
-              f"{full['winner']} {full['rows'][full['winner']]['top1']:.2%} ({gap:.2f} points below; target <= 0.5); "
+        best, chosen = full["winner"], bake["winner"]["name"]
+        gap = 100 * (full["rows"][best]["top1"] - bake["winner"]["top1"])
+        # two questions: did it choose the right model (the exhaustive top-1 of its choice against the best's),
+        # and how good is the model it delivers (its own fine-tune, scored on every validation image)
+        regret = 100 * (full["rows"][best]["top1"] - full["rows"][chosen]["top1"]) if chosen in full["rows"] else None
+        print(f"choice: the bake-off chose {chosen}, the exhaustive best is {best}; regret "
+              f"{'n/a' if regret is None else f'{regret:.2f}'} points (the exhaustive top-1 of its choice below the "
+              f"best's)", flush=True)
+        print(f"RESULT bake-off winner {chosen} {bake['winner']['top1']:.2%} vs exhaustive "
+              f"{best} {full['rows'][best]['top1']:.2%} ({gap:.2f} points below; target <= 0.5; the exhaustive figure "
+              f"is its best epoch on the images it reports, the bake-off's a model chosen on 1,000 of them); "
               f"wall {bake['wall_s']:.1f} s vs {full['wall_s']:.1f} s, ratio {bake['wall_s'] / full['wall_s']:.2f} "
               f"(target <= 0.5); Spearman(probe, fine-tuned) {rho:.2f} over {len(names)} models", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))

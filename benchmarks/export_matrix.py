@@ -9,13 +9,23 @@ runtime (onnxruntime, OpenVINO, LiteRT, ExecuTorch) on 8 drawn photos against ea
 abs difference of the logits, and the batch-1 latency (median of 20 runs after 3 warm-ups) in
 that runtime on this CPU. Core ML cannot run on Linux: its cell says whether the package's
 structure passed. Models have random weights and 10 classes (what is checked is that the file
-computes the same function). A failing cell prints the first line of its error, not a blank.
-`--quick`: three families at 64 px (the full run takes hours on a 2-core machine).
+computes the same function); their BatchNorm statistics are first settled on the 8 photos (a
+forward pass in training mode), because at initialisation some networks compute an output that
+does not depend on the image (GoogLeNet's features vanish, its logits are the bias) or logits of
+1e11 (Inception-v3), where agreeing proves nothing. The difference is relative to the largest logit;
+a model whose logits still do not vary with the image is marked "constant output". A failing cell
+prints the first line of its error, not a blank.
+`--quick`: three families at 64 px (the full run takes hours on a 2-core machine). `--save FILE`
+keeps each finished row (with the load average it was measured at) in a JSON file; a rerun with the
+same file, formats and size prints those rows again and measures only the others, so the full
+matrix can be built over several sittings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -52,6 +62,29 @@ def latency_ms(classifier, x: np.ndarray, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
+def settle_batchnorm(model, images: Path, size: int | None) -> bool:
+    """Set every BatchNorm's running statistics to those of the photos (one pass in training mode, nothing
+    else changes); True when the logits then vary with the image."""
+    from visionzoo.data.decode import decode_image
+    from visionzoo.deploy.export.onnx import model_preprocessing
+    from visionzoo.deploy.runtimes import preprocess_image
+
+    preprocessing = model_preprocessing(model, size)
+    x = torch.from_numpy(np.stack([preprocess_image(decode_image(path), preprocessing)
+                                   for path in sorted(images.glob("*.png"))]))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        if norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average: exactly these images' statistics
+            model.train()
+            model(x)
+            model.eval()
+        logits = model(x)
+    return bool((logits - logits[:1]).abs().max() > 1e-6 * logits.abs().max())
+
+
 def cell(model, name: str, fmt: str, folder: Path, images: Path, size: int | None) -> str:
     from visionzoo.deploy.verify import export, verify_export
 
@@ -59,7 +92,8 @@ def cell(model, name: str, fmt: str, folder: Path, images: Path, size: int | Non
     try:
         export(model, out, format=fmt, img_size=size)
     except Exception as error:  # every failure is a finding, reported in the cell
-        return "FAIL: " + (str(error).splitlines() or [type(error).__name__])[0][:120]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return f"FAIL: {type(error).__name__}: " + (lines[0] if lines else "(no message)")[:120]
     if fmt == "coreml":
         return "structure ok (not run: Linux)"
     from visionzoo.data.decode import decode_image
@@ -69,7 +103,25 @@ def cell(model, name: str, fmt: str, folder: Path, images: Path, size: int | Non
     classifier = open_exported(out, threads=2)
     x = preprocess_image(decode_image(sorted(images.glob("*.png"))[0]), classifier.preprocessing)[None]
     agreement = "" if record["agreement"] == 1.0 else f"  top-1 agrees on {100 * record['agreement']:.0f}%"
-    return f"pass  {record['max_abs_difference']:.1e}  {latency_ms(classifier, x):6.2f} ms{agreement}"
+    with torch.no_grad():
+        largest = float(model(torch.from_numpy(x)).abs().max())
+    relative = record["max_abs_difference"] / max(largest, 1e-12)
+    return f"pass  {relative:.1e}  {latency_ms(classifier, x):6.2f} ms{agreement}"
+
+
+def load_rows(path: str | None, formats: list[str], size: int | None) -> dict[str, dict]:
+    """{family: row} finished by an earlier run with the same formats and size ({} otherwise)."""
+    if not path or not Path(path).is_file():
+        return {}
+    saved = json.loads(Path(path).read_text())
+    return saved["rows"] if saved.get("formats") == list(formats) and saved.get("image_size") == size else {}
+
+
+def save_rows(path: str | None, formats: list[str], size: int | None, rows: dict[str, dict]) -> None:
+    if path:
+        temporary = Path(f"{path}.tmp")
+        temporary.write_text(json.dumps({"formats": list(formats), "image_size": size, "rows": rows}, indent=1))
+        os.replace(temporary, path)
 
 
 def main() -> None:
@@ -78,6 +130,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", help="these families only")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--image-size", type=int, help="input size (default: each model's; --quick: 64)")
+    parser.add_argument("--save", help="a JSON file of finished rows: kept after each row, reused by a rerun")
     args = parser.parse_args()
     torch.set_num_threads(2)
     families = smallest_per_family()
@@ -91,16 +144,25 @@ def main() -> None:
         images.mkdir()
         for index, image in enumerate(synthetic_photos(8)):
             image.save(images / f"{index}.png")
-        print("| family | model | " + " | ".join(args.formats) + " |")
-        print("|---|---|" + "---|" * len(args.formats))
+        print("| family | model | " + " | ".join(args.formats) + " | load |")
+        print("|---|---|" + "---|" * (len(args.formats) + 1))
+        saved = load_rows(args.save, args.formats, size)
         for family in chosen:
             name = families[family]
-            torch.manual_seed(0)
-            model = visionzoo.create_model(name, num_classes=10).eval()
-            cells = [cell(model, name, fmt, work / family, images, size) for fmt in args.formats]
-            print(f"| {family} | {name} | " + " | ".join(cells) + " |", flush=True)
-    print("cells: pass, max |file - eager| of the logits on 8 photos, batch-1 latency in the format's runtime "
-          f"(2 threads){'; ' + str(size) + ' px' if size else ''}")
+            row = saved.get(family)
+            if row is None or row["model"].split(" ")[0] != name:
+                torch.manual_seed(0)
+                model = visionzoo.create_model(name, num_classes=10).eval()
+                varies = settle_batchnorm(model, images, size)
+                cells = [cell(model, name, fmt, work / family, images, size) for fmt in args.formats]
+                row = {"model": name + ("" if varies else " (constant output)"), "cells": cells,
+                       "load": round(os.getloadavg()[0], 1)}
+                saved[family] = row
+                save_rows(args.save, args.formats, size, saved)
+            print(f"| {family} | {row['model']} | " + " | ".join(row["cells"]) + f" | {row['load']} |", flush=True)
+    print("cells: pass, max |file - eager| of the logits on 8 photos over the largest |logit|, batch-1 latency in the "
+          "format's runtime "
+          f"(2 threads){'; ' + str(size) + ' px' if size else ''}; last column: the load average when the row ended")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,18 @@ def test_packages_declare_an_image_classifier_and_verify_says_what_ran(tmp_path)
         assert all(entry["run"] is False and entry["passed"] is None for entry in report.verification)
         saved = json.loads((tmp_path / "verify.json").read_text())
         assert saved["m.mlpackage"]["reason"] == NOT_RUN_REASON
+
+
+def test_convnextv2_global_response_norm_converts(tmp_path):
+    """ConvNeXt-V2's GRN adds with one fused addcmul, which coremltools has no converter for: the export
+    decomposes it first (the export matrix's failing cell)."""
+    import torch
+
+    import visionzoo
+    from visionzoo.deploy.export.coreml import coreml_structure
+    from visionzoo.deploy.verify import export
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("convnextv2_atto", num_classes=3, depths=(1, 1, 1, 1)).eval()
+    report = export(model, tmp_path / "grn.mlpackage", format="coreml", img_size=32)
+    assert coreml_structure(report.path)["outputs"] == ["classLabel", "classLabel_probs"]

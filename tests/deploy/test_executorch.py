@@ -131,3 +131,19 @@ def test_int8_program_of_a_relu6_network_stays_close_to_eager(tmp_path):
         expected = net(torch.from_numpy(x)).numpy()
     error = np.abs(open_exported(result.path).predict_logits(x) - expected).max() / np.abs(expected).max()
     assert error <= 0.05, error
+
+
+def test_a_global_max_pool_lowers_to_xnnpack(tmp_path):
+    """airbench's head pools with a max over the map: `AdaptiveMaxPool2d` is outside the core ATen set that
+    ExecuTorch's edge dialect accepts (the export matrix's failing cell), an amax is inside it."""
+    import visionzoo
+    from visionzoo.deploy.runtimes import open_exported
+    from visionzoo.deploy.verify import export
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("airbench_cifar_w32", num_classes=10).eval()
+    report = export(model, tmp_path / "airbench.pte", format="executorch")
+    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(open_exported(report.path).predict_logits(x) - expected).max() <= 1e-4 * np.abs(expected).max()

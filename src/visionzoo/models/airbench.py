@@ -27,7 +27,8 @@ alternating flips, flip-and-shift test-time augmentation) is not part of the net
 The module layout is airbench's `nn.Sequential` (indices 0, 2, 3, 4 and 7 hold the weights), so a
 `make_net94` state dict loads without renaming. One difference, with no effect at CIFAR's 32 px:
 airbench pools with `MaxPool2d(3)`, which at 32 px meets a 3x3 map (the unpadded 2x2 whitening
-makes it 31 px, then 15, 7, 3); we pool the whole map whatever its size.
+makes it 31 px, then 15, 7, 3); we pool the whole map whatever its size (a max over it, not
+`AdaptiveMaxPool2d`, which neither ExecuTorch's core ATen set nor LiteRT's converter lowers).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch.nn as nn
 
 from visionzoo.errors import SettingError
 from visionzoo.features import FeatureInfo
+from visionzoo.layers.pool import GlobalPool
 from visionzoo.registry import CamLayer, VariantExtras, register_family
 
 
@@ -103,7 +105,7 @@ class AirbenchNet(nn.Sequential):
             ConvGroup(whiten_width, w1, m, dirac),
             ConvGroup(w1, w2, m, dirac),
             ConvGroup(w2, w3, m, dirac),
-            nn.AdaptiveMaxPool2d(1),
+            GlobalPool("max"),  # a max over the map: an op every export runtime lowers
             nn.Flatten(),
             self._make_fc(w3, num_classes),
         )
@@ -163,7 +165,7 @@ class AirbenchNet(nn.Sequential):
         return x  # (N, C, H, W) -> (N, widths[2], ~H/8, ~W/8)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self[6](self[5](x))  # (N, C, h, w) -> (N, C)
+        x = self[6](self[5](x))  # (N, C, h, w) -> (N, C) (the flatten is airbench's, kept for its indices)
         if pre_logits or self.num_classes == 0:
             return x
         return self[7](x) * self.logit_scale

@@ -57,6 +57,13 @@ def coreml_runs_here() -> bool:
     return platform.system() == "Darwin"
 
 
+def _spelled_out() -> dict:
+    """A decomposition table for the ATen ops that coremltools cannot convert but can once decomposed."""
+    from torch._decomp import get_decompositions
+
+    return get_decompositions([torch.ops.aten.addcmul])
+
+
 def _coremltools():
     # coremltools logs a warning per missing macOS-only library and untested torch version on import:
     # true on Linux, and said once, plainly, by NOT_RUN_REASON
@@ -82,7 +89,8 @@ def export_coreml(model: nn.Module, path: str | Path, metadata: dict[str, str], 
     example = torch.rand(1, 3, height, width)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.export.export(wrapped, (example,)).run_decompositions({})
+        # ops coremltools has no converter for, written out in ones it has (ConvNeXt-V2's GRN: addcmul)
+        program = torch.export.export(wrapped, (example,)).run_decompositions(_spelled_out())
         converted = ct.convert(program, inputs=[ct.ImageType(name="image", shape=(1, 3, height, width),
                                                              scale=1 / 255.0, color_layout=ct.colorlayout.RGB)],
                                classifier_config=ct.ClassifierConfig(class_labels=names), convert_to="mlprogram",
