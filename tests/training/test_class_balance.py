@@ -17,6 +17,7 @@ from visionzoo.errors import SettingError
 from visionzoo.metrics.classification import balanced_accuracy, classification_metrics
 from visionzoo.training.balance import (
     AUTO_MIN_RATIO,
+    AUTO_MODE,
     choose_balance,
     effective_number_weights,
     imbalance_ratio,
@@ -33,7 +34,7 @@ def test_imbalance_ratio_and_the_auto_choice_say_why():
     assert imbalance_ratio(COUNTS) == pytest.approx(10.0)
     assert imbalance_ratio([5, 0]) == float("inf")
     mode, why = choose_balance("auto", COUNTS)
-    assert mode == "logit-adjust" and "imbalance 10.0" in why
+    assert mode == AUTO_MODE == "effective" and "imbalance 10.0" in why and "effective-number" in why
     mode, why = choose_balance("auto", [50, 48, 40])
     assert mode == "none" and "nearly balanced" in why and f"{AUTO_MIN_RATIO:g}" in why
     assert choose_balance("sampler", COUNTS) == ("sampler", "user")
@@ -46,7 +47,7 @@ def test_imbalance_ratio_and_the_auto_choice_say_why():
 
 def test_resolved_settings_record_the_auto_rule():
     settings = resolve_settings(TrainSettings(), "resnet18", class_counts=COUNTS, num_train=int(COUNTS.sum()))
-    assert settings.class_balance == "logit-adjust"
+    assert settings.class_balance == "effective"
     assert settings.sources["class_balance"].startswith("auto: class imbalance 10.0")
     given = resolve_settings(TrainSettings(class_balance="effective"), "resnet18", class_counts=COUNTS)
     assert given.class_balance == "effective" and given.sources["class_balance"] == "user"
@@ -128,7 +129,7 @@ def test_a_run_reports_the_imbalance_and_eval_the_tail(tmp_path, one_thread, cap
     result = visionzoo.train("resnet18", _imbalanced_splits(), out=tmp_path / "run", epochs=1, batch_size=16,
                              workers=0, progress=False, plots=False, tensorboard=False, calibrate=False, reject=False)
     config = json.loads((result.run_dir / "config.json").read_text())
-    assert config["resolved"]["class_balance"] == "logit-adjust"
+    assert config["resolved"]["class_balance"] == "effective"
     assert config["settings_source"]["class_balance"].startswith("auto: class imbalance 10.0")
     assert config["train_class_counts"] == {"red": 60, "blue": 20, "green": 6}
     assert "class imbalance 10.0 (largest class 'red' 60 images, smallest 'green' 6)" in capsys.readouterr().err

@@ -244,7 +244,7 @@ def _add_optimisation_arguments(group) -> None:
     group.add_argument("--class-balance", choices=BALANCE_MODES,
                        help="for imbalanced classes: none, weights (inverse frequency), effective (Cui et al.'s "
                             "effective-number weights), sampler (class-balanced draws), logit-adjust (Menon et al.'s "
-                            "loss; inference unchanged); default auto: none when nearly balanced, else logit-adjust")
+                            "loss; inference unchanged); default auto: none below an imbalance of 10, else effective")
     group.add_argument("--balance-beta", type=float, metavar="B",
                        help="effective: the effective number's beta (default: 0.999)")
     group.add_argument("--balance-tau", type=float, metavar="T", help="logit-adjust: the prior's scale (default: 1)")
