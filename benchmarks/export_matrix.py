@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -95,6 +96,9 @@ def cell(model, name: str, fmt: str, folder: Path, images: Path, size: int | Non
     try:
         export(model, out, format=fmt, img_size=size)
     except Exception as error:  # every failure is a finding, reported in the cell
+        differs = re.search(r"max \|difference\| = (\S+) x max \|reference\| \(allowed (\S+)\)", str(error))
+        if differs:  # the export's own check refused the file: say by how much, not where the file was
+            return f"FAIL: the file's logits differ from eager's by {differs[1]} of the largest (allowed {differs[2]})"
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         return f"FAIL: {type(error).__name__}: " + (lines[0] if lines else "(no message)")[:120]
     if fmt == "coreml":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("coremltools")
 
@@ -51,16 +52,21 @@ def test_packages_declare_an_image_classifier_and_verify_says_what_ran(tmp_path)
         assert saved["m.mlpackage"]["reason"] == NOT_RUN_REASON
 
 
-def test_convnextv2_global_response_norm_converts(tmp_path):
-    """ConvNeXt-V2's GRN adds with one fused addcmul, which coremltools has no converter for: the export
-    decomposes it first (the export matrix's failing cell)."""
-    import torch
-
+@pytest.mark.parametrize("name, size, overrides", [("convnextv2_atto", 32, {"depths": (1, 1, 1, 1)}),
+                                                   ("efficientvit_m0", 224, {"depth": (1, 1, 1)})])
+def test_ops_coremltools_lacks_are_spelled_out(tmp_path, name, size, overrides):
+    """ConvNeXt-V2's GRN adds with one fused addcmul, and EfficientViT's (as Swin's) crop of its windows back to
+    a map that needed no padding exports as an alias; coremltools has a converter for neither (the export
+    matrix's failing cells): the export writes both in ops it has."""
     import visionzoo
     from visionzoo.deploy.export.coreml import coreml_structure
     from visionzoo.deploy.verify import export
 
     torch.manual_seed(0)
-    model = visionzoo.create_model("convnextv2_atto", num_classes=3, depths=(1, 1, 1, 1)).eval()
-    report = export(model, tmp_path / "grn.mlpackage", format="coreml", img_size=32)
+    model = visionzoo.create_model(name, num_classes=3, **overrides).eval()
+    if name.startswith("efficientvit"):
+        with torch.no_grad():
+            program = torch.export.export(model, (torch.rand(1, 3, size, size),)).run_decompositions({})
+        assert any("alias" in str(node.target) for node in program.graph.nodes)  # the case this is about
+    report = export(model, tmp_path / "m.mlpackage", format="coreml", img_size=size)
     assert coreml_structure(report.path)["outputs"] == ["classLabel", "classLabel_probs"]

@@ -16,7 +16,7 @@ import torch
 
 import visionzoo
 from harness import max_relative_difference, reference_model
-from visionzoo.models.efficientvit_msra import CascadedGroupAttention, LocalWindowAttention, relative_offset_index
+from visionzoo.models.efficientvit_msra import CascadedGroupAttention, relative_offset_index
 
 TOLERANCE = 1e-4
 
@@ -120,19 +120,6 @@ def test_msra_attention_bias_reaches_the_logits_also_under_bf16_autocast():
     assert half.dtype == torch.bfloat16
     assert max_relative_difference(half.float(), full) < 0.05
     assert max_relative_difference(unbiased, full) > 0.05  # the bias changes the attention
-
-
-@pytest.mark.parametrize("side", [14, 12])  # whole windows; padded to them
-def test_msra_window_attention_exports_without_an_alias(side):
-    """The windows are cropped back to the map only when it was padded: a slice of the whole map is an
-    aten.alias in the exported program, which Core ML's converter has no op for (the export matrix)."""
-    torch.manual_seed(0)
-    block = LocalWindowAttention(16, key_dim=4, num_heads=2, attn_ratio=2.0, resolution=side, window_resolution=7).eval()
-    x = torch.randn(1, 16, side, side)
-    with torch.no_grad():
-        program = torch.export.export(block, (x,)).run_decompositions({})
-        assert torch.equal(program.module()(x), block(x)) and block(x).shape == x.shape
-    assert not any("alias" in str(node.target) for node in program.graph.nodes)
 
 
 def test_msra_rejects_img_size_below_the_stem_stride():

@@ -212,9 +212,7 @@ class LocalWindowAttention(nn.Module):
         # (N*rows*cols, C, ws, ws) -> (N, C, rows*ws, cols*ws)
         x = x.view(batch, rows, cols, channels, ws, ws).permute(0, 3, 1, 4, 2, 5)
         x = x.reshape(batch, channels, rows * ws, cols * ws)
-        if pad_b or pad_r:  # sliced only when padded: a slice of the whole map exports as an alias, which
-            x = x[:, :, :height, :width]  # Core ML's converter has no op for
-        return x.contiguous()
+        return x[:, :, :height, :width].contiguous()
 
 
 class EfficientVitBlock(nn.Module):

@@ -58,10 +58,14 @@ def coreml_runs_here() -> bool:
 
 
 def _spelled_out() -> dict:
-    """A decomposition table for the ATen ops that coremltools cannot convert but can once decomposed."""
+    """A decomposition table for the ATen ops that coremltools has no converter for, in ops it has: addcmul
+    (ConvNeXt-V2's GRN), and alias, what a slice of a whole dimension exports as (Swin's and EfficientViT's
+    crops of their windows back to the map when nothing was padded), as a view of the same shape."""
     from torch._decomp import get_decompositions
 
-    return get_decompositions([torch.ops.aten.addcmul])
+    table = get_decompositions([torch.ops.aten.addcmul])
+    table[torch.ops.aten.alias.default] = lambda x: x.view(x.shape)
+    return table
 
 
 def _coremltools():
@@ -89,7 +93,7 @@ def export_coreml(model: nn.Module, path: str | Path, metadata: dict[str, str], 
     example = torch.rand(1, 3, height, width)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        # ops coremltools has no converter for, written out in ones it has (ConvNeXt-V2's GRN: addcmul)
+        # ops coremltools has no converter for, written out in ones it has
         program = torch.export.export(wrapped, (example,)).run_decompositions(_spelled_out())
         converted = ct.convert(program, inputs=[ct.ImageType(name="image", shape=(1, 3, height, width),
                                                              scale=1 / 255.0, color_layout=ct.colorlayout.RGB)],
