@@ -133,20 +133,26 @@ def test_int8_program_of_a_relu6_network_stays_close_to_eager(tmp_path):
     assert error <= 0.05, error
 
 
+def _relative_error(model, program, x) -> float:
+    """max |program - eager| over max |eager| of the logits of `x`, the program run by ExecuTorch's runtime."""
+    from visionzoo.deploy.runtimes import open_exported
+
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    return float(np.abs(open_exported(program).predict_logits(x) - expected).max() / np.abs(expected).max())
+
+
 def test_a_global_max_pool_lowers_to_xnnpack(tmp_path):
     """airbench's head pools with a max over the map: `AdaptiveMaxPool2d` is outside the core ATen set that
     ExecuTorch's edge dialect accepts (the export matrix's failing cell), an amax is inside it."""
     import visionzoo
-    from visionzoo.deploy.runtimes import open_exported
     from visionzoo.deploy.verify import export
 
     torch.manual_seed(0)
     model = visionzoo.create_model("airbench_cifar_w32", num_classes=10).eval()
     report = export(model, tmp_path / "airbench.pte", format="executorch")
-    x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(x)).numpy()
-    assert np.abs(open_exported(report.path).predict_logits(x) - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert _relative_error(model, report.path, np.random.default_rng(2).standard_normal((1, 3, 32, 32))) <= 1e-4
 
 
 def test_tanh_gelu_keeps_its_approximation(tmp_path):
@@ -154,7 +160,6 @@ def test_tanh_gelu_keeps_its_approximation(tmp_path):
     off per layer; MaxViT's logits 3e-4 off, which failed the export matrix); the export writes the
     approximation out, so a network of them matches eager as closely as the exact GELU does."""
     import visionzoo
-    from visionzoo.deploy.runtimes import open_exported
     from visionzoo.deploy.verify import export
 
     torch.manual_seed(0)
@@ -164,7 +169,4 @@ def test_tanh_gelu_keeps_its_approximation(tmp_path):
             if isinstance(child, torch.nn.ReLU):
                 setattr(parent, name, torch.nn.GELU(approximate="tanh"))
     path = export(model, tmp_path / "gelu.pte", format="executorch", img_size=32).path
-    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32) * 3
-    with torch.no_grad():
-        expected = model(torch.from_numpy(x)).numpy()
-    assert np.abs(open_exported(path).predict_logits(x) - expected).max() <= 2e-6 * np.abs(expected).max()
+    assert _relative_error(model, path, 3 * np.random.default_rng(3).standard_normal((1, 3, 32, 32))) <= 2e-6
