@@ -85,7 +85,8 @@ def task_tree(work: Path, pool: Path, val: Path, per_class: int) -> Path:
 
 def run(command: list[str], env: dict, log: Path) -> tuple[float, str]:
     """(wall seconds, stdout) of a command; a rerun with the same --work reuses what finished (log.json),
-    and resumes a `train` that was interrupted (its --out holds a checkpoint) where it stopped."""
+    resumes a `train` that was interrupted (its --out holds a checkpoint) where it stopped, and starts again
+    one interrupted before its first checkpoint."""
     done = log.with_suffix(".json")
     if done.is_file():
         saved = json.loads(done.read_text())
@@ -96,6 +97,8 @@ def run(command: list[str], env: dict, log: Path) -> tuple[float, str]:
         out = command[command.index("--out") + 1]
         if (Path(out) / "checkpoint").is_dir():  # `train` refuses a used --out: resume the run instead
             actual, resumed = command[:command.index("train") + 1] + ["--resume", out, "--no-progress"], True
+        elif Path(out).is_dir():  # stopped before its first checkpoint: nothing to keep
+            actual = command + ["--overwrite"]
     wall, stdout = timed(actual, env, log)
     done.write_text(json.dumps({"command": command, "wall_s": wall, "stdout": stdout, "resumed": resumed}))
     return wall, stdout
