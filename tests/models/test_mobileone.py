@@ -124,3 +124,32 @@ def test_registered_as_an_edge_family():
     assert (card.year, card.recipe_style, card.input_size) == (2023, "convnet", (3, 224, 224))
     assert is_reparameterizable("mobileone_s0") and isinstance(visionzoo.create_model("mobileone_s1").stem,
                                                                MobileOneBlock)
+
+
+_CHANNELS_LAST_STEP = """
+import copy, torch
+from visionzoo.models.mobileone import MobileOneBlock
+torch.manual_seed(0)
+block = MobileOneBlock(3, 48, 3, stride=2).train()
+x = torch.randn(16, 3, 224, 224)
+block(x).square().mean().backward()
+first = block.conv_scale.conv.weight.grad.clone()
+other = copy.deepcopy(block).to(memory_format=torch.channels_last)
+other.zero_grad()
+other(x.contiguous(memory_format=torch.channels_last)).square().mean().backward()
+error = (other.conv_scale.conv.weight.grad - first).abs().max() / first.abs().max()
+assert error < 1e-3, float(error)  # summation order; the bug gave crashes or gradients 600x off
+print("ok")
+"""
+
+
+def test_strided_stem_trains_in_channels_last():
+    """The RGB stem's 1x1 branch at 224 px in channels-last memory: a strided 1x1 conv there crashed the
+    process in its weight gradient (oneDNN#6035); the branch now subsamples, with the same gradient as in
+    NCHW. In a subprocess, so that a crash fails this test rather than the suite."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_STEP], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])

@@ -87,7 +87,11 @@ class MobileOneBranches(nn.Module):
         self.conv_kxk = nn.ModuleList([
             ConvBnAct(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups, act_layer=None)
             for _ in range(num_conv_branches)]) if num_conv_branches > 0 else None
-        self.conv_scale = (ConvBnAct(in_chs, out_chs, 1, stride, 0, groups, act_layer=None)
+        # The 1x1 branch runs on every stride-th pixel with a stride-1 conv, the same sum as a strided 1x1
+        # conv: oneDNN's strided 1x1 weight gradient in channels-last memory with fewer than 16 input
+        # channels per group (the RGB stem) writes past its workspace and crashes the process or corrupts
+        # memory (uxlfoundation/oneDNN#6035; torch 2.14.1, 224 px). The weights and their names are unchanged.
+        self.conv_scale = (ConvBnAct(in_chs, out_chs, 1, 1, 0, groups, act_layer=None)
                            if kernel_size > 1 and use_scale_branch else None)
         if self.identity is None and self.conv_kxk is None and self.conv_scale is None:
             raise SettingError(f"a block {in_chs} -> {out_chs} (stride {stride}) without convolution branches "
@@ -99,10 +103,9 @@ class MobileOneBranches(nn.Module):
         """(N, in_chs, H, W) -> (N, out_chs, H / stride, W / stride)."""
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
-        out = None
-        for branch in (self.conv_scale, *(self.conv_kxk or ())):
-            if branch is not None:
-                out = branch(x) if out is None else out + branch(x)
+        out = self.conv_scale(x[:, :, ::self.stride, ::self.stride]) if self.conv_scale is not None else None
+        for branch in self.conv_kxk or ():
+            out = branch(x) if out is None else out + branch(x)
         if self.drop_path is not None:
             out = self.drop_path(out)
         if self.identity is not None:
