@@ -24,8 +24,8 @@ from visionzoo.data.resize import check_resize_mode
 from visionzoo.data.sources import resolve_data
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError, SettingError
+from visionzoo.factory import channels_last, find_spec
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.factory import find_spec
 from visionzoo.metrics.calibration import head_of
 from visionzoo.metrics.classification import classification_metrics, plot_confusion_matrix, plot_per_class_recall
 from visionzoo.resolve import resolve_model
@@ -139,7 +139,7 @@ def evaluate(model_or_path: nn.Module | str | Path, data: str | Path, *, pretrai
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_skipping)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
+    channels_last(model.to(device))  # the layout train's validation ran it in: one number
     logits, labels, _, skipped = predict_logits(model, loader, device=device, tta_flip=tta_flip, tta_shift=tta_shift)
     task = splits.task
     if remap is not None and task == "multilabel":  # the data's columns moved to the model's class order

@@ -25,7 +25,7 @@ from visionzoo.data.samples import expand_image_paths
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import SettingError
 from visionzoo.evaluation import tta_logits
-from visionzoo.factory import class_names, data_config, transforms
+from visionzoo.factory import channels_last, class_names, data_config, transforms
 from visionzoo.heads import error_record, result_record, task_of
 from visionzoo.metrics.calibration import head_of
 from visionzoo.resolve import resolve_model
@@ -47,6 +47,7 @@ def predict_images(model: nn.Module, paths: Sequence[str], *, topk: int = 5, bat
     transform = transforms(model) if resize_mode is None else eval_transform(
         {**data_config(model), "resize_mode": check_resize_mode(resize_mode)})
     labels = labels if labels is not None else class_names(model)
+    channels_last(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     head = head_of(model)
     results: list[dict[str, Any] | None] = [None] * len(paths)
@@ -97,7 +98,7 @@ def classify_images(classifier: nn.Module, paths: Sequence[str], top_k: int = 3,
     transform = eval_transform(data_config(classifier))
     independent = task_of(head_of(classifier)) == "multilabel"
     names = class_names(classifier) or [str(i) for i in range(classifier.num_classes)]
-    device = next(classifier.parameters()).device
+    device = next(channels_last(classifier).parameters()).device
     results = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])

@@ -252,9 +252,9 @@ def test_auto_transfer_of_a_convnet_freezes_batchnorm_and_runs_channels_last():
     assert convnet.freeze_bn and convnet.channels_last and "channels-last" in convnet.sources["channels_last"]
     assert convnet.sources["momentum"] == "default"  # a dataclass default, not the user's choice
     vit = resolve_settings(TrainSettings(), "vit_tiny_patch16_224", pretrained=True, num_train=300)
-    assert not vit.freeze_bn and not vit.channels_last
+    assert not vit.freeze_bn and vit.channels_last  # every run: the layout of eval and predict (factory.layout)
     scratch = resolve_settings(TrainSettings(), "resnet18", num_train=300)
-    assert scratch.recipe == "scratch" and not scratch.freeze_bn and not scratch.channels_last
+    assert scratch.recipe == "scratch" and not scratch.freeze_bn and scratch.channels_last
     given = resolve_settings(TrainSettings(channels_last=False, freeze_bn=False, momentum=0.8), "resnet18",
                              pretrained=True, num_train=300)
     assert not given.channels_last and not given.freeze_bn

@@ -28,6 +28,7 @@ import torch.nn as nn
 from visionzoo import heads
 from visionzoo.data import IMAGENET_MEAN, IMAGENET_STD
 from visionzoo.errors import SettingError, require_extra
+from visionzoo.factory import channels_last
 from visionzoo.registry import family_facts, get_card
 
 __all__ = ["METHODS", "cam_maps", "explain", "explain_images", "head_probabilities", "overlay", "overlay_png",
@@ -98,7 +99,7 @@ def cam_maps(model: nn.Module, batch: torch.Tensor, *, method: str = "gradcam", 
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_type = _cam_class(method)
-    model = model.eval()
+    model = channels_last(model.eval())
     with torch.no_grad():
         probabilities = head_probabilities(model, model(batch))
     classes = list(target_classes) if target_classes is not None else probabilities.argmax(-1).tolist()

@@ -40,8 +40,8 @@ from visionzoo.data.layout import VAL_FOLDER_NAMES, scan_tree, split_folders, tr
 from visionzoo.data.samples import FileSamples
 from visionzoo.data.transforms import eval_transform
 from visionzoo.errors import DataError
+from visionzoo.factory import channels_last, find_spec
 from visionzoo.factory import data_config as model_data_config
-from visionzoo.factory import find_spec
 from visionzoo.files import atomic_write, jsonable
 from visionzoo.resolve import resolve_model
 from visionzoo.runtime import tune_allocator
@@ -268,7 +268,7 @@ def _embed_set(model: nn.Module, samples: FileSamples, classes: list[str], out: 
     if max_images is not None:
         todo = todo[:max_images]
 
-    model = model.to(device).eval()
+    model = channels_last(model.to(device).eval())
     dataset = ImageDataset(samples.subset(np.array(todo, dtype=np.int64)), eval_transform(data_config))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_skipping)
@@ -376,7 +376,7 @@ def embed_samples(model: nn.Module, samples, classes: list[str], cache_dir: str 
         if on_batch:
             on_batch(len(result))
         return result
-    model = model.to(device).eval()
+    model = channels_last(model.to(device).eval())
     dataset = ImageDataset(samples, eval_transform(data_config))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping)
     pooled_parts, label_parts, names = [], [], []

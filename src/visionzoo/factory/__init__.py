@@ -2,6 +2,7 @@
 
     model = create_model("resnet50", num_classes=10, pretrained=True)
     spec_of(model).weights            # 'resnet50.a1_in1k'
+    channels_last(model)              # the memory layout every command runs a model in (in place)
     reparameterized(model)            # RepViT, MobileOne, FastViT: branches fused for inference (a copy)
     save_model(model, "runs/best"); load_model("runs/best")    # safetensors + config.json
 
@@ -26,6 +27,7 @@ from visionzoo.factory.build import (
     transforms,
     zero_shot_classifier,
 )
+from visionzoo.factory.layout import channels_last
 from visionzoo.factory.reparameterization import Reparameterizable, is_reparameterizable, reparameterized
 from visionzoo.factory.saving import load_model, save_model
 from visionzoo.factory.spec import ModelSpec, find_spec, model_name, registered_name, spec_of, with_spec
@@ -33,4 +35,4 @@ from visionzoo.factory.spec import ModelSpec, find_spec, model_name, registered_
 __all__ = ["ModelSpec", "spec_of", "find_spec", "with_spec", "model_name", "registered_name", "create_model",
            "create_clip", "zero_shot_classifier", "model_info", "model_complexity", "measure_complexity", "data_config",
            "transforms", "class_names", "save_model", "load_model", "size_overrides", "cache_dir", "code_fingerprint",
-           "Reparameterizable", "is_reparameterizable", "reparameterized"]
+           "Reparameterizable", "is_reparameterizable", "reparameterized", "channels_last"]

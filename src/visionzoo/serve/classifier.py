@@ -131,10 +131,11 @@ def _torch_classifier(model, folder: str | None = None) -> Classifier:
     import torch
 
     from visionzoo.diagnose.explanation import serving_explainer
+    from visionzoo.factory import channels_last, data_config, find_spec, model_name, transforms
     from visionzoo.factory import class_names as model_class_names
-    from visionzoo.factory import data_config, find_spec, model_name, transforms
     from visionzoo.metrics.calibration import head_of
 
+    channels_last(model)  # the layout of evaluate and predict: one number
     transform = transforms(model, train=False)
     names = model_class_names(model)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config(model).items()}

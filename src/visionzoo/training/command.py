@@ -238,7 +238,7 @@ def _add_optimisation_arguments(group) -> None:
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                        help="default: auto (bf16 or fp16 autocast on a GPU that has it, else fp32)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="default: on in transfer runs of convolutional models")
+                       help="channels-last memory (default: on, the layout eval, predict, explain and serve run the model in; off, validation differs from theirs by float rounding)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile the model (default: off)")
     group.add_argument("--class-balance", choices=BALANCE_MODES,

@@ -79,7 +79,7 @@ class TrainSettings:
     grad_accum: int = 1
     clip_grad: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool | None = None  # None: on in transfer runs of convolutional models
+    channels_last: bool | None = None  # None: on, the layout every command runs a model in (factory.layout)
     compile: bool = False
     class_balance: str = "auto"  # auto | none | weights | effective | sampler | logit-adjust (training.balance)
     balance_beta: float = 0.999  # effective: Cui et al.'s beta
@@ -319,18 +319,17 @@ def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num
     if transfer or resolved.recipe == "linear-probe":
         defaults.setdefault("head_init_std", TRANSFER_HEAD_INIT_STD)
         defaults.setdefault("cache", True)
-        if style != "vit":
-            defaults.setdefault("channels_last", True)
     for name, value in (("epochs", 10), ("batch_size", 64), ("cache", False), ("probe_init", False),
-                        ("freeze_bn", False), ("channels_last", False), ("ema", False), ("ema_decay", 0.9998)):
+                        ("freeze_bn", False), ("channels_last", True), ("ema", False), ("ema_decay", 0.9998)):
         defaults.setdefault(name, value)
     for name, value in defaults.items():
         if getattr(resolved, name) is None and value is not None:
             setattr(resolved, name, value)
             sources[name] = f"recipe {resolved.recipe} ({style})"
-    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last and not named:
-        sources["channels_last"] = ("transfer run of a convolutional model: channels-last memory (NHWC), the layout "
-                                    "oneDNN's CPU convolutions and cuDNN's tensor cores run fastest in")
+    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last:
+        sources["channels_last"] = ("channels-last memory (NHWC): the layout oneDNN's CPU convolutions and cuDNN's "
+                                    "tensor cores run fastest in, and the one evaluate, predict and serve run the "
+                                    "model in (one number)")
     if "head_init_std" in sources and sources["head_init_std"] != "user":
         sources["head_init_std"] = "a new head starts at zero in transfer runs (BiT, Kolesnikov et al., 2020)"
 
