@@ -326,7 +326,7 @@ def _apply_recipe(resolved: TrainSettings, given: TrainSettings, style: str, num
         if getattr(resolved, name) is None and value is not None:
             setattr(resolved, name, value)
             sources[name] = f"recipe {resolved.recipe} ({style})"
-    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last:
+    if sources.get("channels_last", "user") not in ("user", "default") and resolved.channels_last and not named:
         sources["channels_last"] = ("channels-last memory (NHWC): the layout oneDNN's CPU convolutions and cuDNN's "
                                     "tensor cores run fastest in, and the one evaluate, predict and serve run the "
                                     "model in (one number)")
