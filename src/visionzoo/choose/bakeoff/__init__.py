@@ -189,7 +189,7 @@ def _run(request: BakeoffRequest, state: BakeoffState, splits, measure: MeasureF
     with _timed(seconds, "result"):
         stages.say("result: scoring and exporting the winner")
         result.winner, result.commands = choose_winner(ranked, finalists, request, state, splits, kept,
-                                                       len(chosen_val))
+                                                       len(chosen_val), seconds=seconds)
         if result.winner.get("decision"):
             stages.say(result.winner["decision"])
     return write_result(result, request.plot, request.out)

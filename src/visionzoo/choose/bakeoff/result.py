@@ -9,6 +9,7 @@ was scored by its fine-tune), the CLI's winner line and the plot all read it, so
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,14 @@ class BakeoffResult:
 
 
 def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: BakeoffRequest,
-                  state: BakeoffState, splits, selection_kept, num_selection: int | None = None
-                  ) -> tuple[dict[str, Any], dict[str, str]]:
+                  state: BakeoffState, splits, selection_kept, num_selection: int | None = None,
+                  seconds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """(the winner's --json entry, the commands that reproduce it); exports it into OUT/winner.
 
     The winner is the best fine-tune on the selection (a finished run before a stopped one), unless the
     finished finalists end within one standard error of each other there: then the full validation set
-    decides (`decision.close_to_leader`), and the entry's "decision" says how close it was."""
+    decides (`decision.close_to_leader`), and the entry's "decision" says how close it was. `seconds` gets
+    the export's wall time as "result: export" (the rest of "result" is scoring on the full validation set)."""
     tuned = [c for c in finalists if scored_by(c)[1] == FINE_TUNED]
     decision = None
     if tuned:
@@ -71,7 +73,10 @@ def choose_winner(ranked: list[Candidate], finalists: list[Candidate], request: 
     if saved.get("name") == winner.name and Path(saved.get("export", "")).exists():
         export_path, export_command = saved["export"], saved["export_command"]
     else:
+        started = time.monotonic()
         export_path, export_command = export_winner(winner, request.target, request.out, _calibration_dir(request.data))
+        if seconds is not None:
+            seconds["result: export"] = time.monotonic() - started
     top1, basis = scored_by(winner)
     if basis == PROBE:
         winner.status = "winner (probe only: nothing was fine-tuned)"
