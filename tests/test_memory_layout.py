@@ -3,8 +3,9 @@ memory (`visionzoo.factory.layout`), the layout a transfer run trains and valida
 predict, explain, serve and embed compute train's validation logits to the bit.
 
 Each command runs a model with a forward hook that records every (input, output); each output must
-equal, exactly, what the channels-last copy of the model computes on that input. The NCHW model's
-output differs in the last bits (the order of a convolution's sums), which makes the check able to fail.
+equal, exactly, what the channels-last copy of the model computes on that input, and the command must
+leave the weights in channels-last (an NCHW run can match in the last bits on some inputs and thread
+counts; `test_the_layout_moves_the_logits` shows where it does not).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def _recorded(model):
     return model, calls
 
 
+def _weights_channels_last(model) -> bool:
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+
+
 def _check(calls, reference, model):
     """Every recorded output is the channels-last model's, to the bit, and the command left the model's
     weights in channels-last (an NCHW run can match on some inputs and thread counts)."""
@@ -56,7 +61,7 @@ def _check(calls, reference, model):
     with torch.no_grad():
         for images, output in calls:
             assert torch.equal(output, reference(images)), "not the channels-last model's numbers"
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    assert _weights_channels_last(model)
 
 
 def test_the_layout_moves_the_logits():
@@ -125,8 +130,7 @@ def test_embed(models, photos, tmp_path, monkeypatch):
 def test_a_users_own_module_is_left_as_it_is():
     own = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     assert channels_last(own) is own and own[0].weight.is_contiguous()
-    made = channels_last(_model())
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in made.parameters() if p.dim() == 4)
+    assert _weights_channels_last(channels_last(_model()))
 
 
 def test_the_weights_stay_trainable_when_converted_in_inference_mode():

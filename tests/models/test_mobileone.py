@@ -147,9 +147,10 @@ def test_strided_stem_trains_in_channels_last():
     """The RGB stem's 1x1 branch at 224 px in channels-last memory: a strided 1x1 conv there crashed the
     process in its weight gradient (oneDNN#6035); the branch now subsamples, with the same gradient as in
     NCHW. In a subprocess, so that a crash fails this test rather than the suite."""
+    import os
     import subprocess
     import sys
 
     result = subprocess.run([sys.executable, "-c", _CHANNELS_LAST_STEP], capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])
